@@ -1,0 +1,385 @@
+"""ONNX <-> IR. Import keeps the imported protos so that an untouched tensor or
+attribute is re-emitted bit for bit; export rebuilds only what passes changed."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import ChainMap
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from .errors import ModelLoadError, OnnxforgeError
+from .external_data import check_tensor_size, external_loader, uses_external_data
+from .graph import Graph
+from .model import Model
+from .node import Node
+from .value import Value
+
+A = onnx.AttributeProto
+_TWO_GIB = 2**31 - 2**20  # protobuf's limit, less room for the graph itself
+
+
+# ---------------------------------------------------------------- loading
+def load(source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
+    """Load a model from a path, serialized bytes, or a ModelProto."""
+    base_dir = None
+    if isinstance(source, onnx.ModelProto):
+        proto = source
+    elif isinstance(source, (bytes, bytearray)):
+        proto = _parse(bytes(source), "<bytes>")
+    else:
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"{path}: no such file")
+        with open(path, "rb") as f:
+            data = f.read()
+        proto = _parse(data, path)
+        base_dir = os.path.dirname(os.path.abspath(path))
+    where = "model" if base_dir is None else os.fspath(source)
+    try:
+        return from_proto(proto, base_dir)
+    except OnnxforgeError:
+        raise
+    except Exception as exc:  # a corrupt proto can break onnx's helpers in many ways
+        raise ModelLoadError(f"{where}: cannot import model: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{where}: file is empty")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"{where}: not a valid ONNX protobuf (truncated or corrupt): {exc}") from None
+    if not proto.HasField("graph"):
+        raise ModelLoadError(f"{where}: the protobuf has no graph; is this an ONNX model?")
+    return proto
+
+
+def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
+    graph = _Importer(base_dir).graph(proto.graph, {}, "main graph")
+    opsets: dict[str, int] = {}
+    for entry in proto.opset_import:
+        opsets[entry.domain] = entry.version
+    model = Model(graph, opsets)
+    model.ir_version = proto.ir_version
+    model.producer_name = proto.producer_name
+    model.producer_version = proto.producer_version
+    model.domain = proto.domain
+    model.model_version = proto.model_version
+    model.doc_string = proto.doc_string
+    model.metadata_props = {p.key: p.value for p in proto.metadata_props}
+    model.functions = list(proto.functions)
+    model.training_info = list(proto.training_info)
+    model.base_dir = base_dir
+    return model
+
+
+def _read_type(value: Value, type_proto: onnx.TypeProto) -> None:
+    if type_proto.HasField("tensor_type"):
+        tensor = type_proto.tensor_type
+        if tensor.elem_type:
+            value.dtype = tensor.elem_type
+        if tensor.HasField("shape"):
+            value.shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None)
+                for d in tensor.shape.dim
+            )
+    elif type_proto.WhichOneof("value") is not None:
+        value.type_proto = type_proto  # sequence / map / optional / sparse: kept whole
+
+
+class _Importer:
+    def __init__(self, base_dir: str | None):
+        self.base_dir = base_dir
+
+    def tensor_value(self, tensor: onnx.TensorProto, where: str) -> Value:
+        check_tensor_size(tensor, where)
+        value = Value(tensor.name, tensor.data_type, tuple(tensor.dims))
+        value.doc_string = tensor.doc_string
+        if uses_external_data(tensor):
+            value._loader = external_loader(tensor, self.base_dir, where)
+        value._tensor = tensor
+        return value
+
+    def graph(self, proto: onnx.GraphProto, outer: Mapping[str, Value], where: str) -> Graph:
+        graph = Graph(proto.name)
+        graph.doc_string = proto.doc_string
+        graph.metadata_props = {p.key: p.value for p in getattr(proto, "metadata_props", [])}
+        if len(proto.sparse_initializer):
+            raise ModelLoadError(f"{where}: sparse initializers are not supported (tensor {proto.sparse_initializer[0].values.name!r})")
+        local: dict[str, Value] = {}
+        scope = ChainMap(local, outer)
+
+        def define(value: Value, what: str) -> None:
+            if value.name in local:
+                raise ModelLoadError(f"{where}: name {value.name!r} is defined twice ({what}); ONNX graphs are SSA")
+            local[value.name] = value
+            value.graph = graph
+
+        for vi in proto.input:
+            value = Value(vi.name)
+            _read_type(value, vi.type)
+            value.doc_string = vi.doc_string
+            define(value, "graph input")
+            graph.inputs.append(value)
+        for tensor in proto.initializer:
+            init = self.tensor_value(tensor, where)
+            if tensor.name in local and local[tensor.name].is_graph_input:
+                # An input with a default value: one Value, both roles.
+                existing = local[tensor.name]
+                existing._tensor, existing._loader = init._tensor, init._loader
+                if existing.shape is None:
+                    existing.shape = init.shape
+                graph.initializers[tensor.name] = existing
+                continue
+            define(init, "initializer")
+            graph.initializers[tensor.name] = init
+
+        nodes: list[Node] = []
+        for i, np_ in enumerate(proto.node):
+            outputs = []
+            for name in np_.output:
+                value = Value(name)
+                if name:
+                    define(value, f"output of node {np_.name or i}")
+                outputs.append(value)
+            node = Node(np_.op_type, (), outputs, domain=np_.domain, name=np_.name)
+            node.doc_string = np_.doc_string
+            node.overload = getattr(np_, "overload", "")
+            node.metadata_props = {p.key: p.value for p in getattr(np_, "metadata_props", [])}
+            nodes.append(node)
+        for np_, node in zip(proto.node, nodes):
+            for name in np_.input:
+                if not name:
+                    node.append_input(None)
+                    continue
+                value = scope.get(name)
+                if value is None:
+                    raise ModelLoadError(
+                        f"{where}: node {np_.name or '<unnamed>'!r} ({np_.op_type}) reads {name!r}, "
+                        "which no node, initializer or graph input defines"
+                    )
+                node.append_input(value)
+            for attr in np_.attribute:
+                decoded = self.attribute(attr, scope, f"{where} / node {np_.name or np_.op_type}")
+                node.attributes[attr.name] = decoded
+                node._attr_protos[attr.name] = (decoded, attr)
+        for node in nodes:
+            graph.insert_node(node)
+        graph.sort()  # ONNX requires order, but files in the wild are not always sorted
+
+        for vi in proto.value_info:
+            value = local.get(vi.name)
+            if value is not None:
+                _read_type(value, vi.type)
+                graph.value_info_order.append(vi.name)
+        for vi in proto.output:
+            value = scope.get(vi.name)
+            if value is None:
+                raise ModelLoadError(f"{where}: graph output {vi.name!r} is not produced by any node or input")
+            _read_type(value, vi.type)
+            graph.outputs.append(value)
+        return graph
+
+    def attribute(self, attr: onnx.AttributeProto, scope: Mapping[str, Value], where: str) -> Any:
+        if attr.ref_attr_name:
+            return attr  # only inside functions, which are carried as protos
+        kind = attr.type
+        if kind == A.GRAPH:
+            return self.graph(attr.g, scope, f"{where} / {attr.name}")
+        if kind == A.GRAPHS:
+            return [self.graph(g, scope, f"{where} / {attr.name}") for g in attr.graphs]
+        if kind == A.TENSOR:
+            return self.tensor_array(attr.t, where)
+        if kind == A.TENSORS:
+            return [self.tensor_array(t, where) for t in attr.tensors]
+        if kind in (A.SPARSE_TENSOR, A.SPARSE_TENSORS, A.TYPE_PROTO, A.TYPE_PROTOS):
+            return helper.get_attribute_value(attr)
+        if kind == A.STRING:
+            return _decode(attr.s)
+        if kind == A.STRINGS:
+            return [_decode(s) for s in attr.strings]
+        if kind == A.INT:
+            return attr.i
+        if kind == A.FLOAT:
+            return attr.f
+        if kind == A.INTS:
+            return list(attr.ints)
+        if kind == A.FLOATS:
+            return list(attr.floats)
+        raise ModelLoadError(f"{where}: attribute {attr.name!r} has unknown type {kind}")
+
+    def tensor_array(self, tensor: onnx.TensorProto, where: str) -> np.ndarray:
+        check_tensor_size(tensor, where)
+        if uses_external_data(tensor):
+            return external_loader(tensor, self.base_dir, where)()
+        return numpy_helper.to_array(tensor)
+
+
+def _decode(data: bytes) -> str | bytes:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+# ---------------------------------------------------------------- export
+def to_proto(model: Model) -> onnx.ModelProto:
+    """The model as a ModelProto with all tensor data in memory."""
+    proto = onnx.ModelProto(**_fields(
+        ir_version=model.ir_version, producer_name=model.producer_name, producer_version=model.producer_version,
+        domain=model.domain, model_version=model.model_version, doc_string=model.doc_string,
+    ))
+    for key, val in model.metadata_props.items():
+        proto.metadata_props.add(key=key, value=val)
+    for domain, version in model.opset_imports.items():
+        proto.opset_import.add(**_fields(domain=domain, version=version))
+    proto.functions.extend(model.functions)
+    proto.training_info.extend(model.training_info)
+    proto.graph.CopyFrom(_export_graph(model.graph))
+    return proto
+
+
+def _fields(**fields: Any) -> dict[str, Any]:
+    """Only non-empty fields: proto2 would record an explicit "" as present."""
+    return {k: v for k, v in fields.items() if v}
+
+
+def _value_info(value: Value) -> onnx.ValueInfoProto:
+    vi = onnx.ValueInfoProto(**_fields(name=value.name, doc_string=value.doc_string))
+    if value.type_proto is not None:
+        vi.type.CopyFrom(value.type_proto)
+        return vi
+    if value.dtype is None and value.shape is None:
+        return vi  # the type was never declared; do not invent one
+    tensor = vi.type.tensor_type
+    tensor.elem_type = value.dtype or 0
+    if value.shape is not None:
+        tensor.shape.SetInParent()
+        for d in value.shape:
+            dim = tensor.shape.dim.add()
+            if isinstance(d, (int, np.integer)):
+                dim.dim_value = int(d)
+            elif isinstance(d, str):
+                dim.dim_param = d
+    return vi
+
+
+def _tensor_proto(value: Value) -> onnx.TensorProto:
+    tensor = value._tensor
+    if tensor is not None and not uses_external_data(tensor):
+        if tensor.name == value.name:
+            return tensor
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        copy.name = value.name
+        return copy
+    array = value.array
+    out = numpy_helper.from_array(np.asarray(array), value.name)
+    out.doc_string = value.doc_string
+    return out
+
+
+def _export_graph(graph: Graph) -> onnx.GraphProto:
+    proto = onnx.GraphProto(**_fields(name=graph.name, doc_string=graph.doc_string))
+    for key, val in graph.metadata_props.items():
+        proto.metadata_props.add(key=key, value=val)
+    proto.input.extend(_value_info(v) for v in graph.inputs)
+    proto.initializer.extend(_tensor_proto(v) for v in graph.initializers.values())
+    for node in graph.nodes:
+        proto.node.append(_export_node(node))
+    proto.output.extend(_value_info(v) for v in graph.outputs)
+    # value_info: imported entries first in their order, then anything else now known.
+    interface = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+    interface |= {id(v) for v in graph.initializers.values()}
+    by_name = {v.name: v for node in graph.nodes for v in node.outputs if v.name and id(v) not in interface}
+    emitted = set()
+    for name in graph.value_info_order:
+        value = by_name.get(name)
+        if value is not None and (value.dtype is not None or value.type_proto is not None):
+            proto.value_info.append(_value_info(value))
+            emitted.add(name)
+    for name, value in by_name.items():
+        if name not in emitted and (value.dtype is not None or value.type_proto is not None):
+            proto.value_info.append(_value_info(value))
+    return proto
+
+
+def _export_node(node: Node) -> onnx.NodeProto:
+    proto = onnx.NodeProto(**_fields(op_type=node.op_type, domain=node.domain, name=node.name, doc_string=node.doc_string))
+    if node.overload:
+        proto.overload = node.overload
+    for key, val in node.metadata_props.items():
+        proto.metadata_props.add(key=key, value=val)
+    proto.input.extend("" if v is None else v.name for v in node.inputs)
+    proto.output.extend(v.name for v in node.outputs)
+    for name, value in node.attributes.items():
+        proto.attribute.append(_export_attribute(node, name, value))
+    return proto
+
+
+def _export_attribute(node: Node, name: str, value: Any) -> onnx.AttributeProto:
+    original = node._attr_protos.get(name)
+    if isinstance(value, onnx.AttributeProto):
+        return value
+    if isinstance(value, Graph):
+        attr = onnx.AttributeProto(name=name, type=A.GRAPH)
+        attr.g.CopyFrom(_export_graph(value))
+        return attr
+    if isinstance(value, list) and value and all(isinstance(v, Graph) for v in value):
+        attr = onnx.AttributeProto(name=name, type=A.GRAPHS)
+        attr.graphs.extend(_export_graph(g) for g in value)
+        return attr
+    if original is not None and original[0] is value:
+        return original[1]
+    attr_type = original[1].type if original is not None else None
+    if isinstance(value, np.ndarray):
+        value = numpy_helper.from_array(value)
+    elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+        value = [numpy_helper.from_array(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        value = int(value)
+    elif isinstance(value, np.floating):
+        value = float(value)
+    if isinstance(value, list) and not value and attr_type is None:
+        attr_type = A.INTS
+    return helper.make_attribute(name, value, attr_type=attr_type)
+
+
+# ---------------------------------------------------------------- saving
+def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
+         size_threshold: int = 1024, location: str | None = None) -> None:
+    """Write the model. external_data=None writes one file unless the model would
+    exceed protobuf's 2 GiB limit; tensors >= size_threshold bytes go to `location`
+    (default <file name>.data) next to the model. Written to a temporary folder
+    first, so a failure leaves no partial output."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OnnxforgeError(f"cannot save to {path}: folder {folder} does not exist")
+    total = sum(v.nbytes for g in model.graph.all_graphs() for v in g.initializers.values())
+    if external_data is None:
+        external_data = total > _TWO_GIB
+    location = location or os.path.basename(path) + ".data"
+    if os.path.dirname(location) or location in ("", ".", ".."):
+        raise OnnxforgeError(f"external data location {location!r} must be a plain file name in the model's folder")
+    proto = to_proto(model)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxforge-save-") as tmp:
+        tmp_model = os.path.join(tmp, os.path.basename(path))
+        if external_data:
+            onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=location, size_threshold=size_threshold, convert_attribute=False)
+            tmp_data = os.path.join(tmp, location)
+            if os.path.exists(tmp_data):
+                os.replace(tmp_data, os.path.join(folder, location))
+        else:
+            with open(tmp_model, "wb") as f:
+                f.write(proto.SerializeToString())
+        os.replace(tmp_model, path)
+

@@ -1,0 +1,47 @@
+"""Shape and dtype inference through onnx's own shape inference: we copy what it
+infers onto the values and never guess what it cannot."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import onnx
+
+from .model import Model
+from .onnx_io import _read_type, to_proto
+
+
+def infer_shapes(model: Model) -> int:
+    """Fill dtype/shape of values from onnx shape inference (with data propagation).
+    Returns how many values gained information."""
+    proto = to_proto(model)
+    if proto.ByteSize() < 2**31 - 2**20:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    else:  # too big for an in-memory proto: onnx infers through files
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "m.onnx")
+            onnx.save_model(proto, src, save_as_external_data=True, location="m.data")
+            onnx.shape_inference.infer_shapes_path(src, src, data_prop=True)
+            inferred = onnx.load_model(src, load_external_data=False)
+    return _apply(model.graph, inferred.graph)
+
+
+def _apply(graph, proto_graph) -> int:
+    infos = {vi.name: vi.type for vi in list(proto_graph.value_info) + list(proto_graph.output)}
+    gained = 0
+    for node in graph.nodes:
+        for value in node.outputs:
+            type_proto = infos.get(value.name)
+            if type_proto is None or not value.name:
+                continue
+            before = (value.dtype, value.shape, value.type_proto)
+            _read_type(value, type_proto)
+            if value.shape is None and before[1] is not None:
+                value.shape = before[1]
+            gained += (value.dtype, value.shape, value.type_proto) != before
+    for node, node_proto in zip(graph.nodes, proto_graph.node):  # export keeps node order
+        for attr in node_proto.attribute:
+            sub = node.attributes.get(attr.name)
+            if attr.type == onnx.AttributeProto.GRAPH and hasattr(sub, "nodes"):
+                gained += _apply(sub, attr.g)
+    return gained

@@ -1,0 +1,41 @@
+"""Passes: base class, registry, pipeline text, pass manager, instruments,
+analyses, and the built-in passes."""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..ir import Model
+from .base import Effect, Pass, PassResult
+from .instruments import Instrument, NumericCheck, PrintAfterChange, Reproducer, VerifyAfterEachPass
+from .manager import OptimizeResult, PassManager, PassRecord, run_pass
+from .pipeline import PRESETS, Pipeline, load_pipeline_file, parse_pipeline
+from .registry import get_pass, register_pass, registered_passes
+
+
+def optimize(
+    model: Model,
+    pipeline: "str | Pipeline" = "-O1",
+    *,
+    check: bool = False,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    instruments: Iterable[Instrument] = (),
+    reproducer_dir: str | None = None,
+) -> OptimizeResult:
+    """Run `pipeline` over a copy of `model`; the result holds the new model and,
+    per pass, whether it changed anything, how long it took, and its statistics.
+    check=True compares outputs in onnxruntime after every changing pass."""
+    extra = list(instruments)
+    if check:
+        extra.append(NumericCheck(inputs))
+    if reproducer_dir:
+        extra.append(Reproducer(reproducer_dir))
+    return PassManager(pipeline, extra).run(model)
+
+
+__all__ = [
+    "Pass", "PassResult", "Effect", "register_pass", "get_pass", "registered_passes", "Pipeline", "parse_pipeline",
+    "load_pipeline_file", "PRESETS", "PassManager", "OptimizeResult", "PassRecord", "run_pass", "optimize",
+    "Instrument", "NumericCheck", "PrintAfterChange", "Reproducer", "VerifyAfterEachPass",
+]

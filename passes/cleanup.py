@@ -1,0 +1,120 @@
+"""cleanup: remove what does nothing. Dead nodes, unused initializers, Identity,
+inference-mode Dropout, no-op Reshape/Transpose/Cast/Expand/Pad/Concat, and
+chains of Reshapes or Transposes collapsed into one."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node
+from .analysis import get_analysis
+from .base import Pass, PassResult
+from .registry import register_pass
+from .util import bypass, const, is_standard, remove_dead
+
+
+def _same_static_shape(a, b) -> bool:
+    return a.is_static_shape() and b.is_static_shape() and tuple(a.shape) == tuple(b.shape)
+
+
+class _Cleaner:
+    def __init__(self, model):
+        self.model = model
+        self.stats: dict[str, int] = {}
+
+    def count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    def shapes(self) -> None:
+        get_analysis(self.model, "shapes")
+
+    def graph(self, graph: Graph) -> bool:
+        changed = False
+        for node in list(graph.nodes):
+            if node.graph is not graph:  # removed earlier in this sweep
+                continue
+            for sub in node.subgraphs():
+                changed |= self.graph(sub)
+            if is_standard(node):
+                rule = getattr(self, "rule_" + node.op_type, None)
+                if rule is not None and rule(graph, node):
+                    self.count(node.op_type.lower())
+                    changed = True
+        dead = remove_dead(graph)
+        if dead:
+            self.stats["dead"] = self.stats.get("dead", 0) + dead
+        return changed or dead > 0
+
+    # -- rules: return True when the node was removed or rewired -------------
+    def rule_Identity(self, graph, node) -> bool:
+        return bypass(graph, node, node.inputs[0])
+
+    def rule_Dropout(self, graph, node) -> bool:
+        training = node.input(2)
+        if training is not None:
+            flag = const(training)
+            if flag is None or bool(np.asarray(flag).item()):
+                return False
+        if node.attr("is_test", 1) == 0 and self.model.opset < 7:
+            return False
+        return bypass(graph, node, node.inputs[0])
+
+    def rule_Cast(self, graph, node) -> bool:
+        src = node.inputs[0]
+        return src.dtype is not None and src.dtype == node.attr("to") and bypass(graph, node, src)
+
+    def rule_Transpose(self, graph, node) -> bool:
+        perm = node.attr("perm")
+        src = node.inputs[0]
+        if perm is not None and list(perm) == sorted(perm):
+            return bypass(graph, node, src)
+        inner = src.producer
+        if perm is not None and inner is not None and inner.op_type == "Transpose" and is_standard(inner) and inner.attr("perm") is not None:
+            first = inner.attr("perm")
+            composed = [first[p] for p in perm]
+            node.set_input(0, inner.inputs[0])
+            node.attributes["perm"] = composed
+            if composed == sorted(composed):
+                bypass(graph, node, inner.inputs[0])
+            return True
+        return False
+
+    def rule_Reshape(self, graph, node) -> bool:
+        src, shape = node.inputs[0], node.input(1)
+        inner = src.producer
+        target = const(shape)
+        if (inner is not None and inner.op_type == "Reshape" and is_standard(inner) and target is not None
+                and (node.attr("allowzero", 0) == 1 or not (np.asarray(target) == 0).any())):
+            node.set_input(0, inner.inputs[0])  # the second reshape fixes every dim itself
+            return True
+        self.shapes()
+        out = node.outputs[0]
+        return _same_static_shape(src, out) and bypass(graph, node, src)
+
+    def rule_Expand(self, graph, node) -> bool:
+        self.shapes()
+        return _same_static_shape(node.inputs[0], node.outputs[0]) and bypass(graph, node, node.inputs[0])
+
+    def rule_Pad(self, graph, node) -> bool:
+        pads = const(node.input(1)) if node.input(1) is not None else node.attr("pads")
+        if pads is None or np.asarray(pads).any():
+            return False
+        return bypass(graph, node, node.inputs[0])
+
+    def rule_Concat(self, graph, node) -> bool:
+        real = [v for v in node.inputs if v is not None]
+        return len(real) == 1 and len(node.inputs) == 1 and bypass(graph, node, real[0])
+
+
+@register_pass("cleanup")
+class Cleanup(Pass):
+    """Remove dead nodes, unused initializers, Identity, inference Dropout, no-op
+    Reshape/Transpose/Cast/Expand/Pad/Concat; collapse Reshape and Transpose chains."""
+
+    def run(self, model) -> PassResult:
+        cleaner = _Cleaner(model)
+        changed = False
+        for _ in range(8):  # rules can expose more work; a few sweeps reach the fixed point
+            if not cleaner.graph(model.graph):
+                break
+            changed = True
+        return PassResult(changed, cleaner.stats)

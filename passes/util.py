@@ -1,0 +1,58 @@
+"""Small helpers shared by passes."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node, Value
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+NONDETERMINISTIC = frozenset({
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+})
+
+
+def is_standard(node: Node) -> bool:
+    return node.domain in STANDARD_DOMAINS
+
+
+def const(value: Value | None) -> np.ndarray | None:
+    return None if value is None else value.const_value()
+
+
+def bypass(graph: Graph, node: Node, src: Value) -> bool:
+    """Make readers of node's first output read `src` and drop the node. Declines
+    (returns False) when that would rename a graph interface value."""
+    out = node.outputs[0]
+    if out.is_graph_output and (src.producer is None or src.graph is not graph or src.is_graph_output):
+        return False
+    if any(o.uses or o.is_graph_output for o in node.outputs[1:]):
+        return False
+    graph.replace_all_uses(out, src)
+    graph.remove_node(node)
+    return True
+
+
+def remove_dead(graph: Graph) -> int:
+    """Drop nodes whose outputs nobody reads (innermost first), then unused
+    initializers. Graph inputs are the interface and stay."""
+    removed = 0
+    for node in reversed(list(graph.nodes)):
+        for sub in node.subgraphs():
+            removed += remove_dead(sub)
+        if all(not v.uses and not v.is_graph_output for v in node.outputs):
+            graph.remove_node(node)
+            removed += 1
+    for value in list(graph.initializers.values()):
+        if not value.uses and not value.is_graph_output and not value.is_graph_input:
+            graph.remove_initializer(value)
+            removed += 1
+    return removed
+
+
+def set_constant(graph: Graph, value: Value, array: np.ndarray) -> Value:
+    """Replace a computed value by an initializer of the same name."""
+    name = value.name
+    graph.rename(value, graph.fresh_name(name + "_folded"))
+    init = graph.add_initializer(np.asarray(array), name=name)
+    graph.replace_all_uses(value, init)
+    return init

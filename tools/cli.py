@@ -1,0 +1,205 @@
+"""The `onnxforge` command line.
+
+Exit codes: 0 success; 1 unexpected error; 2 bad usage, pipeline or option;
+3 the model cannot be loaded; 4 a pass or the verifier failed; 5 outputs differ
+beyond tolerance (--verify)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..ir import Model, NumericMismatchError, OnnxforgeError, load, save
+from ..passes import PRESETS, NumericCheck, PrintAfterChange, Reproducer, optimize, registered_passes
+from ..passes.check import compare_outputs, load_inputs, run_ort, sample_inputs
+from ..passes.registry import option_text
+from .summary import human_bytes, human_count, summarize
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="onnxforge: optimize, inspect and compile ONNX models.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _load(path: str) -> Model:
+    if path == "example":
+        from .example import build_example
+
+        return load(build_example())
+    return load(path)
+
+
+@app.command("optimize")
+def optimize_cmd(
+    model_path: str = typer.Argument(..., metavar="MODEL", help="ONNX file, or 'example' for the built-in example model"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="where to write the optimized ONNX model"),
+    pipeline: Optional[str] = typer.Option(None, "-p", "--pipeline", help="pipeline text, preset (-O1) or .json/.toml/.yaml file"),
+    level: Optional[int] = typer.Option(None, "-O", help="preset: -O0, -O1"),
+    verify: bool = typer.Option(False, "--verify", help="run original and result in onnxruntime and compare"),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help=".npz file with inputs for --verify/--check-each (default: random)"),
+    check_each: bool = typer.Option(False, "--check-each", help="numeric check against onnxruntime after every pass"),
+    atol: float = typer.Option(1e-4, help="absolute tolerance for --verify"),
+    rtol: float = typer.Option(1e-3, help="relative tolerance for --verify"),
+    print_after_change: bool = typer.Option(False, "--print-after-change", help="print the IR after each pass that changed it"),
+    reproducer: Optional[str] = typer.Option(None, "--reproducer", help="on failure, write the failing pass's input model and pipeline here"),
+    external_data: Optional[bool] = typer.Option(None, "--external-data/--no-external-data", help="store weights in a .data file next to the model (default: only over 2 GiB)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+):
+    """Run a pass pipeline: ONNX in, ONNX out, with a before/after table."""
+    if pipeline is not None and level is not None:
+        raise typer.BadParameter("give --pipeline or -O, not both")
+    spec = pipeline if pipeline is not None else f"-O{1 if level is None else level}"
+    if spec.startswith("-O") and spec not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {spec}; known: {', '.join(PRESETS)}")
+    model = _load(model_path)
+    feeds = load_inputs(inputs) if inputs else None
+    instruments = []
+    if check_each:
+        instruments.append(NumericCheck(feeds))
+    if print_after_change:
+        instruments.append(PrintAfterChange())
+    if reproducer:
+        instruments.append(Reproducer(reproducer))
+    result = optimize(model, spec, instruments=instruments)
+    before, after = summarize(model), summarize(result.model)
+    report = {
+        "pipeline": str(result.pipeline), "seconds": result.seconds,
+        "passes": [{"pass": r.spec, "changed": r.changed, "ms": r.seconds * 1e3, "stats": r.stats,
+                    **({"max_abs_diff": r.diff.max_abs} if r.diff else {})} for r in result.records],
+        "before": before.as_dict(), "after": after.as_dict(),
+    }
+    if verify:
+        feeds = feeds or sample_inputs(model)
+        diff = compare_outputs(run_ort(model, feeds), run_ort(result.model, feeds), atol, rtol)
+        report["verify"] = {"max_abs": diff.max_abs, "max_rel": diff.max_rel, "ok": diff.ok, "atol": atol, "rtol": rtol}
+    if output:
+        save(result.model, output, external_data=external_data)
+        report["output"] = output
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_optimize(report)
+    if verify and not report["verify"]["ok"]:
+        raise NumericMismatchError(f"outputs differ beyond atol={atol} rtol={rtol}: max abs {diff.max_abs:.3g}")
+
+
+def _print_optimize(report: dict) -> None:
+    before, after = report["before"], report["after"]
+    table = Table(title="before / after")
+    table.add_column("op type")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("change", justify="right")
+    for op in sorted(set(before["ops"]) | set(after["ops"]), key=lambda o: -before["ops"].get(o, 0)):
+        b, a = before["ops"].get(op, 0), after["ops"].get(op, 0)
+        table.add_row(op, str(b), str(a), f"{a - b:+d}" if a != b else "")
+    table.add_section()
+    table.add_row("[b]nodes", str(before["nodes"]), str(after["nodes"]), f"{after['nodes'] - before['nodes']:+d}")
+    table.add_row("[b]weight bytes", human_bytes(before["param_bytes"]), human_bytes(after["param_bytes"]),
+                  f"{after['param_bytes'] - before['param_bytes']:+,d} B")
+    console.print(table)
+    passes = Table(title=f"passes ({report['seconds'] * 1e3:.1f} ms total)")
+    for col in ("pass", "changed", "ms", "statistics"):
+        passes.add_column(col, justify="right" if col == "ms" else "left")
+    for r in report["passes"]:
+        passes.add_row(r["pass"], "yes" if r["changed"] else "no", f"{r['ms']:.1f}",
+                       ", ".join(f"{k}={v}" for k, v in r["stats"].items()))
+    console.print(passes)
+    if "verify" in report:
+        v = report["verify"]
+        status = "[green]OK" if v["ok"] else "[red]MISMATCH"
+        console.print(f"verify (onnxruntime): max abs diff {v['max_abs']:.3g}, max rel diff {v['max_rel']:.3g} "
+                      f"(atol {v['atol']}, rtol {v['rtol']}): {status}")
+    if "output" in report:
+        console.print(f"wrote {report['output']}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model_path: str = typer.Argument(..., metavar="MODEL", help="ONNX file, or 'example'"),
+    as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+):
+    """Inputs/outputs, op histogram, parameter count and bytes, FLOPs estimate."""
+    model = _load(model_path)
+    summary = summarize(model, flops=True)
+    io = {
+        "inputs": [{"name": v.name, "type": v.type_str()} for v in model.graph.inputs if not v.is_initializer],
+        "outputs": [{"name": v.name, "type": v.type_str()} for v in model.graph.outputs],
+    }
+    opsets = {d or "ai.onnx": v for d, v in model.opset_imports.items()}
+    if as_json:
+        print(json.dumps({**io, "opsets": opsets, **summary.as_dict()}, indent=2))
+        return
+    table = Table(title=f"{model_path}  (opsets {', '.join(f'{d} {v}' for d, v in opsets.items())})")
+    table.add_column("")
+    table.add_column("name")
+    table.add_column("type")
+    for kind in ("inputs", "outputs"):
+        for v in io[kind]:
+            table.add_row(kind[:-1], v["name"], v["type"])
+    console.print(table)
+    ops = Table(title="operators")
+    ops.add_column("op type")
+    ops.add_column("count", justify="right")
+    for op, n in sorted(summary.ops.items(), key=lambda kv: -kv[1]):
+        ops.add_row(op, str(n))
+    console.print(ops)
+    flops = "unknown" if summary.flops is None else human_count(summary.flops)
+    note = f" ({summary.flops_unknown_nodes} nodes with unknown shapes not counted)" if summary.flops_unknown_nodes else ""
+    console.print(f"nodes {summary.nodes}, parameters {human_count(summary.params)} ({human_bytes(summary.param_bytes)}), "
+                  f"FLOPs {flops}{note}")
+
+
+@app.command("passes")
+def passes_cmd(as_json: bool = typer.Option(False, "--json", help="print as JSON")):
+    """List registered passes with their options and defaults."""
+    rows = []
+    for name, cls in registered_passes().items():
+        options = [
+            {"name": f.name, "type": getattr(f.type, "__name__", str(f.type)),
+             "default": option_text(f.default if f.default is not dataclasses.MISSING else f.default_factory())}
+            for f in dataclasses.fields(cls.Options)
+        ]
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        rows.append({"name": name, "effect": cls.effect.value, "options": options, "doc": " ".join(doc.split())})
+    if as_json:
+        print(json.dumps({"passes": rows, "presets": PRESETS}, indent=2))
+        return
+    table = Table(title="passes")
+    for col in ("pass", "effect", "options (defaults)", "what it does"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["effect"], " ".join(f"{o['name']}={o['default']}" for o in r["options"]), r["doc"])
+    console.print(table)
+    for name, text in PRESETS.items():
+        console.print(f"preset {name}: {text or '(nothing)'}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except OnnxforgeError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 1
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
