@@ -230,8 +230,9 @@ def _decode(data: bytes) -> str | bytes:
 
 
 # ---------------------------------------------------------------- export
-def to_proto(model: Model) -> onnx.ModelProto:
-    """The model as a ModelProto with all tensor data in memory."""
+def to_proto(model: Model, writer: "_ExternalWriter | None" = None) -> onnx.ModelProto:
+    """The model as a ModelProto: all tensor data in memory, or the large tensors
+    written through `writer` to an external data file."""
     proto = onnx.ModelProto(**_fields(
         ir_version=model.ir_version, producer_name=model.producer_name, producer_version=model.producer_version,
         domain=model.domain, model_version=model.model_version, doc_string=model.doc_string,
@@ -242,7 +243,7 @@ def to_proto(model: Model) -> onnx.ModelProto:
         proto.opset_import.add(**_fields(domain=domain, version=version))
     proto.functions.extend(model.functions)
     proto.training_info.extend(model.training_info)
-    proto.graph.CopyFrom(_export_graph(model.graph))
+    proto.graph.CopyFrom(_export_graph(model.graph, writer))
     return proto
 
 
@@ -271,7 +272,11 @@ def _value_info(value: Value) -> onnx.ValueInfoProto:
     return vi
 
 
-def _tensor_proto(value: Value) -> onnx.TensorProto:
+def _tensor_proto(value: Value, writer: "_ExternalWriter | None" = None) -> onnx.TensorProto:
+    if writer is not None and value.nbytes >= writer.threshold:
+        external = writer.write(value)
+        if external is not None:
+            return external
     tensor = value._tensor
     if tensor is not None and not uses_external_data(tensor):
         if tensor.name == value.name:
@@ -286,14 +291,14 @@ def _tensor_proto(value: Value) -> onnx.TensorProto:
     return out
 
 
-def _export_graph(graph: Graph) -> onnx.GraphProto:
+def _export_graph(graph: Graph, writer: "_ExternalWriter | None" = None) -> onnx.GraphProto:
     proto = onnx.GraphProto(**_fields(name=graph.name, doc_string=graph.doc_string))
     for key, val in graph.metadata_props.items():
         proto.metadata_props.add(key=key, value=val)
     proto.input.extend(_value_info(v) for v in graph.inputs)
-    proto.initializer.extend(_tensor_proto(v) for v in graph.initializers.values())
+    proto.initializer.extend(_tensor_proto(v, writer) for v in graph.initializers.values())
     for node in graph.nodes:
-        proto.node.append(_export_node(node))
+        proto.node.append(_export_node(node, writer))
     proto.output.extend(_value_info(v) for v in graph.outputs)
     # value_info: imported entries first in their order, then anything else now known.
     interface = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
@@ -311,7 +316,7 @@ def _export_graph(graph: Graph) -> onnx.GraphProto:
     return proto
 
 
-def _export_node(node: Node) -> onnx.NodeProto:
+def _export_node(node: Node, writer: "_ExternalWriter | None" = None) -> onnx.NodeProto:
     proto = onnx.NodeProto(**_fields(op_type=node.op_type, domain=node.domain, name=node.name, doc_string=node.doc_string))
     if node.overload:
         proto.overload = node.overload
@@ -320,21 +325,21 @@ def _export_node(node: Node) -> onnx.NodeProto:
     proto.input.extend("" if v is None else v.name for v in node.inputs)
     proto.output.extend(v.name for v in node.outputs)
     for name, value in node.attributes.items():
-        proto.attribute.append(_export_attribute(node, name, value))
+        proto.attribute.append(_export_attribute(node, name, value, writer))
     return proto
 
 
-def _export_attribute(node: Node, name: str, value: Any) -> onnx.AttributeProto:
+def _export_attribute(node: Node, name: str, value: Any, writer: "_ExternalWriter | None" = None) -> onnx.AttributeProto:
     original = node._attr_protos.get(name)
     if isinstance(value, onnx.AttributeProto):
         return value
     if isinstance(value, Graph):
         attr = onnx.AttributeProto(name=name, type=A.GRAPH)
-        attr.g.CopyFrom(_export_graph(value))
+        attr.g.CopyFrom(_export_graph(value, writer))
         return attr
     if isinstance(value, list) and value and all(isinstance(v, Graph) for v in value):
         attr = onnx.AttributeProto(name=name, type=A.GRAPHS)
-        attr.graphs.extend(_export_graph(g) for g in value)
+        attr.graphs.extend(_export_graph(g, writer) for g in value)
         return attr
     if original is not None and original[0] is value:
         return original[1]
@@ -353,6 +358,37 @@ def _export_attribute(node: Node, name: str, value: Any) -> onnx.AttributeProto:
 
 
 # ---------------------------------------------------------------- saving
+class _ExternalWriter:
+    """Writes large tensors straight to one data file (never through a protobuf,
+    which cannot hold more than 2 GiB)."""
+
+    def __init__(self, path: str, location: str, threshold: int):
+        self.file = open(path, "wb")
+        self.location = location
+        self.threshold = threshold
+
+    def write(self, value: Value) -> onnx.TensorProto | None:
+        array = np.asarray(value.array)
+        if array.dtype.kind not in "biufc" or value.dtype in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            return None  # strings and packed types stay inline
+        offset = self.file.tell()
+        pad = -offset % 4096  # page-aligned, so readers can mmap
+        self.file.write(b"\0" * pad)
+        offset += pad
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        self.file.write(memoryview(data.reshape(-1)).cast("B"))
+        tensor = onnx.TensorProto(name=value.name, data_type=value.dtype, dims=list(array.shape))
+        if value.doc_string:
+            tensor.doc_string = value.doc_string
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, val in (("location", self.location), ("offset", str(offset)), ("length", str(data.nbytes))):
+            tensor.external_data.add(key=key, value=val)
+        return tensor
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
          size_threshold: int = 1024, location: str | None = None) -> None:
     """Write the model. external_data=None writes one file unless the model would
@@ -369,17 +405,17 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
     location = location or os.path.basename(path) + ".data"
     if os.path.dirname(location) or location in ("", ".", ".."):
         raise OnnxforgeError(f"external data location {location!r} must be a plain file name in the model's folder")
-    proto = to_proto(model)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxforge-save-") as tmp:
         tmp_model = os.path.join(tmp, os.path.basename(path))
-        if external_data:
-            onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=location, size_threshold=size_threshold, convert_attribute=False)
-            tmp_data = os.path.join(tmp, location)
-            if os.path.exists(tmp_data):
-                os.replace(tmp_data, os.path.join(folder, location))
-        else:
-            with open(tmp_model, "wb") as f:
-                f.write(proto.SerializeToString())
+        tmp_data = os.path.join(tmp, location)
+        writer = _ExternalWriter(tmp_data, location, size_threshold) if external_data else None
+        try:
+            proto = to_proto(model, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+        with open(tmp_model, "wb") as f:
+            f.write(proto.SerializeToString())
+        if writer is not None:
+            os.replace(tmp_data, os.path.join(folder, location))
         os.replace(tmp_model, path)
-

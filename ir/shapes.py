@@ -8,19 +8,19 @@ import tempfile
 import onnx
 
 from .model import Model
-from .onnx_io import _read_type, to_proto
+from .onnx_io import _read_type, save, to_proto
 
 
 def infer_shapes(model: Model) -> int:
     """Fill dtype/shape of values from onnx shape inference (with data propagation).
     Returns how many values gained information."""
-    proto = to_proto(model)
-    if proto.ByteSize() < 2**31 - 2**20:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
-    else:  # too big for an in-memory proto: onnx infers through files
+    big = sum(v.nbytes for g in model.graph.all_graphs() for v in g.initializers.values()) > 2**31 - 2**24
+    if not big:
+        inferred = onnx.shape_inference.infer_shapes(to_proto(model), check_type=False, strict_mode=False, data_prop=True)
+    else:  # over protobuf's 2 GiB limit: onnx infers through files
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "m.onnx")
-            onnx.save_model(proto, src, save_as_external_data=True, location="m.data")
+            save(model, src, external_data=True)
             onnx.shape_inference.infer_shapes_path(src, src, data_prop=True)
             inferred = onnx.load_model(src, load_external_data=False)
     return _apply(model.graph, inferred.graph)

@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..ir import Model, NumericMismatchError, OnnxforgeError, to_proto
+from ..ir import Model, NumericMismatchError, OnnxforgeError, save, to_proto
+from .analysis import param_stats
 
 
 def sample_inputs(model: Model, seed: int = 0, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
@@ -48,7 +49,6 @@ def load_inputs(path: str) -> dict[str, np.ndarray]:
 def ort_session(model: Model | onnx.ModelProto, optimize: bool = False, threads: int = 0):
     import onnxruntime as ort
 
-    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -57,11 +57,13 @@ def ort_session(model: Model | onnx.ModelProto, optimize: bool = False, threads:
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        if proto.ByteSize() < 2**31 - 2**20:
-            return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(model, onnx.ModelProto):
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        if param_stats(model)["bytes"] < 2**31 - 2**24:
+            return ort.InferenceSession(to_proto(model).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as tmp:  # over protobuf's limit: through a file
             path = os.path.join(tmp, "model.onnx")
-            onnx.save_model(proto, path, save_as_external_data=True, location="model.data")
+            save(model, path, external_data=True)
             return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise OnnxforgeError(f"onnxruntime cannot load the model: {exc}") from None
