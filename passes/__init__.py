@@ -7,6 +7,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..ir import Model
+from . import builtin  # noqa: F401  (registers the built-in passes)
 from .base import Effect, Pass, PassResult
 from .instruments import Instrument, NumericCheck, PrintAfterChange, Reproducer, VerifyAfterEachPass
 from .manager import OptimizeResult, PassManager, PassRecord, run_pass

@@ -52,8 +52,6 @@ def _load_entry_points() -> None:
 
 
 def registered_passes() -> dict[str, type[Pass]]:
-    from . import builtin  # noqa: F401  (registers the built-in passes)
-
     _load_entry_points()
     return dict(sorted(_REGISTRY.items()))
 

@@ -191,13 +191,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except typer.Abort:
         err.print("aborted")
         return 1
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except typer.TyperException as exc:  # usage errors (typer's own copy of click's)
+        if hasattr(exc, "show"):
             exc.show()
-            return 2
-        raise
+        return 2
     return 0
 
 

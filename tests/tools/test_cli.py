@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxforge.tools.cli import main
+from onnxforge.tools.example import build_example
+
+
+@pytest.fixture
+def example(tmp_path):
+    path = tmp_path / "ex.onnx"
+    onnx.save(build_example(), path)
+    return path
+
+
+def test_optimize_writes_model_and_table(example, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(example), "-o", str(out), "--pipeline", "cleanup,fold-constants", "--verify"]) == 0
+    text = capsys.readouterr().out
+    assert "before / after" in text and "Constant" in text and "fold-constants" in text and "OK" in text
+    onnx.checker.check_model(str(out))
+
+
+def test_optimize_json_and_given_inputs(example, tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", input=np.ones((1, 3, 32, 32), np.float32))
+    assert main(["optimize", str(example), "-O1", "--verify", "--inputs", str(tmp_path / "in.npz"), "--check-each", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verify"]["ok"] and report["before"]["ops"]["Constant"] == 7 and "Constant" not in report["after"]["ops"]
+    assert [p["pass"] for p in report["passes"]] == ["cleanup", "fold-constants", "cse", "cleanup"]
+
+
+def test_inspect(example, capsys):
+    assert main(["inspect", str(example), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["inputs"] == [{"name": "input", "type": "float[1,3,32,32]"}]
+    assert info["params"] == 16 * 27 + 16 + 32 * 16 * 9 + 32 + 320 + 10 + 1 + 49 + 3
+    # conv1: 2*16*32*32*27, conv2: 2*32*16*16*144, matmul 2*10*32; elementwise counted once per element
+    assert info["flops"] > 2 * 16 * 32 * 32 * 27 + 2 * 32 * 16 * 16 * 144
+
+
+def test_passes_lists_options(capsys):
+    assert main(["passes", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    fold = next(p for p in info["passes"] if p["name"] == "fold-constants")
+    assert {"name": "max_bytes", "type": "int", "default": "1048576"} in fold["options"]
+    assert info["presets"]["-O1"]
+
+
+def test_exit_codes(example, tmp_path):
+    assert main(["optimize", str(example), "-O", "7"]) == 2
+    assert main(["optimize", str(tmp_path / "nope.onnx")]) == 3
+    assert main(["inspect"]) == 2
