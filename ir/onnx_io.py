@@ -247,6 +247,25 @@ def to_proto(model: Model, writer: "_ExternalWriter | None" = None) -> onnx.Mode
     return proto
 
 
+def to_proto_without_weights(model: Model, min_bytes: int = 1024) -> onnx.ModelProto:
+    """The model with main-graph initializers of >= min_bytes turned into typed graph
+    inputs: enough for shape inference, without copying the weights."""
+    graph = model.graph
+    big = [v for v in graph.initializers.values() if v.nbytes >= min_bytes and not v.is_graph_input]
+    saved = dict(graph.initializers)
+    try:
+        for value in big:
+            del graph.initializers[value.name]
+        proto = to_proto(model)
+    finally:
+        graph.initializers.clear()
+        graph.initializers.update(saved)
+    proto.graph.input.extend(_value_info(v) for v in big)
+    if proto.ir_version < 4:
+        proto.ir_version = 4  # inputs without initializers need IR 4 or later
+    return proto
+
+
 def _fields(**fields: Any) -> dict[str, Any]:
     """Only non-empty fields: proto2 would record an explicit "" as present."""
     return {k: v for k, v in fields.items() if v}

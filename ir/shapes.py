@@ -8,7 +8,7 @@ import tempfile
 import onnx
 
 from .model import Model
-from .onnx_io import _read_type, save, to_proto
+from .onnx_io import _read_type, save, to_proto_without_weights
 
 
 def infer_shapes(model: Model) -> int:
@@ -16,7 +16,8 @@ def infer_shapes(model: Model) -> int:
     Returns how many values gained information."""
     big = sum(v.nbytes for g in model.graph.all_graphs() for v in g.initializers.values()) > 2**31 - 2**24
     if not big:
-        inferred = onnx.shape_inference.infer_shapes(to_proto(model), check_type=False, strict_mode=False, data_prop=True)
+        proto = to_proto_without_weights(model)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     else:  # over protobuf's 2 GiB limit: onnx infers through files
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "m.onnx")

@@ -1,6 +1,7 @@
 """cleanup: remove what does nothing. Dead nodes, unused initializers, Identity,
-inference-mode Dropout, no-op Reshape/Transpose/Cast/Expand/Pad/Concat, and
-chains of Reshapes or Transposes collapsed into one."""
+inference-mode Dropout, no-op Reshape/Transpose/Cast/Expand/Pad/Concat, chains of
+Reshapes or Transposes collapsed into one, and zero padding moved into the Conv
+that follows it."""
 from __future__ import annotations
 
 import numpy as np
@@ -95,10 +96,36 @@ class _Cleaner:
         return _same_static_shape(node.inputs[0], node.outputs[0]) and bypass(graph, node, node.inputs[0])
 
     def rule_Pad(self, graph, node) -> bool:
-        pads = const(node.input(1)) if node.input(1) is not None else node.attr("pads")
-        if pads is None or np.asarray(pads).any():
+        pads = const(node.input(1)) if self.model.opset >= 11 else node.attr("pads")
+        if pads is None:
             return False
-        return bypass(graph, node, node.inputs[0])
+        if not np.asarray(pads).any():
+            return bypass(graph, node, node.inputs[0])
+        return self._pad_into_conv(graph, node, np.asarray(pads, dtype=np.int64))
+
+    def _pad_into_conv(self, graph, node, pads) -> bool:
+        """Zero constant padding of the spatial dims before a Conv becomes the Conv's
+        own pads (what onnxsim/onnxoptimizer do too)."""
+        out = node.outputs[0]
+        if out.is_graph_output or len(out.uses) != 1:
+            return False
+        conv, index = out.uses[0]
+        if conv.op_type != "Conv" or not is_standard(conv) or index != 0 or conv.attr("auto_pad", "NOTSET") != "NOTSET":
+            return False
+        if node.attr("mode", "constant") != "constant" or node.input(3) is not None:
+            return False
+        fill = const(node.input(2)) if node.input(2) is not None else node.attr("value", 0.0)
+        if fill is None or np.asarray(fill).any():
+            return False
+        rank = len(pads) // 2
+        begin, end = pads[:rank], pads[rank:]
+        if (pads < 0).any() or begin[:2].any() or end[:2].any():
+            return False  # negative (cropping) or padding batch/channels: not expressible
+        spatial = rank - 2
+        current = conv.attr("pads", [0] * (2 * spatial))
+        conv.attributes["pads"] = [int(c + p) for c, p in zip(current, list(begin[2:]) + list(end[2:]))]
+        conv.set_input(0, node.inputs[0])
+        return True
 
     def rule_Concat(self, graph, node) -> bool:
         real = [v for v in node.inputs if v is not None]
@@ -108,7 +135,8 @@ class _Cleaner:
 @register_pass("cleanup")
 class Cleanup(Pass):
     """Remove dead nodes, unused initializers, Identity, inference Dropout, no-op
-    Reshape/Transpose/Cast/Expand/Pad/Concat; collapse Reshape and Transpose chains."""
+    Reshape/Transpose/Cast/Expand/Pad/Concat; collapse Reshape and Transpose chains;
+    fold zero Pad into the following Conv."""
 
     def run(self, model) -> PassResult:
         cleaner = _Cleaner(model)

@@ -30,6 +30,8 @@ class FoldOptions:
     max_bytes: int = 1 << 20
     # Fold Shape/Size of values whose shape is known statically.
     shapes: bool = True
+    # Upper bound on fold / shape-inference rounds.
+    max_rounds: int = 32
 
 
 def _shape_constants(model: Model, graph: Graph) -> int:
@@ -219,5 +221,13 @@ class FoldConstants(Pass):
         moved = constants_to_initializers(model.graph)
         if moved:
             stats["constants_moved"] = moved
-        _fold_graph(model, model.graph, self.options, stats)
-        return PassResult(bool(stats), stats)
+        # Folding a shape computation can make the next layer's shapes static, which
+        # lets its own Shape nodes fold: iterate to the fixed point.
+        for rounds in range(1, self.options.max_rounds + 1):
+            before = dict(stats)
+            _fold_graph(model, model.graph, self.options, stats)
+            if stats == before:
+                break
+            model.analyses.pop("shapes", None)  # shapes changed: infer again
+        stats["rounds"] = rounds
+        return PassResult(len(stats) > 1, stats)

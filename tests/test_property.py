@@ -193,7 +193,9 @@ class _Gen:
         self.shapes[new] = self.shapes[old]
         if old in self.consts:
             self.consts.add(new)
-        return new
+        # Read both copies, else cleanup drops the dead one before cse sees it.
+        op = self.draw(st.sampled_from(["Add", "Sub", "Mul"]))
+        return self.emit(op, [old, new], self.shapes[old])
 
 
 @st.composite
@@ -203,7 +205,7 @@ def random_models(draw) -> onnx.ModelProto:
     inputs = [f"x{i}" for i in range(draw(st.integers(1, 3)))]
     for name in inputs:
         gen.shapes[name] = tuple(draw(dims))
-    for _ in range(draw(st.integers(1, 10))):
+    for _ in range(draw(st.integers(1, 12))):
         step = draw(st.sampled_from(["unary", "binary", "matmul", "reshape", "transpose",
                                      "concat", "slice", "duplicate", "constant"]))
         if step == "duplicate":
@@ -216,7 +218,7 @@ def random_models(draw) -> onnx.ModelProto:
             getattr(gen, step)(x, gen.shapes[x])
     outputs = []
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["any", "last", "identity", "input", "repeat", "const"]))
+        kind = draw(st.sampled_from(["last", "last", "any", "identity", "input", "repeat", "const"]))
         pool = {"input": inputs, "repeat": outputs, "const": [n for n in gen.shapes if n in gen.consts]}.get(kind)
         if pool:
             outputs.append(draw(st.sampled_from(pool)))

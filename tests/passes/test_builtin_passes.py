@@ -141,3 +141,33 @@ def test_infer_shapes_and_constants_to_initializers():
     values = {v.name: v for n in result.model.graph.nodes for v in n.outputs}
     assert values["c1"].shape == (1, 16, 32, 32)
     assert ops(result)["Constant"] == 0
+
+
+def _pad_conv(pads, mode="constant", fill=0.0, extra_user=False):
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Pad", ["x", "pads", "fill"], ["p"], mode=mode),
+             helper.make_node("Conv", ["p", "w"], ["y"], pads=[1, 0, 1, 0])]
+    outputs = [T("y", None)]
+    if extra_user:
+        nodes.append(helper.make_node("Relu", ["p"], ["z"]))
+        outputs.append(T("z", None))
+    return build.model(nodes, [T("x", [1, 2, 5, 5])], outputs,
+                       [I("pads", np.array(pads, np.int64)), I("fill", np.array(fill, np.float32)),
+                        I("w", rng.standard_normal((3, 2, 3, 3)).astype(np.float32))])
+
+
+def test_cleanup_moves_zero_padding_into_conv():
+    result = run_and_check(_pad_conv([0, 0, 1, 2, 0, 0, 1, 2]), "cleanup")
+    assert ops(result) == Counter({"Conv": 1})
+    assert result.model.graph.nodes[0].attributes["pads"] == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"pads": [0, 0, 1, 1, 0, 0, 1, 1], "mode": "reflect"},
+    {"pads": [0, 0, 1, 1, 0, 0, 1, 1], "fill": 1.0},
+    {"pads": [0, 1, 1, 1, 0, 0, 1, 1]},  # pads a channel
+    {"pads": [0, 0, -1, 1, 0, 0, 1, 1]},  # crops
+    {"pads": [0, 0, 1, 1, 0, 0, 1, 1], "extra_user": True},
+])
+def test_pad_into_conv_near_misses(kwargs):
+    assert not onnxforge.optimize(onnxforge.load(_pad_conv(**kwargs)), "cleanup").changed
