@@ -50,9 +50,12 @@ def remove_dead(graph: Graph) -> int:
 
 
 def set_constant(graph: Graph, value: Value, array: np.ndarray) -> Value:
-    """Replace a computed value by an initializer of the same name."""
-    name = value.name
-    graph.rename(value, graph.fresh_name(name + "_folded"))
-    init = graph.add_initializer(np.asarray(array), name=name)
-    graph.replace_all_uses(value, init)
+    """Replace a computed value by an initializer that takes over its name."""
+    init = graph.add_initializer(np.asarray(array), name=value.name + "_folded")
+    was_output = value.is_graph_output
+    graph.replace_all_uses(value, init)  # a graph output hands its name over here
+    if not was_output:
+        name = value.name
+        graph.rename(value, graph.fresh_name(name + "_replaced"))
+        graph.rename(init, name)
     return init
