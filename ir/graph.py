@@ -3,7 +3,7 @@ methods that keep use-def links consistent in both directions."""
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -166,23 +166,6 @@ class Graph:
         _detach_deep(node)
         node.graph = None
 
-    def remove_nodes(self, nodes: Iterable[Node]) -> None:
-        """Remove a set of nodes at once (uses among them are allowed)."""
-        doomed = list(nodes)
-        ids = {id(n) for n in doomed}
-        for node in doomed:
-            for value in node.outputs:
-                outside = [u for u, _ in value.uses if id(u) not in ids and not _inside(u, ids)]
-                if outside or value.is_graph_output:
-                    raise VerifierError(
-                        f"cannot remove node {node.name!r} ({node.op_type}): output {value.name!r} is still needed"
-                    )
-        for node in doomed:
-            _detach_deep(node)
-        self.nodes = [n for n in self.nodes if id(n) not in ids]
-        for node in doomed:
-            node.graph = None
-
     def remove_initializer(self, value: Value) -> None:
         if value.uses or value.is_graph_output:
             raise VerifierError(f"cannot remove initializer {value.name!r}: it is still used")
@@ -200,8 +183,8 @@ class Graph:
             return
         for node, index in list(old.uses):
             node.set_input(index, new)
-        for graph in _graphs_listing_output(old):
-            self._replace_output(graph, old, new)
+        if old.graph is not None and old.is_graph_output:
+            self._replace_output(old.graph, old, new)
 
     def _replace_output(self, graph: Graph, old: Value, new: Value) -> None:
         positions = [i for i, v in enumerate(graph.outputs) if v is old]
@@ -236,25 +219,11 @@ class Graph:
                 sub.sort()
 
 
-def _inside(node: Node, ids: set[int]) -> bool:
-    """Whether `node` lives in a subgraph of one of the nodes in `ids`."""
-    graph = node.graph
-    while graph is not None and graph.parent is not None:
-        if id(graph.parent) in ids:
-            return True
-        graph = graph.parent.graph
-    return False
-
-
 def _detach_deep(node: Node) -> None:
     node.detach_inputs()
     for sub in node.subgraphs():
         for inner in sub.all_nodes():
             inner.detach_inputs()
-
-
-def _graphs_listing_output(value: Value) -> list[Graph]:
-    return [value.graph] if value.graph is not None and value.is_graph_output else []
 
 
 def outer_reads(node: Node) -> list[Value]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node
+from ..ir import Graph
 from .analysis import get_analysis
 from .base import Pass, PassResult
 from .registry import register_pass

@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..ir import Graph, Model, Node, Value, to_proto
+from ..ir import Graph, Model, Node, Value
 from .analysis import get_analysis
 from .base import Pass, PassResult
 from .constants import constants_to_initializers
 from .registry import register_pass
-from .util import NONDETERMINISTIC, const, is_standard, remove_dead, set_constant
+from .util import NONDETERMINISTIC, is_standard, remove_dead, set_constant
 
 # Ops whose output is not a function of constant input data alone, or that we
 # never want to materialise.

@@ -14,7 +14,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import onnx
 
 from ..ir import load

@@ -2,7 +2,6 @@
 never writes a partial output file."""
 import os
 
-import numpy as np
 import onnx
 import pytest
 from onnx import helper

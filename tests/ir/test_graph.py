@@ -1,7 +1,6 @@
 """Use-def links stay consistent through every mutation method."""
 import numpy as np
 import pytest
-from onnx import helper
 
 import onnxforge
 from onnxforge.ir import VerifierError

@@ -1,12 +1,10 @@
-import dataclasses
 import io
 
-import numpy as np
 import pytest
 
 import onnxforge
-from onnxforge.ir import NumericMismatchError, PassError, VerifierError
-from onnxforge.passes import Effect, Pass, PassManager, PassResult, PrintAfterChange, Reproducer, register_pass
+from onnxforge.ir import PassError
+from onnxforge.passes import Effect, Pass, PassManager, PassResult, PrintAfterChange, register_pass
 from onnxforge.passes import registry
 from onnxforge.passes.analysis import get_analysis
 from tests.models import build

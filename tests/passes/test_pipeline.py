@@ -1,11 +1,10 @@
-import dataclasses
 import json
 import sys
 
 import pytest
 
 from onnxforge.ir import PassOptionError, PipelineError, PipelineSyntaxError, UnknownPassError
-from onnxforge.passes import Pass, PassResult, load_pipeline_file, parse_pipeline, register_pass, registered_passes
+from onnxforge.passes import Pass, load_pipeline_file, parse_pipeline, register_pass, registered_passes
 from onnxforge.passes import registry
 from onnxforge.passes.pipeline import PassSpec, Repeat, resolve_pipeline
 
