@@ -15,6 +15,7 @@ from onnx import helper
 from ..ir import Graph, Model, Node, Value
 from .analysis import get_analysis
 from .base import Pass, PassResult
+from .check import ort_session
 from .constants import constants_to_initializers
 from .registry import register_pass
 from .util import NONDETERMINISTIC, is_standard, remove_dead, set_constant
@@ -115,13 +116,7 @@ def _run_ort(proto: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray] 
     if typed is None:
         return None
     try:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 4
-        session = ort.InferenceSession(typed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        return dict(zip(names, session.run(names, {})))
+        return dict(zip(names, ort_session(typed).run(names, {})))
     except Exception:
         return None
 
