@@ -1,7 +1,7 @@
 """The onnxforge IR: values, nodes, graphs, models; ONNX import/export; verifier;
 printer; shape inference. Knows nothing of passes or TVM."""
 from .errors import (
-    BuildError, ExternalDataError, LoweringError, ModelLoadError, NumericMismatchError, OnnxforgeError,
+    BuildError, DataError, ExternalDataError, LoweringError, ModelLoadError, NumericMismatchError, OnnxforgeError,
     PassError, PassOptionError, PipelineError, PipelineSyntaxError, UnknownPassError, VerifierError,
 )
 from .graph import Graph
@@ -17,5 +17,5 @@ __all__ = [
     "Value", "Node", "Graph", "Model", "load", "save", "from_proto", "to_proto", "verify", "infer_shapes",
     "format_graph", "format_model", "OnnxforgeError", "ModelLoadError", "ExternalDataError", "VerifierError",
     "PipelineError", "PipelineSyntaxError", "UnknownPassError", "PassOptionError", "PassError",
-    "NumericMismatchError", "LoweringError", "BuildError",
+    "NumericMismatchError", "LoweringError", "BuildError", "DataError",
 ]

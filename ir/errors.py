@@ -63,6 +63,13 @@ class PassError(OnnxforgeError):
         super().__init__(f"pass {pass_name!r} failed{where}: {message}")
 
 
+class DataError(OnnxforgeError):
+    """Sample, benchmark or calibration data that cannot be used: a missing folder,
+    an unreadable .npz, an input the model does not have or a wrong shape/dtype."""
+
+    exit_code = 2
+
+
 class NumericMismatchError(OnnxforgeError):
     """Outputs differ beyond the tolerance a pass declared."""
 

@@ -18,6 +18,7 @@ from ..ir import Model, NumericMismatchError, OnnxforgeError, load, save
 from ..passes import PRESETS, NumericCheck, PrintAfterChange, Reproducer, optimize, registered_passes
 from ..passes.check import compare_outputs, load_inputs, run_ort, sample_inputs
 from ..passes.registry import option_text
+from .bench.command import bench_cmd
 from .summary import human_bytes, human_count, summarize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="onnxforge: optimize, inspect and compile ONNX models.")
@@ -177,6 +178,9 @@ def passes_cmd(as_json: bool = typer.Option(False, "--json", help="print as JSON
     console.print(table)
     for name, text in PRESETS.items():
         console.print(f"preset {name}: {text or '(nothing)'}")
+
+
+app.command("bench")(bench_cmd)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,1 @@
+"""Operator fusions, written with the public pattern-rewrite API."""

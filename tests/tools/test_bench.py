@@ -1,0 +1,138 @@
+"""The benchmark harness on a tiny model: every figure present, ratios against the
+same-run baseline, failing variants reported without losing the others."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from onnxforge.ir import DataError, load, save
+from onnxforge.tools.bench.harness import bench
+from onnxforge.tools.bench.variants import Built, Variant, ort_runner
+from onnxforge.tools.cli import main
+from onnxforge.tools.example import build_example
+
+FAST = dict(warmup=1, min_runs=3, max_seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "example.onnx"
+    save(load(build_example()), path)
+    return path
+
+
+def _samples(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32), "label": np.int64(i % 2)}
+            for i in range(n)]
+
+
+def mean_output(outputs, samples):
+    """A user metric with two arguments; labels ride along in the samples."""
+    assert all("label" in s for s in samples)
+    return {"mean_output": float(np.mean([next(iter(o.values())).mean() for o in outputs]))}
+
+
+def _flaky(after: int) -> Variant:
+    """Builds fine, then its runner raises from the `after`-th call on."""
+    def build(ctx):
+        run = ort_runner(ctx.original, ctx.threads)
+        calls = [0]
+
+        def flaky(feeds):
+            calls[0] += 1
+            if calls[0] > after:
+                raise RuntimeError("device lost")
+            return run(feeds)
+
+        return Built(flaky, ctx.original)
+
+    return Variant("flaky", "pipeline", "fails while being timed", build)
+
+
+def test_every_figure_present_and_ratios_from_the_same_run(model_path, tmp_path):
+    result = bench(model_path, ["-O1", "cse-only=cse"], data=_samples(), metric=mean_output, out=tmp_path,
+                   compare=["onnxsim", "ort-quantize-dynamic", "ort-quantize-static"], peak=True, **FAST)
+    rows = {v["name"]: v for v in result["variants"]}
+    assert list(rows) == ["onnxruntime", "-O1", "cse-only", "onnxsim", "ort-quantize-dynamic", "ort-quantize-static"]
+    base = rows["onnxruntime"]
+    assert result["peak"]["gflops"] > 0 and result["machine"]["threads"] == result["timing"]["threads"]
+    for v in rows.values():
+        assert v["status"] == "ok", v.get("error")
+        assert v["latency"]["runs"] >= 3 and v["latency"]["p25"] <= v["latency"]["median"] <= v["latency"]["p75"]
+        assert v["latency_ratio"] == pytest.approx(v["latency"]["median"] / base["latency"]["median"])
+        assert v["speedup"] == pytest.approx(1 / v["latency_ratio"])
+        assert v["size_ratio"] == pytest.approx(v["size_bytes"] / base["size_bytes"])
+        assert v["gflops"] == pytest.approx(v["flops"] / v["latency"]["median"] / 1e9)
+        assert v["peak_fraction"] == pytest.approx(v["gflops"] / result["peak"]["gflops"])
+        assert set(v["metrics"]) == {"mean_output"}
+        assert v["metric_delta"]["mean_output"] == pytest.approx(v["metrics"]["mean_output"] - base["metrics"]["mean_output"])
+    assert rows["-O1"]["output_diff"]["max_abs"] < 1e-4  # exact pipeline
+    assert rows["ort-quantize-dynamic"]["weight_ratio"] < 0.5  # int8 weights
+    assert rows["ort-quantize-static"]["info"]["settings"].endswith("on 6 samples")
+    assert "passes" in rows["-O1"]["info"]
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["variants"][1]["latency"] == rows["-O1"]["latency"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| -O1 | ok |" in md and "sgemm peak" in md
+    for png in ("latency_ratio.png", "size.png", "metric_vs_speedup.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failing_variants_are_reported_and_the_rest_measured(model_path, tmp_path):
+    def broken_build(ctx):
+        raise ValueError("cannot build this")
+
+    result = bench(model_path, ["-O1", "typo=cleanup,fold-constans", _flaky(after=2),
+                                Variant("broken", "pipeline", "never builds", broken_build)],
+                   out=tmp_path, compare=[], peak=False, **FAST)
+    rows = {v["name"]: v for v in result["variants"]}
+    assert rows["typo"]["status"] == "failed" and "fold-constans" in rows["typo"]["error"]
+    assert rows["broken"]["status"] == "failed" and "cannot build this" in rows["broken"]["error"]
+    assert rows["flaky"]["status"] == "failed" and "device lost" in rows["flaky"]["error"]
+    assert "latency" not in rows["flaky"]
+    for name in ("onnxruntime", "-O1"):
+        assert rows[name]["status"] == "ok" and rows[name]["latency"]["runs"] >= 3
+    assert "flaky failed: RuntimeError: device lost" in (tmp_path / "report.md").read_text()
+
+
+def test_static_quantization_is_skipped_without_data(model_path, tmp_path):
+    result = bench(model_path, out=tmp_path, compare=["ort-quantize-static"], peak=False, **FAST)
+    static = result["variants"][1]
+    assert static["status"] == "skipped" and "calibration data" in static["error"]
+
+
+def test_data_folder_with_meta_metric_and_cli(model_path, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, s in enumerate(_samples(4)):
+        np.savez(data / f"{i:03d}.npz", **s)
+    (data / "meta.json").write_text(json.dumps({"metric": "tests.tools.test_bench:mean_output"}))
+    out = tmp_path / "out"
+    code = main(["bench", str(model_path), "-p", "-O1", "--data", str(data), "--out", str(out), "--compare", "none",
+                 "--runs", "3", "--warmup", "1"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"] == {"source": str(data), "samples": 4, "metric": "tests.tools.test_bench:mean_output"}
+    assert [v["name"] for v in report["variants"]] == ["onnxruntime", "-O1"]
+    assert all("mean_output" in v["metrics"] for v in report["variants"])
+
+
+@pytest.mark.parametrize("data, message", [
+    ([{"x": np.zeros((1, 3, 32, 32), np.float32)}], "lacks model input 'input'"),
+    ([{"input": np.zeros((1, 3, 32, 32), np.float64)}], "is float64, the model wants float32"),
+    ([{"input": np.zeros((1, 3, 16, 32), np.float32)}], "has shape [1, 3, 16, 32]"),
+    ([], "empty"),
+    ("/nonexistent/folder", "does not exist"),
+])
+def test_bad_data_is_a_clear_error(model_path, tmp_path, data, message):
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        bench(model_path, data=data, out=tmp_path, compare=[], peak=False, **FAST)
+
+
+def test_cli_bad_options_exit_2(model_path, tmp_path):
+    assert main(["bench", str(model_path), "--compare", "tvm-magic", "--out", str(tmp_path)]) == 2
+    assert main(["bench", str(model_path), "--dims", "batch=x", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--out", str(tmp_path)]) == 2

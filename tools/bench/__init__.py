@@ -1,0 +1,1 @@
+"""Benchmark harness: variants, timing, metrics, reports."""

@@ -1,0 +1,88 @@
+"""`onnxforge bench`: the benchmark harness from the command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ...ir import DataError
+from ...passes.check import load_inputs
+from .report import machine_line, notes_of, table
+
+console = Console(width=max(Console().width, 150))  # the table is wide; don't fold it into 80 columns
+err = Console(stderr=True)
+
+
+def parse_dims(text: str | None) -> dict[str, int] | None:
+    """`batch=1,sequence=128` -> {"batch": 1, "sequence": 128}."""
+    if not text:
+        return None
+    dims = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip().isdigit():
+            raise DataError(f"--dims wants NAME=INT pairs separated by commas, got {item!r}")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+def print_report(result: dict) -> None:
+    rows = table(result)
+    t = Table(title=f"{result['model']['name']}: onnxforge bench", caption=machine_line(result))
+    for i, col in enumerate(rows[0]):
+        t.add_column(col, justify="left" if i < 2 else "right")
+    for row in rows[1:]:
+        t.add_row(*row)
+    console.print(t)
+    for note in notes_of(result):
+        console.print(f"  {note}", highlight=False)
+
+
+def bench_cmd(
+    model_path: Optional[str] = typer.Argument(None, metavar="MODEL", help="ONNX file (not needed with --suite)"),
+    pipeline: List[str] = typer.Option([], "-p", "--pipeline", help="pipeline to compare; repeatable; NAME=TEXT names it"),
+    data: Optional[str] = typer.Option(None, "--data", help="folder of .npz samples (model inputs + labels), optional meta.json"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="built-in metric or module:function (default: the data's meta.json)"),
+    out: str = typer.Option("bench-out", "--out", help="folder for report.json, report.md, PNG plots and variant models"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="comparators, comma separated, or 'none' (default: all that apply)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="threads for every engine and the sgemm peak (default: all cores)"),
+    runs: int = typer.Option(20, "--runs", help="timed runs per variant (fewer if --max-time is reached first)"),
+    warmup: int = typer.Option(3, "--warmup", help="untimed runs per variant first"),
+    max_time: float = typer.Option(10.0, "--max-time", help="seconds per variant after which timing stops (at least 3 runs)"),
+    dims: Optional[str] = typer.Option(None, "--dims", help="symbolic dims for random timing inputs, e.g. batch=1,sequence=128"),
+    timing_input: Optional[str] = typer.Option(None, "--timing-input", help=".npz with the inputs to time (default: the first sample)"),
+    calib: int = typer.Option(64, "--calib", help="samples used for calibration (static quantization)"),
+    suite: bool = typer.Option(False, "--suite", help="run the benchmark suite: the three BENCHMARKS.md models with their data"),
+    models: Optional[str] = typer.Option(None, "--models", help="with --suite: which models, comma separated (default: all)"),
+    as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
+):
+    """Latency (ratio against onnxruntime in the same run), size, GFLOP/s and task
+    metric of each pipeline's output and of the comparators."""
+    compare_list = None if compare is None else [c for c in compare.split(",") if c and c != "none"]
+    common = dict(compare=compare_list, threads=threads, min_runs=runs, warmup=warmup, max_seconds=max_time,
+                  calib_samples=calib, log=lambda s: err.print(f"[dim]{s}[/dim]", highlight=False))
+    if suite:
+        if model_path or data or metric or dims or timing_input:
+            raise typer.BadParameter("--suite picks models, data and metrics itself; give only --pipeline/--models/--out")
+        from ..benchmarks.suite import run_suite
+
+        results = run_suite(models.split(",") if models else None, pipeline or None, out, **common)
+    else:
+        if not model_path:
+            raise typer.BadParameter("give a MODEL, or --suite")
+        from .harness import bench
+
+        feeds = load_inputs(timing_input) if timing_input else None
+        results = {Path(model_path).stem: bench(model_path, pipeline, data=data, metric=metric, out=out,
+                                                timing_feeds=feeds, dims=parse_dims(dims), **common)}
+    for result in results.values():
+        if as_json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print_report(result)
+    if not as_json:
+        console.print(f"reports in {out}")

@@ -1,0 +1,291 @@
+"""One benchmark run: build every variant, check its outputs and task metric on the
+data, time all of them round-robin against the same-run baseline, and write the
+report (JSON, Markdown, PNG plots)."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from ... import ir
+from ...ir import DataError
+from ...passes.analysis import get_analysis, param_stats
+from ...passes.check import sample_inputs
+from . import plots, report as report_io
+from .data import Dataset, as_dataset, check_inputs, feeds_of
+from .metrics import MetricContext, evaluate, get_metric, lower_is_better
+from .timing import measure, sgemm_peak
+from .variants import COMPARATORS, BuildContext, Skipped, Variant, baseline, parse_pipeline_arg, timed_build
+
+
+def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: Any = None,
+          metric: str | Callable | None = None, out: str | Path = "bench-out", compare: Iterable[str] | None = None,
+          threads: int | None = None, warmup: int = 3, min_runs: int = 20, max_seconds: float = 10.0,
+          timing_feeds: Mapping[str, np.ndarray] | None = None, dims: Mapping[str, int] | None = None,
+          calib_samples: int = 64, peak: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Benchmark `model` against onnxruntime: returns the report dict and writes
+    report.json, report.md and PNG plots into `out`.
+
+    pipelines: pipeline texts (`NAME=TEXT` to name one) or Variant objects.
+    data: a folder of .npz samples, a Dataset, or an iterable of dicts (inputs + labels).
+    metric: a built-in metric name, `module:function`, or a callable; default: the
+      data folder's meta.json "metric", else none (output differences only).
+    compare: comparator names (default: all that apply; static quantization needs data).
+    """
+    original = Path(model)
+    if not original.is_file():
+        raise DataError(f"model {str(original)!r} does not exist")
+    out_dir = Path(out)
+    work_dir = out_dir / "variants"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    threads = threads or os.cpu_count() or 1
+    proto = onnx.load(str(original), load_external_data=False)
+    inputs = _model_inputs(proto)
+    dataset = as_dataset(data)
+    if dataset is not None:
+        check_inputs(dataset, inputs)
+    metric_fn = _resolve_metric(metric, dataset)
+    feeds = _timing_feeds(original, inputs, dataset, timing_feeds, dims)
+
+    variants = [baseline()] + [p if isinstance(p, Variant) else parse_pipeline_arg(p) for p in pipelines]
+    names = [v.name for v in variants]
+    for name in list(COMPARATORS) if compare is None else list(compare):
+        if name not in COMPARATORS:
+            raise DataError(f"unknown comparator {name!r}; known: {', '.join(COMPARATORS)}")
+        variants.append(COMPARATORS[name]())
+    if len(set(v.name for v in variants)) != len(variants):
+        raise DataError(f"variant names must be unique, got {names}")
+
+    calibration = [feeds_of(s, list(inputs)) for s in dataset.samples[:calib_samples]] if dataset else None
+    ctx = BuildContext(original, work_dir, threads, calibration)
+    rows = [_build(v, ctx, log) for v in variants]
+    base = rows[0]
+    if base["status"] != "ok":
+        raise ir.OnnxforgeError(f"the baseline (onnxruntime on {original}) failed: {base['error']}")
+
+    eval_feeds = [feeds_of(s, list(inputs)) for s in dataset.samples] if dataset else [feeds]
+    context = MetricContext(None, {p.key: p.value for p in proto.metadata_props}, dataset.meta if dataset else {})
+    reference = None
+    for row in rows:
+        if row["status"] == "ok":
+            reference = _evaluate(row, eval_feeds, dataset, metric_fn, context, reference, log)
+
+    log(f"timing {sum(r['status'] == 'ok' for r in rows)} variants round-robin, {threads} threads")
+    runners = {r["name"]: (lambda run=r.pop("_runner"): run(feeds)) for r in rows if r["status"] == "ok"}
+    timings = measure(runners, warmup, min_runs, max_seconds, on_error=lambda n, e: _fail(_row(rows, n), e))
+    peak_info = sgemm_peak(threads) if peak else None
+
+    for row in rows:
+        row.pop("_runner", None)
+        if row["name"] in timings and row["status"] == "ok":
+            row["latency"] = timings[row["name"]].__dict__
+            row["flops"] = _flops(Path(row["artifact"]), feeds)
+    _ratios(rows, peak_info, metric_fn)
+    result = {
+        "schema": 1,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(threads),
+        "model": {"path": str(original), "name": original.stem, "inputs": {k: list(map(str, v[1] or [])) for k, v in inputs.items()},
+                  "size_bytes": _size(original), "weight_bytes": param_stats(ir.load(original))["bytes"]},
+        "timing": {"threads": threads, "warmup": warmup, "min_runs": min_runs, "max_seconds": max_seconds,
+                   "order": "round-robin", "feeds": {k: list(v.shape) for k, v in feeds.items()}},
+        "peak": peak_info,
+        "data": None if dataset is None else {"source": dataset.source, "samples": len(dataset),
+                                             "metric": _metric_name(metric, dataset, metric_fn)},
+        "variants": rows,
+    }
+    report_io.write(result, out_dir)
+    plots.write_all(result, out_dir)
+    return result
+
+
+def _model_inputs(proto: onnx.ModelProto) -> dict[str, tuple[np.dtype, list | None]]:
+    inits = {i.name for i in proto.graph.initializer}
+    out = {}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim] if t.HasField("shape") else None
+        out[vi.name] = (onnx.helper.tensor_dtype_to_np_dtype(t.elem_type), shape)
+    return out
+
+
+def _resolve_metric(metric, dataset: Dataset | None):
+    if metric is None and dataset is not None:
+        metric = dataset.meta.get("metric")
+    if metric is None:
+        return None
+    if dataset is None:
+        raise DataError("a metric needs data: pass --data DIR (or data=...)")
+    return get_metric(metric) if isinstance(metric, str) else metric
+
+
+def _metric_name(metric, dataset, fn) -> str | None:
+    if fn is None:
+        return None
+    spec = metric if metric is not None else dataset.meta.get("metric")
+    return spec if isinstance(spec, str) else f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _timing_feeds(original, inputs, dataset, timing_feeds, dims) -> dict[str, np.ndarray]:
+    if timing_feeds is not None:
+        missing = set(inputs) - set(timing_feeds)
+        if missing:
+            raise DataError(f"timing inputs lack {sorted(missing)}")
+        return {k: np.asarray(timing_feeds[k]) for k in inputs}
+    if dataset is not None and not dims:
+        return feeds_of(dataset.samples[0], list(inputs))
+    return sample_inputs(ir.load(original), dims=dims)
+
+
+def _row(rows: list[dict], name: str) -> dict:
+    return next(r for r in rows if r["name"] == name)
+
+
+def _fail(row: dict, exc: BaseException) -> None:
+    row["status"] = "failed"
+    row["error"] = f"{type(exc).__name__}: {exc}".strip()
+    row["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
+    row.pop("_runner", None)
+    row.pop("latency", None)
+
+
+def _build(variant: Variant, ctx: BuildContext, log) -> dict:
+    row: dict[str, Any] = {"name": variant.name, "kind": variant.kind, "description": variant.description, "status": "ok"}
+    log(f"building {variant.name}")
+    try:
+        built, seconds = timed_build(variant, ctx)
+    except Skipped as why:
+        row.update(status="skipped", error=str(why))
+        return row
+    except Exception as exc:  # noqa: BLE001 - report it, keep the other variants
+        _fail(row, exc)
+        log(f"  {variant.name} failed: {row['error']}")
+        return row
+    row.update(build_seconds=seconds, info=built.info, artifact=str(built.artifact), size_bytes=_size(built.artifact),
+               _runner=built.runner)
+    try:
+        row["weight_bytes"] = param_stats(ir.load(built.artifact))["bytes"]
+    except ir.OnnxforgeError:
+        row["weight_bytes"] = None  # not an ONNX file (compiled packages report their own size)
+    return row
+
+
+def _evaluate(row, eval_feeds, dataset, metric_fn, context, reference, log):
+    """Outputs on every sample, their difference from the baseline's, and the metric.
+    Returns the baseline's outputs (the reference for every later variant)."""
+    log(f"evaluating {row['name']} on {len(eval_feeds)} samples")
+    try:
+        outputs = [row["_runner"](f) for f in eval_feeds]
+        if reference is not None:
+            row["output_diff"] = _diff(reference, outputs)
+        if metric_fn is not None:
+            ctx = MetricContext(reference, context.model_metadata, context.meta)
+            row["metrics"] = evaluate(metric_fn, outputs, dataset.samples, ctx)
+    except Exception as exc:  # noqa: BLE001
+        _fail(row, exc)
+        log(f"  {row['name']} failed: {row['error']}")
+        return reference
+    return outputs if reference is None else reference
+
+
+def _diff(reference: list[dict], outputs: list[dict]) -> dict[str, float]:
+    max_abs, total, count = 0.0, 0.0, 0
+    for ref, got in zip(reference, outputs):
+        if len(ref) != len(got):
+            raise ValueError(f"{len(got)} outputs, the original has {len(ref)}")
+        for (name, a), b in zip(ref.items(), got.values()):
+            if a.shape != b.shape:
+                raise ValueError(f"output {name!r} has shape {list(b.shape)}, the original's is {list(a.shape)}")
+            d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            max_abs = max(max_abs, float(d.max(initial=0.0)))
+            total, count = total + float(d.sum()), count + d.size
+    return {"max_abs": max_abs, "mean_abs": total / max(count, 1)}
+
+
+def _flops(artifact: Path, feeds: Mapping[str, np.ndarray]) -> int | None:
+    """FLOPs of the variant's own graph at the timed input shapes (inspect's analysis)."""
+    try:
+        model = ir.load(artifact)
+    except ir.OnnxforgeError:
+        return None
+    for value in model.graph.inputs:
+        if value.name in feeds:
+            value.shape = list(feeds[value.name].shape)
+    info = get_analysis(model, "flops")
+    return info["total"] or None
+
+
+def _ratios(rows: list[dict], peak: dict | None, metric_fn) -> None:
+    base = rows[0]
+    base_lat = base["latency"]["median"] if "latency" in base else None
+    base_metrics = base.get("metrics", {})
+    for row in rows:
+        if row.get("size_bytes"):
+            row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
+        if row.get("weight_bytes") and base.get("weight_bytes"):
+            row["weight_ratio"] = row["weight_bytes"] / base["weight_bytes"]
+        lat = row.get("latency")
+        if lat and base_lat:
+            row["latency_ratio"] = lat["median"] / base_lat
+            row["speedup"] = base_lat / lat["median"]
+        if lat and row.get("flops"):
+            row["gflops"] = row["flops"] / lat["median"] / 1e9
+            if peak:
+                row["peak_fraction"] = row["gflops"] / peak["gflops"]
+        if row.get("metrics") and base_metrics:
+            row["metric_delta"] = {k: v - base_metrics[k] for k, v in row["metrics"].items() if k in base_metrics}
+            row["metric_lower_is_better"] = [k for k in row["metrics"] if lower_is_better(metric_fn, k)]
+
+
+def _size(path: Path) -> int:
+    """Bytes on disk, external-data files included."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    size = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file
+        return size
+    seen = set()
+    for t in proto.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                size += (path.parent / entry.value).stat().st_size
+    return size
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    import onnxruntime
+
+    from ... import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
+            "python": platform.python_version(), "onnxforge": __version__, "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__, "numpy": np.__version__,
+            "onnxsim": _version("onnxsim")}
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+

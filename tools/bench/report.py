@@ -1,0 +1,89 @@
+"""report.json (every figure) and report.md (the table people read)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+_MB = 1e6
+
+
+def write(result: dict, out_dir: Path) -> None:
+    _atomic(out_dir / "report.json", json.dumps(result, indent=2, default=_jsonable) + "\n")
+    _atomic(out_dir / "report.md", markdown(result))
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(obj):
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return str(obj)
+
+
+def machine_line(result: dict) -> str:
+    m, t, peak = result["machine"], result["timing"], result.get("peak")
+    line = (f"{result['date'][:10]}, {m['cpu']}, {m['cores']} cores, {t['threads']} threads for every engine, "
+            f"onnxruntime {m['onnxruntime']}")
+    if peak:
+        line += f", fp32 sgemm peak {peak['gflops']:.1f} GFLOP/s ({peak['blas']}, n={peak['n']})"
+    return line
+
+
+def table(result: dict) -> list[list[str]]:
+    """Header row, then one row per variant; shared by report.md and the CLI."""
+    metric_keys = _metric_keys(result)
+    header = ["variant", "status", "latency ms (p25-p75)", "vs onnxruntime", "GFLOP/s (% peak)", "size MB (ratio)",
+              "max abs diff", *metric_keys]
+    rows = [header]
+    for v in result["variants"]:
+        lat = v.get("latency")
+        row = [v["name"], v["status"],
+               f"{lat['median'] * 1e3:.2f} ({lat['p25'] * 1e3:.2f}-{lat['p75'] * 1e3:.2f})" if lat else "-",
+               f"{v['latency_ratio']:.2f}x" if "latency_ratio" in v else "-",
+               (f"{v['gflops']:.1f} ({v['peak_fraction'] * 100:.0f}%)" if "peak_fraction" in v
+                else f"{v['gflops']:.1f}" if "gflops" in v else "-"),
+               f"{v['size_bytes'] / _MB:.2f} ({v['size_ratio']:.2f})" if "size_ratio" in v else "-",
+               f"{v['output_diff']['max_abs']:.2g}" if "output_diff" in v else ("reference" if v["kind"] == "baseline" else "-")]
+        for key in metric_keys:
+            value = v.get("metrics", {}).get(key)
+            delta = v.get("metric_delta", {}).get(key)
+            row.append("-" if value is None else f"{value:.4f}" + (f" ({delta:+.4f})" if delta and v["kind"] != "baseline" else ""))
+        rows.append(row)
+    return rows
+
+
+def _metric_keys(result: dict) -> list[str]:
+    keys: list[str] = []
+    for v in result["variants"]:
+        keys += [k for k in v.get("metrics", {}) if k not in keys]
+    return keys
+
+
+def notes_of(result: dict) -> list[str]:
+    """Why each failed or skipped variant has no figures."""
+    return [f"{v['name']} {v['status']}: {v.get('error', '')}" for v in result["variants"] if v["status"] != "ok"]
+
+
+def markdown(result: dict) -> str:
+    rows = table(result)
+    lines = [f"# Benchmark: {result['model']['name']}", "", machine_line(result) + ".", ""]
+    feeds = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in result["timing"]["feeds"].items())
+    t = result["timing"]
+    lines.append(f"Latency: median over at least {t['min_runs']} runs (or {t['max_seconds']:g} s) after "
+                 f"{t['warmup']} warm-up runs, variants timed round-robin in one process; input {feeds}.")
+    if result.get("data"):
+        d = result["data"]
+        lines.append(f"Data: {d['samples']} samples from {d['source']}; metric: {d['metric'] or 'none'} "
+                     "(differences in parentheses are against the baseline).")
+    lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]
+    notes = notes_of(result)
+    if notes:
+        lines += ["", "Not measured:"] + [f"- {n}" for n in notes]
+    lines += ["", "GFLOP/s: the variant's FLOPs (onnxforge inspect's count at the timed input shape) / median latency."]
+    return "\n".join(lines) + "\n"

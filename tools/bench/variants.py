@@ -1,0 +1,165 @@
+"""What a benchmark compares: the original model in onnxruntime (the baseline), the
+output of each onnxforge pipeline, and the other tools' answers to the same job
+(onnxruntime's own int8 quantizers, onnxsim). Each variant builds an artifact on
+disk and a runner (feeds -> outputs); building may fail without stopping the rest."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from ... import ir
+from ...passes import optimize
+
+Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass
+class BuildContext:
+    original: Path
+    work_dir: Path  # where variant artifacts are written
+    threads: int
+    calibration: list[dict[str, np.ndarray]] | None  # model feeds, or None without data
+
+
+@dataclasses.dataclass
+class Built:
+    runner: Runner
+    artifact: Path  # the file whose size is reported
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Skipped(Exception):
+    """The variant does not apply here (e.g. static quantization without data)."""
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    kind: str  # baseline | pipeline | comparator | compiled
+    description: str
+    build: Callable[[BuildContext], Built]
+
+
+def ort_runner(path: Path, threads: int) -> Runner:
+    """onnxruntime on CPU, all graph optimizations, `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, dict(feeds))))
+
+    return run
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.-") or "variant"
+
+
+def baseline() -> Variant:
+    def build(ctx: BuildContext) -> Built:
+        return Built(ort_runner(ctx.original, ctx.threads), ctx.original)
+
+    return Variant("onnxruntime", "baseline", "onnxruntime on the original model", build)
+
+
+def pipeline(name: str, text: str) -> Variant:
+    def build(ctx: BuildContext) -> Built:
+        result = optimize(ir.load(ctx.original), text)
+        path = ctx.work_dir / f"{_slug(name)}.onnx"
+        ir.save(result.model, path)
+        passes = [{"pass": r.spec, "changed": r.changed, "seconds": r.seconds, "stats": r.stats} for r in result.records]
+        return Built(ort_runner(path, ctx.threads), path, {"pipeline": str(result.pipeline), "passes": passes,
+                                                            "optimize_seconds": result.seconds})
+
+    return Variant(name, "pipeline", f"onnxruntime on the output of `{text}`", build)
+
+
+def _initializer_copy(ctx: BuildContext) -> Path:
+    """onnxruntime's quantizers only see weights held as initializers; models that
+    keep them in Constant nodes (PP-OCRv4) get them moved first, nothing else."""
+    path = ctx.work_dir / "_weights_as_initializers.onnx"
+    if not path.exists():
+        ir.save(optimize(ir.load(ctx.original), "constants-to-initializers").model, path)
+    return path
+
+
+def ort_quantize_dynamic() -> Variant:
+    def build(ctx: BuildContext) -> Built:
+        from onnxruntime.quantization import quantize_dynamic
+
+        path = ctx.work_dir / "ort_quantize_dynamic.onnx"
+        quantize_dynamic(_initializer_copy(ctx), path)
+        return Built(ort_runner(path, ctx.threads), path, {"settings": "quantize_dynamic defaults (int8 weights)"})
+
+    return Variant("ort-quantize-dynamic", "comparator", "onnxruntime.quantization.quantize_dynamic", build)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over our calibration feeds."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def ort_quantize_static() -> Variant:
+    def build(ctx: BuildContext) -> Built:
+        if not ctx.calibration:
+            raise Skipped("needs calibration data (--data)")
+        from onnxruntime.quantization import QuantFormat, quantize_static
+
+        path = ctx.work_dir / "ort_quantize_static.onnx"
+        quantize_static(_initializer_copy(ctx), path, _Reader(ctx.calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True)
+        return Built(ort_runner(path, ctx.threads), path, {
+            "settings": f"QDQ, per-channel int8 weights, min-max calibration on {len(ctx.calibration)} samples"})
+
+    return Variant("ort-quantize-static", "comparator", "onnxruntime.quantization.quantize_static (QDQ)", build)
+
+
+def onnxsim_variant() -> Variant:
+    def build(ctx: BuildContext) -> Built:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(onnx.load(str(ctx.original)))
+        if not ok:
+            raise RuntimeError("onnxsim's own check of its output failed")
+        path = ctx.work_dir / "onnxsim.onnx"
+        onnx.save(simplified, str(path))
+        return Built(ort_runner(path, ctx.threads), path)
+
+    return Variant("onnxsim", "comparator", "onnxruntime on onnxsim's output", build)
+
+
+COMPARATORS: dict[str, Callable[[], Variant]] = {
+    "ort-quantize-dynamic": ort_quantize_dynamic,
+    "ort-quantize-static": ort_quantize_static,
+    "onnxsim": onnxsim_variant,
+}
+
+
+def parse_pipeline_arg(arg: str) -> Variant:
+    """`NAME=PIPELINE` names a variant; a bare pipeline is named by its own text."""
+    m = re.fullmatch(r"([A-Za-z0-9_.][A-Za-z0-9_.-]*)=(.+)", arg, flags=re.S)
+    return pipeline(m.group(1), m.group(2)) if m else pipeline(arg, arg)
+
+
+def timed_build(variant: Variant, ctx: BuildContext) -> tuple[Built, float]:
+    t0 = time.perf_counter()
+    built = variant.build(ctx)
+    return built, time.perf_counter() - t0

@@ -1,0 +1,1 @@
+"""The benchmark suite: the three BENCHMARKS.md models with their real data."""
