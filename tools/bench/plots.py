@@ -34,7 +34,8 @@ def latency(result: dict, path: Path, plt) -> Path:
     # Error bars: the interquartile range of each variant, relative to the baseline median.
     lo = [r - v["latency"]["p25"] / base for r, v in zip(ratios, rows)]
     hi = [v["latency"]["p75"] / base - r for r, v in zip(ratios, rows)]
-    ax.barh(names, ratios, xerr=[lo, hi], color=["#888" if v["kind"] == "baseline" else "#3a7" for v in rows])
+    colors = {"baseline": "#888", "comparator": "#47a"}
+    ax.barh(names, ratios, xerr=[lo, hi], color=[colors.get(v["kind"], "#3a7") for v in rows])  # ours green
     ax.axvline(1.0, color="k", lw=0.8)
     ax.invert_yaxis()
     ax.set_xlabel("median latency / onnxruntime on the original (lower is faster)")

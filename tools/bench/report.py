@@ -70,8 +70,13 @@ def notes_of(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
+    return "\n".join([f"# Benchmark: {result['model']['name']}", "", machine_line(result) + ".", "", markdown_body(result)])
+
+
+def markdown_body(result: dict) -> str:
+    """The timing conditions, the table and the notes: what the suite summary repeats per model."""
     rows = table(result)
-    lines = [f"# Benchmark: {result['model']['name']}", "", machine_line(result) + ".", ""]
+    lines = []
     feeds = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in result["timing"]["feeds"].items())
     t = result["timing"]
     lines.append(f"Latency: median over at least {t['min_runs']} runs (or {t['max_seconds']:g} s) after "
