@@ -8,7 +8,7 @@ import tempfile
 import onnx
 
 from .model import Model
-from .onnx_io import _read_type, save, to_proto_without_weights
+from .onnx_io import _read_type, save, to_proto, to_proto_without_weights
 
 
 def infer_shapes(model: Model) -> int:
@@ -24,6 +24,17 @@ def infer_shapes(model: Model) -> int:
             save(model, src, external_data=True)
             onnx.shape_inference.infer_shapes_path(src, src, data_prop=True)
             inferred = onnx.load_model(src, load_external_data=False)
+    return _apply(model.graph, inferred.graph)
+
+
+def infer_shapes_symbolic(model: Model) -> int:
+    """onnxruntime's symbolic shape inference, for what onnx's cannot do: shapes
+    computed at run time (Shape -> Gather -> ... -> Pad) and com.microsoft ops
+    (fused Attention, Gelu, ...). Graph inputs need concrete or named dims.
+    Returns how many values gained information; raises whatever the tool raises."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = SymbolicShapeInference.infer_shapes(to_proto(model), auto_merge=True, guess_output_rank=True)
     return _apply(model.graph, inferred.graph)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..ir import Model, infer_shapes
+from ..ir.shapes import infer_shapes_symbolic
 
 _ANALYSES: dict[str, Callable[[Model], Any]] = {}
 
@@ -87,14 +88,35 @@ def node_flops(node) -> int | None:
             return None
         k = a.shape[0] if op == "Gemm" and node.attr("transA", 0) else a.shape[-1]
         return 2 * out_n * int(k)
+    if node.domain == "com.microsoft" and op in ("Attention", "MultiHeadAttention"):
+        return _attention_flops(node)
     if out_n is None:
         return None
     return out_n  # elementwise, reductions, data movement: one op per output element
 
 
+def _attention_flops(node) -> int | None:
+    """Fused attention: the Q/K/V projection (Attention only), Q.K^T and P.V."""
+    q, out = node.input(0), node.outputs[0]
+    dims = [v.shape for v in (q, out)] + ([node.input(1).shape] if node.input(1) is not None else [])
+    if any(d is None or not all(isinstance(x, int) for x in d) for d in dims):
+        return None
+    batch, seq, hidden = out.shape[0], out.shape[1], out.shape[-1]
+    if node.op_type == "Attention":  # input [B, S, in], weights [in, 3 * hidden]
+        w = node.input(1).shape
+        return 2 * batch * seq * w[0] * w[1] + 4 * batch * seq * seq * hidden
+    keys = node.input(1).shape  # MultiHeadAttention: key [B, L, hidden]
+    return 4 * batch * seq * keys[1] * hidden if len(keys) == 3 else None
+
+
 @analysis("flops")
 def flops(model: Model) -> dict[str, Any]:
     get_analysis(model, "shapes")
+    if any(node_flops(n) is None for n in model.graph.all_nodes()):
+        try:  # run-time shape computations and contrib ops: onnxruntime's inference knows them
+            infer_shapes_symbolic(model)
+        except Exception:  # noqa: BLE001 - best effort; unknown nodes are counted and reported
+            pass
     total = 0
     by_op: Counter = Counter()
     unknown = 0

@@ -136,3 +136,25 @@ def test_cli_bad_options_exit_2(model_path, tmp_path):
     assert main(["bench", str(model_path), "--compare", "tvm-magic", "--out", str(tmp_path)]) == 2
     assert main(["bench", str(model_path), "--dims", "batch=x", "--out", str(tmp_path)]) == 2
     assert main(["bench", "--out", str(tmp_path)]) == 2
+
+
+def test_suite_runs_each_model_and_reports_a_failing_one(model_path, tmp_path, monkeypatch):
+    from onnxforge.ir import OnnxforgeError
+    from onnxforge.tools.benchmarks import suite
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, s in enumerate(_samples(3)):
+        np.savez(data / f"{i:03d}.npz", **s)
+
+    def missing():
+        raise FileNotFoundError("wheel not reachable")
+
+    monkeypatch.setattr(suite, "SUITE", {"tiny": suite.Entry(lambda: model_path, lambda m: data),
+                                         "gone": suite.Entry(missing, lambda m: data)})
+    with pytest.raises(OnnxforgeError, match="gone"):
+        suite.run_suite(out=tmp_path / "out", pipelines=["-O1"], compare=[], log=lambda s: None, peak=False, **FAST)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## tiny" in summary and "| -O1 | ok |" in summary
+    assert "## gone" in summary and "FAILED: FileNotFoundError: wheel not reachable" in summary
+    assert (tmp_path / "out" / "tiny" / "report.json").exists()

@@ -52,7 +52,8 @@ def table(result: dict) -> list[list[str]]:
         for key in metric_keys:
             value = v.get("metrics", {}).get(key)
             delta = v.get("metric_delta", {}).get(key)
-            row.append("-" if value is None else f"{value:.4f}" + (f" ({delta:+.4f})" if delta and v["kind"] != "baseline" else ""))
+            shown = delta is not None and round(delta, 4) != 0 and v["kind"] != "baseline"
+            row.append("-" if value is None else f"{value:.4f}" + (f" ({delta:+.4f})" if shown else ""))
         rows.append(row)
     return rows
 
