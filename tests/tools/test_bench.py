@@ -158,3 +158,14 @@ def test_suite_runs_each_model_and_reports_a_failing_one(model_path, tmp_path, m
     assert "## tiny" in summary and "| -O1 | ok |" in summary
     assert "## gone" in summary and "FAILED: FileNotFoundError: wheel not reachable" in summary
     assert (tmp_path / "out" / "tiny" / "report.json").exists()
+
+
+def test_a_failing_baseline_is_an_error_not_a_report(model_path, tmp_path):
+    from onnxforge.ir import OnnxforgeError
+
+    def broken_metric(outputs, samples):
+        raise KeyError("no such output")
+
+    with pytest.raises(OnnxforgeError, match="baseline.*failed.*no such output"):
+        bench(model_path, ["-O1"], data=_samples(2), metric=broken_metric, out=tmp_path, compare=[], peak=False, **FAST)
+    assert not (tmp_path / "report.json").exists()

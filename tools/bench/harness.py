@@ -65,9 +65,6 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     calibration = [feeds_of(s, list(inputs)) for s in dataset.samples[:calib_samples]] if dataset else None
     ctx = BuildContext(original, work_dir, threads, calibration)
     rows = [_build(v, ctx, log) for v in variants]
-    base = rows[0]
-    if base["status"] != "ok":
-        raise ir.OnnxforgeError(f"the baseline (onnxruntime on {original}) failed: {base['error']}")
 
     eval_feeds = [feeds_of(s, list(inputs)) for s in dataset.samples] if dataset else [feeds]
     context = MetricContext(None, {p.key: p.value for p in proto.metadata_props}, dataset.meta if dataset else {})
@@ -75,6 +72,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     for row in rows:
         if row["status"] == "ok":
             reference = _evaluate(row, eval_feeds, dataset, metric_fn, context, reference, log)
+        _require_baseline(rows[0], original)
 
     # The peak is taken before and after timing, best of both: a busy neighbour
     # lowers a single reading, and the peak is a ceiling.
@@ -82,6 +80,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     log(f"timing {sum(r['status'] == 'ok' for r in rows)} variants round-robin, {threads} threads")
     runners = {r["name"]: (lambda run=r.pop("_runner"): run(feeds)) for r in rows if r["status"] == "ok"}
     timings = measure(runners, warmup, min_runs, max_seconds, on_error=lambda n, e: _fail(_row(rows, n), e))
+    _require_baseline(rows[0], original)
     if peak:
         peak_info = max(peak_info, sgemm_peak(threads), key=lambda p: p["gflops"])
 
@@ -147,6 +146,12 @@ def _timing_feeds(original, inputs, dataset, timing_feeds, dims) -> dict[str, np
     if dataset is not None and not dims:
         return feeds_of(dataset.samples[0], list(inputs))
     return sample_inputs(ir.load(original), dims=dims)
+
+
+def _require_baseline(base: dict, original: Path) -> None:
+    """Every ratio is against the baseline: without it there is no report."""
+    if base["status"] != "ok":
+        raise ir.OnnxforgeError(f"the baseline (onnxruntime on {original}) failed: {base['error']}")
 
 
 def _row(rows: list[dict], name: str) -> dict:
