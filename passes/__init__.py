@@ -9,10 +9,12 @@ import numpy as np
 from ..ir import Model
 from . import builtin  # noqa: F401  (registers the built-in passes)
 from .base import Effect, Pass, PassResult
+from .graphsurgeon import GraphSurgeonPass, from_graphsurgeon, graphsurgeon_pass, to_graphsurgeon
 from .instruments import Instrument, NumericCheck, PrintAfterChange, Reproducer, VerifyAfterEachPass
 from .manager import OptimizeResult, PassManager, PassRecord, run_pass
 from .pipeline import PRESETS, Pipeline, load_pipeline_file, parse_pipeline
 from .registry import get_pass, register_pass, registered_passes
+from .rewrite import Builder, RewritePass, Rule, RuleSet, rewrite_pass, rule
 
 
 def optimize(
@@ -39,4 +41,6 @@ __all__ = [
     "Pass", "PassResult", "Effect", "register_pass", "get_pass", "registered_passes", "Pipeline", "parse_pipeline",
     "load_pipeline_file", "PRESETS", "PassManager", "OptimizeResult", "PassRecord", "run_pass", "optimize",
     "Instrument", "NumericCheck", "PrintAfterChange", "Reproducer", "VerifyAfterEachPass",
+    "Rule", "RuleSet", "rule", "RewritePass", "rewrite_pass", "Builder",
+    "GraphSurgeonPass", "graphsurgeon_pass", "to_graphsurgeon", "from_graphsurgeon",
 ]

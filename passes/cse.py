@@ -15,7 +15,8 @@ from .util import NONDETERMINISTIC
 
 def _attr_key(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        return ("tensor", value.dtype.str, value.shape, hashlib.sha1(np.ascontiguousarray(value).tobytes() if value.dtype != object else repr(value.tolist()).encode()).hexdigest())
+        raw = np.ascontiguousarray(value).tobytes() if value.dtype != object else repr(value.tolist()).encode()
+        return ("tensor", value.dtype.str, value.shape, hashlib.sha1(raw).hexdigest())
     if isinstance(value, list):
         return tuple(_attr_key(v) for v in value)
     if isinstance(value, float):

@@ -218,7 +218,7 @@ class FoldConstants(Pass):
             stats["constants_moved"] = moved
         # Folding a shape computation can make the next layer's shapes static, which
         # lets its own Shape nodes fold: iterate to the fixed point.
-        for rounds in range(1, self.options.max_rounds + 1):
+        for rounds in range(1, self.options.max_rounds + 1):  # noqa: B007 - read after the loop
             before = dict(stats)
             _fold_graph(model, model.graph, self.options, stats)
             if stats == before:

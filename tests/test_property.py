@@ -217,7 +217,7 @@ def random_models(draw) -> onnx.ModelProto:
             gen.data(tuple(draw(dims)))
         else:
             scalar_ok = step in ("unary", "binary", "reshape")  # the others need an axis
-            x = gen.pick(lambda t: scalar_ok or len(t) > 0)
+            x = gen.pick(lambda t, scalar_ok=scalar_ok: scalar_ok or len(t) > 0)
             getattr(gen, step)(x, gen.shapes[x])
     outputs = []
     for _ in range(draw(st.integers(1, 3))):

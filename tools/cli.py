@@ -47,7 +47,8 @@ def optimize_cmd(
     rtol: float = typer.Option(1e-3, help="relative tolerance for --verify"),
     print_after_change: bool = typer.Option(False, "--print-after-change", help="print the IR after each pass that changed it"),
     reproducer: Optional[str] = typer.Option(None, "--reproducer", help="on failure, write the failing pass's input model and pipeline here"),
-    external_data: Optional[bool] = typer.Option(None, "--external-data/--no-external-data", help="store weights in a .data file next to the model (default: only over 2 GiB)"),
+    external_data: Optional[bool] = typer.Option(
+        None, "--external-data/--no-external-data", help="store weights in a .data file next to the model (default: only over 2 GiB)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ):
     """Run a pass pipeline: ONNX in, ONNX out, with a before/after table."""

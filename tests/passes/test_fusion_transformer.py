@@ -1,0 +1,130 @@
+"""layernorm, gelu and attention fusions on small models in the exporters'
+shapes; outputs checked against onnxruntime, second runs change nothing, near
+misses change nothing."""
+import math
+from collections import Counter
+
+import pytest
+from onnx import TensorProto, numpy_helper
+
+import onnxforge
+from tests.conftest import run_and_check
+from tests.models import fusion as fm
+
+F = TensorProto.FLOAT
+
+
+def ops(model):
+    return Counter((f"{n.domain}." if n.domain else "") + n.op_type for n in model.graph.all_nodes())
+
+
+def unchanged(proto, pipeline):
+    return not onnxforge.optimize(onnxforge.load(proto), pipeline).changed
+
+
+# ---------------------------------------------------------------- layernorm
+@pytest.mark.parametrize("variant,gamma,beta,opset", [
+    ("pow-div", True, True, 17), ("mul-reciprocal", True, True, 17), ("pow-div", True, False, 17),
+    ("pow-div", False, False, 17), ("mul-div", True, True, 18),
+])
+def test_layernorm_variants_fuse(variant, gamma, beta, opset):
+    proto, _ = fm.layer_norm(variant, gamma=gamma, beta=beta, opset=opset)
+    result = run_and_check(proto, "fuse{patterns=layernorm}", atol=1e-5, rtol=1e-4)
+    assert ops(result.model) == Counter({"LayerNormalization": 1})
+    node = result.model.graph.nodes[0]
+    assert node.attr("axis") == -1 and math.isclose(node.attr("epsilon"), 1e-5, rel_tol=1e-6)
+    assert len(node.inputs) == (3 if beta else 2)
+
+
+def test_layernorm_over_two_trailing_axes():
+    proto, _ = fm.layer_norm(axes=(-2, -1), batch=2)
+    result = run_and_check(proto, "fuse{patterns=layernorm}", atol=1e-5, rtol=1e-4)
+    assert ops(result.model) == Counter({"LayerNormalization": 1})
+    assert result.model.graph.nodes[0].attr("axis") == -2
+
+
+def test_existing_layernorms_are_counted():
+    proto, _ = fm.layer_norm()
+    once = onnxforge.optimize(onnxforge.load(proto), "fuse").model
+    again = onnxforge.optimize(once, "fuse")
+    assert not again.changed and again.records[0].stats == {"LayerNormalization_in_model": 1}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"eps_inside": False},        # epsilon after the square root: a different function
+    {"axes": (1,)},               # normalizes over the sequence axis, not the hidden one
+    {"opset": 16},                # no LayerNormalization before opset 17
+])
+def test_layernorm_near_misses(kwargs):
+    proto, _ = fm.layer_norm(**kwargs)
+    assert unchanged(proto, "fuse{patterns=layernorm}")
+
+
+def test_layernorm_with_an_extra_reader_of_the_variance_is_left():
+    proto, net = fm.layer_norm()
+    variance = next(n for n in proto.graph.node if n.op_type == "ReduceMean" and n.input[0].startswith("pow")).output[0]
+    proto.graph.output.add().CopyFrom(fm.build.tensor(variance, ["batch", 5, 1]))
+    assert unchanged(proto, "fuse{patterns=layernorm}")
+
+
+# ---------------------------------------------------------------- gelu
+@pytest.mark.parametrize("form,grouping,opset,expected", [
+    ("erf", 0, 17, "com.microsoft.Gelu"), ("erf", 1, 17, "com.microsoft.Gelu"), ("erf", 2, 17, "com.microsoft.Gelu"),
+    ("tanh", 0, 17, "com.microsoft.FastGelu"), ("erf", 0, 20, "Gelu"), ("tanh", 2, 20, "Gelu"),
+])
+def test_gelu_forms_fuse(form, grouping, opset, expected):
+    proto, _ = fm.gelu(form, grouping, opset=opset)
+    result = run_and_check(proto, "fuse{patterns=gelu}", atol=1e-5, rtol=1e-4)
+    assert ops(result.model) == Counter({"MatMul": 1, expected: 1})
+    gelu = result.model.graph.nodes[-1]
+    assert gelu.attr("approximate", "none") == ("tanh" if form == "tanh" and opset >= 20 else "none")
+
+
+def test_gelu_near_misses():
+    """Not fused: a wrong constant, standard_only below opset 20, an extra reader
+    of the Erf, a scale that is fed at run time."""
+    assert unchanged(fm.gelu(sqrt2=1.5)[0], "fuse{patterns=gelu}")
+    assert unchanged(fm.gelu()[0], "fuse{patterns=gelu standard_only=true}")
+    proto, _ = fm.gelu()
+    erf = next(n for n in proto.graph.node if n.op_type == "Erf").output[0]
+    proto.graph.output.add().CopyFrom(fm.build.tensor(erf, ["batch", 16]))
+    assert unchanged(proto, "fuse{patterns=gelu}")
+    proto, _ = fm.gelu()
+    half = next(i for i in proto.graph.initializer if numpy_helper.to_array(i).tolist() == 0.5)
+    proto.graph.initializer.remove(half)
+    proto.graph.input.add().CopyFrom(fm.build.tensor(half.name, []))
+    assert unchanged(proto, "fuse{patterns=gelu}")
+
+
+# ---------------------------------------------------------------- attention
+@pytest.mark.parametrize("kwargs", [{}, {"scale_form": "div"}, {"mask": False}, {"layers": 2}])
+def test_attention_fuses_to_one_com_microsoft_node(kwargs):
+    proto, _ = fm.attention(**kwargs)
+    feeds = fm.attention_feeds()
+    if not kwargs.get("mask", True):
+        feeds.pop("mask")
+    result = run_and_check(proto, "fuse{patterns=attention}", atol=1e-5, rtol=1e-4, feeds=feeds)
+    counts = ops(result.model)
+    layers = kwargs.get("layers", 1)
+    assert counts["com.microsoft.Attention"] == layers and counts["Softmax"] == 0 and counts["Reshape"] == 0
+    assert counts["MatMul"] == layers  # only the output projections stay
+    if kwargs.get("mask", True):
+        assert counts["Expand"] == 1  # the [B, N, S, S] bias is built once and shared
+    attention = next(n for n in result.model.graph.nodes if n.op_type == "Attention")
+    assert attention.attr("num_heads") == 4 and "scale" not in attention.attributes
+    assert result.model.opset_imports.get("com.microsoft") == 1
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"scale": 0.3},            # not 1/sqrt(head size): TVM's converter cannot take a scale
+    {"mask_axes": (1, 3)},     # the mask broadcast over queries: wrong axis
+    {"softmax_axis": 2},       # normalizes over queries
+    {"extra_user": True},      # the Q projection is read elsewhere
+])
+def test_attention_near_misses(kwargs):
+    proto, _ = fm.attention(**kwargs)
+    assert unchanged(proto, "fuse{patterns=attention}")
+
+
+def test_attention_standard_only_keeps_plain_onnx():
+    assert unchanged(fm.attention()[0], "fuse{patterns=attention standard_only=true}")
