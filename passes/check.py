@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -14,18 +14,32 @@ from ..ir import Model, NumericMismatchError, OnnxforgeError, save, to_proto
 from .analysis import param_stats
 
 
-def sample_inputs(model: Model, seed: int = 0, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Random inputs for every graph input without a default initializer. Symbolic
-    dims take `dims[name]` or 1; float inputs are standard normal, integers 0 or 1
-    (safe as indices and masks), bools random."""
+def sample_inputs(model: Model, seed: int = 0, dims: Mapping[str, int] | None = None,
+                  shapes: Mapping[str, Sequence[int]] | None = None, strict: bool = False) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input without a default initializer. An input
+    takes `shapes[name]` when given; its symbolic dims take `dims[dim name]`, else 1
+    (or an error when `strict`: a timing at a made-up shape would mislead). Float
+    inputs are standard normal, integers 0 or 1 (safe as indices and masks), bools random."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    unknown_names = set(shapes or {}) - {v.name for v in model.graph.inputs}
+    if unknown_names:
+        raise OnnxforgeError(f"no model input named {sorted(unknown_names)}; inputs: {[v.name for v in model.graph.inputs]}")
     for value in model.graph.inputs:
         if value.is_initializer:
             continue
         if value.dtype is None or value.shape is None:
             raise OnnxforgeError(f"input {value.name!r} has no static type; pass inputs explicitly (.npz)")
-        shape = [d if isinstance(d, int) else (dims or {}).get(str(d), 1) for d in value.shape]
+        if shapes and value.name in shapes:
+            shape = list(shapes[value.name])
+            if len(shape) != len(value.shape) or any(isinstance(d, int) and d != s for d, s in zip(value.shape, shape)):
+                raise OnnxforgeError(f"input {value.name!r}: shape {shape} does not fit the model's {list(value.shape)}")
+        else:
+            unresolved = [str(d) for d in value.shape if not isinstance(d, int) and str(d) not in (dims or {})]
+            if strict and unresolved:
+                raise OnnxforgeError(f"input {value.name!r} has dims {unresolved} of unknown size {list(value.shape)}: "
+                                     f"give its shape (--shape {value.name}=...) or the dim sizes (--dims NAME=N)")
+            shape = [d if isinstance(d, int) else (dims or {}).get(str(d), 1) for d in value.shape]
         dtype = helper.tensor_dtype_to_np_dtype(value.dtype)
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)

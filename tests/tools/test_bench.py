@@ -169,3 +169,20 @@ def test_a_failing_baseline_is_an_error_not_a_report(model_path, tmp_path):
     with pytest.raises(OnnxforgeError, match="baseline.*failed.*no such output"):
         bench(model_path, ["-O1"], data=_samples(2), metric=broken_metric, out=tmp_path, compare=[], peak=False, **FAST)
     assert not (tmp_path / "report.json").exists()
+
+
+def test_timing_shape_of_symbolic_inputs_must_be_given(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", None])])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    with pytest.raises(DataError, match="unknown size"):
+        bench(path, out=tmp_path / "a", compare=[], peak=False, **FAST)
+    result = bench(path, out=tmp_path / "b", compare=[], peak=False, shapes={"x": [2, 5]}, **FAST)
+    assert result["timing"]["feeds"] == {"x": [2, 5]}
+    assert main(["bench", str(path), "--shape", "x=3x4", "--compare", "none", "--runs", "3", "--out", str(tmp_path / "c")]) == 0
+    assert main(["bench", str(path), "--shape", "x=3,4,5", "--compare", "none", "--out", str(tmp_path / "d")]) == 2

@@ -30,6 +30,18 @@ def parse_dims(text: str | None) -> dict[str, int] | None:
     return dims
 
 
+def parse_shapes(items: list[str]) -> dict[str, list[int]] | None:
+    """`x=1,3,48,320` (or 1x3x48x320), repeatable -> {"x": [1, 3, 48, 320]}."""
+    shapes = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        parts = dims.replace("x", ",").split(",")
+        if not name or not all(p.strip().isdigit() for p in parts):
+            raise DataError(f"--shape wants NAME=D1,D2,... (e.g. x=1,3,48,320), got {item!r}")
+        shapes[name] = [int(p) for p in parts]
+    return shapes or None
+
+
 def print_report(result: dict) -> None:
     rows = table(result)
     t = Table(title=f"{result['model']['name']}: onnxforge bench", caption=machine_line(result))
@@ -54,6 +66,7 @@ def bench_cmd(
     warmup: int = typer.Option(3, "--warmup", help="untimed runs per variant first"),
     max_time: float = typer.Option(10.0, "--max-time", help="seconds per variant after which timing stops (at least 3 runs)"),
     dims: Optional[str] = typer.Option(None, "--dims", help="symbolic dims for random timing inputs, e.g. batch=1,sequence=128"),
+    shape: List[str] = typer.Option([], "--shape", help="shape of a random timing input, e.g. x=1,3,48,320; repeatable"),
     timing_input: Optional[str] = typer.Option(None, "--timing-input", help=".npz with the inputs to time (default: the first sample)"),
     calib: int = typer.Option(64, "--calib", help="samples used for calibration (static quantization)"),
     suite: bool = typer.Option(False, "--suite", help="run the benchmark suite: the three BENCHMARKS.md models with their data"),
@@ -66,7 +79,7 @@ def bench_cmd(
     common = dict(compare=compare_list, threads=threads, min_runs=runs, warmup=warmup, max_seconds=max_time,
                   calib_samples=calib, log=lambda s: err.print(f"[dim]{s}[/dim]", highlight=False))
     if suite:
-        if model_path or data or metric or dims or timing_input:
+        if model_path or data or metric or dims or shape or timing_input:
             raise typer.BadParameter("--suite picks models, data and metrics itself; give only --pipeline/--models/--out")
         from ..benchmarks.suite import run_suite
 
@@ -78,7 +91,8 @@ def bench_cmd(
 
         feeds = load_inputs(timing_input) if timing_input else None
         results = {Path(model_path).stem: bench(model_path, pipeline, data=data, metric=metric, out=out,
-                                                timing_feeds=feeds, dims=parse_dims(dims), **common)}
+                                                timing_feeds=feeds, dims=parse_dims(dims),
+                                                shapes=parse_shapes(shape), **common)}
     for result in results.values():
         if as_json:
             print(json.dumps(result, indent=2, default=str))

@@ -28,12 +28,15 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
           metric: str | Callable | None = None, out: str | Path = "bench-out", compare: Iterable[str] | None = None,
           threads: int | None = None, warmup: int = 3, min_runs: int = 20, max_seconds: float = 10.0,
           timing_feeds: Mapping[str, np.ndarray] | None = None, dims: Mapping[str, int] | None = None,
+          shapes: Mapping[str, Sequence[int]] | None = None,
           calib_samples: int = 64, peak: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
     """Benchmark `model` against onnxruntime: returns the report dict and writes
     report.json, report.md and PNG plots into `out`.
 
     pipelines: pipeline texts (`NAME=TEXT` to name one) or Variant objects.
     data: a folder of .npz samples, a Dataset, or an iterable of dicts (inputs + labels).
+    timing_feeds / dims / shapes: what to time: given arrays; else the first data
+      sample; else random inputs with these dim sizes or input shapes.
     metric: a built-in metric name, `module:function`, or a callable; default: the
       data folder's meta.json "metric", else none (output differences only).
     compare: comparator names (default: DEFAULT_COMPARATORS; static quantization needs data).
@@ -51,7 +54,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     if dataset is not None:
         check_inputs(dataset, inputs)
     metric_fn = _resolve_metric(metric, dataset)
-    feeds = _timing_feeds(original, inputs, dataset, timing_feeds, dims)
+    feeds = _timing_feeds(original, inputs, dataset, timing_feeds, dims, shapes)
 
     variants = [baseline()] + [p if isinstance(p, Variant) else parse_pipeline_arg(p) for p in pipelines]
     names = [v.name for v in variants]
@@ -137,15 +140,18 @@ def _metric_name(metric, dataset, fn) -> str | None:
     return spec if isinstance(spec, str) else f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _timing_feeds(original, inputs, dataset, timing_feeds, dims) -> dict[str, np.ndarray]:
+def _timing_feeds(original, inputs, dataset, timing_feeds, dims, shapes) -> dict[str, np.ndarray]:
     if timing_feeds is not None:
         missing = set(inputs) - set(timing_feeds)
         if missing:
             raise DataError(f"timing inputs lack {sorted(missing)}")
         return {k: np.asarray(timing_feeds[k]) for k in inputs}
-    if dataset is not None and not dims:
+    if dataset is not None and not dims and not shapes:
         return feeds_of(dataset.samples[0], list(inputs))
-    return sample_inputs(ir.load(original), dims=dims)
+    try:
+        return sample_inputs(ir.load(original), dims=dims, shapes=shapes, strict=True)
+    except ir.OnnxforgeError as exc:
+        raise DataError(f"timing inputs: {exc}") from None
 
 
 def _require_baseline(base: dict, original: Path) -> None:
