@@ -81,7 +81,8 @@ def markdown_body(result: dict) -> str:
     feeds = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in result["timing"]["feeds"].items())
     t = result["timing"]
     lines.append(f"Latency: median over at least {t['min_runs']} runs (or {t['max_seconds']:g} s) after "
-                 f"{t['warmup']} warm-up runs, variants timed round-robin in one process; input {feeds}.")
+                 f"{t['warmup']} warm-up runs, variants timed round-robin in one process; input {feeds}; "
+                 f"onnxruntime's intra-op spinning {'on' if t.get('ort_spinning') else 'off (else an idle pool spins on the cores the next variant needs)'}.")
     if result.get("data"):
         d = result["data"]
         lines.append(f"Data: {d['samples']} samples from {d['source']}; metric: {d['metric'] or 'none'} "

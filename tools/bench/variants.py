@@ -5,6 +5,7 @@ disk and a runner (feeds -> outputs); building may fail without stopping the res
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from pathlib import Path
@@ -55,6 +56,10 @@ def ort_runner(path: Path, threads: int) -> Runner:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if os.environ.get("ONNXFORGE_BENCH_SPIN", "0") == "0":
+        # Variants run round-robin: a session's pool would otherwise keep spinning
+        # on the cores after its run and slow down whichever variant runs next.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 
