@@ -13,7 +13,29 @@ from .passes import Pass, PassManager, PassResult, Pipeline, optimize, register_
 
 __version__ = "0.1.0"
 
+
+def compile(model, target: str = "x86", pipeline="-O1", *, output=None, input_shapes=None):
+    """Compile a model with TVM into one package file for a named target:
+
+        pkg = onnxforge.compile("model.onnx", target="x86", pipeline="-O2", output="model.ofpkg")
+        out = pkg(x=array)        # or onnxforge.runtime.load("model.ofpkg")(x=array) on the device
+
+    See onnxforge.codegen.compiler.compile. Imports tvm only when called."""
+    from .codegen.compiler import compile as _compile
+
+    return _compile(model, target, pipeline, output=output, input_shapes=input_shapes)
+
+
+def __getattr__(name: str):
+    """`onnxforge.runtime` without importing it first (it imports no tvm until a package is loaded)."""
+    if name == "runtime":
+        import importlib
+
+        return importlib.import_module(".runtime", __name__)
+    raise AttributeError(f"module 'onnxforge' has no attribute {name!r}")
+
+
 __all__ = [
-    "load", "save", "optimize", "verify", "Pipeline", "PassManager", "Pass", "PassResult", "register_pass",
+    "load", "save", "optimize", "compile", "verify", "Pipeline", "PassManager", "Pass", "PassResult", "register_pass",
     "Model", "Graph", "Node", "Value", "OnnxforgeError", "__version__",
 ]

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..ir import Model, NumericMismatchError, OnnxforgeError, load, save
@@ -19,6 +20,7 @@ from ..passes import PRESETS, NumericCheck, PrintAfterChange, Reproducer, optimi
 from ..passes.check import compare_outputs, load_inputs, run_ort, sample_inputs
 from ..passes.registry import option_text
 from .bench.command import bench_cmd
+from .codegen_cmds import compare_cmd, compile_cmd, run_cmd, targets_cmd
 from .summary import human_bytes, human_count, summarize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="onnxforge: optimize, inspect and compile ONNX models.")
@@ -182,13 +184,17 @@ def passes_cmd(as_json: bool = typer.Option(False, "--json", help="print as JSON
 
 
 app.command("bench")(bench_cmd)
+app.command("compile")(compile_cmd)
+app.command("run")(run_cmd)
+app.command("targets")(targets_cmd)
+app.command("compare")(compare_cmd)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except OnnxforgeError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True)  # shapes like [1,3] are not markup
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

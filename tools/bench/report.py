@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 _MB = 1e6
+_SPIN_OFF = "off (else an idle pool spins on the cores the next variant needs)"
 
 
 def write(result: dict, out_dir: Path) -> None:
@@ -82,7 +83,7 @@ def markdown_body(result: dict) -> str:
     t = result["timing"]
     lines.append(f"Latency: median over at least {t['min_runs']} runs (or {t['max_seconds']:g} s) after "
                  f"{t['warmup']} warm-up runs, variants timed round-robin in one process; input {feeds}; "
-                 f"onnxruntime's intra-op spinning {'on' if t.get('ort_spinning') else 'off (else an idle pool spins on the cores the next variant needs)'}.")
+                 f"onnxruntime's intra-op spinning {'on' if t.get('ort_spinning') else _SPIN_OFF}.")
     if result.get("data"):
         d = result["data"]
         lines.append(f"Data: {d['samples']} samples from {d['source']}; metric: {d['metric'] or 'none'} "

@@ -1,0 +1,203 @@
+"""compile: ONNX model -> pass pipeline -> Relax -> library -> package (one archive).
+
+    pkg = onnxforge.compile("model.onnx", target="x86", pipeline="-O2", output="model.ofpkg")
+    out = pkg(x=array)                  # loads it with the runtime loader
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..ir import DataError, LoweringError, Model, OnnxforgeError, infer_shapes, load
+from ..passes import Pipeline, optimize
+from ..passes.pipeline import resolve_pipeline
+from . import manifest as fmt
+from .manifest import TensorSpec
+from .targets import ResolvedTarget, resolve_target
+
+InputShapes = Mapping[str, Sequence[int]]
+
+
+@dataclasses.dataclass
+class Package:
+    """A compiled package on disk, with its manifest and how long each step took."""
+
+    path: Path
+    manifest: dict[str, Any]
+    seconds: dict[str, float]
+    _loaded: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_json(t) for t in self.manifest["inputs"]]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_json(t) for t in self.manifest["outputs"]]
+
+    @property
+    def target(self) -> str:
+        return self.manifest["target"]["name"]
+
+    def load(self):
+        """The runtime loader's CompiledModel for this package (cached)."""
+        if self._loaded is None:
+            from .runtime import load as load_package
+
+            self._loaded = load_package(self.path)
+        return self._loaded
+
+    def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, /, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return self.load()(feeds, **inputs)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Copy the package to `path` (the package itself is one file)."""
+        dest = Path(path)
+        shutil.copyfile(self.path, dest)
+        return dest
+
+
+def compile(
+    model: "Model | str | os.PathLike",
+    target: str = "x86",
+    pipeline: "str | Pipeline" = "-O1",
+    *,
+    output: str | os.PathLike | None = None,
+    input_shapes: InputShapes | None = None,
+) -> Package:
+    """Optimize `model` with `pipeline`, lower it to TVM Relax, build it for the named
+    `target` (see `onnxforge targets`) and write one package file to `output` (a
+    fresh temporary folder when None). `input_shapes` pins symbolic input dims,
+    e.g. {"x": (1, 3, 48, 320)}."""
+    from .build import build_library  # imports tvm: only when compiling
+    from .lower import lower
+
+    seconds: dict[str, float] = {}
+    resolved = resolve_target(target)
+    resolved.check_linker()  # before the slow part: a missing cross compiler fails at once
+    pipeline = resolve_pipeline(pipeline)
+    pipeline.validate()
+    source = None
+    if not isinstance(model, Model):
+        source = os.fspath(model)
+        model = load(source)
+    t0 = time.perf_counter()
+    if input_shapes:
+        model = pin_input_shapes(model, input_shapes)
+    optimized = optimize(model, pipeline)
+    seconds["optimize"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        lowered = lower(optimized.model)
+    except LoweringError as exc:
+        raise LoweringError(f"{exc}{_pin_hint(optimized.model)}") from exc
+    seconds["lower"] = time.perf_counter() - t0
+    out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="onnxforge-")) / "model.ofpkg"
+    if out.parent and not out.parent.exists():
+        raise OnnxforgeError(f"cannot write {out}: folder {out.parent} does not exist")
+    with tempfile.TemporaryDirectory(prefix="onnxforge-build-") as tmp:
+        lib = Path(tmp) / fmt.LIBRARY
+        t0 = time.perf_counter()
+        build_library(lowered, resolved, lib)
+        seconds["build"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        weights, param_specs = _weights_npz(lowered.params)
+        manifest = _manifest(model, source, lowered, param_specs, resolved, optimized.pipeline,
+                             input_shapes)
+        fmt.write_package(out, manifest, {fmt.LIBRARY: lib.read_bytes(), fmt.WEIGHTS: weights})
+        seconds["package"] = time.perf_counter() - t0
+    manifest, _ = fmt.read_package(out)  # what a loader will see, checksums included
+    return Package(out, manifest, seconds)
+
+
+def pin_input_shapes(model: Model, shapes: InputShapes) -> Model:
+    """A copy of `model` whose named inputs have the given static shapes (checked
+    against the declared rank and static dims), with shapes re-inferred."""
+    model = model.clone()
+    inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer}
+    for name, shape in shapes.items():
+        value = inputs.get(name)
+        if value is None:
+            raise DataError(f"--input-shape names input {name!r}, but the model's inputs are: {', '.join(inputs)}")
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise DataError(f"input {name!r}: shape {list(shape)} has a negative dim")
+        if value.shape is not None:
+            if len(value.shape) != len(shape):
+                raise DataError(f"input {name!r} has rank {len(value.shape)} ({value.type_str()}), "
+                                f"but the pinned shape {list(shape)} has rank {len(shape)}")
+            for axis, (old, new) in enumerate(zip(value.shape, shape)):
+                if isinstance(old, int) and old != new:
+                    raise DataError(f"input {name!r}: dim {axis} is {old} in the model, cannot pin it to {new}")
+        value.shape = shape
+    infer_shapes(model)
+    return model
+
+
+def _pin_hint(model: Model) -> str:
+    """TVM's frontend handles static shapes best: name the inputs to pin."""
+    dynamic = [v for v in model.graph.inputs if not v.is_initializer and not v.is_static_shape()]
+    if not dynamic:
+        return ""
+    names = ", ".join(f"{v.name}: {v.type_str()}" for v in dynamic)
+    return (f"\n  the model has inputs with symbolic dims ({names}); pinning them often helps: "
+            f"--input-shape {dynamic[0].name}=D0,D1,... (Python: input_shapes={{{dynamic[0].name!r}: (...)}})")
+
+
+def _weights_npz(params: list[tuple[str, np.ndarray]]) -> tuple[bytes, list[dict[str, Any]]]:
+    """Weights as an .npz (keys p0, p1, ... in call order; names in the manifest).
+    dtypes numpy cannot store without pickle (bfloat16, int4, float8) go in as raw bytes."""
+    arrays, specs = {}, []
+    for i, (name, array) in enumerate(params):
+        array = np.ascontiguousarray(array)
+        stored = array if _plain_dtype(array.dtype) else array.view(np.uint8)
+        arrays[f"p{i}"] = stored
+        specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape), "key": f"p{i}",
+                      "raw": stored is not array})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue(), specs
+
+
+def _plain_dtype(dtype: np.dtype) -> bool:
+    return dtype.kind in "biuf" and dtype.num < 256  # ml_dtypes' types are user-defined (num >= 256)
+
+
+def _manifest(original: Model, source: str | None, lowered, params: list[dict[str, Any]],
+              target: ResolvedTarget, pipeline: Pipeline, input_shapes: InputShapes | None) -> dict[str, Any]:
+    import tvm
+
+    from .. import __version__
+
+    try:
+        import tvm_ffi
+
+        ffi_version = tvm_ffi.__version__
+    except Exception:  # the version is informative only
+        ffi_version = None
+    return {
+        "format": fmt.FORMAT,
+        "format_version": fmt.FORMAT_VERSION,
+        "model": {"name": original.graph.name, "source": os.path.basename(source) if source else None,
+                  "opset": original.opset},
+        "inputs": [t.to_json() for t in lowered.inputs],
+        "outputs": [t.to_json() for t in lowered.outputs],
+        "params": params,
+        "target": target.to_json(),
+        "pipeline": str(pipeline),
+        "passes": ",".join(str(p) for p in pipeline.flat()),
+        "input_shapes": {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()},
+        "versions": {"onnxforge": __version__, "tvm": tvm.__version__, "tvm_ffi": ffi_version,
+                     "python": platform.python_version()},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,234 @@
+"""Lowering: onnxforge Model -> Relax IRModule.
+
+Standard ops (and the com.microsoft ops it knows) go through
+tvm.relax.frontend.onnx; our table (codegen.registry) wins where it has an entry.
+Weights stay function parameters in their stored dtype (detached, not folded in as
+constants: constant folding would turn int8 weights back into fp32, see
+TVM-NOTES.md); small tensors and integer tensors (shapes, axes, indices) become
+constants, because many frontend converters need them as constants.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import warnings
+
+import numpy as np
+import onnx
+import onnx.inliner
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map, _tensor_to_shape_expr
+
+from ..ir import LoweringError, Model, Node, Value, from_proto, to_proto
+from ..passes.constants import constants_to_initializers
+from . import lowerings  # noqa: F401  (registers the built-in lowerings)
+from .manifest import TensorSpec
+from .registry import get_lowering
+
+# Domains whose ops the TVM frontend may convert (it ignores domains: a custom
+# domain's "Relu" must not silently become the standard one).
+FRONTEND_DOMAINS = ("", "ai.onnx", "com.microsoft")
+# Weights: float tensors and quantized integer tensors at least this large. Smaller
+# ones (scalars, Resize scales, Clip bounds) are constants, as converters expect.
+MIN_PARAM_ELEMENTS = 16
+_QUANT_DTYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+@dataclasses.dataclass
+class Lowered:
+    mod: tvm.IRModule  # "main" takes inputs, then params, in that order
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    params: list[tuple[str, np.ndarray]]  # name, array in its stored dtype
+
+
+def lower(model: Model) -> Lowered:
+    """Lower a model (already optimized) to Relax; raises LoweringError naming the
+    node and op that failed."""
+    model = model.clone()
+    constants_to_initializers(model.graph)  # Constant-node weights become parameters too
+    if model.functions:  # the frontend does not know model-local functions
+        model = from_proto(onnx.inliner.inline_local_functions(to_proto(model)), model.base_dir)
+    graph = model.graph
+    proto = to_proto(model)
+    proto.graph.ClearField("initializer")  # we read the data from the IR, not from the proto
+    weights = [v for v in graph.initializers.values() if not v.is_graph_input and _is_weight(v)]
+    importer = _Importer(model, {v.name for v in weights})
+    opset = model.opset
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # frontend chatter: renamed inputs, "dynamic shapes may be slow"
+        try:
+            mod = importer.from_onnx(proto.graph, opset)
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # close the open block: TVM warns about it on exit otherwise
+                importer.bb._end_block()
+            if isinstance(exc, LoweringError):
+                raise
+            raise LoweringError(f"cannot build the Relax function: {_short(exc)}") from exc  # after the nodes
+    mod, detached = relax.frontend.detach_params(mod)
+    params = [(name, tensor.numpy()) for name, tensor in zip(importer._params, detached.get("main", []))]
+    inputs = [tensor_spec(v) for v in graph.inputs if not v.is_initializer]
+    outputs = [tensor_spec(v) for v in graph.outputs]
+    _fill_output_types(outputs, mod["main"])
+    return Lowered(mod, inputs, outputs, params)
+
+
+def tensor_spec(value: Value) -> TensorSpec:
+    dtype = None if value.np_dtype is None else value.np_dtype.name
+    shape = None if value.shape is None else tuple(d if isinstance(d, (int, str)) else None for d in value.shape)
+    return TensorSpec(value.name, dtype, shape)
+
+
+def _is_weight(value: Value) -> bool:
+    if value.dtype is None or value.shape is None or not value.is_static_shape():
+        return False
+    if int(np.prod(value.shape, dtype=np.int64)) < MIN_PARAM_ELEMENTS:
+        return False
+    if value.dtype in _QUANT_DTYPES:
+        return True
+    np_dtype = value.np_dtype
+    if (np_dtype is not None and np_dtype.kind == "f") or value.dtype == onnx.TensorProto.BFLOAT16:
+        return True
+    # int32 biases of quantized layers: weights when only DequantizeLinear reads them
+    return np_dtype is not None and np_dtype.kind in "iu" and bool(value.uses) and all(
+        n.op_type == "DequantizeLinear" and i == 0 for n, i in value.uses)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    # TVM errors carry a long C++ traceback before the message: keep the message.
+    return lines[-1] if len(lines) > 6 else " ".join(lines)
+
+
+class _OneNode:
+    """The part of a GraphProto that the frontend's _construct_nodes reads."""
+
+    def __init__(self, node: onnx.NodeProto):
+        self.node = [node]
+
+
+class _Importer(ONNXGraphImporter):
+    """The TVM frontend importer with our converter table in front of its own, one
+    node at a time so that a failure names the node."""
+
+    def __init__(self, model: Model, weight_names: set[str]):
+        super().__init__(None, "float32", keep_params_in_input=True, sanitize=True)
+        self._model = model
+        self._weight_names = weight_names
+        self._current: Node | None = None
+
+    # weights from the IR (no second copy through protobuf); see the module docstring
+    def _parse_graph_initializers(self, graph):
+        for name, value in self._model.graph.initializers.items():
+            array = value.array
+            if array is None:
+                raise LoweringError(f"initializer {name!r} has no data")
+            if name in self._weight_names:
+                var = self._new_var(name, shape=array.shape, dtype=str(array.dtype))
+                self._nodes[name] = var
+                self._params[name] = (var, tvm.runtime.tensor(array))
+            else:
+                self._nodes[name] = relax.const(tvm.runtime.tensor(array))  # numpy int64 would become int32
+
+    def _check_for_unsupported_ops(self, graph):
+        frontend = _get_convert_map()
+        missing: dict[str, Node] = {}
+        for node in self._model.graph.nodes:
+            if node.op_type in ("Constant", "If") and node.domain in ("", "ai.onnx"):
+                continue
+            if get_lowering(node.op_type, node.domain) is not None:
+                continue
+            if node.domain in FRONTEND_DOMAINS and node.op_type in frontend:
+                continue
+            missing.setdefault(_op(node), node)
+        if missing:
+            op, node = next(iter(missing.items()))
+            others = f" (also without a lowering: {', '.join(list(missing)[1:])})" if len(missing) > 1 else ""
+            raise LoweringError(f"node {_node_name(node)}: no lowering for op {op}{others}; register one with "
+                                f"onnxforge.codegen.register_lowering({node.op_type!r}, domain={node.domain!r})")
+
+    def _construct_nodes(self, graph):
+        nodes = self._model.graph.nodes
+        if len(nodes) != len(graph.node):
+            raise LoweringError(f"internal: {len(graph.node)} exported nodes for {len(nodes)} IR nodes")
+        for node, node_proto in zip(nodes, graph.node):
+            self._current = node
+            try:
+                super()._construct_nodes(_OneNode(node_proto))
+            except LoweringError:
+                raise
+            except Exception as exc:
+                raise LoweringError(f"node {_node_name(node)} (op {_op(node)}): {_short(exc)}") from exc
+            finally:
+                self._current = None
+
+    def _convert_operator(self, op_name, inputs, attrs, opset):
+        node = self._current
+        # Inside an If branch the current node is the If: branch nodes go to the frontend.
+        if node is not None and node.op_type == op_name:
+            fn = get_lowering(node.op_type, node.domain)
+            if fn is not None:
+                out = fn(self.bb, node, list(inputs))
+                if isinstance(out, (list, tuple)):
+                    out = relax.Tuple([self.bb.normalize(o) for o in out])
+                return self.bb.normalize(out)
+            if op_name == "Reshape":
+                inputs = self._reshape_target_as_shape(node, inputs)
+        return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    def _reshape_target_as_shape(self, node: Node, inputs):
+        """A Reshape target computed at run time (a tensor, not a constant): the
+        frontend wants a shape value. Resolve ONNX's 0 (copy the input dim) and -1
+        (infer) in the graph, then turn the tensor into a shape value."""
+        data, target = inputs[0], inputs[1]
+        n = _static_vector_length(target)
+        if n is None or isinstance(target, tvm.ir.GenericConst) or not isinstance(data.ty, relax.TensorType):
+            return inputs
+        op, bb = relax.op, self.bb
+        i64 = lambda v: relax.const(v, "int64")  # noqa: E731
+        t = bb.normalize(target if str(target.ty.dtype.dtype) == "int64" else op.astype(target, "int64"))
+        dims = bb.normalize(op.astype(op.shape_to_tensor(op.shape_of(data)), "int64"))
+        rank = data.ty.ndim
+        if not node.attributes.get("allowzero", 0) and rank >= 0 and n > 0:
+            head = op.strided_slice(dims, axes=[0], begin=[0], end=[min(n, rank)]) if rank else None
+            if n > rank:  # zeros past the input's rank are invalid ONNX; ones keep the size check honest
+                ones = relax.const(np.ones(n - rank, np.int64), "int64")
+                head = ones if head is None else op.concat([head, ones], axis=0)
+            t = bb.normalize(op.where(op.equal(t, i64(0)), head, t))
+        known = op.prod(op.where(op.equal(t, i64(-1)), i64(1), t))
+        t = bb.normalize(op.where(op.equal(t, i64(-1)), op.floor_divide(op.prod(dims), known), t))
+        return type(inputs)([data, _tensor_to_shape_expr(bb, t, n, "reshape_dim"), *inputs[2:]])
+
+
+def _static_vector_length(expr) -> int | None:
+    """n for a 1-D integer tensor of static length n, else None."""
+    ty = getattr(expr, "ty", None)
+    if not isinstance(ty, relax.TensorType) or ty.ndim != 1 or not str(ty.dtype.dtype).startswith(("int", "uint")):
+        return None
+    if not isinstance(ty.shape, relax.ShapeExpr) or not hasattr(ty.shape.values[0], "value"):
+        return None
+    return int(ty.shape.values[0].value)
+
+
+def _op(node: Node) -> str:
+    return f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+
+
+def _node_name(node: Node) -> str:
+    return repr(node.name) if node.name else f"<unnamed, output {node.outputs[0].name!r}>" if node.outputs else "<unnamed>"
+
+
+def _fill_output_types(outputs: list[TensorSpec], func: relax.Function) -> None:
+    """Outputs the IR has no type for take the dtype (and rank) TVM inferred."""
+    ret = func.ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    for spec, ty in zip(outputs, fields):
+        if not isinstance(ty, relax.TensorType):
+            continue
+        if spec.dtype is None:
+            spec.dtype = str(ty.dtype.dtype)
+        if spec.shape is None and isinstance(ty.shape, relax.ShapeExpr):
+            spec.shape = tuple(int(d.value) if hasattr(d, "value") else str(d) for d in ty.shape.values)

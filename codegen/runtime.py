@@ -1,0 +1,204 @@
+"""The runtime loader: run a package with numpy and TVM's runtime only.
+
+    pkg = onnxforge.runtime.load("model.ofpkg")
+    out = pkg(x=array)            # {output name: numpy array}
+
+It verifies every checksum and the manifest, refuses a package built for another
+architecture, CPU or device, and checks input names, dtypes and shapes before
+calling the compiled code. It imports no compiler: `import tvm` loads TVM's
+compiler library too unless TVM_USE_RUNTIME_LIB=1 is set (then only
+libtvm_runtime: about half the time and a third of the memory), which is what
+devices should set. Dependencies: standard library, numpy, tvm's runtime, and the
+sibling modules manifest.py and host.py.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..ir.errors import DataError
+from . import host
+from . import manifest as fmt
+from .manifest import PackageError, TargetMismatchError, TensorSpec
+
+
+def load(path: str | os.PathLike, device_id: int = 0, threads: int | None = None) -> "CompiledModel":
+    """Verify and load a package; raises PackageError (corrupt, tampered) or
+    TargetMismatchError (built for another machine). `threads` sets the size of
+    TVM's CPU thread pool, which is per process (default: TVM_NUM_THREADS, else
+    one per core)."""
+    manifest, files = fmt.read_package(path)
+    check_target(manifest.get("target") or {}, os.fspath(path))
+    model = CompiledModel(Path(path), manifest, files, device_id)
+    if threads is not None:
+        set_threads(threads)
+    return model
+
+
+def set_threads(threads: int) -> None:
+    """Resize TVM's CPU thread pool (process-wide)."""
+    import tvm.runtime  # noqa: F401  (loads libtvm_runtime, which registers the function)
+    from tvm_ffi import get_global_func
+
+    if threads < 1:
+        raise DataError(f"threads must be at least 1, got {threads}")
+    get_global_func("runtime.config_threadpool")(1, int(threads))  # 1: big cores, i.e. all of them here
+
+
+def check_target(target: Mapping[str, Any], where: str = "package") -> None:
+    """Refuse code this machine cannot run: another architecture, missing CPU features."""
+    name = target.get("name", "?")
+    arch = target.get("arch")
+    if arch != host.host_arch():
+        raise TargetMismatchError(f"{where} was built for target {name} ({arch}); this machine is {host.host_arch()}: "
+                                  f"compile the model for this machine (e.g. --target {_suggest()})")
+    missing = [f for f in target.get("cpu_features") or () if f not in host.cpu_flags()]
+    if missing and host.cpu_flags():
+        raise TargetMismatchError(f"{where} was built for target {name}, which needs CPU features this CPU lacks: "
+                                  f"{', '.join(missing)}; compile it with --target x86 on this machine (or x86-avx2)")
+
+
+def _suggest() -> str:
+    return {"x86_64": "x86", "aarch64": "arm64"}.get(host.host_arch(), "x86")
+
+
+class CompiledModel:
+    """A loaded package: call it with inputs by name, get outputs by name."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], files: dict[str, bytes], device_id: int = 0):
+        import tvm.runtime  # see the module docstring about TVM_USE_RUNTIME_LIB
+        from tvm.runtime.vm import VirtualMachine
+
+        self.path = path
+        self.manifest = manifest
+        self.inputs = [TensorSpec.from_json(t) for t in manifest["inputs"]]
+        self.outputs = [TensorSpec.from_json(t) for t in manifest["outputs"]]
+        target = manifest["target"]
+        self.target = target["name"]
+        self.device = _device(tvm, target, str(path), device_id)
+        with tempfile.TemporaryDirectory(prefix="onnxforge-pkg-") as tmp:
+            lib_path = os.path.join(tmp, fmt.LIBRARY)  # dlopen needs a file; it stays mapped after removal
+            with open(lib_path, "wb") as f:
+                f.write(files[fmt.LIBRARY])
+            try:
+                lib = tvm.runtime.load_module(lib_path)
+                self._vm = VirtualMachine(lib, self.device)
+            except Exception as exc:
+                raise PackageError(f"{path}: TVM cannot load the compiled library: {_last_line(exc)}") from exc
+        self._main = self._vm["main"]
+        self._params = [tvm.runtime.tensor(a, self.device) for a in _read_weights(files[fmt.WEIGHTS], manifest, path)]
+        self._tvm = tvm
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{t.name}: {t.dtype}{t.shape_text()}" for t in self.inputs)
+        return f"CompiledModel({self.path.name}, target {self.target}, inputs {ins})"
+
+    def __call__(self, feeds: Mapping[str, np.ndarray] | None = None, /, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run once: `pkg(x=a)` or `pkg({"input.1": a})`; returns {output name: array}."""
+        given = dict(feeds or {})
+        given.update(inputs)
+        arrays = self.check_inputs(given)
+        args = [self._tvm.runtime.tensor(a, self.device) for a in arrays]
+        try:
+            result = self._main(*args, *self._params)
+        except Exception as exc:
+            raise DataError(f"{self.path.name}: the compiled model failed on these inputs: {_last_line(exc)}") from exc
+        values = [result] if hasattr(result, "numpy") else list(result)
+        if len(values) != len(self.outputs):
+            raise PackageError(f"{self.path}: the library returned {len(values)} outputs, the manifest lists "
+                               f"{len(self.outputs)}")
+        return {spec.name: v.numpy() for spec, v in zip(self.outputs, values)}
+
+    run = __call__
+
+    def check_inputs(self, given: Mapping[str, Any]) -> list[np.ndarray]:
+        """The inputs in call order, after checking names, dtypes and shapes."""
+        names = [t.name for t in self.inputs]
+        unknown = [k for k in given if k not in names]
+        if unknown:
+            close = [n for n in names if n.lower() == unknown[0].lower()] or difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(f"unknown input {unknown[0]!r}{hint}; the model's inputs are: "
+                            + ", ".join(f"{t.name} {t.dtype}{t.shape_text()}" for t in self.inputs))
+        missing = [t for t in self.inputs if t.name not in given]
+        if missing:
+            raise DataError("missing input " + ", ".join(f"{t.name!r} ({t.dtype}{t.shape_text()})" for t in missing))
+        bound: dict[str, tuple[int, str]] = {}  # symbolic dim -> (value, where it was bound)
+        arrays = []
+        for spec in self.inputs:
+            array = np.asarray(given[spec.name])
+            if spec.dtype is not None and array.dtype.name != spec.dtype:
+                raise DataError(f"input {spec.name!r}: dtype {array.dtype.name}, expected {spec.dtype} "
+                                f"(convert it with .astype(np.{spec.dtype}))")
+            _check_shape(spec, array.shape, bound)
+            arrays.append(np.ascontiguousarray(array))
+        return arrays
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], bound: dict[str, tuple[int, str]]) -> None:
+    if spec.shape is None:
+        return
+    if len(shape) != len(spec.shape):
+        raise DataError(f"input {spec.name!r}: shape {list(shape)} has rank {len(shape)}, expected rank "
+                        f"{len(spec.shape)} {spec.shape_text()}")
+    for axis, (want, got) in enumerate(zip(spec.shape, shape)):
+        if isinstance(want, int) and want != got:
+            raise DataError(f"input {spec.name!r}: shape {list(shape)}, expected {spec.shape_text()} "
+                            f"(dim {axis} must be {want})")
+        if isinstance(want, str):
+            if want in bound and bound[want][0] != got:
+                value, where = bound[want]
+                raise DataError(f"input {spec.name!r}: dim {axis} ({want}) is {got}, but {want} is {value} in {where}")
+            bound.setdefault(want, (got, f"input {spec.name!r}"))
+
+
+def _device(tvm, target: Mapping[str, Any], where: str, device_id: int):
+    if target.get("device") != "cuda":
+        return tvm.cpu(0)
+    dev = tvm.cuda(device_id)
+    if not dev.exist:
+        raise TargetMismatchError(f"{where} was built for target {target.get('name')} (an NVIDIA GPU); "
+                                  f"this machine has no CUDA GPU {device_id} visible to TVM")
+    arch = (target.get("tvm") or {}).get("arch", "")
+    have = "sm_" + dev.compute_version.replace(".", "")
+    if arch and _sm(arch) > _sm(have):
+        raise TargetMismatchError(f"{where} was built for {arch}; this GPU is {have}: compile it for cuda-{have.replace('_', '')}")
+    return dev
+
+
+def _sm(arch: str) -> int:
+    digits = "".join(c for c in arch if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def _read_weights(data: bytes, manifest: Mapping[str, Any], path) -> list[np.ndarray]:
+    params = manifest.get("params") or []
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = []
+            for p in params:
+                array = npz[p["key"]]
+                if p.get("raw"):  # bfloat16/int4/float8 stored as bytes: view them back
+                    import ml_dtypes
+
+                    array = array.view(np.dtype(getattr(ml_dtypes, p["dtype"]))).reshape(p["shape"])
+                if array.dtype.name != p["dtype"] or list(array.shape) != list(p["shape"]):
+                    raise PackageError(f"{path}: weight {p['name']!r} is {array.dtype.name}{list(array.shape)}, "
+                                       f"the manifest says {p['dtype']}{p['shape']}")
+                arrays.append(array)
+            return arrays
+    except PackageError:
+        raise
+    except Exception as exc:
+        raise PackageError(f"{path}: cannot read the weights: {exc}") from None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__

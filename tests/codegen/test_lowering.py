@@ -1,0 +1,110 @@
+"""Lowering to Relax: weights as parameters in their stored dtype, our converter
+table (built-in and user-registered), errors that name the node and the op."""
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+import onnxforge
+from onnxforge.codegen import get_lowering, register_lowering, registered_lowerings, unregister_lowering
+from onnxforge.codegen.lower import lower
+from onnxforge.ir import LoweringError
+from tests.codegen import models
+
+
+def test_weights_are_parameters_in_their_stored_dtype():
+    lowered = lower(onnxforge.load(models.int8_weights()))
+    params = dict(lowered.params)
+    assert params["w_int8"].dtype == np.int8 and params["w_int8"].shape == (32, 16)
+    assert "w_zero_point" in params  # 16 elements: a weight, kept as stored (int8)
+    names = [p.name for p in lowered.mod["main"].params]
+    assert names[0] == "x" and names[1:] == list(params)  # inputs first, then params in order
+
+
+def test_small_and_integer_tensors_stay_constants():
+    lowered = lower(onnxforge.load(models.transformer_block()))
+    params = dict(lowered.params)
+    assert all(a.dtype == np.float32 and a.size >= 16 for a in params.values())
+    assert len(params) == 16  # 6 weights, 6 biases, 2 x LayerNorm scale and bias; no shapes, no scalars
+
+
+def test_custom_op_without_lowering_names_node_and_op():
+    with pytest.raises(LoweringError, match=r"node 'n_y': no lowering for op com\.example\.Square; register one with "
+                                            r"onnxforge\.codegen\.register_lowering\('Square', domain='com\.example'\)"):
+        lower(onnxforge.load(models.custom_op()))
+
+
+def test_custom_domain_never_borrows_a_standard_converter():
+    with pytest.raises(LoweringError, match=r"no lowering for op com\.example\.Relu"):
+        lower(onnxforge.load(models.custom_op("Relu")))
+
+
+@pytest.fixture
+def square_lowering():
+    from tvm import relax
+
+    @register_lowering("Square", domain="com.example")
+    def square(bb, node, inputs):
+        return relax.op.multiply(inputs[0], inputs[0])
+
+    yield square
+    unregister_lowering("Square", domain="com.example")
+
+
+def test_registered_lowering_is_used(square_lowering):
+    assert registered_lowerings()["com.example.Square"] is square_lowering
+    pkg = onnxforge.compile(onnxforge.load(models.custom_op()), pipeline="-O0")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(pkg(x=x)["y"], np.maximum(x, 0) ** 2, rtol=1e-6)
+
+
+def test_duplicate_registration_is_an_error(square_lowering):
+    with pytest.raises(LoweringError, match="already registered by .*square.*replace=True"):
+        register_lowering("Square", domain="com.example")(lambda bb, node, inputs: inputs[0])
+    replacement = register_lowering("Square", domain="com.example", replace=True)(lambda bb, node, inputs: inputs[0])
+    assert get_lowering("Square", "com.example") is replacement
+
+
+def test_failing_lowering_names_node_and_op():
+    @register_lowering("Square", domain="com.example")
+    def broken(bb, node, inputs):
+        raise ValueError("cannot square that")
+
+    try:
+        with pytest.raises(LoweringError, match=r"node 'n_y' \(op com\.example\.Square\): cannot square that"):
+            lower(onnxforge.load(models.custom_op()))
+    finally:
+        unregister_lowering("Square", domain="com.example")
+
+
+def test_unsupported_standard_op_names_the_node():
+    g = models.Graph()
+    g.op("Col2Im", "x", g.const(np.array([4, 4], np.int64)), g.const(np.array([2, 2], np.int64)), out="y")
+    proto = g.model([("x", [1, 4, 9], TensorProto.FLOAT)], [("y", [1, 1, 4, 4], TensorProto.FLOAT)], opset=18)
+    with pytest.raises(LoweringError, match=r"node 'n_y': no lowering for op Col2Im"):
+        lower(onnxforge.load(proto))
+
+
+def test_builtin_swish_lowering():
+    g = models.Graph()
+    g.op("Swish", "x", alpha=1.5, out="y")
+    proto = g.model([("x", [3, 5], TensorProto.FLOAT)], [("y", [3, 5], TensorProto.FLOAT)], opset=24)
+    pkg = onnxforge.compile(onnxforge.load(proto), pipeline="-O0")
+    x = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_allclose(pkg(x=x)["y"], x / (1 + np.exp(-1.5 * x)), rtol=1e-5, atol=1e-6)
+
+
+def test_model_local_functions_are_inlined():
+    import onnx
+    from onnx import helper
+
+    square = helper.make_function("ai.custom", "Square", ["a"], ["b"], [helper.make_node("Mul", ["a", "a"], ["b"])],
+                                  [helper.make_opsetid("", 17)])
+    g = models.Graph()
+    g.op("Square", "x", domain="ai.custom", out="y")
+    proto = g.model([("x", [2, 3], TensorProto.FLOAT)], [("y", [2, 3], TensorProto.FLOAT)],
+                    extra_opsets=[("ai.custom", 1)])
+    proto.functions.append(square)
+    onnx.checker.check_model(proto)
+    pkg = onnxforge.compile(onnxforge.load(proto), pipeline="-O0")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(pkg(x=x)["y"], x * x)

@@ -1,0 +1,170 @@
+"""The runtime loader: checksums, manifest, target checks, input checks, and what
+it imports."""
+import ast
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnxforge
+import onnxforge.runtime
+from onnxforge.codegen import host
+from onnxforge.codegen.manifest import LIBRARY, MANIFEST, PackageError, TargetMismatchError, read_package, write_package
+from onnxforge.ir import DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def flip_byte(path: Path, member: str, offset: int = 100) -> None:
+    """Change one byte inside `member`'s data, in place."""
+    with tarfile.open(path) as tar:
+        start = tar.getmember(member).offset_data
+    with open(path, "r+b") as f:
+        f.seek(start + offset)
+        byte = f.read(1)
+        f.seek(start + offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def rewrite_manifest(src: Path, dest: Path, edit) -> Path:
+    """A consistently re-checksummed package whose manifest was edited (a package
+    honestly built elsewhere, as far as the loader can tell)."""
+    manifest, files = read_package(src)
+    edit(manifest)
+    manifest.pop("files")
+    write_package(dest, manifest, files)
+    return dest
+
+
+# ---------------------------------------------------------------- integrity
+def test_modified_library_byte_is_refused(packages, package_copy):
+    path = package_copy(packages.get("mlp"))
+    flip_byte(path, LIBRARY, 1000)
+    with pytest.raises(PackageError, match="checksum mismatch for model.so"):
+        onnxforge.runtime.load(path)
+
+
+def test_modified_manifest_byte_is_refused(packages, package_copy):
+    path = package_copy(packages.get("mlp"))
+    flip_byte(path, MANIFEST, 20)
+    with pytest.raises(PackageError, match="manifest.json does not match its checksum"):
+        onnxforge.runtime.load(path)
+
+
+def test_truncated_or_foreign_files_are_refused(packages, package_copy, tmp_path):
+    path = package_copy(packages.get("mlp"))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackageError):
+        onnxforge.runtime.load(path)
+    other = tmp_path / "model.onnx"
+    other.write_bytes(b"\x08\x07" * 100)
+    with pytest.raises(PackageError, match="not a readable onnxforge package"):
+        onnxforge.runtime.load(other)
+    with pytest.raises(PackageError, match="no such file"):
+        onnxforge.runtime.load(tmp_path / "missing.ofpkg")
+
+
+def test_extra_member_is_refused(packages, package_copy):
+    path = package_copy(packages.get("mlp"))
+    with tarfile.open(path, "a") as tar:
+        tar.add(__file__, arcname="../evil.py")
+    with pytest.raises(PackageError, match="unexpected file '../evil.py'"):
+        onnxforge.runtime.load(path)
+
+
+# ---------------------------------------------------------------- targets
+def test_package_for_another_architecture_is_refused(packages, tmp_path):
+    def to_arm(m):
+        m["target"].update(name="arm64", arch="aarch64", cpu_features=[])
+    path = rewrite_manifest(packages.get("mlp").path, tmp_path / "arm.ofpkg", to_arm)
+    with pytest.raises(TargetMismatchError, match=r"built for target arm64 \(aarch64\); this machine is x86_64"):
+        onnxforge.runtime.load(path)
+
+
+@pytest.mark.skipif(not host.cpu_flags(), reason="no /proc/cpuinfo flags here")
+def test_package_needing_missing_cpu_features_is_refused(packages, tmp_path):
+    def needs_more(m):
+        m["target"].update(name="x86-future", cpu_features=m["target"]["cpu_features"] + ["avx1024_imaginary"])
+    path = rewrite_manifest(packages.get("mlp").path, tmp_path / "future.ofpkg", needs_more)
+    with pytest.raises(TargetMismatchError, match="lacks: avx1024_imaginary"):
+        onnxforge.runtime.load(path)
+
+
+@pytest.mark.skipif(host.cuda_arch() is not None, reason="a GPU is present: the cuda test runs the package instead")
+def test_cuda_package_without_gpu_is_refused(packages):
+    with pytest.raises(TargetMismatchError, match="no CUDA GPU"):
+        onnxforge.runtime.load(packages.get("mlp", target="cuda-sm80").path)
+
+
+# ---------------------------------------------------------------- inputs
+@pytest.fixture(scope="module")
+def mlp_runtime(packages):
+    return onnxforge.runtime.load(packages.get("mlp").path)
+
+
+def test_outputs_by_name(mlp_runtime):
+    x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    out = mlp_runtime(x=x)
+    assert list(out) == ["y", "t"] and out["y"].shape == (4, 16)
+    np.testing.assert_allclose(out["t"], np.tanh(out["y"]), atol=1e-6)
+    assert mlp_runtime({"x": x})["y"].tolist() == out["y"].tolist()
+
+
+def test_wrong_input_name(mlp_runtime):
+    with pytest.raises(DataError, match=r"unknown input 'X' \(did you mean 'x'\?\); the model's inputs are: x float32\[4,32\]"):
+        mlp_runtime(X=np.zeros((4, 32), np.float32))
+    with pytest.raises(DataError, match="missing input 'x'"):
+        mlp_runtime()
+
+
+def test_wrong_input_dtype(mlp_runtime):
+    with pytest.raises(DataError, match="input 'x': dtype float64, expected float32"):
+        mlp_runtime(x=np.zeros((4, 32)))
+
+
+def test_wrong_input_shape(mlp_runtime, packages):
+    with pytest.raises(DataError, match=r"input 'x': shape \[4, 31\], expected \[4,32\] \(dim 1 must be 32\)"):
+        mlp_runtime(x=np.zeros((4, 31), np.float32))
+    with pytest.raises(DataError, match="has rank 1, expected rank 2"):
+        mlp_runtime(x=np.zeros(128, np.float32))
+    symbolic = onnxforge.runtime.load(packages.get("symbolic_batch").path)
+    assert symbolic(x=np.zeros((7, 16), np.float32))["y"].shape == (7, 1)
+    with pytest.raises(DataError, match=r"dim 1 must be 16"):
+        symbolic(x=np.zeros((7, 15), np.float32))
+
+
+# ---------------------------------------------------------------- imports
+def test_import_onnxforge_does_not_import_tvm():
+    code = ("import sys, onnxforge, onnxforge.codegen, onnxforge.runtime; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tvm', 'tvm_ffi')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert json.loads(out.stdout.strip().replace("'", '"')) == []
+
+
+def test_runtime_modules_import_only_numpy_and_tvm_runtime():
+    """codegen/runtime.py and what it reads (manifest.py, host.py) need the standard
+    library, numpy, TVM's runtime (tvm.runtime, tvm_ffi) and ml_dtypes (raw-stored weights)."""
+    allowed_third_party = {"numpy", "tvm.runtime", "tvm.runtime.vm", "tvm_ffi", "ml_dtypes"}
+    for name in ("runtime.py", "manifest.py", "host.py"):
+        tree = ast.parse((ROOT / "codegen" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: only our own format/host modules and the error classes
+                    assert node.module in ("manifest", "ir.errors", None) or (node.module or "").startswith("ir.errors"), \
+                        f"{name}: from {'.' * node.level}{node.module}"
+                    if node.module is None:
+                        assert {a.name for a in node.names} <= {"host", "manifest"}, name
+                    continue
+                mods = [node.module]
+            else:
+                continue
+            for mod in mods:
+                top = mod.split(".")[0]
+                assert top in sys.stdlib_module_names or mod in allowed_third_party, f"{name} imports {mod}"

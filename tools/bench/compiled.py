@@ -1,0 +1,48 @@
+"""Benchmark variants for compiled packages: the model after a pipeline, lowered
+through TVM for a named target, run by the runtime loader.
+
+    compiled_variant("tvm-x86-O1", "-O1", "x86")
+
+Symbolic input dims that TVM's frontend cannot lower are pinned to the shapes of
+the first calibration sample (recorded in the variant's info)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from ...ir import LoweringError
+from .variants import BuildContext, Built, Skipped, Variant, _slug
+
+
+def compiled_variant(name: str, pipeline: str, target: str,
+                     input_shapes: Mapping[str, Sequence[int]] | None = None) -> Variant:
+    def build(ctx: BuildContext) -> Built:
+        from ...codegen import TargetMismatchError, resolve_target
+        from ...codegen.compiler import compile as compile_model
+        from ...codegen.runtime import load as load_package
+
+        resolved = resolve_target(target)
+        path = ctx.work_dir / f"{_slug(name)}.ofpkg"
+        shapes = dict(input_shapes or {})
+        try:
+            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes or None)
+        except LoweringError:
+            if shapes or not ctx.calibration:
+                raise
+            shapes = {k: tuple(v.shape) for k, v in ctx.calibration[0].items()}
+            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes)
+        try:
+            model = load_package(path, threads=ctx.threads if resolved.device == "cpu" else None)
+        except TargetMismatchError as exc:
+            raise Skipped(f"built, but cannot run here: {exc}") from None
+
+        def run(feeds):
+            return model(dict(feeds))
+
+        info = {"target": pkg.manifest["target"]["name"], "tvm_target": pkg.manifest["target"]["tvm"],
+                "pipeline": pkg.manifest["pipeline"], "passes": pkg.manifest["passes"],
+                "compile_seconds": pkg.seconds, "bytes": {k: f["bytes"] for k, f in pkg.manifest["files"].items()}}
+        if shapes:
+            info["pinned_input_shapes"] = {k: list(v) for k, v in shapes.items()}
+        return Built(run, path, info)
+
+    return Variant(name, "compiled", f"TVM package for {target} (untuned) after `{pipeline}`", build)

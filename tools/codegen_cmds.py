@@ -1,0 +1,278 @@
+"""`onnxforge compile | run | targets | compare`: compiled packages from the
+command line. Plain functions; tools/cli.py registers them.
+
+Exit codes as in cli.py, plus: 3 a package that is corrupt, tampered with or built
+for another machine; 5 compare found outputs beyond tolerance; 6 lowering or
+building failed."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..codegen import TARGETS, TargetError, TensorSpec, resolve_target
+from ..codegen.manifest import SUFFIX
+from ..ir import DataError, NumericMismatchError, load
+from ..passes import PRESETS
+from ..passes.check import compare_outputs, load_inputs, run_ort
+from .summary import human_bytes
+
+console = Console()
+err = Console(stderr=True)
+
+
+# ---------------------------------------------------------------- helpers
+def parse_input_shapes(items: List[str]) -> dict[str, tuple[int, ...]]:
+    """['x=1,3,48,320'] -> {'x': (1, 3, 48, 320)}."""
+    shapes = {}
+    for item in items:
+        name, eq, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            shape = ()
+        if not eq or not name or not shape:
+            raise DataError(f"--input-shape wants NAME=D0,D1,... (e.g. x=1,3,48,320), got {item!r}")
+        shapes[name] = shape
+    return shapes
+
+
+def sample_feeds(specs: list[TensorSpec], seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs for a package: float standard normal, integers 0 or 1 (safe as
+    ids and masks); symbolic dims take `dims[name]` or 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        if spec.dtype is None or spec.shape is None or any(d is None for d in spec.shape):
+            raise DataError(f"input {spec.name!r} has no complete type ({spec.dtype}{spec.shape_text()}): "
+                            "give inputs explicitly")
+        shape = [d if isinstance(d, int) else (dims or {}).get(d, 1) for d in spec.shape]
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iub":
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            raise DataError(f"input {spec.name!r}: cannot make random {spec.dtype} data; give inputs explicitly")
+    return feeds
+
+
+def _pipeline_spec(pipeline: Optional[str], level: Optional[int]) -> str:
+    if pipeline is not None and level is not None:
+        raise typer.BadParameter("give --pipeline or -O, not both")
+    spec = pipeline if pipeline is not None else f"-O{1 if level is None else level}"
+    if spec.startswith("-O") and spec not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {spec}; known: {', '.join(PRESETS)}")
+    return spec
+
+
+def _load_model(path: str):
+    if path == "example":
+        from .example import build_example
+
+        return load(build_example())
+    return load(path)
+
+
+# ---------------------------------------------------------------- compile
+def compile_cmd(
+    model_path: str = typer.Argument(..., metavar="MODEL", help="ONNX file, or 'example'"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=f"package to write (default: MODEL with {SUFFIX})"),
+    target: str = typer.Option("x86", "-t", "--target", help="named target; `onnxforge targets` lists them"),
+    pipeline: Optional[str] = typer.Option(None, "-p", "--pipeline", help="pipeline text, preset or file run before lowering"),
+    level: Optional[int] = typer.Option(None, "-O", help="pipeline preset: -O0, -O1, -O2 (default -O1)"),
+    input_shape: List[str] = typer.Option([], "--input-shape", help="pin an input's shape: NAME=D0,D1,... (repeatable)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+):
+    """Compile a model with TVM for a named target into one package file."""
+    from ..codegen.compiler import compile as compile_model
+
+    spec = _pipeline_spec(pipeline, level)
+    shapes = parse_input_shapes(input_shape)
+    resolved = resolve_target(target)  # fail on a bad target before loading anything
+    out = Path(output) if output else Path("example" if model_path == "example" else model_path).with_suffix(SUFFIX)
+    model = _load_model(model_path)
+    with err.status(f"compiling for {resolved.name}...", spinner="dots") if not as_json else _nothing():
+        t0 = time.perf_counter()
+        pkg = compile_model(model, target, spec, output=out, input_shapes=shapes or None)
+        seconds = time.perf_counter() - t0
+    files = pkg.manifest["files"]
+    report = {
+        "output": str(pkg.path), "target": pkg.manifest["target"], "pipeline": pkg.manifest["pipeline"],
+        "passes": pkg.manifest["passes"], "seconds": {**pkg.seconds, "total": seconds},
+        "bytes": {"package": pkg.path.stat().st_size, **{name: f["bytes"] for name, f in files.items()}},
+        "inputs": pkg.manifest["inputs"], "outputs": pkg.manifest["outputs"],
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    t = Table(title=f"{model_path} -> {pkg.path}")
+    t.add_column("")
+    t.add_column("")
+    t.add_row("target", f"{resolved.name}  {json.dumps(resolved.tvm)}")
+    t.add_row("pipeline", f"{report['pipeline']} ({report['passes'] or 'no passes'})")
+    for kind in ("inputs", "outputs"):
+        for spec in map(TensorSpec.from_json, report[kind]):
+            t.add_row(kind[:-1], f"{spec.name}: {spec.dtype}{spec.shape_text()}")
+    t.add_row("sizes", ", ".join(f"{k} {human_bytes(v)}" for k, v in report["bytes"].items()))
+    t.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
+    console.print(t)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------- run
+def _gather_inputs(pkg, input_items: List[str], inputs_npz: Optional[str]) -> tuple[dict[str, np.ndarray], bool]:
+    feeds = load_inputs(inputs_npz) if inputs_npz else {}
+    for item in input_items:
+        name, eq, path = item.partition("=")
+        if not eq or not name or not path:
+            raise DataError(f"--input wants NAME=FILE.npy, got {item!r}")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise DataError(f"--input {name}: cannot read {path}: {exc}") from None
+    if feeds:
+        return feeds, False
+    return sample_feeds(pkg.inputs), True
+
+
+def run_cmd(
+    package: str = typer.Argument(..., metavar="PACKAGE", help="a package written by `onnxforge compile`"),
+    input_items: List[str] = typer.Option([], "-i", "--input", help="NAME=FILE.npy (repeatable); default: random inputs"),
+    inputs_npz: Optional[str] = typer.Option(None, "--inputs", help=".npz holding the inputs by name"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="write the outputs to this .npz"),
+    repeat: int = typer.Option(1, "--repeat", help="run this many times and report the median latency"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+):
+    """Run a package with the runtime loader (numpy + TVM runtime) and print or save its outputs."""
+    from ..codegen.runtime import load as load_package
+
+    if repeat < 1:
+        raise typer.BadParameter("--repeat must be at least 1")
+    pkg = load_package(package)
+    feeds, random = _gather_inputs(pkg, input_items, inputs_npz)
+    if random and not as_json:
+        err.print("no inputs given: random inputs (float: standard normal, integers: 0/1, symbolic dims: 1)")
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        outputs = pkg(feeds)
+        times.append(time.perf_counter() - t0)
+    if output:
+        np.savez(output, **outputs)
+    report = {
+        "package": package, "target": pkg.target, "random_inputs": random,
+        "inputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in feeds.items()},
+        "outputs": {k: _stats(v) for k, v in outputs.items()},
+        "latency_ms": {"median": statistics.median(times) * 1e3, "min": min(times) * 1e3, "runs": repeat},
+        **({"output": output} if output else {}),
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    t = Table(title=f"{package} ({pkg.target})")
+    for col in ("output", "dtype", "shape", "min", "max", "mean"):
+        t.add_column(col, justify="right" if col in ("min", "max", "mean") else "left")
+    for name, s in report["outputs"].items():
+        t.add_row(name, s["dtype"], str(s["shape"]), *(f"{s[k]:.6g}" if s[k] is not None else "" for k in ("min", "max", "mean")))
+    console.print(t)
+    lat = report["latency_ms"]
+    console.print(f"latency: median {lat['median']:.2f} ms, min {lat['min']:.2f} ms over {repeat} run(s)"
+                  + (f"; outputs written to {output}" if output else ""))
+
+
+def _stats(array: np.ndarray) -> dict:
+    numeric = array.dtype.kind in "biuf" and array.size
+    as_float = array.astype(np.float64) if numeric else None
+    return {"dtype": array.dtype.name, "shape": list(array.shape),
+            "min": float(as_float.min()) if numeric else None, "max": float(as_float.max()) if numeric else None,
+            "mean": float(as_float.mean()) if numeric else None}
+
+
+# ---------------------------------------------------------------- targets
+def targets_cmd(as_json: bool = typer.Option(False, "--json", help="print as JSON")):
+    """List the named targets, what each resolves to here, and whether its linker is installed."""
+    import shutil
+
+    rows = []
+    for name, target in TARGETS.items():
+        example = "cuda-sm80" if name == "cuda" else name
+        try:
+            resolved = resolve_target(example)
+            tvm_dict, linker, note = resolved.tvm, resolved.linker, ""
+        except TargetError as exc:
+            tvm_dict, linker, note = None, None, str(exc)
+        linker_ok = None if linker is None else shutil.which(linker) is not None
+        if linker_ok is False:
+            note = f"{linker} missing: apt-get install g++-aarch64-linux-gnu"
+        rows.append({"name": name, "example": example, "description": target.description, "options": target.options,
+                     "tvm": tvm_dict, "linker": linker, "linker_installed": linker_ok, "note": note})
+    if as_json:
+        print(json.dumps({"targets": rows}, indent=2))
+        return
+    wide = Console(width=max(console.width, 140))  # TVM dicts are long; don't fold them
+    t = Table(title="targets: --target NAME or NAME{option=value ...}")
+    for col in ("target", "what it is", "TVM target here"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["description"] + (f"\n[yellow]{r['note']}" if r["note"] else ""),
+                  json.dumps(r["tvm"]) if r["tvm"] else "")
+    wide.print(t)
+    for r in rows:
+        wide.print(f"  {r['name']} options: " + "; ".join(f"{k} = {v}" for k, v in r["options"].items()), highlight=False)
+
+
+# ---------------------------------------------------------------- compare
+def compare_cmd(
+    model_path: str = typer.Argument(..., metavar="MODEL", help="the ONNX model (reference: onnxruntime, no graph optimizations)"),
+    package: str = typer.Argument(..., metavar="PACKAGE", help="a package compiled from it"),
+    inputs_npz: Optional[str] = typer.Option(None, "--inputs", help=".npz with inputs (default: random, seeded)"),
+    atol: float = typer.Option(1e-4, help="absolute tolerance"),
+    rtol: float = typer.Option(1e-3, help="relative tolerance"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+):
+    """Numeric diff between onnxruntime on MODEL and the compiled PACKAGE; exit 5 beyond tolerance."""
+    from ..codegen.runtime import load as load_package
+
+    pkg = load_package(package)
+    model = _load_model(model_path)
+    feeds = load_inputs(inputs_npz) if inputs_npz else sample_feeds(pkg.inputs)
+    t0 = time.perf_counter()
+    got = pkg(feeds)
+    compiled_ms = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    ref = run_ort(model, feeds)
+    ort_ms = (time.perf_counter() - t0) * 1e3
+    diff = compare_outputs(ref, got, atol, rtol)
+    per_output = {}
+    for (name, a), b in zip(ref.items(), got.values()):
+        d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        per_output[name] = float(d.max()) if d.size else 0.0
+    report = {"model": model_path, "package": package, "target": pkg.target, "atol": atol, "rtol": rtol,
+              "max_abs": diff.max_abs, "max_rel": diff.max_rel, "ok": diff.ok, "worst_output": diff.worst_output,
+              "max_abs_by_output": per_output, "ms": {"compiled_first_run": compiled_ms, "onnxruntime": ort_ms}}
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        status = "[green]OK" if diff.ok else "[red]MISMATCH"
+        console.print(f"{model_path} vs {package} ({pkg.target}): max abs diff {diff.max_abs:.3g}, max rel diff "
+                      f"{diff.max_rel:.3g} (worst: {diff.worst_output}; atol {atol}, rtol {rtol}): {status}")
+    if not diff.ok:
+        raise NumericMismatchError(f"compiled outputs differ from onnxruntime beyond atol={atol} rtol={rtol}: {diff}")
+
+
+__all__ = ["compile_cmd", "run_cmd", "targets_cmd", "compare_cmd", "parse_input_shapes", "sample_feeds"]
