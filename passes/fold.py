@@ -21,8 +21,9 @@ from .registry import register_pass
 from .util import NONDETERMINISTIC, is_standard, remove_dead, set_constant
 
 # Ops whose output is not a function of constant input data alone, or that we
-# never want to materialise.
-_NEVER = NONDETERMINISTIC | {"Constant", "If", "Loop", "Scan", "SequenceConstruct", "Optional"}
+# never want to materialise. DequantizeLinear of a constant is a quantized weight:
+# folding it would store the weight as fp32 again and undo the quantization.
+_NEVER = NONDETERMINISTIC | {"Constant", "If", "Loop", "Scan", "SequenceConstruct", "Optional", "DequantizeLinear"}
 
 
 @dataclasses.dataclass

@@ -107,6 +107,20 @@ def test_fold_constants_size_cap_refuses_blowups():
     assert ops(result) == Counter({"Add": 1})
 
 
+def test_quantized_weights_stay_quantized_through_o2():
+    """DequantizeLinear of an int8 constant is a quantized weight, not a constant
+    to fold: folding would store it as fp32 again."""
+    w = np.arange(-8, 8, dtype=np.int8).reshape(4, 4)
+    proto = build.model([
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"]),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ], [T("x", [2, 4])], [T("y", [2, 4])],
+        [I("w_q", w), I("w_scale", np.array(0.5, np.float32)), I("w_zero", np.array(0, np.int8))])
+    result = run_and_check(proto, "-O2")
+    assert ops(result)["DequantizeLinear"] == 1
+    assert result.model.graph.initializers["w_q"].array.dtype == np.int8
+
+
 def test_fold_constants_near_misses():
     """Not folded: a graph input with a default (it can be fed), random ops, a
     dynamic shape, a custom-domain op."""
