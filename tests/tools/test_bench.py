@@ -186,3 +186,14 @@ def test_timing_shape_of_symbolic_inputs_must_be_given(tmp_path):
     assert result["timing"]["feeds"] == {"x": [2, 5]}
     assert main(["bench", str(path), "--shape", "x=3x4", "--compare", "none", "--runs", "3", "--out", str(tmp_path / "c")]) == 0
     assert main(["bench", str(path), "--shape", "x=3,4,5", "--compare", "none", "--out", str(tmp_path / "d")]) == 2
+
+
+def test_cli_compiled_variant_next_to_onnxruntime(model_path, tmp_path):
+    out = tmp_path / "out"
+    assert main(["bench", str(model_path), "-p", "-O1", "--target", "x86", "--compare", "none", "--runs", "3",
+                 "--warmup", "1", "--out", str(out)]) == 0
+    rows = {v["name"]: v for v in json.loads((out / "report.json").read_text())["variants"]}
+    compiled = rows["tvm-x86:-O1"]
+    assert compiled["kind"] == "compiled" and compiled["status"] == "ok", compiled.get("error")
+    assert compiled["output_diff"]["max_abs"] < 1e-4 and compiled["gflops"] > 0
+    assert compiled["artifact"].endswith(".ofpkg")

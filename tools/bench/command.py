@@ -42,6 +42,22 @@ def parse_shapes(items: list[str]) -> dict[str, list[int]] | None:
     return shapes or None
 
 
+def with_compiled(pipelines: list[str], targets: list[str]) -> list:
+    """The pipelines (onnxruntime on their output), then each compiled for each target."""
+    if not targets:
+        return list(pipelines)
+    from .compiled import compiled_variant
+    from .variants import parse_pipeline_arg
+
+    compiled = []
+    for target in targets:
+        for text in pipelines or ["-O1"]:
+            spec = parse_pipeline_arg(text)  # NAME=PIPELINE names the compiled variant too
+            pipeline_text = text.split("=", 1)[1] if spec.name != text else text
+            compiled.append(compiled_variant(f"tvm-{target}:{spec.name}", pipeline_text, target))
+    return list(pipelines) + compiled
+
+
 def print_report(result: dict) -> None:
     rows = table(result)
     t = Table(title=f"{result['model']['name']}: onnxforge bench", caption=machine_line(result))
@@ -69,6 +85,8 @@ def bench_cmd(
     shape: List[str] = typer.Option([], "--shape", help="shape of a random timing input, e.g. x=1,3,48,320; repeatable"),
     timing_input: Optional[str] = typer.Option(None, "--timing-input", help=".npz with the inputs to time (default: the first sample)"),
     calib: int = typer.Option(64, "--calib", help="samples used for calibration (static quantization)"),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate outputs and metric on the first N samples"),
+    target: List[str] = typer.Option([], "--target", help="also compile each pipeline with TVM for this target (repeatable; untuned)"),
     suite: bool = typer.Option(False, "--suite", help="run the benchmark suite: the three BENCHMARKS.md models with their data"),
     models: Optional[str] = typer.Option(None, "--models", help="with --suite: which models, comma separated (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
@@ -77,20 +95,21 @@ def bench_cmd(
     metric of each pipeline's output and of the comparators."""
     compare_list = None if compare is None else [c for c in compare.split(",") if c and c != "none"]
     common = dict(compare=compare_list, threads=threads, min_runs=runs, warmup=warmup, max_seconds=max_time,
-                  calib_samples=calib, log=lambda s: err.print(f"[dim]{s}[/dim]", highlight=False))
+                  calib_samples=calib, eval_samples=eval_samples, log=lambda s: err.print(f"[dim]{s}[/dim]", highlight=False))
     if suite:
         if model_path or data or metric or dims or shape or timing_input:
             raise typer.BadParameter("--suite picks models, data and metrics itself; give only --pipeline/--models/--out")
-        from ..benchmarks.suite import run_suite
+        from ..benchmarks.suite import default_pipelines, run_suite
 
-        results = run_suite(models.split(",") if models else None, pipeline or None, out, **common)
+        results = run_suite(models.split(",") if models else None, with_compiled(pipeline or default_pipelines(), target),
+                            out, **common)
     else:
         if not model_path:
             raise typer.BadParameter("give a MODEL, or --suite")
         from .harness import bench
 
         feeds = load_inputs(timing_input) if timing_input else None
-        results = {Path(model_path).stem: bench(model_path, pipeline, data=data, metric=metric, out=out,
+        results = {Path(model_path).stem: bench(model_path, with_compiled(pipeline, target), data=data, metric=metric, out=out,
                                                 timing_feeds=feeds, dims=parse_dims(dims),
                                                 shapes=parse_shapes(shape), **common)}
     for result in results.values():

@@ -29,7 +29,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
           threads: int | None = None, warmup: int = 3, min_runs: int = 20, max_seconds: float = 10.0,
           timing_feeds: Mapping[str, np.ndarray] | None = None, dims: Mapping[str, int] | None = None,
           shapes: Mapping[str, Sequence[int]] | None = None,
-          calib_samples: int = 64, peak: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
+          calib_samples: int = 64, eval_samples: int | None = None, peak: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
     """Benchmark `model` against onnxruntime: returns the report dict and writes
     report.json, report.md and PNG plots into `out`.
 
@@ -40,6 +40,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     metric: a built-in metric name, `module:function`, or a callable; default: the
       data folder's meta.json "metric", else none (output differences only).
     compare: comparator names (default: DEFAULT_COMPARATORS; static quantization needs data).
+    eval_samples: evaluate outputs and the metric on the first N samples only.
     """
     original = Path(model)
     if not original.is_file():
@@ -69,12 +70,13 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     ctx = BuildContext(original, work_dir, threads, calibration)
     rows = [_build(v, ctx, log) for v in variants]
 
-    eval_feeds = [feeds_of(s, list(inputs)) for s in dataset.samples] if dataset else [feeds]
+    evaluated = dataset.samples[:eval_samples] if dataset else None  # untuned compiled code can be slow
+    eval_feeds = [feeds_of(s, list(inputs)) for s in evaluated] if dataset else [feeds]
     context = MetricContext(None, {p.key: p.value for p in proto.metadata_props}, dataset.meta if dataset else {})
     reference = None
     for row in rows:
         if row["status"] == "ok":
-            reference = _evaluate(row, eval_feeds, dataset, metric_fn, context, reference, log)
+            reference = _evaluate(row, eval_feeds, evaluated, metric_fn, context, reference, log)
         _require_baseline(rows[0], original)
 
     # The peak is taken before and after timing, best of both: a busy neighbour
@@ -92,6 +94,9 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
         if row["name"] in timings and row["status"] == "ok":
             row["latency"] = timings[row["name"]].__dict__
             row["flops"] = _flops(Path(row["artifact"]), feeds)
+    for row in rows[1:]:
+        if row.get("latency") and row.get("flops") is None and rows[0].get("flops"):
+            row["flops"], row["flops_of"] = rows[0]["flops"], "the original model (not an ONNX artifact)"
     _ratios(rows, peak_info, metric_fn)
     result = {
         "schema": 1,
@@ -103,7 +108,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
                    "order": "round-robin", "feeds": {k: list(v.shape) for k, v in feeds.items()},
                    "ort_spinning": os.environ.get("ONNXFORGE_BENCH_SPIN", "0") != "0"},
         "peak": peak_info,
-        "data": None if dataset is None else {"source": dataset.source, "samples": len(dataset),
+        "data": None if dataset is None else {"source": dataset.source, "samples": len(evaluated),
                                              "metric": _metric_name(metric, dataset, metric_fn)},
         "variants": rows,
     }
@@ -194,7 +199,7 @@ def _build(variant: Variant, ctx: BuildContext, log) -> dict:
     return row
 
 
-def _evaluate(row, eval_feeds, dataset, metric_fn, context, reference, log):
+def _evaluate(row, eval_feeds, samples, metric_fn, context, reference, log):
     """Outputs on every sample, their difference from the baseline's, and the metric.
     Returns the baseline's outputs (the reference for every later variant)."""
     log(f"evaluating {row['name']} on {len(eval_feeds)} samples")
@@ -204,7 +209,7 @@ def _evaluate(row, eval_feeds, dataset, metric_fn, context, reference, log):
             row["output_diff"] = _diff(reference, outputs)
         if metric_fn is not None:
             ctx = MetricContext(reference, context.model_metadata, context.meta)
-            row["metrics"] = evaluate(metric_fn, outputs, dataset.samples, ctx)
+            row["metrics"] = evaluate(metric_fn, outputs, samples, ctx)
     except Exception as exc:  # noqa: BLE001
         _fail(row, exc)
         log(f"  {row['name']} failed: {row['error']}")
