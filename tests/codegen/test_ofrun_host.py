@@ -1,0 +1,24 @@
+"""ofrun built for this machine (g++ against the installed TVM runtime) runs an
+x86 package without Python and matches the Python runtime loader: the same
+loader a server without Python would use."""
+import shutil
+
+import pytest
+
+import onnxforge
+from onnxforge.codegen import device, host
+from onnxforge.passes.check import compare_outputs, sample_inputs
+from tests.codegen import models
+
+pytestmark = pytest.mark.skipif(host.host_arch() != "x86_64" or shutil.which("g++") is None,
+                                reason="needs an x86_64 machine with g++")
+
+
+def test_ofrun_on_this_machine_matches_the_python_loader(packages):
+    pkg = packages.get("conv_net")
+    feeds = sample_inputs(onnxforge.load(models.conv_net()), seed=1)
+    run = device.run_native(pkg.path, feeds, threads=1, repeat=5)
+    assert run.command[0].endswith("ofrun")  # no emulator
+    diff = compare_outputs(pkg(**feeds), run.outputs, 1e-6, 1e-6)
+    assert diff.ok, diff
+    assert run.latency_ms is not None
