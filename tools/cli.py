@@ -41,7 +41,7 @@ def optimize_cmd(
     model_path: str = typer.Argument(..., metavar="MODEL", help="ONNX file, or 'example' for the built-in example model"),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="where to write the optimized ONNX model"),
     pipeline: Optional[str] = typer.Option(None, "-p", "--pipeline", help="pipeline text, preset (-O1) or .json/.toml/.yaml file"),
-    level: Optional[int] = typer.Option(None, "-O", help="preset: -O0, -O1"),
+    level: Optional[int] = typer.Option(None, "-O", help="preset: -O0, -O1, -O2"),
     verify: bool = typer.Option(False, "--verify", help="run original and result in onnxruntime and compare"),
     inputs: Optional[str] = typer.Option(None, "--inputs", help=".npz file with inputs for --verify/--check-each (default: random)"),
     check_each: bool = typer.Option(False, "--check-each", help="numeric check against onnxruntime after every pass"),
