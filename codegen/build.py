@@ -17,8 +17,12 @@ from .lower import Lowered
 from .targets import ResolvedTarget
 
 
-def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathLike) -> None:
-    """Compile and link to `path` (a .so for target.arch)."""
+def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathLike,
+                  cpu_kernels: str | None = None) -> None:
+    """Compile and link to `path` (a .so for target.arch). `cpu_kernels` (CPU
+    targets; default: $ONNXFORGE_CPU_KERNELS, else "tvm"): "tvm" is TVM's default
+    pipeline, "schedule" adds fusion and default CPU schedules, "blas" also sends
+    matmul/conv to OpenBLAS (codegen/cpu)."""
     if getattr(tvm.base, "_RUNTIME_ONLY", False):
         raise BuildError("tvm was imported runtime-only (TVM_USE_RUNTIME_LIB=1 or no libtvm_compiler): "
                          "compiling needs the full apache-tvm package; unset TVM_USE_RUNTIME_LIB")
@@ -28,6 +32,20 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     except Exception as exc:
         raise BuildError(f"target {target.name}: TVM rejects the target {target.tvm}: {exc}") from exc
     pipeline = relax.get_default_pipeline(tvm_target) if target.device == "cuda" else "default"
+    # --- issue 7 hook: fast untuned CPU code (codegen/cpu), off by default until measured ---
+    cpu_kernels = cpu_kernels or os.environ.get("ONNXFORGE_CPU_KERNELS", "tvm")
+    export_kwargs = {}
+    if target.device == "cpu" and cpu_kernels != "tvm":
+        from .cpu.pipeline import MODES, cpu_pipeline
+        from .cpu.pipeline import export_kwargs as cpu_export_kwargs
+
+        if cpu_kernels not in MODES:
+            raise BuildError(f"cpu_kernels must be one of {', '.join(MODES)}, got {cpu_kernels!r}")
+        if cpu_kernels == "blas" and target.linker and not os.environ.get("ONNXFORGE_OPENBLAS_DIR"):
+            cpu_kernels = "schedule"  # cross builds need the target's OpenBLAS: ONNXFORGE_OPENBLAS_DIR
+        pipeline = cpu_pipeline(tvm_target, cpu_kernels)
+        export_kwargs = cpu_export_kwargs(cpu_kernels)
+    # --- end of hook ---
     try:
         executable = tvm.compile(lowered.mod, tvm_target, relax_pipeline=pipeline)
     except Exception as exc:
@@ -35,7 +53,7 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     fcompile = tvm.support.cc.cross_compiler(linker) if linker else None
     try:
         with _quiet_stderr():  # export prints a "Scope Saving" warning per embedded constant
-            executable.export_library(os.fspath(path), fcompile=fcompile)
+            executable.export_library(os.fspath(path), fcompile=fcompile, **export_kwargs)
     except Exception as exc:
         raise BuildError(f"linking the library for {target.name} failed{f' (with {linker})' if linker else ''}: "
                          f"{_last_line(exc)}") from exc

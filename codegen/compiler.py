@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..ir import DataError, LoweringError, Model, OnnxforgeError, infer_shapes, load
+from ..ir import DataError, LoweringError, Model, OnnxforgeError, PipelineError, infer_shapes, load
 from ..passes import Pipeline, optimize
 from ..passes.pipeline import resolve_pipeline
 from . import manifest as fmt
@@ -67,6 +67,9 @@ class Package:
         return dest
 
 
+CPU_KERNELS = ("tvm", "schedule", "blas")  # codegen/cpu: "blas" and "schedule" are opt-in until measured faster
+
+
 def compile(
     model: "Model | str | os.PathLike",
     target: str = "x86",
@@ -74,15 +77,19 @@ def compile(
     *,
     output: str | os.PathLike | None = None,
     input_shapes: InputShapes | None = None,
+    cpu_kernels: str | None = None,
 ) -> Package:
     """Optimize `model` with `pipeline`, lower it to TVM Relax, build it for the named
     `target` (see `onnxforge targets`) and write one package file to `output` (a
     fresh temporary folder when None). `input_shapes` pins symbolic input dims,
-    e.g. {"x": (1, 3, 48, 320)}."""
+    e.g. {"x": (1, 3, 48, 320)}. `cpu_kernels` (CPU targets): "tvm" (default, or
+    $ONNXFORGE_CPU_KERNELS), "schedule" or "blas" (opt-in, see codegen/cpu)."""
     from .build import build_library  # imports tvm: only when compiling
     from .lower import lower
 
     seconds: dict[str, float] = {}
+    if cpu_kernels not in (None, *CPU_KERNELS):
+        raise PipelineError(f"cpu_kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
     resolved = resolve_target(target)
     resolved.check_linker()  # before the slow part: a missing cross compiler fails at once
     pipeline = resolve_pipeline(pipeline)
@@ -108,12 +115,15 @@ def compile(
     with tempfile.TemporaryDirectory(prefix="onnxforge-build-") as tmp:
         lib = Path(tmp) / fmt.LIBRARY
         t0 = time.perf_counter()
-        build_library(lowered, resolved, lib)
+        cpu_kernels = cpu_kernels or os.environ.get("ONNXFORGE_CPU_KERNELS", "tvm")
+        build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels)
         seconds["build"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         weights, param_specs = _weights_npz(lowered.params)
         manifest = _manifest(model, source, lowered, param_specs, resolved, optimized.pipeline,
                              input_shapes)
+        if resolved.device == "cpu":
+            manifest["cpu_kernels"] = cpu_kernels  # "blas" modules need OpenBLAS at run time
         fmt.write_package(out, manifest, {fmt.LIBRARY: lib.read_bytes(), fmt.WEIGHTS: weights})
         seconds["package"] = time.perf_counter() - t0
     manifest, _ = fmt.read_package(out)  # what a loader will see, checksums included

@@ -89,6 +89,8 @@ def compile_cmd(
     pipeline: Optional[str] = typer.Option(None, "-p", "--pipeline", help="pipeline text, preset or file run before lowering"),
     level: Optional[int] = typer.Option(None, "-O", help="pipeline preset: -O0, -O1, -O2 (default -O1)"),
     input_shape: List[str] = typer.Option([], "--input-shape", help="pin an input's shape: NAME=D0,D1,... (repeatable)"),
+    cpu_kernels: Optional[str] = typer.Option(None, "--cpu-kernels",
+                                              help="CPU code: tvm (default), schedule, blas (opt-in; needs scipy-openblas32)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ):
     """Compile a model with TVM for a named target into one package file."""
@@ -101,7 +103,7 @@ def compile_cmd(
     model = _load_model(model_path)
     with err.status(f"compiling for {resolved.name}...", spinner="dots") if not as_json else _nothing():
         t0 = time.perf_counter()
-        pkg = compile_model(model, target, spec, output=out, input_shapes=shapes or None)
+        pkg = compile_model(model, target, spec, output=out, input_shapes=shapes or None, cpu_kernels=cpu_kernels)
         seconds = time.perf_counter() - t0
     files = pkg.manifest["files"]
     report = {

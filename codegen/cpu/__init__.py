@@ -1,0 +1,13 @@
+"""Fast CPU code without tuning (issue 7), switched on by build option
+cpu_kernels="blas" (codegen.build.build_library) or ONNXFORGE_CPU_KERNELS=blas.
+
+- blas.py: a Relax pass that sends float32 MatMul/Gemm and Conv (1x1 directly,
+  KxK through im2col) to OpenBLAS sgemm through T.call_extern into kernels.c,
+  which is compiled into the exported library; the library links OpenBLAS (the
+  scipy-openblas32 wheel, which PyPI has for x86_64 and aarch64) as a DT_NEEDED
+  dependency.
+- schedules.py: a default CPU schedule (parallel outer loops, vectorized inner
+  loops) for every other TIR kernel, after dlight's CPU rules.
+- pipeline.py: the Relax pipeline and the link options for both.
+- profile.py: per-kernel table (FLOPs, time, GFLOP/s) of a compiled model.
+"""

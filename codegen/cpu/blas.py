@@ -1,0 +1,275 @@
+"""Dispatch dense float32 matmul and conv2d to OpenBLAS sgemm.
+
+A Relax pass, run before legalization: `relax.matmul` (any batch/broadcast form
+with static shapes, a last-two-axes permute_dims of either operand absorbed as a
+BLAS transpose), and NCHW `relax.nn.conv2d` with groups=1 (1x1 stride 1 pad 0 as
+a plain GEMM per image; otherwise im2col, a TVM kernel, then GEMM) become
+`call_tir` of small PrimFuncs whose body is one `T.call_extern("onnxforge_sgemm",
+...)` (kernels.c). Everything around them (bias adds, activations, the im2col
+gather) stays Relax/TIR and is fused and scheduled by TVM.
+
+The BLAS is the scipy-openblas32 wheel (`pip install scipy-openblas32`): same
+package on x86_64 and aarch64, symbols prefixed `scipy_`, no Fortran runtime
+needed. The module is linked against it with an rpath to where it was found and
+to $ORIGIN (so a package that ships libscipy_openblas.so next to model.so works
+on a device too).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ...ir.errors import BuildError
+
+KERNELS_C = Path(__file__).with_name("kernels.c")
+BLAS_SONAME = "libscipy_openblas.so"
+
+
+def blas_lib_dir() -> str:
+    """Folder holding libscipy_openblas.so (scipy-openblas32 wheel); BuildError if missing."""
+    override = os.environ.get("ONNXFORGE_OPENBLAS_DIR")
+    if override:
+        return override
+    try:
+        import scipy_openblas32
+    except ImportError:
+        raise BuildError("cpu_kernels='blas' needs OpenBLAS: pip install scipy-openblas32 "
+                         "(or set ONNXFORGE_OPENBLAS_DIR to a folder holding libscipy_openblas.so)") from None
+    return scipy_openblas32.get_lib_dir()
+
+
+def link_options(lib_dir: str | None = None) -> list[str]:
+    lib_dir = lib_dir or blas_lib_dir()
+    # --no-as-needed: the options come before the objects on the link line
+    return ["-Wl,--no-as-needed", f"-L{lib_dir}", "-l:" + BLAS_SONAME, f"-Wl,-rpath,{lib_dir}", "-Wl,-rpath,$ORIGIN"]
+
+
+def _static_shape(expr) -> list[int] | None:
+    ty = getattr(expr, "ty", None)  # TVM 0.27: struct info is `ty` (relax.TensorType)
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    dims = []
+    for d in ty.shape.values:
+        if not isinstance(d, tirx.IntImm):
+            return None
+        dims.append(int(d.value))
+    return dims if len(dims) == ty.ndim else None
+
+
+def _dtype(expr) -> str | None:
+    ty = getattr(expr, "ty", None)
+    return str(ty.dtype.dtype) if isinstance(ty, relax.TensorType) else None
+
+
+def _sgemm_te(a, b, out_shape, *, batch, m, n, k, stride_a, stride_b, trans_a, trans_b, name):
+    """te.extern: out = op(a) @ op(b), batched, via onnxforge_sgemm."""
+
+    def body(ins, outs):
+        return tirx.call_extern("int32", "onnxforge_sgemm", tirx.const(batch, "int32"), tirx.const(m, "int32"),
+                                tirx.const(n, "int32"), tirx.const(k, "int32"), ins[0].data,
+                                tirx.const(stride_a, "int64"), tirx.const(int(trans_a), "int32"), ins[1].data,
+                                tirx.const(stride_b, "int64"), tirx.const(int(trans_b), "int32"), outs[0].data,
+                                outs[0].data, tirx.const(0, "int32"))  # no bias: kernels.c reads none
+
+    return te.extern([out_shape], [a, b], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")
+
+
+def _is_swap_last_two(call) -> bool:
+    if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.permute_dims"):
+        return False
+    axes = call.attrs.axes
+    shape = _static_shape(call.args[0])
+    if shape is None or len(shape) < 2:
+        return False
+    r = len(shape)
+    axes = list(range(r))[::-1] if axes is None else [int(a) for a in axes]
+    return axes == list(range(r - 2)) + [r - 1, r - 2]
+
+
+@mutator
+class _BlasRewriter(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.count = 0
+        self._matmul = tvm.ir.Op.get("relax.matmul")
+        self._conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+        self._attention = tvm.ir.Op.get("relax.nn.attention_bias")
+        self._broadcast_to = tvm.ir.Op.get("relax.broadcast_to")
+
+    def _producer(self, expr):
+        if isinstance(expr, relax.Var):
+            try:
+                return self.lookup_binding(expr)
+            except Exception:
+                return None
+        return None
+
+    def visit_call_(self, call):  # noqa: N802 (TVM's name)
+        call = self.visit_expr_post_order(call)
+        try:
+            new = None
+            if call.op.same_as(self._matmul):
+                new = self._rewrite_matmul(call)
+            elif call.op.same_as(self._conv2d):
+                new = self._rewrite_conv2d(call)
+            elif call.op.same_as(self._attention):
+                new = self._rewrite_attention(call)
+            return call if new is None else new
+        except Exception:  # anything unexpected: leave the op to TVM
+            if os.environ.get("ONNXFORGE_BLAS_DEBUG"):
+                raise
+            return call
+        return call
+
+    def _operand(self, expr):
+        """(expr, transposed) absorbing a last-two-axes permute_dims."""
+        prod = self._producer(expr)
+        if prod is not None and _is_swap_last_two(prod):
+            return prod.args[0], True
+        return expr, False
+
+    def _rewrite_matmul(self, call):
+        a, b = call.args
+        if _dtype(a) != "float32" or _dtype(b) != "float32" or _dtype(call) != "float32":
+            return None
+        sa, sb, so = _static_shape(a), _static_shape(b), _static_shape(call)
+        if sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
+            return None
+        a_src, ta = self._operand(a)
+        b_src, tb = self._operand(b)
+        m, k = sa[-2], sa[-1]
+        n = sb[-1]
+        if sb[-2] != k:
+            return None
+        ba, bb_ = sa[:-2], sb[:-2]
+        out_batch = so[:-2]
+        pa = math.prod(ba) if ba else 1
+        pb = math.prod(bb_) if bb_ else 1
+        pout = math.prod(out_batch) if out_batch else 1
+        if pb == 1 and not ta:
+            # fold a's batch into M: one GEMM
+            batch, m_eff, stride_a, stride_b = 1, pa * m, 0, 0
+        elif pa == pout and pb == pout:
+            batch, m_eff, stride_a, stride_b = pout, m, m * k, k * n
+        elif pa == pout and pb == 1:
+            batch, m_eff, stride_a, stride_b = pout, m, m * k, 0
+        elif pa == 1 and pb == pout:
+            batch, m_eff, stride_a, stride_b = pout, m, 0, k * n
+        else:
+            return None
+        if batch * m_eff * n * k == 0:
+            return None
+        self.count += 1
+        return self.builder_.call_te(_sgemm_te, a_src, b_src, so, batch=batch, m=m_eff, n=n, k=k, stride_a=stride_a,
+                                     stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
+                                     primfunc_name_hint="blas_matmul")
+
+    def _gemm(self, a, b):
+        """matmul(a, b) through BLAS when it qualifies, else relax's matmul."""
+        bb = self.builder_
+        plain = bb.normalize(relax.op.matmul(a, b))
+        new = self._rewrite_matmul(plain)
+        return bb.emit(plain if new is None else new)
+
+    def _rewrite_attention(self, call):
+        """relax.nn.attention_bias (what the frontend makes of com.microsoft
+        Attention) as permute + BLAS matmul + softmax + BLAS matmul, so that both
+        batched products go to BLAS; a bias that the frontend broadcast to a
+        run-time (symbolic) shape is used unbroadcast."""
+        q, k, v = call.args[:3]
+        bias = call.args[3] if len(call.args) > 3 else None
+        attrs = call.attrs
+        if getattr(attrs, "causal_mask", None) or getattr(attrs, "window_size", None):
+            return None
+        sq, sk, sv = _static_shape(q), _static_shape(k), _static_shape(v)
+        if sq is None or sk is None or sv is None or _dtype(q) != "float32":
+            return None
+        if bias is not None:
+            prod = self._producer(bias)
+            if prod is not None and isinstance(prod, relax.Call) and prod.op.same_as(self._broadcast_to):
+                bias = prod.args[0]
+            if _static_shape(bias) is None:
+                return None
+        scale = attrs.scale
+        scale = float(scale.value) if scale is not None else 1.0 / math.sqrt(sq[-1])
+        bb, op = self.builder_, relax.op
+        qt = bb.emit(op.permute_dims(q, [0, 2, 1, 3]))
+        kt = bb.emit(op.permute_dims(k, [0, 2, 3, 1]))
+        vt = bb.emit(op.permute_dims(v, [0, 2, 1, 3]))
+        scores = bb.emit(op.multiply(self._gemm(qt, kt), relax.const(scale, "float32")))
+        if bias is not None:
+            scores = bb.emit(op.add(scores, bias))
+        probs = bb.emit(op.nn.softmax(scores, axis=-1))
+        out = self._gemm(probs, vt)
+        return op.permute_dims(out, [0, 2, 1, 3])
+
+    def _rewrite_conv2d(self, call):
+        x, w = call.args
+        attrs = call.attrs
+        if (_dtype(x), _dtype(w), _dtype(call)) != ("float32",) * 3:
+            return None
+        if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or int(attrs.groups) != 1:
+            return None
+        sx, sw, so = _static_shape(x), _static_shape(w), _static_shape(call)
+        if sx is None or sw is None or so is None:
+            return None
+        nb, ci, h, wd = sx
+        co, _, kh, kw = sw
+        _, _, oh, ow = so
+        strides = [int(s) for s in attrs.strides]
+        pad = [int(p) for p in attrs.padding]
+        dil = [int(d) for d in attrs.dilation]
+        bb = self.builder_
+        if (kh, kw) == (1, 1) and strides == [1, 1] and pad == [0, 0, 0, 0]:
+            self.count += 1
+            return bb.call_te(_sgemm_te, w, x, so, batch=nb, m=co, n=h * wd, k=ci, stride_a=0, stride_b=ci * h * wd,
+                              trans_a=False, trans_b=False, name="blas_conv1x1", primfunc_name_hint="blas_conv1x1")
+        # im2col: col[n, ci*kh*kw, oh*ow]
+        col = bb.emit(bb.call_te(_im2col_te, x, kh=kh, kw=kw, strides=strides, pad=pad, dil=dil, oh=oh, ow=ow,
+                                 primfunc_name_hint="im2col"))
+        self.count += 1
+        return bb.call_te(_sgemm_te, w, col, so, batch=nb, m=co, n=oh * ow, k=ci * kh * kw, stride_a=0,
+                          stride_b=ci * kh * kw * oh * ow, trans_a=False, trans_b=False, name="blas_conv",
+                          primfunc_name_hint="blas_conv")
+
+
+def _im2col_te(x, *, kh, kw, strides, pad, dil, oh, ow):
+    n, ci, h, w = (int(d) for d in x.shape)
+    sh, sw = strides
+    dh, dw = dil
+    pt, pl = pad[0], pad[1]
+
+    def fcompute(b, r, p):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        y = (p // ow) * sh - pt + i * dh
+        xx = (p % ow) * sw - pl + j * dw
+        inside = tvm.tirx.all(y >= 0, y < h, xx >= 0, xx < w)
+        return tvm.tirx.if_then_else(inside, x[b, c, y, xx],
+                                     tvm.tirx.const(0.0, x.dtype))
+
+    return te.compute((n, ci * kh * kw, oh * ow), fcompute, name="im2col")
+
+
+@tvm.transform.module_pass(opt_level=0, name="onnxforge.DispatchBLAS")
+class DispatchBLAS:
+    """Relax pass: float32 matmul / conv2d -> OpenBLAS sgemm extern calls."""
+
+    def __init__(self):
+        self.count = 0
+
+    def transform_module(self, mod, _ctx):
+        rewriter = _BlasRewriter(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                new = rewriter.visit_expr(func)
+                rewriter.builder_.update_func(gv, new)
+        self.count = rewriter.count
+        return rewriter.builder_.get()

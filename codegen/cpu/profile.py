@@ -1,0 +1,141 @@
+"""Per-kernel profile of a lowered model on this CPU: for each TIR kernel the
+CPU pipeline produces, its call count, FLOPs, median time and GFLOP/s, each
+kernel timed on its own (random inputs of its static shapes) with TVM's
+time_evaluator. The sum approximates one model run (VM overhead excluded).
+
+    python -m onnxforge.codegen.cpu.profile MODEL.onnx --mode blas --shape x=1,3,224,224
+"""
+from __future__ import annotations
+
+import collections
+import os
+import re
+import tempfile
+
+import numpy as np
+import tvm
+from tvm import relax
+
+_SGEMM = re.compile(r'"onnxforge_sgemm", (\d+), (\d+), (\d+), (\d+)')
+
+
+def _kernel_module(mod, target, mode):
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from .blas import DispatchBLAS
+    from .schedules import default_schedule_pass
+
+    passes = [DispatchBLAS()] if mode == "blas" else []
+    passes += cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+    if mode != "tvm":
+        passes.append(default_schedule_pass())
+    with target:
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def _flops(func) -> float:
+    text = func.script(show_meta=False)
+    m = _SGEMM.search(text)
+    if m:
+        b, mm, n, k = (int(v) for v in m.groups())
+        return 2.0 * b * mm * n * k
+    try:
+        from tvm.s_tir.analysis import estimate_tir_flops
+
+        return float(estimate_tir_flops(tvm.IRModule({"main": func})))
+    except Exception:
+        return float("nan")
+
+
+def kernel_table(mod, target_dict, mode="blas", number=None, repeat=5):
+    target = tvm.target.Target(target_dict)
+    mod = _kernel_module(mod, target, mode)
+    calls = collections.Counter()
+    signature = {}
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def shape_dtype(sinfo):
+        return [int(d) for d in sinfo.shape.values], str(sinfo.dtype.dtype)
+
+    def visit(e):
+        if isinstance(e, relax.Call) and e.op == call_tir:
+            name = e.args[0].name_hint
+            calls[name] += 1
+            if name not in signature:
+                outs = e.ty_args[0]
+                outs = list(outs.fields) if isinstance(outs, relax.TupleType) else [outs]
+                try:
+                    signature[name] = [shape_dtype(a.ty) for a in e.args[1].fields] + [
+                        shape_dtype(o) for o in outs]
+                except Exception:  # noqa: BLE001 (symbolic shapes: not timed)
+                    signature[name] = None
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    tir_mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+    built = tvm.compile(tir_mod, target)
+    from .pipeline import export_kwargs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = os.path.join(tmp, "k.so")
+        built.export_library(so, **export_kwargs(mode))
+        lib = tvm.runtime.load_module(so)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, count in calls.items():
+        f = funcs[name]
+        args = []
+        for shape, dt in signature[name] or []:
+            a = rng.standard_normal(shape).astype(dt) if dt.startswith("float") else np.zeros(shape, dt)
+            args.append(tvm.runtime.tensor(a, dev))
+        flops = _flops(f)
+        try:
+            n = number or 1
+            t = lib.time_evaluator(name, dev, number=n, repeat=repeat, min_repeat_ms=20)(*args).median
+        except Exception:  # noqa: BLE001
+            t = float("nan")
+        rows.append(dict(kernel=name, calls=count, flops=flops, ms=t * 1e3, total_ms=t * 1e3 * count,
+                         gflops=flops / t / 1e9 if t == t and t > 0 else float("nan")))
+    rows.sort(key=lambda r: -r["total_ms"] if r["total_ms"] == r["total_ms"] else 0)
+    return rows
+
+
+def format_table(rows, top=25) -> str:
+    total = sum(r["total_ms"] for r in rows if r["total_ms"] == r["total_ms"])
+    lines = [f"{'kernel':48s} {'calls':>5s} {'MFLOP':>9s} {'ms/call':>9s} {'ms total':>9s} {'%':>5s} {'GFLOP/s':>8s}"]
+    for r in rows[:top]:
+        lines.append(f"{r['kernel'][:48]:48s} {r['calls']:5d} {r['flops'] / 1e6:9.2f} {r['ms']:9.3f} "
+                     f"{r['total_ms']:9.2f} {100 * r['total_ms'] / total:5.1f} {r['gflops']:8.2f}")
+    flops = sum(r["flops"] * r["calls"] for r in rows if r["flops"] == r["flops"])
+    lines.append(f"{'TOTAL (' + str(len(rows)) + ' kernels)':48s} {'':5s} {flops / 1e6:9.1f} {'':9s} {total:9.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+
+    from ...ir import load
+    from ...passes import optimize
+    from ..compiler import pin_input_shapes
+    from ..lower import lower
+    from ..targets import resolve_target
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--mode", default="blas")
+    ap.add_argument("--pipeline", default="-O2")
+    ap.add_argument("--shape", action="append", default=[])
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args(argv)
+    shapes = {s.split("=")[0]: [int(d) for d in s.split("=")[1].split(",")] for s in a.shape}
+    model = load(a.model)
+    if shapes:
+        model = pin_input_shapes(model, shapes)
+    lowered = lower(optimize(model, a.pipeline).model)
+    rows = kernel_table(lowered.mod, resolve_target("x86").tvm, a.mode)
+    print(format_table(rows, a.top))
+
+
+if __name__ == "__main__":
+    main()
