@@ -197,3 +197,24 @@ def test_cli_compiled_variant_next_to_onnxruntime(model_path, tmp_path):
     assert compiled["kind"] == "compiled" and compiled["status"] == "ok", compiled.get("error")
     assert compiled["output_diff"]["max_abs"] < 1e-4 and compiled["gflops"] > 0
     assert compiled["artifact"].endswith(".ofpkg")
+
+
+def test_a_variant_refusing_the_samples_is_timed_without_a_metric(model_path, tmp_path):
+    """Like a compiled module pinned to the timed shape: a DataError on the data
+    leaves it timed, unevaluated, and says so."""
+    def pinned(ctx):
+        run = ort_runner(ctx.original, ctx.threads)
+
+        def only_the_timed_input(feeds):
+            if feeds["input"] is not ctx.timing_feeds["input"]:
+                raise DataError("input 'input': shape [1, 3, 16, 16], expected [1, 3, 32, 32]")
+            return run(feeds)
+
+        return Built(only_the_timed_input, ctx.original)
+
+    result = bench(model_path, [Variant("pinned", "compiled", "pinned to the timed shape", pinned)], data=_samples(3),
+                   metric=mean_output, out=tmp_path, compare=[], peak=False, **FAST)
+    row = result["variants"][1]
+    assert row["status"] == "ok" and row["latency"]["runs"] >= 3 and "latency_ratio" in row
+    assert "metrics" not in row and "expected [1, 3, 32, 32]" in row["not_evaluated"]
+    assert "pinned timed but not evaluated" in (tmp_path / "report.md").read_text()

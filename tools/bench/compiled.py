@@ -3,8 +3,8 @@ through TVM for a named target, run by the runtime loader.
 
     compiled_variant("tvm-x86-O1", "-O1", "x86")
 
-Symbolic input dims that TVM's frontend cannot lower are pinned to the shapes of
-the first calibration sample (recorded in the variant's info)."""
+Symbolic input dims that TVM's frontend cannot lower are pinned to the timed
+input shapes (recorded in the variant's info)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -26,9 +26,10 @@ def compiled_variant(name: str, pipeline: str, target: str,
         try:
             pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes or None)
         except LoweringError:
-            if shapes or not ctx.calibration:
+            if shapes or not (ctx.timing_feeds or ctx.calibration):
                 raise
-            shapes = {k: tuple(v.shape) for k, v in ctx.calibration[0].items()}
+            # Pin to the timed inputs, so the module can at least be timed like the others.
+            shapes = {k: tuple(v.shape) for k, v in (ctx.timing_feeds or ctx.calibration[0]).items()}
             pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes)
         try:
             model = load_package(path, threads=ctx.threads if resolved.device == "cpu" else None)

@@ -67,7 +67,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
         raise DataError(f"variant names must be unique, got {names}")
 
     calibration = [feeds_of(s, list(inputs)) for s in dataset.samples[:calib_samples]] if dataset else None
-    ctx = BuildContext(original, work_dir, threads, calibration)
+    ctx = BuildContext(original, work_dir, threads, calibration, feeds)
     rows = [_build(v, ctx, log) for v in variants]
 
     evaluated = dataset.samples[:eval_samples] if dataset else None  # untuned compiled code can be slow
@@ -210,6 +210,13 @@ def _evaluate(row, eval_feeds, samples, metric_fn, context, reference, log):
         if metric_fn is not None:
             ctx = MetricContext(reference, context.model_metadata, context.meta)
             row["metrics"] = evaluate(metric_fn, outputs, samples, ctx)
+    except DataError as exc:
+        if reference is None:
+            raise
+        # The variant refuses some samples' shapes (a compiled module pinned to the
+        # timed shape): it is still timed, with no metric.
+        row["not_evaluated"] = str(exc)
+        log(f"  {row['name']} not evaluated: {exc}")
     except Exception as exc:  # noqa: BLE001
         _fail(row, exc)
         log(f"  {row['name']} failed: {row['error']}")

@@ -68,7 +68,9 @@ def _metric_keys(result: dict) -> list[str]:
 
 def notes_of(result: dict) -> list[str]:
     """Why each failed or skipped variant has no figures."""
-    return [f"{v['name']} {v['status']}: {v.get('error', '')}" for v in result["variants"] if v["status"] != "ok"]
+    notes = [f"{v['name']} {v['status']}: {v.get('error', '')}" for v in result["variants"] if v["status"] != "ok"]
+    return notes + [f"{v['name']} timed but not evaluated: {v['not_evaluated']}" for v in result["variants"]
+                    if v.get("not_evaluated")]
 
 
 def markdown(result: dict) -> str:

@@ -26,6 +26,7 @@ class BuildContext:
     work_dir: Path  # where variant artifacts are written
     threads: int
     calibration: list[dict[str, np.ndarray]] | None  # model feeds, or None without data
+    timing_feeds: dict[str, np.ndarray] | None = None  # the inputs every variant is timed on
 
 
 @dataclasses.dataclass
