@@ -1,0 +1,39 @@
+"""The fusion test models after -O2 (folded BatchNorm, LayerNormalization, GELU as
+com.microsoft Gelu/FastGelu or opset-20 Gelu, com.microsoft Attention) compile for
+x86 and match onnxruntime on the original model."""
+import numpy as np
+import pytest
+
+import onnxforge
+from onnxforge.passes.check import compare_outputs, run_ort, sample_inputs
+from tests.models import fusion
+
+pytest.importorskip("tvm")
+
+CASES = {
+    "conv-bn": (lambda: fusion.conv_bn()[0], None, {"BatchNormalization": 0}),
+    "layernorm": (lambda: fusion.layer_norm()[0], {"x": (2, 5, 8)}, {"LayerNormalization": 1}),
+    "gelu-erf": (lambda: fusion.gelu("erf")[0], {"x": (3, 8)}, {"Gelu": 1}),
+    "gelu-tanh": (lambda: fusion.gelu("tanh")[0], {"x": (3, 8)}, {"FastGelu": 1}),
+    "gelu-opset20": (lambda: fusion.gelu("erf", opset=20)[0], {"x": (3, 8)}, {"Gelu": 1}),
+    "attention": (lambda: fusion.attention(layers=2)[0], {"x": (2, 5, 16), "mask": (2, 5)}, {"Attention": 2}),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_model_compiles_and_matches(name, tmp_path):
+    build, shapes, fused = CASES[name]
+    proto = build()
+    model = onnxforge.load(proto)
+    optimized = onnxforge.optimize(model, "-O2").model
+    ops = [n.op_type for n in optimized.graph.nodes]
+    for op, count in fused.items():
+        assert ops.count(op) == count, f"{name}: -O2 gave {ops}"
+    pkg = onnxforge.compile(optimized, "x86", "-O0", output=tmp_path / "m.ofpkg", input_shapes=shapes)
+    if name == "attention":
+        feeds = fusion.attention_feeds()
+    else:
+        dims = {"batch": shapes["x"][0]} if shapes else None
+        feeds = sample_inputs(model, dims=dims)
+    diff = compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-4, 1e-4)
+    assert diff.ok, f"{name}: {diff}"
