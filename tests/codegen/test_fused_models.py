@@ -1,7 +1,6 @@
 """The fusion test models after -O2 (folded BatchNorm, LayerNormalization, GELU as
 com.microsoft Gelu/FastGelu or opset-20 Gelu, com.microsoft Attention) compile for
 x86 and match onnxruntime on the original model."""
-import numpy as np
 import pytest
 
 import onnxforge
