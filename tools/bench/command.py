@@ -91,8 +91,7 @@ def bench_cmd(
     models: Optional[str] = typer.Option(None, "--models", help="with --suite: which models, comma separated (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
 ):
-    """Latency (ratio against onnxruntime in the same run), size, GFLOP/s and task
-    metric of each pipeline's output and of the comparators."""
+    """Latency against onnxruntime in one run, size, GFLOP/s and metric of each pipeline and comparator."""
     compare_list = None if compare is None else [c for c in compare.split(",") if c and c != "none"]
     common = dict(compare=compare_list, threads=threads, min_runs=runs, warmup=warmup, max_seconds=max_time,
                   calib_samples=calib, eval_samples=eval_samples, log=lambda s: err.print(f"[dim]{s}[/dim]", highlight=False))
