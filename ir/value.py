@@ -97,8 +97,9 @@ class Value:
     @property
     def nbytes(self) -> int:
         """Size of the constant data in bytes, without loading external data."""
+        packed = self.dtype in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)  # two per byte, as stored
         if self._array is not None:
-            return int(self._array.nbytes)
+            return (int(self._array.size) + 1) // 2 if packed else int(self._array.nbytes)
         if self.shape is None or self.dtype is None or not self.is_static_shape():
             return 0
         count = int(np.prod(self.shape, dtype=np.int64))
@@ -106,9 +107,7 @@ class Value:
             itemsize = helper.tensor_dtype_to_np_dtype(self.dtype).itemsize
         except (KeyError, ValueError, TypeError):
             itemsize = 1
-        if self.dtype in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-            return (count + 1) // 2
-        return count * itemsize
+        return (count + 1) // 2 if packed else count * itemsize
 
     def const_value(self) -> np.ndarray | None:
         """Data if this value is constant: an initializer or a Constant node's output.

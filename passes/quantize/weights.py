@@ -1,0 +1,387 @@
+"""quantize-weights: round-to-nearest weight-only quantization.
+
+Constant float weights of MatMul (input B), Gemm (input B, honouring transB) and
+Conv (W) are stored as int8/uint8 or int4/uint4 plus float scales (and zero points
+when symmetric=false), and feed the original op through a DequantizeLinear node:
+
+    W (fp32)  ->  DequantizeLinear(W_q, scale[, zero_point]) -> MatMul/Gemm/Conv
+
+With ops=...+Gather (opt-in, int8 only) embedding tables read by Gather (axis 0)
+are stored as int8 too, and the DequantizeLinear (one scale per column) goes
+after the Gather, so only the gathered rows are dequantized:
+
+    Gather(W_q, ids) -> DequantizeLinear(rows, scale, axis=-1) -> readers
+
+The result is standard ONNX that onnxruntime runs. Granularity:
+
+- channel: one scale per output channel (DequantizeLinear axis = output channel;
+  opset >= 13).
+- tensor: one scale for the whole weight (opset >= 10).
+- block: blocks of `block` elements along the reduction axis (MatMul/Gemm K,
+  Conv input channels), opset-21 blocked DequantizeLinear (`block_size`). A
+  reduction axis that `block` does not divide is *not* padded and *not* refused:
+  its last block is shorter, which is what the ONNX spec defines (the scale has
+  ceil(K / block) entries along the axis) and what onnxruntime runs; the stats
+  count such weights as `partial_blocks`. A weight whose reduction axis is
+  shorter than one block (depthwise convolutions: 1 input channel per group) is
+  skipped: it would need about one scale per weight, and int4 per channel on 9
+  weights per channel costs too much accuracy (measured on PP-OCRv4).
+
+bits=4 needs int4 tensors and therefore opset 21; bits=8 with granularity=block
+is allowed too (opset 21 blocked int8). When a model imports an older default
+opset the pass raises it to what the chosen format needs, adapting the ops whose
+inputs moved (see passes/quantize/opset.py), and refuses, naming the ops, when an
+op would change meaning.
+
+Weights are skipped, with the reason counted in the stats, when they are not
+constants (graph inputs, computed values, already dequantized weights: a second
+run changes nothing), smaller than `min_elements`, not float32/float16, of a rank
+the op does not take as a weight, or shared with ops that are not quantized the
+same way. `method=gptq` (error-compensating, from calibration data) is not
+implemented yet and is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+
+from ...ir import Model, Node, PassOptionError, Value
+from ...ir.pattern import attribute
+from ..base import Effect, Pass, PassResult
+from ..registry import register_pass
+from ..util import is_standard
+from .opset import raise_opset
+
+SUPPORTED_OPS = ("MatMul", "Gemm", "Conv", "Gather")
+DEFAULT_OPS = ("MatMul", "Gemm", "Conv")
+GRANULARITIES = ("channel", "tensor", "block")
+METHODS = ("rtn", "gptq")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+@dataclasses.dataclass
+class QuantizeWeightsOptions:
+    # Bits per weight: 8 (int8/uint8) or 4 (int4/uint4, needs opset 21).
+    bits: int = 8
+    # One scale per output channel, per tensor, or per block along the reduction axis.
+    granularity: str = "channel"
+    # Block length along the reduction axis (granularity=block).
+    block: int = 32
+    # Symmetric (signed, no zero point) or asymmetric (unsigned plus zero points).
+    symmetric: bool = True
+    # rtn = round to nearest. gptq is not implemented yet.
+    method: str = "rtn"
+    # Ops whose weights are quantized ('+'-separated in pipeline text). Gather
+    # (embedding tables, int8 only) is opt-in: ops=MatMul+Gemm+Conv+Gather.
+    ops: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_OPS))
+    # Weights with fewer elements stay float (too small to matter).
+    min_elements: int = 64
+
+    def __post_init__(self) -> None:
+        where = "pass 'quantize-weights' option"
+        if self.bits not in (4, 8):
+            raise PassOptionError(f"{where} bits={self.bits}: supported are bits=8 (int8) and bits=4 (int4)")
+        if self.granularity not in GRANULARITIES:
+            raise PassOptionError(f"{where} granularity={self.granularity}: expected one of {', '.join(GRANULARITIES)}")
+        if self.granularity == "block" and self.block < 1:
+            raise PassOptionError(f"{where} block={self.block}: the block length must be a positive number of elements")
+        if self.method not in METHODS:
+            raise PassOptionError(f"{where} method={self.method}: expected one of {', '.join(METHODS)}")
+        if self.method == "gptq":
+            raise PassOptionError(f"{where} method=gptq: GPTQ (calibration-based error compensation) is not implemented "
+                                  "yet; use method=rtn (round to nearest)")
+        if not self.ops:
+            raise PassOptionError(f"{where} ops: give at least one of {'+'.join(SUPPORTED_OPS)}")
+        unknown = [op for op in self.ops if op not in SUPPORTED_OPS]
+        if unknown:
+            raise PassOptionError(f"{where} ops={'+'.join(self.ops)}: cannot quantize weights of {', '.join(unknown)}; "
+                                  f"supported ops are {'+'.join(SUPPORTED_OPS)} (names are case-sensitive)")
+        if self.min_elements < 0:
+            raise PassOptionError(f"{where} min_elements={self.min_elements}: must be >= 0")
+
+
+# ------------------------------------------------------------------ arithmetic
+@dataclasses.dataclass
+class Quantized:
+    q: np.ndarray                 # int8 / uint8 / ml_dtypes int4 / uint4, same shape as the weight
+    scale: np.ndarray             # weight dtype; () / (C,) / blocked shape
+    zero_point: np.ndarray | None  # same dtype as q, same shape as scale; None when symmetric
+    attributes: dict              # DequantizeLinear attributes (axis, block_size)
+    dequantized: np.ndarray | None  # float64, what DequantizeLinear computes
+
+    @property
+    def nbytes(self) -> int:
+        q_bytes = (self.q.size + 1) // 2 if self.q.dtype.itemsize == 1 and self.q.dtype.name in ("int4", "uint4") \
+            else self.q.nbytes
+        return int(q_bytes + self.scale.nbytes + (0 if self.zero_point is None else self.zero_point.nbytes))
+
+
+def _int_dtype(bits: int, symmetric: bool):
+    if bits == 8:
+        return np.dtype(np.int8) if symmetric else np.dtype(np.uint8)
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.int4) if symmetric else np.dtype(ml_dtypes.uint4)
+
+
+def _ranges(w: np.ndarray, granularity: str, ch: int, red: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max per quantization group, in the shape of the scale."""
+    if granularity == "tensor":
+        return np.asarray(w.min()), np.asarray(w.max())
+    if granularity == "channel":
+        axes = tuple(a for a in range(w.ndim) if a != ch)
+        return w.min(axis=axes), w.max(axis=axes)
+    k = w.shape[red]
+    blocks = -(-k // block)
+    moved = np.moveaxis(w, red, 0)
+    pad = blocks * block - k
+    if pad:  # zeros never widen a range that already includes 0 (ranges do, below)
+        moved = np.concatenate([moved, np.zeros((pad,) + moved.shape[1:], moved.dtype)], axis=0)
+    grouped = moved.reshape((blocks, block) + moved.shape[1:])
+    lo, hi = grouped.min(axis=1), grouped.max(axis=1)
+    if pad:  # the padded zeros must not count in the last block's range
+        tail = moved[(blocks - 1) * block:k]
+        lo[-1], hi[-1] = tail.min(axis=0), tail.max(axis=0)
+    return np.moveaxis(lo, 0, red), np.moveaxis(hi, 0, red)
+
+
+def _expand(s: np.ndarray, shape: tuple[int, ...], granularity: str, ch: int, red: int, block: int) -> np.ndarray:
+    """A per-group array broadcast (or repeated) to the weight's shape."""
+    if granularity == "tensor":
+        return s
+    if granularity == "channel":
+        return s.reshape(tuple(shape[ch] if a == ch else 1 for a in range(len(shape))))
+    return np.take(np.repeat(s, block, axis=red), np.arange(shape[red]), axis=red)
+
+
+def quantize_array(w: np.ndarray, bits: int = 8, granularity: str = "channel", *, channel_axis: int = 0,
+                   reduce_axis: int = 1, block: int = 32, symmetric: bool = True) -> Quantized:
+    """Round-to-nearest quantization of one weight. `channel_axis` indexes output
+    channels (granularity=channel), `reduce_axis` is the axis blocks run along
+    (granularity=block). Scales keep the weight's float dtype."""
+    w = np.asarray(w)
+    w64 = w.astype(np.float64)
+    lo, hi = _ranges(w64, granularity, channel_axis, reduce_axis, block)
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # the range always holds 0 (exact zeros, padding)
+    qdtype = _int_dtype(bits, symmetric)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1  # 127 / 7: symmetric range, -128 / -8 left unused
+        qmin = -qmax
+        scale = np.maximum(np.abs(lo), np.abs(hi)) / qmax
+    else:
+        qmin, qmax = 0, 2 ** bits - 1
+        scale = (hi - lo) / qmax
+    scale = np.where(scale > 0, scale, 1.0)  # an all-zero group: any scale reproduces it
+    scale = scale.astype(w.dtype)  # what is stored; quantize with the stored value
+    if not np.all(np.isfinite(scale)) or np.any(scale == 0):  # float16 over/underflow
+        raise ValueError("the weight's range does not fit its float type's scales")
+    scale64 = scale.astype(np.float64)
+    full_scale = _expand(scale64, w.shape, granularity, channel_axis, reduce_axis, block)
+    if symmetric:
+        zp = None
+        ints = np.clip(np.rint(w64 / full_scale), qmin, qmax)
+        deq = ints * full_scale
+    else:
+        zp64 = np.clip(np.rint(-lo / scale64), qmin, qmax)
+        full_zp = _expand(zp64, w.shape, granularity, channel_axis, reduce_axis, block)
+        ints = np.clip(np.rint(w64 / full_scale) + full_zp, qmin, qmax)
+        deq = (ints - full_zp) * full_scale
+        zp = zp64.astype(np.int64).astype(qdtype)
+    q = ints.astype(np.int64).astype(qdtype)
+    attrs: dict = {}
+    if granularity == "channel":
+        attrs["axis"] = channel_axis
+    elif granularity == "block":
+        attrs["axis"] = reduce_axis
+        attrs["block_size"] = block
+    return Quantized(q, scale, zp, attrs, deq)
+
+
+# ------------------------------------------------------------------ the pass
+@dataclasses.dataclass
+class _Slot:
+    node: Node
+    index: int
+    channel_axis: int
+    reduce_axis: int
+
+
+def _slot(node: Node, opsets) -> _Slot | None:
+    """Where the weight of a selected node sits and how it is laid out."""
+    if node.op_type == "Gather" and node.inputs and node.inputs[0] is not None:
+        # an embedding table (rows gathered along axis 0): scales per column, applied after the Gather
+        return _Slot(node, 0, 1, 0) if attribute(node, "axis", opsets, 0) in (0, -2) else None
+    if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.inputs) > 1 and node.inputs[1] is not None:
+        if node.op_type == "Conv":
+            return _Slot(node, 1, 0, 1)
+        if node.op_type == "Gemm" and attribute(node, "transB", opsets, 0):
+            return _Slot(node, 1, 0, 1)  # B is (N, K)
+        return _Slot(node, 1, 1, 0)  # B is (K, N)
+    return None
+
+
+def _rank_ok(op: str, ndim: int) -> bool:
+    return ndim >= 3 if op == "Conv" else ndim == 2  # MatMul, Gemm, Gather
+
+
+@register_pass("quantize-weights")
+class QuantizeWeights(Pass):
+    """Store constant MatMul/Gemm/Conv weights as int8 or int4 (per channel, per
+    tensor or per block) plus scales, dequantized by DequantizeLinear before the op."""
+
+    Options = QuantizeWeightsOptions
+    effect = Effect.LOSSY
+
+    def run(self, model: Model) -> PassResult:
+        o = self.options
+        skipped: dict[str, int] = {}
+
+        def skip(reason: str) -> None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+
+        # 1. every weight slot of a selected op, grouped by the weight value
+        slots: dict[int, tuple[Value, list[_Slot]]] = {}
+        for node in model.graph.all_nodes():
+            if not is_standard(node) or node.op_type not in o.ops:
+                continue
+            slot = _slot(node, model.opset_imports)
+            if slot is not None:
+                value = node.inputs[slot.index]
+                slots.setdefault(id(value), (value, []))[1].append(slot)
+
+        # 2. decide and quantize (nothing in the model changes yet)
+        plan: list[tuple[Value, list[_Slot], Quantized, float]] = []
+        for value, uses in slots.values():
+            array = value.const_value()
+            if array is None:
+                producer = value.producer
+                skip("already quantized" if producer is not None and producer.op_type == "DequantizeLinear"
+                     else "not constant")
+                continue
+            array = np.asarray(array)
+            if array.dtype not in _FLOATS:
+                skip(f"dtype {array.dtype}")
+                continue
+            if array.size < o.min_elements:
+                skip(f"small (< {o.min_elements} elements)")
+                continue
+            first = uses[0]
+            if not _rank_ok(first.node.op_type, array.ndim):
+                skip(f"{first.node.op_type} weight of rank {array.ndim}")
+                continue
+            layouts = {(s.node.op_type == "Gather", s.channel_axis, s.reduce_axis) for s in uses}
+            if len(layouts) > 1 or len(value.uses) != len(uses) or value.is_graph_output:
+                skip("shared with other ops or layouts")
+                continue
+            if not np.all(np.isfinite(array)):
+                skip("not finite")
+                continue
+            gather = first.node.op_type == "Gather"
+            if gather and (o.bits != 8 or o.granularity == "block"):
+                skip("Gather: int8 per channel or per tensor only")  # Gather takes no int4; blocks would be along rows
+                continue
+            if gather and any(s.node.outputs[0].is_graph_output for s in uses):
+                skip("Gather output is a graph output")
+                continue
+            if o.granularity == "block" and array.shape[first.reduce_axis] < o.block:
+                # depthwise convolutions (one input channel per group): a block per
+                # row would store about as many scales as weights
+                skip("reduction axis shorter than one block")
+                continue
+            try:
+                qz = quantize_array(array, o.bits, o.granularity, channel_axis=first.channel_axis,
+                                    reduce_axis=first.reduce_axis, block=o.block, symmetric=o.symmetric)
+            except ValueError as exc:
+                skip(str(exc))
+                continue
+            norm = float(np.linalg.norm(array.astype(np.float64)))
+            err = float(np.linalg.norm(qz.dequantized - array.astype(np.float64)))
+            qz.dequantized = None  # only needed for the error; do not hold a float64 copy of every weight
+            plan.append((value, uses, qz, err / norm if norm > 0 else 0.0))
+
+        stats: dict = {"quantized": len(plan)}
+        if skipped:
+            stats["skipped"] = dict(sorted(skipped.items()))
+        if not plan:
+            return PassResult(False, stats)
+
+        # 3. the opset the stored format needs
+        need, why = 13 if o.granularity == "channel" else 10, "per-channel DequantizeLinear"
+        if any(qz.scale.dtype == np.float16 for _, _, qz, _ in plan):
+            need, why = max(need, 19), "float16 scales in DequantizeLinear"
+        if o.bits == 4 or o.granularity == "block":
+            need, why = 21, ("int4 weights" if o.bits == 4 else "blocked DequantizeLinear (block_size)")
+        hint = ", or use granularity=tensor (opset 10)" if need == 13 else \
+            ("" if need == 19 else ", or use bits=8 granularity=channel (opset 13)")
+        bumped = raise_opset(model, need, why, self.name, hint)
+        if bumped:
+            stats["opset"] = bumped
+
+        # 4. rewrite
+        before = after = partial = 0
+        for value, uses, qz, _ in plan:
+            graph = value.graph
+            inits = [graph.add_initializer(qz.q, name=f"{value.name}_quantized"),
+                     graph.add_initializer(qz.scale, name=f"{value.name}_scale")]
+            if qz.zero_point is not None:
+                inits.append(graph.add_initializer(qz.zero_point, name=f"{value.name}_zero_point"))
+            if uses[0].node.op_type == "Gather":
+                _dequantize_after_gathers(value, uses, inits, qz)
+            else:
+                _dequantize_before(value, uses, inits, qz)
+            before += int(np.asarray(value.const_value()).nbytes)
+            after += qz.nbytes
+            if "block_size" in qz.attributes and qz.q.shape[uses[0].reduce_axis] % o.block:
+                partial += 1
+            if not value.uses and not value.is_graph_output:
+                if value.producer is not None:  # a Constant node
+                    graph.remove_node(value.producer)
+                elif value.is_initializer:
+                    graph.remove_initializer(value)
+        errors = [e for _, _, _, e in plan]
+        stats.update({
+            "bytes_before": before, "bytes_after": after, "ratio": round(after / before, 4),
+            "max_rel_error": float(f"{max(errors):.4g}"), "mean_rel_error": float(f"{np.mean(errors):.4g}"),
+        })
+        if partial:
+            stats["partial_blocks"] = partial
+
+        model.analyses.clear()
+        return PassResult(True, stats)
+
+
+def _dequantize_before(value: Value, uses: list[_Slot], inits: list[Value], qz: Quantized) -> None:
+    """W -> DequantizeLinear(W_q, scale[, zero_point]) -> the op, placed before its first reader."""
+    graph = value.graph
+    readers = {id(s.node) for s in uses}
+    if all(s.node.graph is graph for s in uses):
+        first_reader = next(n for n in graph.nodes if id(n) in readers)
+    else:  # read inside a subgraph: at the top of the graph that defines it
+        first_reader = graph.nodes[0] if graph.nodes else None
+    dq = graph.make_node("DequantizeLinear", inits, dict(qz.attributes), name=f"{value.name}_dequantize",
+                         output_names=[f"{value.name}_dequantized"], before=first_reader)
+    out = dq.outputs[0]
+    out.dtype, out.shape = value.dtype, tuple(int(d) for d in qz.q.shape)
+    for s in uses:
+        s.node.set_input(s.index, out)
+
+
+def _dequantize_after_gathers(value: Value, uses: list[_Slot], inits: list[Value], qz: Quantized) -> None:
+    """Embedding: Gather(W_q, ids) -> DequantizeLinear(rows, scale per column) -> readers,
+    so only the gathered rows are dequantized."""
+    attrs = {"axis": -1} if "axis" in qz.attributes else {}
+    for s in uses:
+        node = s.node
+        graph = node.graph
+        rows = node.outputs[0]
+        dq = graph.make_node("DequantizeLinear", [rows, *inits[1:]], attrs, name=f"{node.name or 'gather'}_dequantize",
+                             output_names=[f"{rows.name}_dequantized"], after=node)
+        out = dq.outputs[0]
+        out.dtype, out.shape = rows.dtype, rows.shape
+        for reader, index in list(rows.uses):
+            if reader is not dq:
+                reader.set_input(index, out)
+        node.set_input(s.index, inits[0])
+        rows.dtype = onnx.helper.np_dtype_to_tensor_dtype(qz.q.dtype)
