@@ -2,7 +2,8 @@
 cpu_kernels="blas" (codegen.build.build_library) or ONNXFORGE_CPU_KERNELS=blas.
 
 - blas.py: a Relax pass that sends float32 MatMul/Gemm and Conv (1x1 directly,
-  KxK through im2col) to OpenBLAS sgemm through T.call_extern into kernels.c,
+  KxK through im2col) to OpenBLAS sgemm through T.call_extern into kernels.c
+  (depthwise 3x3/5x5 conv to a hand-written kernel there, not BLAS),
   which is compiled into the exported library; the library links OpenBLAS (the
   scipy-openblas32 wheel, which PyPI has for x86_64 and aarch64) as a DT_NEEDED
   dependency.

@@ -17,6 +17,9 @@ import tvm
 from tvm import relax
 
 _SGEMM = re.compile(r'"onnxforge_sgemm", (\d+), (\d+), (\d+), (\d+)')
+# onnxforge_dwconv2d_plane(plane, c, h, w, oh, ow, kh, kw, ...)
+_DWCONV = re.compile(r'"onnxforge_dwconv2d_plane", (?:T\.Cast\("int32", )?plane\)?, '
+                     r'(\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)')
 
 
 def _kernel_module(mod, target, mode):
@@ -39,6 +42,12 @@ def _flops(func) -> float:
     if m:
         b, mm, n, k = (int(v) for v in m.groups())
         return 2.0 * b * mm * n * k
+    m = _DWCONV.search(text)
+    if m:
+        _, _, _, oh, ow, kh, kw = (int(v) for v in m.groups())
+        # one call per (image, channel): the loop's extent
+        planes = re.search(r"for plane in (?:T\.parallel|T\.serial|range)\((?:T\.int\d+\()?(\d+)", text)
+        return 2.0 * int(planes.group(1)) * oh * ow * kh * kw if planes else float("nan")
     try:
         from tvm.s_tir.analysis import estimate_tir_flops
 

@@ -77,3 +77,106 @@ def test_compile_option_reaches_the_package(tmp_path):
     np.testing.assert_allclose(got, run_ort(model, {"input": x})["probs"], atol=1e-4)
     with pytest.raises(PipelineError, match="cpu_kernels"):
         onnxforge.compile(model, "x86", cpu_kernels="fast")
+
+
+# depthwise conv (kernels.c onnxforge_dwconv2d_plane): kernel, strides, pads (t, l, b, r), bias, input h x w
+_DW_CASES = [
+    ((3, 3), (1, 1), [1, 1, 1, 1], False, (17, 23)),
+    ((3, 3), (2, 2), [1, 1, 1, 1], True, (16, 20)),
+    ((5, 5), (2, 2), [2, 2, 2, 2], True, (15, 22)),
+    ((3, 3), (1, 1), [0, 2, 1, 0], True, (9, 13)),  # asymmetric
+    ((5, 5), (1, 1), [1, 0, 2, 3], False, (12, 9)),  # asymmetric
+    ((3, 3), (2, 2), [0, 0, 1, 1], True, (14, 14)),  # TF "SAME" stride 2 (EfficientNet-Lite)
+    ((5, 5), (2, 2), [1, 2, 2, 1], True, (7, 40)),  # asymmetric, window wider than some rows
+    # stride 1 with ow >= 32 takes the row-ring path, narrower planes the flat one
+    ((3, 3), (1, 1), [1, 1, 1, 1], False, (5, 40)),
+    ((5, 5), (1, 1), [2, 1, 0, 2], True, (6, 37)),
+]
+
+
+def _dw_model(k, s, p, bias, hw, c=12, n=2):
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((c, 1) + k).astype(np.float32), "w")]
+    ins = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "b"))
+        ins.append("b")
+    node = helper.make_node("Conv", ins, ["y"], kernel_shape=list(k), strides=list(s), pads=p, group=c)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, *hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("case", _DW_CASES, ids=lambda c: f"k{c[0][0]}s{c[1][0]}p{''.join(map(str, c[2]))}"
+                         f"{'b' if c[3] else ''}")
+def test_depthwise_conv_matches_onnxruntime(tmp_path, case):
+    pytest.importorskip("scipy_openblas32")
+    import onnx
+
+    import onnxforge
+    from onnxforge.codegen.cpu.blas import DispatchBLAS
+    from onnxforge.codegen.lower import lower
+
+    k, s, p, bias, hw = case
+    model = _dw_model(*case)
+    path = tmp_path / "dw.onnx"
+    onnx.save(model, path)
+    # the conv really goes to kernels.c
+    mod = DispatchBLAS()(lower(onnxforge.load(path)).mod)
+    assert "onnxforge_dwconv2d_plane" in mod.script(show_meta=False)
+    x = np.random.default_rng(3).standard_normal((2, 12, *hw)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    pkg = onnxforge.compile(path, target="x86", pipeline="-O1", output=tmp_path / "dw.ofpkg", cpu_kernels="blas")
+    out = list(pkg(x=x).values())[0]
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def _dw_reference(x, w, b, s, p):
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    oh, ow = (h + p[0] + p[2] - kh) // s[0] + 1, (wd + p[1] + p[3] - kw) // s[1] + 1
+    out = np.zeros((n, c, oh, ow), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            out += w[None, :, 0, i, j, None, None] * xp[:, :, i:i + s[0] * oh:s[0], j:j + s[1] * ow:s[1]]
+    return (out + (0 if b is None else b[None, :, None, None])).astype(np.float32)
+
+
+@pytest.mark.parametrize("k,s,p", [((3, 3), (2, 2), [1, 0, 0, 1]), ((7, 7), (1, 1), [3, 3, 3, 3]),
+                                   ((3, 5), (1, 2), [1, 2, 1, 2])])
+def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p):
+    """The fused-bias argument and the generic (non-specialised) window, called directly,
+    with the planes over TVM's thread pool (the non-default loop)."""
+    pytest.importorskip("scipy_openblas32")
+    import tvm
+    from tvm import te
+
+    from onnxforge.codegen.cpu import blas
+    from onnxforge.codegen.cpu.blas import _dwconv_te
+
+    monkeypatch.setattr(blas, "_DW_PARALLEL", True)
+    from onnxforge.codegen.cpu.pipeline import export_kwargs
+
+    n, c, h, wd = 1, 5, 11, 19
+    kh, kw = k
+    oh, ow = (h + p[0] + p[2] - kh) // s[0] + 1, (wd + p[1] + p[3] - kw) // s[1] + 1
+    x = te.placeholder((n, c, h, wd), "float32", name="x")
+    w = te.placeholder((c, 1, kh, kw), "float32", name="w")
+    b = te.placeholder((c,), "float32", name="b")
+    y = _dwconv_te(x, w, (n, c, oh, ow), kh=kh, kw=kw, strides=list(s), pad=p, name="dw", bias=b)
+    func = te.create_prim_func([x, w, b, y]).with_attr("global_symbol", "dw")
+    assert "T.parallel" in func.script(show_meta=False)
+    built = tvm.compile(tvm.IRModule({"dw": func}), "llvm")
+    so = str(tmp_path / "dw.so")
+    built.export_library(so, **export_kwargs("blas"))
+    lib = tvm.runtime.load_module(so)
+    rng = np.random.default_rng(4)
+    xs, ws, bs = (rng.standard_normal(t).astype(np.float32) for t in ((n, c, h, wd), (c, 1, kh, kw), (c,)))
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((n, c, oh, ow), np.float32), dev)
+    lib["dw"](*(tvm.runtime.tensor(a, dev) for a in (xs, ws, bs)), out)
+    np.testing.assert_allclose(out.numpy(), _dw_reference(xs, ws, bs, s, p), rtol=1e-4, atol=1e-4)
