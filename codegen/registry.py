@@ -9,15 +9,14 @@ node's inputs (None for an omitted optional input). This module does not import
 tvm: only the lowering functions themselves use it."""
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any, Callable
 
 from ..ir import LoweringError
+from ..passes.registry import load_entry_points
 
 ENTRY_POINT_GROUP = "onnxforge.lowerings"
 Lowering = Callable[[Any, Any, list], Any]
 _TABLE: dict[tuple[str, str], Lowering] = {}
-_entry_points_loaded = False
 
 
 def _domain(domain: str) -> str:
@@ -45,16 +44,7 @@ def unregister_lowering(op_type: str, domain: str = "") -> None:
 
 
 def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()  # importing the module runs its @register_lowering decorators
-        except Exception as exc:
-            raise LoweringError(f"plugin {ep.name!r} ({ep.value}) from entry point group {ENTRY_POINT_GROUP} "
-                                f"failed to load: {exc}") from exc
+    load_entry_points(ENTRY_POINT_GROUP, LoweringError)
 
 
 def get_lowering(op_type: str, domain: str = "") -> Lowering | None:

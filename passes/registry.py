@@ -9,13 +9,13 @@ import typing
 from importlib import metadata
 from typing import Any
 
-from ..ir import PassOptionError, PipelineError, UnknownPassError
+from ..ir import OnnxforgeError, PassOptionError, PipelineError, UnknownPassError
 from .base import Pass
 
 ENTRY_POINT_GROUP = "onnxforge.passes"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _REGISTRY: dict[str, type[Pass]] = {}
-_entry_points_loaded = False
+_loaded_groups: set[str] = set()  # entry-point groups already imported
 
 
 def register_pass(name: str):
@@ -39,16 +39,21 @@ def unregister_pass(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
+def load_entry_points(group: str, error: type[OnnxforgeError]) -> None:
+    """Import each plugin module of an entry-point group once; its decorators register
+    what it provides (passes here, lowerings in codegen)."""
+    if group in _loaded_groups:
         return
-    _entry_points_loaded = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    _loaded_groups.add(group)
+    for ep in metadata.entry_points(group=group):
         try:
-            ep.load()  # importing the module runs its @register_pass decorators
+            ep.load()
         except Exception as exc:
-            raise PipelineError(f"plugin {ep.name!r} ({ep.value}) from entry point group {ENTRY_POINT_GROUP} failed to load: {exc}") from exc
+            raise error(f"plugin {ep.name!r} ({ep.value}) from entry point group {group} failed to load: {exc}") from exc
+
+
+def _load_entry_points() -> None:
+    load_entry_points(ENTRY_POINT_GROUP, PipelineError)
 
 
 def registered_passes() -> dict[str, type[Pass]]:

@@ -106,7 +106,7 @@ def test_entry_point_plugins_register(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[onnxforge.passes]\nnoop = my_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_loaded_groups", set())
     try:
         assert "plugin-noop" in registered_passes()
         parse_pipeline("cleanup,plugin-noop").validate()
