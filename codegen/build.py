@@ -18,11 +18,12 @@ from .targets import ResolvedTarget
 
 
 def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathLike,
-                  cpu_kernels: str | None = None) -> None:
+                  cpu_kernels: str | None = None) -> str:
     """Compile and link to `path` (a .so for target.arch). `cpu_kernels` (CPU
     targets; default: $ONNXFORGE_CPU_KERNELS, else "tvm"): "tvm" is TVM's default
     pipeline, "schedule" adds fusion and default CPU schedules, "blas" also sends
-    matmul/conv to OpenBLAS (codegen/cpu)."""
+    matmul/conv to OpenBLAS (codegen/cpu). Returns the mode used (cross builds
+    fall back from "blas" to "schedule")."""
     if getattr(tvm.base, "_RUNTIME_ONLY", False):
         raise BuildError("tvm was imported runtime-only (TVM_USE_RUNTIME_LIB=1 or no libtvm_compiler): "
                          "compiling needs the full apache-tvm package; unset TVM_USE_RUNTIME_LIB")
@@ -57,6 +58,7 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     except Exception as exc:
         raise BuildError(f"linking the library for {target.name} failed{f' (with {linker})' if linker else ''}: "
                          f"{_last_line(exc)}") from exc
+    return cpu_kernels if target.device == "cpu" else "tvm"
 
 
 def _last_line(exc: BaseException) -> str:

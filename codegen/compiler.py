@@ -116,14 +116,16 @@ def compile(
         lib = Path(tmp) / fmt.LIBRARY
         t0 = time.perf_counter()
         cpu_kernels = cpu_kernels or os.environ.get("ONNXFORGE_CPU_KERNELS", "tvm")
-        build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels)
+        cpu_kernels = build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels)
         seconds["build"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         weights, param_specs = _weights_npz(lowered.params)
         manifest = _manifest(model, source, lowered, param_specs, resolved, optimized.pipeline,
                              input_shapes)
         if resolved.device == "cpu":
-            manifest["cpu_kernels"] = cpu_kernels  # "blas" modules need OpenBLAS at run time
+            manifest["cpu_kernels"] = cpu_kernels
+        if cpu_kernels == "blas":  # the library links OpenBLAS: the loader must find it where it runs
+            manifest["native_libraries"] = [{"soname": "libscipy_openblas.so", "python_package": "scipy-openblas32"}]
         fmt.write_package(out, manifest, {fmt.LIBRARY: lib.read_bytes(), fmt.WEIGHTS: weights})
         seconds["package"] = time.perf_counter() - t0
     manifest, _ = fmt.read_package(out)  # what a loader will see, checksums included

@@ -86,6 +86,7 @@ class CompiledModel:
             lib_path = os.path.join(tmp, fmt.LIBRARY)  # dlopen needs a file; it stays mapped after removal
             with open(lib_path, "wb") as f:
                 f.write(files[fmt.LIBRARY])
+            _preload_native_libraries(manifest, path)
             try:
                 lib = tvm.runtime.load_module(lib_path)
                 self._vm = VirtualMachine(lib, self.device)
@@ -202,3 +203,24 @@ def _read_weights(data: bytes, manifest: Mapping[str, Any], path) -> list[np.nda
 def _last_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[-1].strip() if lines else type(exc).__name__
+
+
+def _preload_native_libraries(manifest: dict, path) -> None:
+    """Libraries the compiled code links (OpenBLAS for cpu_kernels=blas), loaded
+    globally first from their Python package, so the library's own dependency
+    resolves on any machine that has the package, not only where it was built."""
+    import ctypes
+    import importlib
+
+    for entry in manifest.get("native_libraries", []):
+        package = entry["python_package"]
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError:
+            raise PackageError(f"{path} was built with cpu_kernels=blas and needs {entry['soname']}: "
+                               f"pip install {package}") from None
+        lib = os.path.join(module.get_lib_dir(), entry["soname"])
+        try:
+            ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise PackageError(f"{path}: cannot load {lib}, which the compiled code needs: {exc}") from None

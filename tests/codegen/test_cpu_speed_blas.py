@@ -180,3 +180,19 @@ def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p):
     out = tvm.runtime.tensor(np.zeros((n, c, oh, ow), np.float32), dev)
     lib["dw"](*(tvm.runtime.tensor(a, dev) for a in (xs, ws, bs)), out)
     np.testing.assert_allclose(out.numpy(), _dw_reference(xs, ws, bs, s, p), rtol=1e-4, atol=1e-4)
+
+
+def test_blas_package_names_and_preloads_its_openblas(tmp_path, monkeypatch):
+    pytest.importorskip("scipy_openblas32")
+    import sys
+
+    import onnxforge
+    from onnxforge.codegen.cpu.blas import BLAS_SONAME
+    from onnxforge.codegen.manifest import PackageError
+    from onnxforge.tools.example import build_example
+
+    pkg = onnxforge.compile(onnxforge.load(build_example()), "x86", "-O1", output=tmp_path / "m.ofpkg", cpu_kernels="blas")
+    assert pkg.manifest["native_libraries"] == [{"soname": BLAS_SONAME, "python_package": "scipy-openblas32"}]
+    monkeypatch.setitem(sys.modules, "scipy_openblas32", None)  # as on a device without the package
+    with pytest.raises(PackageError, match="pip install scipy-openblas32"):
+        onnxforge.runtime.load(tmp_path / "m.ofpkg")
