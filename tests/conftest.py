@@ -23,3 +23,14 @@ def run_and_check(proto, pipeline, atol=1e-5, rtol=1e-5, feeds=None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def cleanup_registry():
+    """Passes a test registers are unregistered after it."""
+    from onnxforge.passes import registry
+
+    before = set(registry._REGISTRY)
+    yield
+    for name in set(registry._REGISTRY) - before:
+        registry.unregister_pass(name)

@@ -3,7 +3,6 @@ from collections import Counter
 
 import numpy as np
 import onnx_graphsurgeon as gs
-import pytest
 from onnx import helper
 
 import onnxforge
@@ -13,14 +12,6 @@ from tests.conftest import run_and_check
 from tests.models import build
 
 T = build.tensor
-
-
-@pytest.fixture
-def cleanup_registry():
-    before = set(registry._REGISTRY)
-    yield
-    for name in set(registry._REGISTRY) - before:
-        registry.unregister_pass(name)
 
 
 def _with_identities():

@@ -16,14 +16,6 @@ from tests.models import build
 T, I = build.tensor, build.init
 
 
-@pytest.fixture
-def cleanup_registry():
-    before = set(registry._REGISTRY)
-    yield
-    for name in set(registry._REGISTRY) - before:
-        registry.unregister_pass(name)
-
-
 def ops(model):
     return Counter(n.op_type for n in model.graph.all_nodes())
 

@@ -47,14 +47,13 @@ def with_compiled(pipelines: list[str], targets: list[str]) -> list:
     if not targets:
         return list(pipelines)
     from .compiled import compiled_variant
-    from .variants import parse_pipeline_arg
+    from .variants import split_pipeline_arg
 
     compiled = []
     for target in targets:
-        for text in pipelines or ["-O1"]:
-            spec = parse_pipeline_arg(text)  # NAME=PIPELINE names the compiled variant too
-            pipeline_text = text.split("=", 1)[1] if spec.name != text else text
-            compiled.append(compiled_variant(f"tvm-{target}:{spec.name}", pipeline_text, target))
+        for arg in pipelines or ["-O1"]:
+            name, text = split_pipeline_arg(arg)  # NAME=PIPELINE names the compiled variant too
+            compiled.append(compiled_variant(f"tvm-{target}:{name}", text, target))
     return list(pipelines) + compiled
 
 

@@ -74,10 +74,11 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     eval_feeds = [feeds_of(s, list(inputs)) for s in evaluated] if dataset else [feeds]
     context = MetricContext(None, {p.key: p.value for p in proto.metadata_props}, dataset.meta if dataset else {})
     reference = None
-    for row in rows:
+    for i, row in enumerate(rows):
         if row["status"] == "ok":
             reference = _evaluate(row, eval_feeds, evaluated, metric_fn, context, reference, log)
-        _require_baseline(rows[0], original)
+        if i == 0:  # no reference, no report: stop before evaluating the others
+            _require_baseline(row, original)
 
     # The peak is taken before and after timing, best of both: a busy neighbour
     # lowers a single reading, and the peak is a ceiling.
@@ -93,7 +94,6 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
         row.pop("_runner", None)
         if row["name"] in timings and row["status"] == "ok":
             row["latency"] = timings[row["name"]].__dict__
-            row["flops"] = _flops(Path(row["artifact"]), feeds)
     for row in rows[1:]:
         if row.get("latency") and row.get("flops") is None and rows[0].get("flops"):
             row["flops"], row["flops_of"] = rows[0]["flops"], "the original model (not an ONNX artifact)"
@@ -103,7 +103,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(threads),
         "model": {"path": str(original), "name": original.stem, "inputs": {k: list(map(str, v[1] or [])) for k, v in inputs.items()},
-                  "size_bytes": _size(original), "weight_bytes": param_stats(ir.load(original))["bytes"]},
+                  "size_bytes": _size(original), "weight_bytes": rows[0]["weight_bytes"]},
         "timing": {"threads": threads, "warmup": warmup, "min_runs": min_runs, "max_seconds": max_seconds,
                    "order": "round-robin", "feeds": {k: list(v.shape) for k, v in feeds.items()},
                    "ort_spinning": os.environ.get("ONNXFORGE_BENCH_SPIN", "0") != "0"},
@@ -192,10 +192,7 @@ def _build(variant: Variant, ctx: BuildContext, log) -> dict:
         return row
     row.update(build_seconds=seconds, info=built.info, artifact=str(built.artifact), size_bytes=_size(built.artifact),
                _runner=built.runner)
-    try:
-        row["weight_bytes"] = param_stats(ir.load(built.artifact))["bytes"]
-    except ir.OnnxforgeError:
-        row["weight_bytes"] = None  # not an ONNX file (compiled packages report their own size)
+    row["weight_bytes"], row["flops"] = _graph_stats(built.artifact, ctx.timing_feeds)
     return row
 
 
@@ -238,17 +235,19 @@ def _diff(reference: list[dict], outputs: list[dict]) -> dict[str, float]:
     return {"max_abs": max_abs, "mean_abs": total / max(count, 1)}
 
 
-def _flops(artifact: Path, feeds: Mapping[str, np.ndarray]) -> int | None:
-    """FLOPs of the variant's own graph at the timed input shapes (inspect's analysis)."""
+def _graph_stats(artifact: Path, feeds: Mapping[str, np.ndarray]) -> tuple[int | None, int | None]:
+    """Weight bytes and FLOPs (inspect's analyses, at the timed input shapes) of the
+    variant's own graph, from one load; (None, None) when it is not an ONNX file
+    (a compiled package)."""
     try:
         model = ir.load(artifact)
     except ir.OnnxforgeError:
-        return None
+        return None, None
+    weight_bytes = param_stats(model)["bytes"]
     for value in model.graph.inputs:
         if value.name in feeds:
             value.shape = list(feeds[value.name].shape)
-    info = get_analysis(model, "flops")
-    return info["total"] or None
+    return weight_bytes, get_analysis(model, "flops")["total"] or None
 
 
 def _ratios(rows: list[dict], peak: dict | None, metric_fn) -> None:

@@ -28,29 +28,30 @@ def _title(result: dict, what: str) -> str:
 def latency(result: dict, path: Path, plt) -> Path:
     rows = [v for v in result["variants"] if "latency_ratio" in v]
     base = result["variants"][0]["latency"]["median"]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
-    names = [v["name"] for v in rows]
     ratios = [v["latency_ratio"] for v in rows]
     # Error bars: the interquartile range of each variant, relative to the baseline median.
     lo = [r - v["latency"]["p25"] / base for r, v in zip(ratios, rows)]
     hi = [v["latency"]["p75"] / base - r for r, v in zip(ratios, rows)]
-    colors = {"baseline": "#888", "comparator": "#47a"}
-    ax.barh(names, ratios, xerr=[lo, hi], color=[colors.get(v["kind"], "#3a7") for v in rows])  # ours green
-    ax.axvline(1.0, color="k", lw=0.8)
-    ax.invert_yaxis()
-    ax.set_xlabel("median latency / onnxruntime on the original (lower is faster)")
-    ax.set_title(_title(result, "latency"), fontsize=9)
-    return _save(fig, path, plt)
+    colors = {"baseline": "#888", "comparator": "#47a"}  # ours green
+    return _ratio_bars(result, path, plt, rows, ratios, "latency",
+                       "median latency / onnxruntime on the original (lower is faster)",
+                       xerr=[lo, hi], color=[colors.get(v["kind"], "#3a7") for v in rows])
 
 
 def size(result: dict, path: Path, plt) -> Path:
     rows = [v for v in result["variants"] if "size_ratio" in v]
+    return _ratio_bars(result, path, plt, rows, [v["size_ratio"] for v in rows], "size", "bytes on disk / original",
+                       color="#47a")
+
+
+def _ratio_bars(result, path, plt, rows, values, what: str, xlabel: str, **bar_kw) -> Path:
+    """One horizontal bar per variant, with the original at 1.0."""
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
-    ax.barh([v["name"] for v in rows], [v["size_ratio"] for v in rows], color="#47a")
+    ax.barh([v["name"] for v in rows], values, **bar_kw)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("bytes on disk / original")
-    ax.set_title(_title(result, "size"), fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_title(_title(result, what), fontsize=9)
     return _save(fig, path, plt)
 
 

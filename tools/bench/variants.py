@@ -177,10 +177,14 @@ COMPARATORS: dict[str, Callable[[], Variant]] = {
 DEFAULT_COMPARATORS = ("ort-quantize-dynamic", "ort-quantize-static", "onnxsim")
 
 
-def parse_pipeline_arg(arg: str) -> Variant:
-    """`NAME=PIPELINE` names a variant; a bare pipeline is named by its own text."""
+def split_pipeline_arg(arg: str) -> tuple[str, str]:
+    """`NAME=PIPELINE` -> (NAME, PIPELINE); a bare pipeline is named by its own text."""
     m = re.fullmatch(r"([A-Za-z0-9_.][A-Za-z0-9_.-]*)=(.+)", arg, flags=re.S)
-    return pipeline(m.group(1), m.group(2)) if m else pipeline(arg, arg)
+    return (m.group(1), m.group(2)) if m else (arg, arg)
+
+
+def parse_pipeline_arg(arg: str) -> Variant:
+    return pipeline(*split_pipeline_arg(arg))
 
 
 def timed_build(variant: Variant, ctx: BuildContext) -> tuple[Built, float]:
