@@ -1,8 +1,8 @@
 """Build: a lowered Relax module -> a shared library for a named target.
 
-GPU targets get TVM's target pipeline (dlight GPU schedules); CPU targets TVM's
-generic default pipeline (what tvm.compile picks itself: its CPU pipeline can drop
-side-effecting calls). Speed on CPU needs tuning: that is the next step, not this one.
+GPU targets get TVM's target pipeline (dlight GPU schedules). CPU targets get
+codegen/cpu's pipeline: OpenBLAS for dense matmul/conv and default schedules for
+the rest (see resolve_cpu_kernels), or TVM's generic default pipeline on request.
 """
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ import tvm
 from tvm import relax
 
 from ..ir.errors import BuildError
+from . import tune_db
+from .cpu import CPU_KERNELS
 from .lower import Lowered
 from .targets import ResolvedTarget
 
 
 def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathLike,
-                  cpu_kernels: str | None = None) -> str:
-    """Compile and link to `path` (a .so for target.arch). `cpu_kernels` (CPU
-    targets; default: $ONNXFORGE_CPU_KERNELS, else "tvm"): "tvm" is TVM's default
-    pipeline, "schedule" adds fusion and default CPU schedules, "blas" also sends
-    matmul/conv to OpenBLAS (codegen/cpu). Returns the mode used (cross builds
-    fall back from "blas" to "schedule")."""
+                  cpu_kernels: str | None = None, db: str | os.PathLike | None = None) -> dict:
+    """Compile and link to `path` (a .so for target.arch). `db`: a tuning database
+    folder (codegen.tune_db); only records tuned for this target are applied.
+    Returns {"cpu_kernels": the mode used (see resolve_cpu_kernels; "tvm" for GPU
+    targets)} plus, with `db`, "tuning": {"db", "target_key", "kernels", "kernels_tuned"}."""
     if getattr(tvm.base, "_RUNTIME_ONLY", False):
         raise BuildError("tvm was imported runtime-only (TVM_USE_RUNTIME_LIB=1 or no libtvm_compiler): "
                          "compiling needs the full apache-tvm package; unset TVM_USE_RUNTIME_LIB")
@@ -33,20 +34,25 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     except Exception as exc:
         raise BuildError(f"target {target.name}: TVM rejects the target {target.tvm}: {exc}") from exc
     pipeline = relax.get_default_pipeline(tvm_target) if target.device == "cuda" else "default"
-    # --- issue 7 hook: fast untuned CPU code (codegen/cpu), off by default until measured ---
-    cpu_kernels = cpu_kernels or os.environ.get("ONNXFORGE_CPU_KERNELS", "tvm")
     export_kwargs = {}
-    if target.device == "cpu" and cpu_kernels != "tvm":
-        from .cpu.pipeline import MODES, cpu_pipeline
-        from .cpu.pipeline import export_kwargs as cpu_export_kwargs
+    info: dict = {"cpu_kernels": "tvm"}
+    database, stats = None, {}
+    if db is not None:
+        if target.device != "cpu":
+            raise BuildError(f"tuning databases apply to CPU targets only; {target.name} uses TVM's default GPU schedules")
+        database = tune_db.load_for(db, target)
+        info["tuning"] = {"db": os.fspath(db), "target_key": tune_db.target_key(target), "has_records": database is not None}
+    if target.device == "cpu":
+        mode, blas_dir = resolve_cpu_kernels(cpu_kernels, target)
+        info["cpu_kernels"] = mode
+        if mode == "tvm" and db is not None:
+            raise BuildError("a tuning database needs cpu_kernels auto, blas or schedule (the kernels onnxforge tune tunes)")
+        if mode != "tvm":
+            from .cpu.pipeline import cpu_pipeline
+            from .cpu.pipeline import export_kwargs as cpu_export_kwargs
 
-        if cpu_kernels not in MODES:
-            raise BuildError(f"cpu_kernels must be one of {', '.join(MODES)}, got {cpu_kernels!r}")
-        if cpu_kernels == "blas" and target.linker and not os.environ.get("ONNXFORGE_OPENBLAS_DIR"):
-            cpu_kernels = "schedule"  # cross builds need the target's OpenBLAS: ONNXFORGE_OPENBLAS_DIR
-        pipeline = cpu_pipeline(tvm_target, cpu_kernels)
-        export_kwargs = cpu_export_kwargs(cpu_kernels)
-    # --- end of hook ---
+            pipeline = cpu_pipeline(tvm_target, mode, database, stats)
+            export_kwargs = cpu_export_kwargs(mode, blas_dir)
     try:
         executable = tvm.compile(lowered.mod, tvm_target, relax_pipeline=pipeline)
     except Exception as exc:
@@ -58,7 +64,33 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     except Exception as exc:
         raise BuildError(f"linking the library for {target.name} failed{f' (with {linker})' if linker else ''}: "
                          f"{_last_line(exc)}") from exc
-    return cpu_kernels if target.device == "cpu" else "tvm"
+    if db is not None:
+        info["tuning"].update(stats or {"kernels_tuned": 0})
+    return info
+
+
+def resolve_cpu_kernels(requested: str | None, target: ResolvedTarget) -> tuple[str, str | None]:
+    """The CPU kernel mode and OpenBLAS folder for a build. `requested` (default
+    $ONNXFORGE_CPU_KERNELS, else "auto"):
+    - "blas": float32 matmul/conv call OpenBLAS sgemm, depthwise conv a C kernel,
+      the rest gets default schedules (codegen/cpu); an error when no OpenBLAS
+      for the target's architecture can be found or fetched;
+    - "schedule": default schedules only, nothing extra linked;
+    - "tvm": TVM's own default pipeline (10-100x slower than onnxruntime untuned);
+    - "auto": "blas" when OpenBLAS for the target is at hand, else "schedule"."""
+    requested = requested or os.environ.get("ONNXFORGE_CPU_KERNELS") or "auto"
+    if requested not in CPU_KERNELS:
+        raise BuildError(f"cpu_kernels must be one of {', '.join(CPU_KERNELS)}, got {requested!r}")
+    if requested not in ("auto", "blas"):
+        return requested, None
+    from .device.libs import openblas_dir
+
+    try:
+        return "blas", str(openblas_dir(target.arch))
+    except BuildError:
+        if requested == "blas":
+            raise
+        return "schedule", None
 
 
 def _last_line(exc: BaseException) -> str:

@@ -22,6 +22,8 @@ from ..ir import DataError, LoweringError, Model, OnnxforgeError, PipelineError,
 from ..passes import Pipeline, optimize
 from ..passes.pipeline import resolve_pipeline
 from . import manifest as fmt
+from .cpu import CPU_KERNELS
+from .device.libs import OPENBLAS, OPENBLAS_PACKAGE
 from .manifest import TensorSpec
 from .targets import ResolvedTarget, resolve_target
 
@@ -67,7 +69,6 @@ class Package:
         return dest
 
 
-CPU_KERNELS = ("tvm", "schedule", "blas")  # codegen/cpu: "blas" and "schedule" are opt-in until measured faster
 
 
 def compile(
@@ -78,20 +79,52 @@ def compile(
     output: str | os.PathLike | None = None,
     input_shapes: InputShapes | None = None,
     cpu_kernels: str | None = None,
+    db: str | os.PathLike | None = None,
 ) -> Package:
     """Optimize `model` with `pipeline`, lower it to TVM Relax, build it for the named
     `target` (see `onnxforge targets`) and write one package file to `output` (a
     fresh temporary folder when None). `input_shapes` pins symbolic input dims,
-    e.g. {"x": (1, 3, 48, 320)}. `cpu_kernels` (CPU targets): "tvm" (default, or
-    $ONNXFORGE_CPU_KERNELS), "schedule" or "blas" (opt-in, see codegen/cpu)."""
+    e.g. {"x": (1, 3, 48, 320)}. `db`: a tuning database folder written by
+    `onnxforge tune` (codegen.tune); its records for this target are applied. `cpu_kernels` (CPU targets): "auto" (default, or
+    $ONNXFORGE_CPU_KERNELS), "blas", "schedule" or "tvm" (codegen.build.resolve_cpu_kernels)."""
     from .build import build_library  # imports tvm: only when compiling
-    from .lower import lower
 
     seconds: dict[str, float] = {}
     if cpu_kernels not in (None, *CPU_KERNELS):
         raise PipelineError(f"cpu_kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
     resolved = resolve_target(target)
     resolved.check_linker()  # before the slow part: a missing cross compiler fails at once
+    model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds)
+    out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="onnxforge-")) / "model.ofpkg"
+    if out.parent and not out.parent.exists():
+        raise OnnxforgeError(f"cannot write {out}: folder {out.parent} does not exist")
+    with tempfile.TemporaryDirectory(prefix="onnxforge-build-") as tmp:
+        lib = Path(tmp) / fmt.LIBRARY
+        t0 = time.perf_counter()
+        built = build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels, db=db)
+        cpu_kernels = built["cpu_kernels"]
+        seconds["build"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        weights, param_specs = _weights_npz(lowered.params)
+        manifest = _manifest(model, source, lowered, param_specs, resolved, optimized.pipeline,
+                             input_shapes)
+        if resolved.device == "cpu":
+            manifest["cpu_kernels"] = cpu_kernels
+        if "tuning" in built:
+            manifest["tuning"] = built["tuning"]
+        if cpu_kernels == "blas":  # the library links OpenBLAS: the loader must find it where it runs
+            manifest["native_libraries"] = [{"soname": OPENBLAS, "python_package": OPENBLAS_PACKAGE}]
+        fmt.write_package(out, manifest, {fmt.LIBRARY: lib.read_bytes(), fmt.WEIGHTS: weights})
+        seconds["package"] = time.perf_counter() - t0
+    manifest, _ = fmt.read_package(out)  # what a loader will see, checksums included
+    return Package(out, manifest, seconds)
+
+
+def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str, float]):
+    """Load, pin, optimize and lower: (model as loaded, its path or None, the
+    OptimizeResult, the Lowered module). Shared by compile and tune."""
+    from .lower import lower  # imports tvm
+
     pipeline = resolve_pipeline(pipeline)
     pipeline.validate()
     source = None
@@ -109,27 +142,7 @@ def compile(
     except LoweringError as exc:
         raise LoweringError(f"{exc}{_pin_hint(optimized.model)}") from exc
     seconds["lower"] = time.perf_counter() - t0
-    out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="onnxforge-")) / "model.ofpkg"
-    if out.parent and not out.parent.exists():
-        raise OnnxforgeError(f"cannot write {out}: folder {out.parent} does not exist")
-    with tempfile.TemporaryDirectory(prefix="onnxforge-build-") as tmp:
-        lib = Path(tmp) / fmt.LIBRARY
-        t0 = time.perf_counter()
-        cpu_kernels = cpu_kernels or os.environ.get("ONNXFORGE_CPU_KERNELS", "tvm")
-        cpu_kernels = build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels)
-        seconds["build"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        weights, param_specs = _weights_npz(lowered.params)
-        manifest = _manifest(model, source, lowered, param_specs, resolved, optimized.pipeline,
-                             input_shapes)
-        if resolved.device == "cpu":
-            manifest["cpu_kernels"] = cpu_kernels
-        if cpu_kernels == "blas":  # the library links OpenBLAS: the loader must find it where it runs
-            manifest["native_libraries"] = [{"soname": "libscipy_openblas.so", "python_package": "scipy-openblas32"}]
-        fmt.write_package(out, manifest, {fmt.LIBRARY: lib.read_bytes(), fmt.WEIGHTS: weights})
-        seconds["package"] = time.perf_counter() - t0
-    manifest, _ = fmt.read_package(out)  # what a loader will see, checksums included
-    return Package(out, manifest, seconds)
+    return model, source, optimized, lowered
 
 
 def pin_input_shapes(model: Model, shapes: InputShapes) -> Model:

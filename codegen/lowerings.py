@@ -15,3 +15,30 @@ def swish(bb, node, inputs):
     dtype = x.ty.dtype.dtype
     gate = x if alpha == 1.0 else relax.op.multiply(x, relax.const(alpha, dtype))
     return relax.op.multiply(x, relax.op.sigmoid(gate))
+
+
+def _constant_array(expr):
+    """The numpy value of a Relax constant (TVM 0.27: `.value`; older: `.data`), else None."""
+    data = getattr(expr, "value", None)
+    if data is None:
+        data = getattr(expr, "data", None)
+    return data.numpy() if hasattr(data, "numpy") else None
+
+
+@register_lowering("Pow")
+def pow_(bb, node, inputs):
+    """x ** k for a constant integer k in 1..4 as multiplications: TVM's CUDA modules
+    are compiled with --use_fast_math, where powf(x, 2.0f) is exp2f(2 * log2f(x)),
+    NaN for every negative x (a decomposed LayerNorm's (x - mean) ** 2 made
+    PP-OCRv4's outputs all NaN on an H100). Other exponents: the frontend's Pow."""
+    from tvm.relax.frontend.onnx.onnx_frontend import Pow
+
+    x, y = inputs
+    k = _constant_array(y)
+    if k is not None and k.size == 1 and isinstance(x.ty, relax.TensorType) and x.ty.ndim >= k.ndim \
+            and float(k.reshape(())) in (1.0, 2.0, 3.0, 4.0):
+        out = x
+        for _ in range(int(k.reshape(())) - 1):
+            out = relax.op.multiply(out, x)
+        return out
+    return Pow.base_impl(bb, inputs, {}, {})

@@ -162,15 +162,48 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], bound: dict[str, tupl
 def _device(tvm, target: Mapping[str, Any], where: str, device_id: int):
     if target.get("device") != "cuda":
         return tvm.cpu(0)
+    problem = _prepare_cuda_runtime(tvm, device_id)
     dev = tvm.cuda(device_id)
     if not dev.exist:
         raise TargetMismatchError(f"{where} was built for target {target.get('name')} (an NVIDIA GPU); "
-                                  f"this machine has no CUDA GPU {device_id} visible to TVM")
+                                  f"this machine has no CUDA GPU {device_id} visible to TVM"
+                                  + (f" (its CUDA runtime does not load: {problem})" if problem else ""))
     arch = (target.get("tvm") or {}).get("arch", "")
     have = "sm_" + dev.compute_version.replace(".", "")
     if arch and _sm(arch) > _sm(have):
         raise TargetMismatchError(f"{where} was built for {arch}; this GPU is {have}: compile it for cuda-{have.replace('_', '')}")
     return dev
+
+
+def _prepare_cuda_runtime(tvm, device_id: int) -> str | None:
+    """Runtime-only TVM (TVM_USE_RUNTIME_LIB=1, or no libtvm_compiler: what a device
+    has) loads no device backend, and TVM's load-time CUDA compile hook asks
+    Target.current(), a compiler-library function. Load TVM's CUDA runtime and
+    register a hook that names the GPU's arch itself (NVRTC; needs cuda-bindings).
+    Found on an H100: without this the loader saw no GPU. Returns why TVM's CUDA
+    runtime does not load (no driver here), or None."""
+    from tvm.base import _LOADED_LIBS
+
+    if "tvm_runtime_cuda" not in _LOADED_LIBS and "tvm_runtime" in _LOADED_LIBS:
+        from tvm_ffi.libinfo import load_lib_ctypes
+
+        runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+        try:
+            _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda",
+                                                               extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
+        except (OSError, RuntimeError) as exc:
+            return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if getattr(tvm.base, "_RUNTIME_ONLY", False):
+        import tvm_ffi
+        from tvm.support import nvcc
+
+        dev = tvm.cuda(device_id)
+        if dev.exist:
+            arch = "sm_" + dev.compute_version.replace(".", "")
+            tvm_ffi.register_global_func(
+                "tvm_callback_cuda_compile",
+                lambda code: nvcc.compile_cuda(code, target_format="cubin", arch=arch, compiler="nvrtc"), override=True)
+    return None
 
 
 def _sm(arch: str) -> int:

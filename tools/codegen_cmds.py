@@ -90,7 +90,8 @@ def compile_cmd(
     level: Optional[int] = typer.Option(None, "-O", help="pipeline preset: -O0, -O1, -O2 (default -O1)"),
     input_shape: List[str] = typer.Option([], "--input-shape", help="pin an input's shape: NAME=D0,D1,... (repeatable)"),
     cpu_kernels: Optional[str] = typer.Option(None, "--cpu-kernels",
-                                              help="CPU code: tvm (default), schedule, blas (opt-in; needs scipy-openblas32)"),
+                                              help="CPU code: auto (default: blas when OpenBLAS is at hand), blas, schedule, tvm"),
+    db: Optional[str] = typer.Option(None, "--db", help="apply this tuning database's records for the target (onnxforge tune)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ):
     """Compile a model with TVM for a named target into one package file."""
@@ -103,7 +104,8 @@ def compile_cmd(
     model = _load_model(model_path)
     with err.status(f"compiling for {resolved.name}...", spinner="dots") if not as_json else _nothing():
         t0 = time.perf_counter()
-        pkg = compile_model(model, target, spec, output=out, input_shapes=shapes or None, cpu_kernels=cpu_kernels)
+        pkg = compile_model(model, target, spec, output=out, input_shapes=shapes or None, cpu_kernels=cpu_kernels,
+                            db=db)
         seconds = time.perf_counter() - t0
     files = pkg.manifest["files"]
     report = {
@@ -111,6 +113,7 @@ def compile_cmd(
         "passes": pkg.manifest["passes"], "seconds": {**pkg.seconds, "total": seconds},
         "bytes": {"package": pkg.path.stat().st_size, **{name: f["bytes"] for name, f in files.items()}},
         "inputs": pkg.manifest["inputs"], "outputs": pkg.manifest["outputs"],
+        "cpu_kernels": pkg.manifest.get("cpu_kernels"), "tuning": pkg.manifest.get("tuning"),
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -123,6 +126,12 @@ def compile_cmd(
     for kind in ("inputs", "outputs"):
         for spec in map(TensorSpec.from_json, report[kind]):
             t.add_row(kind[:-1], f"{spec.name}: {spec.dtype}{spec.shape_text()}")
+    if report["cpu_kernels"]:
+        t.add_row("cpu kernels", report["cpu_kernels"])
+    if report["tuning"]:
+        tuning = report["tuning"]
+        t.add_row("tuning", f"{tuning.get('kernels_tuned', 0)} of {tuning.get('kernels', '?')} kernels from {tuning['db']}"
+                  if tuning["has_records"] else f"{tuning['db']} has no records for {resolved.name} ({tuning['target_key']})")
     t.add_row("sizes", ", ".join(f"{k} {human_bytes(v)}" for k, v in report["bytes"].items()))
     t.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
     console.print(t)

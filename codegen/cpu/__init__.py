@@ -1,5 +1,6 @@
-"""Fast CPU code without tuning (issue 7), switched on by build option
-cpu_kernels="blas" (codegen.build.build_library) or ONNXFORGE_CPU_KERNELS=blas.
+"""Fast CPU code without tuning: the default CPU build (cpu_kernels="auto" picks
+"blas" when OpenBLAS for the target is at hand, else "schedule"; see
+codegen.build.resolve_cpu_kernels).
 
 - blas.py: a Relax pass that sends float32 MatMul/Gemm and Conv (1x1 directly,
   KxK through im2col) to OpenBLAS sgemm through T.call_extern into kernels.c
@@ -12,3 +13,6 @@ cpu_kernels="blas" (codegen.build.build_library) or ONNXFORGE_CPU_KERNELS=blas.
 - pipeline.py: the Relax pipeline and the link options for both.
 - profile.py: per-kernel table (FLOPs, time, GFLOP/s) of a compiled model.
 """
+
+# Build modes, in codegen.build.resolve_cpu_kernels (here: no tvm import needed to check one)
+CPU_KERNELS = ("auto", "blas", "schedule", "tvm")

@@ -28,27 +28,19 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ...ir.errors import BuildError
+from .. import host
+from ..device.libs import OPENBLAS, openblas_dir
 
 KERNELS_C = Path(__file__).with_name("kernels.c")
-BLAS_SONAME = "libscipy_openblas.so"
+BLAS_SONAME = OPENBLAS
 
 
-def blas_lib_dir() -> str:
-    """Folder holding libscipy_openblas.so (scipy-openblas32 wheel); BuildError if missing."""
-    override = os.environ.get("ONNXFORGE_OPENBLAS_DIR")
-    if override:
-        return override
-    try:
-        import scipy_openblas32
-    except ImportError:
-        raise BuildError("cpu_kernels='blas' needs OpenBLAS: pip install scipy-openblas32 "
-                         "(or set ONNXFORGE_OPENBLAS_DIR to a folder holding libscipy_openblas.so)") from None
-    return scipy_openblas32.get_lib_dir()
+def blas_lib_dir(arch: str | None = None) -> str:
+    """Folder holding libscipy_openblas.so for `arch` (default: this machine); BuildError if missing."""
+    return str(openblas_dir(arch or host.host_arch()))
 
 
-def link_options(lib_dir: str | None = None) -> list[str]:
-    lib_dir = lib_dir or blas_lib_dir()
+def link_options(lib_dir: str) -> list[str]:
     # --no-as-needed: the options come before the objects on the link line
     return ["-Wl,--no-as-needed", f"-L{lib_dir}", "-l:" + BLAS_SONAME, f"-Wl,-rpath,{lib_dir}", "-Wl,-rpath,$ORIGIN"]
 

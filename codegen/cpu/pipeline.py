@@ -5,44 +5,51 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import tvm
 
-from .blas import KERNELS_C, DispatchBLAS, link_options
+from .blas import KERNELS_C, DispatchBLAS, blas_lib_dir, link_options
 from .schedules import default_schedule_pass
 
 MODES = ("tvm", "schedule", "blas")
 
 
-def cpu_pipeline(target: tvm.target.Target, mode: str):
+def front_passes(target: tvm.target.Target, mode: str) -> list:
+    """Up to fused TIR kernels: what MetaSchedule extracts its tasks from."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return ([DispatchBLAS()] if mode == "blas" else []) + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+
+
+def cpu_pipeline(target: tvm.target.Target, mode: str, database=None, stats: dict | None = None):
+    """The Relax pipeline; with a MetaSchedule `database`, kernels it holds records
+    for take the tuned schedule and `stats` gets {"kernels", "kernels_tuned"}."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0, name="onnxforge.CPUPipeline")
     def _pipeline(mod, _ctx):
-        passes = []
-        if mode == "blas":
-            passes.append(DispatchBLAS())
-        passes += cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-        passes.append(default_schedule_pass())
-        passes += cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
         with target:
-            return tvm.transform.Sequential(passes)(mod)
+            mod = tvm.transform.Sequential(front_passes(target, mode))(mod)
+            if database is not None:
+                before = _scheduled(mod)
+                with database:
+                    mod = tvm.relax.transform.MetaScheduleApplyDatabase()(mod)
+                if stats is not None:
+                    stats["kernels"] = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+                    stats["kernels_tuned"] = _scheduled(mod) - before
+            rest = [default_schedule_pass(), *cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]
+            return tvm.transform.Sequential(rest)(mod)
 
     return _pipeline
 
 
-def export_kwargs(mode: str) -> dict:
-    """Extra export_library arguments: the kernels.c addon and the BLAS link options."""
+def _scheduled(mod) -> int:
+    return sum(1 for f in mod.functions.values()
+               if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False))
+
+
+def export_kwargs(mode: str, blas_dir: str | None = None) -> dict:
+    """Extra export_library arguments: the kernels.c addon and the BLAS link options
+    (`blas_dir`: the OpenBLAS folder for the target; default this machine's)."""
     if mode != "blas":
         return {}
-    return {"addons": [str(KERNELS_C)], "options": ["-O2", "-fPIC", *link_options()]}
-
-
-def blas_runtime_files(mode: str) -> list[Path]:
-    """Native libraries a package built with `mode` needs at run time."""
-    if mode != "blas":
-        return []
-    from .blas import BLAS_SONAME, blas_lib_dir
-
-    return [Path(blas_lib_dir()) / BLAS_SONAME]
+    return {"addons": [str(KERNELS_C)], "options": ["-O2", "-fPIC", *link_options(blas_dir or blas_lib_dir())]}

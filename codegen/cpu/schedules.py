@@ -22,14 +22,14 @@ from tvm.s_tir.dlight.cpu import Reduction
 VECTOR_LANES = 8  # float32 lanes of AVX2 / two NEON registers
 
 
-def _has_extern(func: tirx.PrimFunc) -> bool:
+def has_extern(func: tirx.PrimFunc) -> bool:
     # no TIR visitor in 0.27's Python API: the extern call is visible in the script
     return "call_extern" in func.script(show_meta=False)
 
 
 class Fallback(ScheduleRule):
     def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or _has_extern(func):
+        if not isinstance(func, tirx.PrimFunc) or has_extern(func):
             return None
         sch = s_tir.Schedule(func)
         try:

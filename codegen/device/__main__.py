@@ -12,7 +12,7 @@ import sys
 
 from ...ir.errors import OnnxforgeError
 from .. import host
-from .loader import build_loader, command_for
+from .loader import build_loader, command_for, native_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             folder = build_loader(args.arch, args.output)
-            print(f"{folder}/: ofrun, libtvm_runtime.so, libtvm_ffi.so ({args.arch}) and src/ to rebuild it; "
+            files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))
+            print(f"{folder}/: {files} ({args.arch}) and src/ to rebuild ofrun; "
                   "copy the folder to the device and run: ./ofrun model.ofpkg -i NAME=FILE.npy -o out.npz")
             return 0
-        return subprocess.run(command_for(args.package, args.ofrun_args)).returncode
+        cmd = command_for(args.package, args.ofrun_args)
+        return subprocess.run(cmd, env=native_env(cmd)).returncode
     except OnnxforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

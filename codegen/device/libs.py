@@ -81,43 +81,85 @@ def _fetched(arch: str) -> Runtime:
     vers = versions()
     folder = cache_root() / arch / f"tvm-{vers['apache-tvm']}-ffi-{vers['apache-tvm-ffi']}"
     if not (folder / "include" / "tvm" / "ffi" / "tvm_ffi.h").is_file() or not all((folder / "lib" / n).is_file() for n in LIBS):
-        _download_and_unpack(arch, vers, folder)
+        # The tvm wheel is py3-none; the ffi wheel is per Python version, but we use only its
+        # C++ library and headers, which are the same in every one of them.
+        _download_and_unpack(arch, [f"apache-tvm=={vers['apache-tvm']}", f"apache-tvm-ffi=={vers['apache-tvm-ffi']}"],
+                             _runtime_destination, folder, [f"lib/{n}" for n in LIBS])
     return Runtime(arch, folder / "include", tuple(folder / "lib" / n for n in LIBS), vers)
 
 
-def _download_and_unpack(arch: str, vers: dict[str, str], folder: Path) -> None:
+OPENBLAS = "libscipy_openblas.so"
+OPENBLAS_PACKAGE = "scipy-openblas32"
+
+
+def openblas_dir(arch: str) -> Path:
+    """The folder holding OpenBLAS (libscipy_openblas.so from the scipy-openblas32
+    wheel) for `arch`: $ONNXFORGE_OPENBLAS_DIR, else the installed package for this
+    machine, else the manylinux wheel for `arch` fetched once from PyPI (about 9 MB)
+    into $ONNXFORGE_CACHE/<arch>/openblas-<version>. BuildError when unavailable."""
+    override = os.environ.get("ONNXFORGE_OPENBLAS_DIR")
+    if override:
+        if not (Path(override) / OPENBLAS).is_file():
+            raise BuildError(f"ONNXFORGE_OPENBLAS_DIR={override} holds no {OPENBLAS}")
+        return Path(override)
+    if arch not in _WHEEL_PLATFORMS:
+        raise BuildError(f"no OpenBLAS wheel for {arch!r}; OpenBLAS is fetched for: {', '.join(_WHEEL_PLATFORMS)}")
+    if arch == host.host_arch():
+        spec = importlib.util.find_spec("scipy_openblas32")
+        if spec is None or not spec.submodule_search_locations:
+            raise BuildError(f"cpu_kernels='blas' needs OpenBLAS: pip install {OPENBLAS_PACKAGE} "
+                             f"(or set ONNXFORGE_OPENBLAS_DIR to a folder holding {OPENBLAS})")
+        return Path(list(spec.submodule_search_locations)[0]) / "lib"
+    try:
+        version = importlib.metadata.version(OPENBLAS_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    folder = cache_root() / arch / f"openblas-{version or 'latest'}"
+    if not (folder / "lib" / OPENBLAS).is_file():
+        requirement = f"{OPENBLAS_PACKAGE}=={version}" if version else OPENBLAS_PACKAGE
+        _download_and_unpack(arch, [requirement], _openblas_destination, folder, [f"lib/{OPENBLAS}"])
+    return folder / "lib"
+
+
+def _download_and_unpack(arch: str, requirements: list[str], destination, folder: Path, libs: list[str]) -> None:
+    """pip-download `requirements` for `arch`, keep the wheel members `destination`
+    maps to a path, check that `libs` are `arch` ELF files, and move the result to
+    `folder` (complete or absent: never half unpacked)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wheels-", dir=folder.parent) as tmp:
-        # The tvm wheel is py3-none; the ffi wheel is per Python version, but we use only its
-        # C++ library and headers, which are the same in every one of them.
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform",
                _WHEEL_PLATFORMS[arch], "--python-version", f"{sys.version_info[0]}{sys.version_info[1]}", "-d", tmp,
-               f"apache-tvm=={vers['apache-tvm']}", f"apache-tvm-ffi=={vers['apache-tvm-ffi']}"]
+               *requirements]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             tail = "\n  ".join(done.stderr.strip().splitlines()[-3:])
-            raise BuildError(f"could not download TVM's {arch} runtime from PyPI (`{' '.join(cmd[2:])}`):\n  {tail}")
+            raise BuildError(f"could not download {' and '.join(requirements)} for {arch} from PyPI "
+                             f"(`{' '.join(cmd[2:])}`):\n  {tail}")
         staging = Path(tmp) / "unpacked"
         for wheel in Path(tmp).glob("*.whl"):
             with zipfile.ZipFile(wheel) as zf:
                 for name in zf.namelist():
-                    dest = _destination(name)
+                    dest = destination(name)
                     if dest:
                         (staging / dest).parent.mkdir(parents=True, exist_ok=True)
                         (staging / dest).write_bytes(zf.read(name))
-        for lib in LIBS:
-            _check_elf(staging / "lib" / lib, arch)
+        for lib in libs:
+            _check_elf(staging / lib, arch)
         shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staging, folder)  # complete or absent: never half unpacked
+        os.replace(staging, folder)
 
 
-def _destination(member: str) -> str | None:
-    """Where a wheel member goes in the runtime folder; None: not needed."""
+def _runtime_destination(member: str) -> str | None:
+    """Where a TVM wheel member goes in the runtime folder; None: not needed."""
     if member in ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so"):
         return "lib/" + member.rsplit("/", 1)[1]
     if member.startswith("tvm_ffi/include/") and not member.endswith("/") and ".." not in member.split("/"):
         return "include/" + member[len("tvm_ffi/include/"):]
     return None
+
+
+def _openblas_destination(member: str) -> str | None:
+    return f"lib/{OPENBLAS}" if member == f"scipy_openblas32/lib/{OPENBLAS}" else None
 
 
 def _check_elf(path: Path, arch: str) -> None:

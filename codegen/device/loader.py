@@ -27,7 +27,7 @@ import numpy as np
 from ...ir.errors import BuildError, DataError, OnnxforgeError
 from .. import host
 from .. import manifest as fmt
-from .libs import cache_root, runtime_for
+from .libs import OPENBLAS, cache_root, openblas_dir, runtime_for
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("ofrun.cc", "npy.h", "package.h")
@@ -72,7 +72,8 @@ def emulator_for(arch: str) -> list[str] | None:
 def build_loader(arch: str | None = None, dest: str | os.PathLike | None = None) -> Path:
     """Build ofrun for `arch` (default: this machine) and return its folder: ofrun
     next to libtvm_runtime.so and libtvm_ffi.so (it finds them through its rpath,
-    $ORIGIN), and src/ to rebuild it there; ready to copy to a device. With `dest`,
+    $ORIGIN) and OpenBLAS (preloaded for packages that need it), and src/ to
+    rebuild it there; ready to copy to a device. With `dest`,
     the folder is copied there."""
     arch = arch or host.host_arch()
     cxx = compiler_for(arch)
@@ -100,7 +101,7 @@ def build_loader(arch: str | None = None, dest: str | os.PathLike | None = None)
 # loading it registers the Relax VM. The rpath is $ORIGIN (old-style, so that it also
 # serves libtvm_runtime's own lookups): the folder works wherever it is copied.
 BUILD_ARGS = ("-std=c++17", "-O2", "-o", "ofrun", "src/ofrun.cc", "-I", "src/include", "-L", ".", "-Wl,--no-as-needed",
-              "-ltvm_runtime", "-ltvm_ffi", "-Wl,--disable-new-dtags,-rpath,$ORIGIN")
+              "-ltvm_runtime", "-ltvm_ffi", "-ldl", "-Wl,--disable-new-dtags,-rpath,$ORIGIN")
 BUILD_SH = f"""#!/bin/sh
 # Rebuild ofrun on the device itself (a C++17 g++), e.g. where its glibc is older than the
 # build machine's: ./src/build.sh   (or CXX=aarch64-linux-gnu-g++ ./src/build.sh to cross-build)
@@ -119,6 +120,10 @@ def _compile(cxx: str, runtime, folder: Path) -> None:
         (staging / "src").mkdir(parents=True)
         for lib in runtime.libs:
             shutil.copy2(lib, staging / lib.name)
+        try:  # OpenBLAS, for packages built with cpu_kernels=blas (ofrun preloads it from its folder)
+            shutil.copy2(openblas_dir(runtime.arch) / OPENBLAS, staging / OPENBLAS)
+        except BuildError:
+            pass  # such packages then need it on the device's library path; ofrun says so
         for name in SOURCES:
             shutil.copy2(SOURCE_DIR / name, staging / "src" / name)
         shutil.copytree(runtime.include, staging / "src" / "include")
@@ -145,6 +150,16 @@ def command_for(package: str | os.PathLike, args: Sequence[str] = (), loader: st
     return [*prefix, str(folder / "ofrun"), os.fspath(package), *args]
 
 
+def native_env(cmd: Sequence[str]) -> dict[str, str]:
+    """The environment for running `cmd` (from command_for)."""
+    env = dict(os.environ)
+    if "qemu" in Path(cmd[0]).name:
+        # Under qemu-user OpenBLAS detects qemu's "max" CPU and picks kernels that compute wrong
+        # sgemm results there (measured: off by 3.5 on a 4x32 Gemm); its NEON kernels are right.
+        env.setdefault("OPENBLAS_CORETYPE", "NEOVERSEN1")
+    return env
+
+
 def run_native(package: str | os.PathLike, inputs: Mapping[str, np.ndarray], *, threads: int | None = None,
                repeat: int = 1, loader: str | os.PathLike | None = None, timeout: float = 600) -> NativeRun:
     """Run `package` once (or `repeat` times) with ofrun, under qemu-user when it was
@@ -157,7 +172,7 @@ def run_native(package: str | os.PathLike, inputs: Mapping[str, np.ndarray], *, 
         cmd = command_for(package, args, loader)
         t0 = time.perf_counter()
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=native_env(cmd))
         except subprocess.TimeoutExpired:
             raise DeviceError(f"ofrun did not finish {package} within {timeout:.0f} s") from None
         seconds = time.perf_counter() - t0

@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <dlfcn.h>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -304,12 +305,31 @@ static std::string NumpyName(DLDataType t) {
 
 // ---- run ----
 
+// Libraries the compiled code links (OpenBLAS for cpu_kernels=blas): loaded globally
+// first, from ofrun's own folder (the bundle ships them) or the system's search path,
+// so that model.so's dependency resolves wherever it runs.
+static void PreloadNativeLibraries(const Json& manifest, const std::string& path) {
+  std::string self(4096, '\0');
+  ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);
+  std::string dir = n > 0 ? self.substr(0, self.rfind('/', n)) : ".";
+  for (const ffi::Any& e : manifest.Get("native_libraries").value_or(ffi::Array<ffi::Any>()).cast<ffi::Array<ffi::Any>>()) {
+    std::string soname = Str(e.cast<Json>().Get("soname").value_or(nullptr));
+    if (soname.empty() || soname.find('/') != std::string::npos)
+      throw PackageError(path + ": manifest.json names a bad native library '" + soname + "'");
+    std::string bundled = dir + "/" + soname;
+    if (!dlopen(bundled.c_str(), RTLD_NOW | RTLD_GLOBAL) && !dlopen(soname.c_str(), RTLD_NOW | RTLD_GLOBAL))
+      throw PackageError(path + " needs " + soname + " (the package was built with cpu_kernels=blas): put it next to "
+                         "ofrun (python -m onnxforge.codegen.device build ships it) or on the library path");
+  }
+}
+
 static int Run(const Options& o) {
   std::map<std::string, std::string> files;
   Json manifest = ReadManifest(o.package, &files);
   CheckTarget(manifest, o.package);
   std::vector<ffi::Tensor> args = ReadInputs(o, manifest);
   for (ffi::Tensor& w : ReadWeights(files["weights.npz"], manifest, o.package)) args.push_back(w);
+  PreloadNativeLibraries(manifest, o.package);
 
   // dlopen needs a file: write model.so to a temporary one, removed once loaded.
   const char* tmpdir = getenv("TMPDIR");

@@ -71,7 +71,18 @@ def _expanded_bias(b, bias, num_heads: int):
     bias's own shape (so the sequence length may stay symbolic). The target is
     the whole output shape because TVM lowers a computed Expand target as
     broadcast_to, and its attention kernel does not broadcast a computed-shape
-    bias over heads. Layers share it."""
+    bias over heads. Layers share it. A static shape gets a constant target: a
+    computed one reaches TVM as tensor_to_shape + match_cast, which TVM 0.27's CUDA
+    pipeline allocates before computing it ("has not been computed")."""
+    shape = bias.shape
+    if shape is not None and all(isinstance(d, int) for d in shape):
+        target = [shape[0], num_heads, shape[3], shape[3]]
+        for user, _ in bias.uses:
+            given = user.inputs[1].const_value() if user.op_type == "Expand" and user.inputs[0] is bias and \
+                user.inputs[1] is not None else None
+            if given is not None and given.tolist() == target:
+                return user.outputs[0]
+        return b.op("Expand", bias, b.const(np.array(target, np.int64), name="attention_bias_shape"), name="attention_bias")
     matcher = Matcher(b.model.opset_imports)
     for user, _ in bias.uses:  # an earlier fusion of another layer made it already
         found = matcher.match(_EXPANDED, user.outputs[0]) if user.op_type == "Expand" else None

@@ -107,7 +107,7 @@ def test_bundle_for_a_device_and_the_command_line(packages, ofrun, tmp_path):
 
     bundle = tmp_path / "bundle"
     assert main(["build", "--arch", "aarch64", "-o", str(bundle)]) == 0
-    assert sorted(p.name for p in bundle.iterdir()) == ["libtvm_ffi.so", "libtvm_runtime.so", "ofrun", "src"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["libscipy_openblas.so", "libtvm_ffi.so", "libtvm_runtime.so", "ofrun", "src"]
     assert (bundle / "src" / "build.sh").is_file() and (bundle / "src" / "include" / "tvm" / "ffi" / "tvm_ffi.h").is_file()
     for item in bundle.glob("*o*"):  # ofrun and the two libraries
         head = item.read_bytes()[:20]

@@ -93,6 +93,22 @@ def test_builtin_swish_lowering():
     np.testing.assert_allclose(pkg(x=x)["y"], x / (1 + np.exp(-1.5 * x)), rtol=1e-5, atol=1e-6)
 
 
+def test_pow_by_small_integer_is_multiplication():
+    """Pow(x, 2) must not become powf: TVM's CUDA code is built with fast math, where
+    powf(x, 2) is NaN for negative x (found on an H100). Other exponents keep power."""
+    g = models.Graph()
+    g.op("Pow", "x", g.const(np.float32(2.0)), out="sq")
+    g.op("Pow", g.op("Abs", "x"), g.const(np.float32(0.5)), out="root")
+    proto = g.model([("x", [3, 5], TensorProto.FLOAT)], [("sq", [3, 5], TensorProto.FLOAT), ("root", [3, 5], TensorProto.FLOAT)])
+    lowered = lower(onnxforge.load(proto))
+    script = lowered.mod["main"].script()
+    assert script.count("R.power") == 1 and "R.multiply" in script
+    x = -np.abs(np.random.default_rng(2).standard_normal((3, 5)).astype(np.float32)) - 0.1
+    out = onnxforge.compile(onnxforge.load(proto), pipeline="-O0")(x=x)
+    np.testing.assert_allclose(out["sq"], x * x, rtol=1e-6)
+    np.testing.assert_allclose(out["root"], np.sqrt(-x), rtol=1e-5)
+
+
 def test_model_local_functions_are_inlined():
     import onnx
     from onnx import helper

@@ -110,6 +110,10 @@ def test_attention_fuses_to_one_com_microsoft_node(kwargs):
     assert counts["MatMul"] == layers  # only the output projections stay
     if kwargs.get("mask", True):
         assert counts["Expand"] == 1  # the [B, N, S, S] bias is built once and shared
+        expand = next(n for n in result.model.graph.nodes if n.op_type == "Expand")
+        static = all(isinstance(d, int) for d in expand.inputs[0].shape)
+        # a static target is a constant (TVM's CUDA build fails on a computed one), else computed
+        assert (expand.inputs[1].const_value() is not None) == static
     attention = next(n for n in result.model.graph.nodes if n.op_type == "Attention")
     assert attention.attr("num_heads") == 4 and "scale" not in attention.attributes
     assert result.model.opset_imports.get("com.microsoft") == 1
@@ -128,3 +132,18 @@ def test_attention_near_misses(kwargs):
 
 def test_attention_standard_only_keeps_plain_onnx():
     assert unchanged(fm.attention()[0], "fuse{patterns=attention standard_only=true}")
+
+
+def test_attention_bias_target_is_a_constant_for_static_shapes():
+    """With pinned shapes the [B, N, S, S] Expand target is a constant (shared by the
+    layers): TVM 0.27's CUDA build fails on a computed one."""
+    import onnxforge
+    from onnxforge.codegen.compiler import pin_input_shapes
+    from onnxforge.ir.onnx_io import to_proto
+
+    proto, _ = fm.attention(layers=2)
+    pinned = pin_input_shapes(onnxforge.load(proto), {"x": (2, 5, 16), "mask": (2, 5)})
+    result = run_and_check(to_proto(pinned), "fold-constants,fuse{patterns=attention}", atol=1e-5, rtol=1e-4, feeds=fm.attention_feeds())
+    expands = [n for n in result.model.graph.nodes if n.op_type == "Expand"]
+    assert len(expands) == 1 and expands[0].inputs[1].const_value().tolist() == [2, 4, 5, 5]
+    assert ops(result.model)["Shape"] == 0
