@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 from .ir import Graph, Model, Node, OnnxforgeError, Value, load, save, verify
-from .passes import Pass, PassManager, PassResult, Pipeline, optimize, register_pass
+from .passes import Calibration, Pass, PassManager, PassResult, Pipeline, optimize, register_pass
 
 __version__ = "0.1.0"
 
 
-def compile(model, target: str = "x86", pipeline="-O1", *, output=None, input_shapes=None, cpu_kernels=None):
+def compile(model, target: str = "x86", pipeline="-O1", *, output=None, input_shapes=None, cpu_kernels=None, db=None):
     """Compile a model with TVM into one package file for a named target:
 
         pkg = onnxforge.compile("model.onnx", target="x86", pipeline="-O2", output="model.ofpkg")
@@ -23,7 +23,15 @@ def compile(model, target: str = "x86", pipeline="-O1", *, output=None, input_sh
     See onnxforge.codegen.compiler.compile. Imports tvm only when called."""
     from .codegen.compiler import compile as _compile
 
-    return _compile(model, target, pipeline, output=output, input_shapes=input_shapes, cpu_kernels=cpu_kernels)
+    return _compile(model, target, pipeline, output=output, input_shapes=input_shapes, cpu_kernels=cpu_kernels, db=db)
+
+
+def tune(model, target: str = "x86", *, db, trials=None, time_budget=None, pipeline="-O2", **options):
+    """Tune a model's CPU kernels with MetaSchedule into the database folder `db`
+    (keyed by target; `compile(..., db=db)` applies it). See onnxforge.codegen.tune.tune."""
+    from .codegen.tune import tune as _tune
+
+    return _tune(model, target, db=db, trials=trials, time_budget=time_budget, pipeline=pipeline, **options)
 
 
 def __getattr__(name: str):
@@ -36,6 +44,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "load", "save", "optimize", "compile", "verify", "Pipeline", "PassManager", "Pass", "PassResult", "register_pass",
-    "Model", "Graph", "Node", "Value", "OnnxforgeError", "__version__",
+    "load", "save", "optimize", "compile", "tune", "verify", "Pipeline", "PassManager", "Pass", "PassResult", "register_pass",
+    "Model", "Graph", "Node", "Value", "OnnxforgeError", "Calibration", "__version__",
 ]

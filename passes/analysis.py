@@ -128,3 +128,12 @@ def flops(model: Model) -> dict[str, Any]:
         total += f
         by_op[node.op_type] += f
     return {"total": total, "by_op": dict(by_op.most_common()), "unknown_nodes": unknown}
+
+
+@analysis("groups")
+def channel_groups(model: Model):
+    """Channel dependency groups (see passes.groups): which output channels of which
+    layers must be pruned together, and which cannot be pruned and why."""
+    from .groups import build_groups
+
+    return build_groups(model)

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 from ..ir import Model, OnnxforgeError, PassError, verify
 from .analysis import invalidate
 from .base import Pass, PassResult
+from .calibration import Calibration, use_calibration
 from .check import Diff
 from .instruments import Instrument, VerifyAfterEachPass
 from .pipeline import PRESETS, PassSpec, Pipeline, Preset, Repeat, parse_pipeline, resolve_pipeline
@@ -45,7 +46,12 @@ class OptimizeResult:
 
 
 class PassManager:
-    def __init__(self, pipeline: "str | Pipeline", instruments: Iterable[Instrument] = (), verify_each: bool = True):
+    def __init__(self, pipeline: "str | Pipeline", instruments: Iterable[Instrument] = (), verify_each: bool = True,
+                 calibration: Any = None):
+        """calibration: what passes that learn from data read through
+        passes.calibration.current_calibration() (a Calibration, an iterable of
+        input dicts, or a folder; see passes/calibration.py)."""
+        self.calibration = calibration
         self.pipeline = resolve_pipeline(pipeline)
         self.pipeline.validate()
         self.instruments = list(instruments)
@@ -58,7 +64,9 @@ class PassManager:
         for inst in self.instruments:
             inst.before_pipeline(work)
         records: list[PassRecord] = []
-        self._run_items(self.pipeline.items, work, records)
+        calibration = None if self.calibration is None else Calibration.from_source(self.calibration, model=work)
+        with use_calibration(calibration):
+            self._run_items(self.pipeline.items, work, records)
         return OptimizeResult(work, self.pipeline, records, time.perf_counter() - start)
 
     def _run_items(self, items, model: Model, records: list[PassRecord]) -> bool:

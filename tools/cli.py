@@ -21,6 +21,7 @@ from ..passes.check import compare_outputs, load_inputs, run_ort, sample_inputs
 from ..passes.registry import option_text
 from .bench.command import bench_cmd
 from .codegen_cmds import compare_cmd, compile_cmd, run_cmd, targets_cmd
+from .tune_cmd import tune_cmd
 from .summary import human_bytes, human_count, summarize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="onnxforge: optimize, inspect and compile ONNX models.")
@@ -52,6 +53,9 @@ def optimize_cmd(
     external_data: Optional[bool] = typer.Option(
         None, "--external-data/--no-external-data", help="store weights in a .data file next to the model (default: only over 2 GiB)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    calib: Optional[str] = typer.Option(
+        None, "--calib", help="folder of calibration samples (.npz per sample, or .npy) for passes that need data"),
+    calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="use the first N calibration samples"),
 ):
     """Run a pass pipeline: ONNX in, ONNX out, with a before/after table."""
     if pipeline is not None and level is not None:
@@ -68,7 +72,14 @@ def optimize_cmd(
         instruments.append(PrintAfterChange())
     if reproducer:
         instruments.append(Reproducer(reproducer))
-    result = optimize(model, spec, instruments=instruments)
+    calibration = None
+    if calib is not None:
+        from ..passes.calibration import Calibration
+
+        calibration = Calibration.from_source(calib, model=model, limit=calib_samples)
+    elif calib_samples is not None:
+        raise typer.BadParameter("--calib-samples needs --calib DIR")
+    result = optimize(model, spec, instruments=instruments, calibration=calibration)
     before, after = summarize(model), summarize(result.model)
     report = {
         "pipeline": str(result.pipeline), "seconds": result.seconds,
@@ -126,9 +137,13 @@ def _print_optimize(report: dict) -> None:
 def inspect_cmd(
     model_path: str = typer.Argument(..., metavar="MODEL", help="ONNX file, or 'example'"),
     as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+    groups: bool = typer.Option(False, "--groups", help="channel dependency groups (what prune-channels removes together)"),
 ):
     """Inputs/outputs, op histogram, parameter count and bytes, FLOPs estimate."""
     model = _load(model_path)
+    if groups:
+        _inspect_groups(model, model_path, as_json)
+        return
     summary = summarize(model, flops=True)
     io = {
         "inputs": [{"name": v.name, "type": v.type_str()} for v in model.graph.inputs if not v.is_initializer],
@@ -156,6 +171,27 @@ def inspect_cmd(
     note = f" ({summary.flops_unknown_nodes} nodes with unknown shapes not counted)" if summary.flops_unknown_nodes else ""
     console.print(f"nodes {summary.nodes}, parameters {human_count(summary.params)} ({human_bytes(summary.param_bytes)}), "
                   f"FLOPs {flops}{note}")
+
+
+def _inspect_groups(model: Model, model_path: str, as_json: bool) -> None:
+    from ..passes.analysis import get_analysis
+
+    result = get_analysis(model.clone(), "groups")
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return
+
+    def names(items: list) -> str:
+        return ", ".join(items[:4]) + (f" (+{len(items) - 4})" if len(items) > 4 else "")
+
+    table = Table(title=f"{model_path}: channel dependency groups ({len(result.prunable)} of {len(result.groups)} prunable)")
+    for col in ("group", "size", "prunable", "produced by", "read by", "also", "why not"):
+        table.add_column(col)
+    for g in result.groups:
+        size = f"{g.size} heads x {g.head_size}" if g.kind == "heads" else str(g.size)
+        table.add_row(str(g.id), size, "yes" if g.prunable else "[red]no", escape(names(g.sources)), escape(names(g.sinks)),
+                      escape(names(g.params)), escape("; ".join(g.reasons)))
+    console.print(table)
 
 
 @app.command("passes")
@@ -188,6 +224,7 @@ app.command("compile")(compile_cmd)
 app.command("run")(run_cmd)
 app.command("targets")(targets_cmd)
 app.command("compare")(compare_cmd)
+app.command("tune")(tune_cmd)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -6,11 +6,18 @@ when symmetric=false), and feed the original op through a DequantizeLinear node:
 
     W (fp32)  ->  DequantizeLinear(W_q, scale[, zero_point]) -> MatMul/Gemm/Conv
 
-With ops=...+Gather (opt-in, int8 only) embedding tables read by Gather (axis 0)
-are stored as int8 too, and the DequantizeLinear (one scale per column) goes
-after the Gather, so only the gathered rows are dequantized:
+With ops=...+Gather (opt-in) embedding tables read by Gather (axis 0) are
+quantized too. int8 per channel / per tensor: the DequantizeLinear (one scale
+per column) goes after the Gather, so only the gathered rows are dequantized:
 
     Gather(W_q, ids) -> DequantizeLinear(rows, scale, axis=-1) -> readers
+
+bits=4 or granularity=block: Gather takes no int4 (nor blocked scales along its
+rows), so the whole table is dequantized before the Gather, with one scale per
+row (channel) or per block along the embedding dim (block). That is what makes
+an int4 model small (MiniLM's table is half its weights) but it dequantizes the
+whole table on every run (onnxruntime does not fold DequantizeLinear): about
+12 M values for MiniLM-L6.
 
 The result is standard ONNX that onnxruntime runs. Granularity:
 
@@ -37,8 +44,21 @@ Weights are skipped, with the reason counted in the stats, when they are not
 constants (graph inputs, computed values, already dequantized weights: a second
 run changes nothing), smaller than `min_elements`, not float32/float16, of a rank
 the op does not take as a weight, or shared with ops that are not quantized the
-same way. `method=gptq` (error-compensating, from calibration data) is not
-implemented yet and is refused.
+same way.
+
+method=gptq (see passes/quantize/gptq.py) uses calibration data (from
+`onnxforge.optimize(..., calibration=...)` or `--calib DIR`; an error without
+it): per weight, the Hessian of its layer's inputs (MatMul/Gemm/Attention: the
+input rows; Conv: im2col patches, one Hessian per group) drives column-by-column
+error compensation on the same grid as round to nearest, so the stored format
+is identical; the stats give the layer output error relative to round to
+nearest (`output_error_vs_rtn`, per weight, mean and max). Embedding tables
+(Gather) stay round to nearest.
+
+Fused com.microsoft Attention (after `fuse`) holds the packed QKV weights in
+input 1: they are quantized like a MatMul B (K, 3N) and DequantizeLinear feeds
+Attention input 1 directly; onnxruntime's CPU Attention takes a non-constant
+weight input (it only pre-packs constant ones), which the tests check.
 """
 from __future__ import annotations
 
@@ -51,11 +71,13 @@ from ...ir import Model, Node, PassOptionError, Value
 from ...ir.pattern import attribute
 from ..base import Effect, Pass, PassResult
 from ..registry import register_pass
+from ..calibration import current_calibration, iter_activations
 from ..util import is_standard
+from .gptq import HessianAccumulator, HessianKey, gptq_ints, hessian_key
 from .opset import raise_opset
 
-SUPPORTED_OPS = ("MatMul", "Gemm", "Conv", "Gather")
-DEFAULT_OPS = ("MatMul", "Gemm", "Conv")
+SUPPORTED_OPS = ("MatMul", "Gemm", "Conv", "Attention", "Gather")
+DEFAULT_OPS = ("MatMul", "Gemm", "Conv", "Attention")
 GRANULARITIES = ("channel", "tensor", "block")
 METHODS = ("rtn", "gptq")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
@@ -71,13 +93,20 @@ class QuantizeWeightsOptions:
     block: int = 32
     # Symmetric (signed, no zero point) or asymmetric (unsigned plus zero points).
     symmetric: bool = True
-    # rtn = round to nearest. gptq is not implemented yet.
+    # rtn = round to nearest; gptq = error compensation from calibration data
+    # (optimize(..., calibration=...) / --calib DIR).
     method: str = "rtn"
     # Ops whose weights are quantized ('+'-separated in pipeline text). Gather
     # (embedding tables, int8 only) is opt-in: ops=MatMul+Gemm+Conv+Gather.
     ops: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_OPS))
     # Weights with fewer elements stay float (too small to matter).
     min_elements: int = 64
+    # gptq: Hessian dampening, as a fraction of its mean diagonal.
+    damp: float = 0.01
+    # gptq: quantize columns in order of decreasing Hessian diagonal (activation order).
+    act_order: bool = False
+    # gptq: calibration samples used for the Hessians (the first N; 0 = all).
+    samples: int = 0
 
     def __post_init__(self) -> None:
         where = "pass 'quantize-weights' option"
@@ -89,9 +118,11 @@ class QuantizeWeightsOptions:
             raise PassOptionError(f"{where} block={self.block}: the block length must be a positive number of elements")
         if self.method not in METHODS:
             raise PassOptionError(f"{where} method={self.method}: expected one of {', '.join(METHODS)}")
-        if self.method == "gptq":
-            raise PassOptionError(f"{where} method=gptq: GPTQ (calibration-based error compensation) is not implemented "
-                                  "yet; use method=rtn (round to nearest)")
+        if not 0 < self.damp < 1:
+            raise PassOptionError(f"{where} damp={self.damp}: expected a fraction of the mean Hessian diagonal in (0, 1), "
+                                  "e.g. 0.01")
+        if self.samples < 0:
+            raise PassOptionError(f"{where} samples={self.samples}: must be >= 0 (0 = all calibration samples)")
         if not self.ops:
             raise PassOptionError(f"{where} ops: give at least one of {'+'.join(SUPPORTED_OPS)}")
         unknown = [op for op in self.ops if op not in SUPPORTED_OPS]
@@ -156,11 +187,23 @@ def _expand(s: np.ndarray, shape: tuple[int, ...], granularity: str, ch: int, re
     return np.take(np.repeat(s, block, axis=red), np.arange(shape[red]), axis=red)
 
 
-def quantize_array(w: np.ndarray, bits: int = 8, granularity: str = "channel", *, channel_axis: int = 0,
-                   reduce_axis: int = 1, block: int = 32, symmetric: bool = True) -> Quantized:
-    """Round-to-nearest quantization of one weight. `channel_axis` indexes output
-    channels (granularity=channel), `reduce_axis` is the axis blocks run along
-    (granularity=block). Scales keep the weight's float dtype."""
+@dataclasses.dataclass
+class Grid:
+    """The integer grid of one weight: stored scales (and zero points) per group and
+    the same expanded to the weight's shape (float64), for rounding."""
+    scale: np.ndarray              # stored dtype, per group
+    zero_point: np.ndarray | None  # float64 per group; None when symmetric
+    full_scale: np.ndarray         # float64, broadcastable to the weight
+    full_zero: np.ndarray          # float64, broadcastable to the weight (0 when symmetric)
+    qmin: int
+    qmax: int
+    qdtype: np.dtype
+    attributes: dict
+
+
+def quantize_grid(w: np.ndarray, bits: int = 8, granularity: str = "channel", *, channel_axis: int = 0,
+                  reduce_axis: int = 1, block: int = 32, symmetric: bool = True) -> Grid:
+    """Scales (and zero points) from the weight's ranges per group."""
     w = np.asarray(w)
     w64 = w.astype(np.float64)
     lo, hi = _ranges(w64, granularity, channel_axis, reduce_axis, block)
@@ -179,24 +222,38 @@ def quantize_array(w: np.ndarray, bits: int = 8, granularity: str = "channel", *
         raise ValueError("the weight's range does not fit its float type's scales")
     scale64 = scale.astype(np.float64)
     full_scale = _expand(scale64, w.shape, granularity, channel_axis, reduce_axis, block)
-    if symmetric:
-        zp = None
-        ints = np.clip(np.rint(w64 / full_scale), qmin, qmax)
-        deq = ints * full_scale
-    else:
+    zp64 = None
+    full_zero = np.zeros(())
+    if not symmetric:
         zp64 = np.clip(np.rint(-lo / scale64), qmin, qmax)
-        full_zp = _expand(zp64, w.shape, granularity, channel_axis, reduce_axis, block)
-        ints = np.clip(np.rint(w64 / full_scale) + full_zp, qmin, qmax)
-        deq = (ints - full_zp) * full_scale
-        zp = zp64.astype(np.int64).astype(qdtype)
-    q = ints.astype(np.int64).astype(qdtype)
+        full_zero = _expand(zp64, w.shape, granularity, channel_axis, reduce_axis, block)
     attrs: dict = {}
     if granularity == "channel":
         attrs["axis"] = channel_axis
     elif granularity == "block":
         attrs["axis"] = reduce_axis
         attrs["block_size"] = block
-    return Quantized(q, scale, zp, attrs, deq)
+    return Grid(scale, zp64, full_scale, full_zero, qmin, qmax, qdtype, attrs)
+
+
+def from_ints(ints: np.ndarray, grid: Grid) -> Quantized:
+    """Integer values on `grid` (float64 or int) -> the stored form and what DequantizeLinear computes."""
+    ints = np.asarray(ints, dtype=np.float64)
+    deq = (ints - grid.full_zero) * grid.full_scale
+    zp = None if grid.zero_point is None else grid.zero_point.astype(np.int64).astype(grid.qdtype)
+    return Quantized(ints.astype(np.int64).astype(grid.qdtype), grid.scale, zp, dict(grid.attributes), deq)
+
+
+def quantize_array(w: np.ndarray, bits: int = 8, granularity: str = "channel", *, channel_axis: int = 0,
+                   reduce_axis: int = 1, block: int = 32, symmetric: bool = True) -> Quantized:
+    """Round-to-nearest quantization of one weight. `channel_axis` indexes output
+    channels (granularity=channel), `reduce_axis` is the axis blocks run along
+    (granularity=block). Scales keep the weight's float dtype."""
+    grid = quantize_grid(w, bits, granularity, channel_axis=channel_axis, reduce_axis=reduce_axis, block=block,
+                         symmetric=symmetric)
+    w64 = np.asarray(w).astype(np.float64)
+    ints = np.clip(np.rint(w64 / grid.full_scale) + grid.full_zero, grid.qmin, grid.qmax)
+    return from_ints(ints, grid)
 
 
 # ------------------------------------------------------------------ the pass
@@ -213,6 +270,8 @@ def _slot(node: Node, opsets) -> _Slot | None:
     if node.op_type == "Gather" and node.inputs and node.inputs[0] is not None:
         # an embedding table (rows gathered along axis 0): scales per column, applied after the Gather
         return _Slot(node, 0, 1, 0) if attribute(node, "axis", opsets, 0) in (0, -2) else None
+    if node.op_type == "Attention":  # com.microsoft: input 1 = packed QKV weights (hidden, 3 * hidden)
+        return _Slot(node, 1, 1, 0) if len(node.inputs) > 1 and node.inputs[1] is not None else None
     if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.inputs) > 1 and node.inputs[1] is not None:
         if node.op_type == "Conv":
             return _Slot(node, 1, 0, 1)
@@ -223,7 +282,7 @@ def _slot(node: Node, opsets) -> _Slot | None:
 
 
 def _rank_ok(op: str, ndim: int) -> bool:
-    return ndim >= 3 if op == "Conv" else ndim == 2  # MatMul, Gemm, Gather
+    return ndim >= 3 if op == "Conv" else ndim == 2  # MatMul, Gemm, Attention, Gather
 
 
 @register_pass("quantize-weights")
@@ -244,7 +303,8 @@ class QuantizeWeights(Pass):
         # 1. every weight slot of a selected op, grouped by the weight value
         slots: dict[int, tuple[Value, list[_Slot]]] = {}
         for node in model.graph.all_nodes():
-            if not is_standard(node) or node.op_type not in o.ops:
+            if node.op_type not in o.ops or not (is_standard(node) if node.op_type != "Attention"
+                                                  else node.domain == "com.microsoft"):
                 continue
             slot = _slot(node, model.opset_imports)
             if slot is not None:
@@ -252,7 +312,7 @@ class QuantizeWeights(Pass):
                 slots.setdefault(id(value), (value, []))[1].append(slot)
 
         # 2. decide and quantize (nothing in the model changes yet)
-        plan: list[tuple[Value, list[_Slot], Quantized, float]] = []
+        candidates: list[tuple[Value, list[_Slot], np.ndarray]] = []
         for value, uses in slots.values():
             array = value.const_value()
             if array is None:
@@ -280,9 +340,11 @@ class QuantizeWeights(Pass):
                 continue
             gather = first.node.op_type == "Gather"
             if gather and (o.bits != 8 or o.granularity == "block"):
-                skip("Gather: int8 per channel or per tensor only")  # Gather takes no int4; blocks would be along rows
-                continue
-            if gather and any(s.node.outputs[0].is_graph_output for s in uses):
+                # Gather takes no int4: the whole table is dequantized before it, per row
+                # (channel) or in blocks along the embedding dim
+                uses = [dataclasses.replace(s, channel_axis=0, reduce_axis=1) for s in uses]
+                first = uses[0]
+            elif gather and any(s.node.outputs[0].is_graph_output for s in uses):
                 skip("Gather output is a graph output")
                 continue
             if o.granularity == "block" and array.shape[first.reduce_axis] < o.block:
@@ -290,9 +352,24 @@ class QuantizeWeights(Pass):
                 # row would store about as many scales as weights
                 skip("reduction axis shorter than one block")
                 continue
+            candidates.append((value, uses, array))
+
+        hessians = self._hessians(model, candidates, skip) if o.method == "gptq" else {}
+        plan: list[tuple[Value, list[_Slot], Quantized, float]] = []
+        gptq_errors: dict[str, float] = {}
+        for value, uses, array in candidates:
+            first = uses[0]
             try:
-                qz = quantize_array(array, o.bits, o.granularity, channel_axis=first.channel_axis,
-                                    reduce_axis=first.reduce_axis, block=o.block, symmetric=o.symmetric)
+                if id(value) in hessians:
+                    grid = quantize_grid(array, o.bits, o.granularity, channel_axis=first.channel_axis,
+                                         reduce_axis=first.reduce_axis, block=o.block, symmetric=o.symmetric)
+                    ints, err_gptq, err_rtn = gptq_ints(array, first.node.op_type, first.channel_axis, grid,
+                                                        hessians[id(value)], o.damp, o.act_order)
+                    qz = from_ints(ints, grid)
+                    gptq_errors[value.name] = err_gptq / err_rtn if err_rtn > 0 else 1.0
+                else:
+                    qz = quantize_array(array, o.bits, o.granularity, channel_axis=first.channel_axis,
+                                        reduce_axis=first.reduce_axis, block=o.block, symmetric=o.symmetric)
             except ValueError as exc:
                 skip(str(exc))
                 continue
@@ -327,7 +404,7 @@ class QuantizeWeights(Pass):
                      graph.add_initializer(qz.scale, name=f"{value.name}_scale")]
             if qz.zero_point is not None:
                 inits.append(graph.add_initializer(qz.zero_point, name=f"{value.name}_zero_point"))
-            if uses[0].node.op_type == "Gather":
+            if uses[0].node.op_type == "Gather" and uses[0].channel_axis == 1:
                 _dequantize_after_gathers(value, uses, inits, qz)
             else:
                 _dequantize_before(value, uses, inits, qz)
@@ -347,9 +424,50 @@ class QuantizeWeights(Pass):
         })
         if partial:
             stats["partial_blocks"] = partial
+        if o.method == "gptq":
+            ratios = list(gptq_errors.values())
+            stats["gptq"] = len(ratios)
+            if ratios:
+                # output error ||X (W - W_q)||^2 on the calibration inputs, GPTQ / round-to-nearest
+                stats["output_error_vs_rtn_mean"] = float(f"{np.mean(ratios):.4g}")
+                stats["output_error_vs_rtn_max"] = float(f"{max(ratios):.4g}")
+                stats["output_error_vs_rtn"] = {k: float(f"{v:.3g}") for k, v in gptq_errors.items()}
 
         model.analyses.clear()
         return PassResult(True, stats)
+
+    def _hessians(self, model: Model, candidates, skip) -> dict[int, np.ndarray]:
+        """GPTQ Hessians (groups, cols, cols) per weight value id, from one sweep over
+        the calibration samples. Weights GPTQ cannot take stay round-to-nearest."""
+        o = self.options
+        cal = current_calibration(self.name)
+        if o.samples:
+            cal = cal.head(o.samples)
+        keys: dict[int, list[HessianKey]] = {}
+        for value, uses, array in candidates:
+            if uses[0].node.op_type == "Gather":
+                continue  # an embedding has no Hessian: round to nearest
+            ks = [hessian_key(s.node, model.opset_imports, array.shape) for s in uses]
+            if any(k is None for k in ks) or any(s.node.graph is not model.graph for s in uses):
+                skip("gptq: input not supported (SAME padding, non-2-D Conv, subgraph): round to nearest")
+                continue
+            if len({k.conv for k in ks}) > 1:
+                skip("gptq: shared by differently configured convolutions: round to nearest")
+                continue
+            keys[id(value)] = ks
+        if not keys:
+            return {}
+        acc = HessianAccumulator(k for ks in keys.values() for k in ks)
+        for sample in iter_activations(model, cal, sorted({k.value for k in acc.keys}), description=self.name):
+            acc.add(sample)
+        out = {}
+        for vid, ks in keys.items():
+            h = sum(acc.hessian(k) for k in ks)
+            if not np.all(np.isfinite(h)):
+                skip("gptq: non-finite calibration activations: round to nearest")
+                continue
+            out[vid] = h
+        return out
 
 
 def _dequantize_before(value: Value, uses: list[_Slot], inits: list[Value], qz: Quantized) -> None:

@@ -207,9 +207,9 @@ def test_quantize_array_exact_levels():
     ("quantize-weights{bits=16}", "bits=16"),
     ("quantize-weights{granularity=row}", "granularity=row: expected one of channel, tensor, block"),
     ("quantize-weights{granularity=block block=0}", "block=0"),
-    ("quantize-weights{method=gptq}", "method=gptq: GPTQ .* not implemented yet"),
+    ("quantize-weights{method=gptq damp=0}", "damp=0"),
     ("quantize-weights{method=awq}", "method=awq: expected one of rtn, gptq"),
-    ("quantize-weights{ops=MatMul+Attention}", "cannot quantize weights of Attention; supported ops are MatMul\\+Gemm\\+Conv\\+Gather"),
+    ("quantize-weights{ops=MatMul+Softmax}", "cannot quantize weights of Softmax; supported ops are MatMul\\+Gemm\\+Conv\\+Attention\\+Gather"),
     ("quantize-weights{ops=matmul}", "cannot quantize weights of matmul"),
     ("quantize-weights{bit=4}", "no option 'bit'.*bits"),
 ])
@@ -331,6 +331,14 @@ def test_gather_embedding_is_opt_in_and_dequantizes_rows_only(granularity):
     assert dq.op_type == "DequantizeLinear" and dq.attributes == ({"axis": -1} if granularity == "channel" else {})
     assert rel_err(run_ort(m, feeds)["y"], run_ort(result.model, feeds)["y"]) < 0.02
     assert not onnxforge.optimize(result.model, pipeline).changed
-    four = onnxforge.optimize(onnxforge.load(proto), "quantize-weights{ops=Gather bits=4}")
-    assert four.records[0].stats["skipped"] == {"Gather: int8 per channel or per tensor only": 1}
+    # int4 / blocks: Gather takes no int4, so the table is dequantized before it
+    for spec in ("bits=4", "bits=4 granularity=block block=16", "granularity=block block=16"):
+        four = onnxforge.optimize(onnxforge.load(proto), f"quantize-weights{{ops=Gather {spec}}}", check=True,
+                                  inputs=feeds)
+        assert four.records[0].stats["quantized"] == 1
+        gather = next(n for n in four.model.graph.nodes if n.op_type == "Gather")
+        dq = gather.inputs[0].producer
+        assert dq.op_type == "DequantizeLinear" and gather.outputs[0].dtype != TensorProto.INT8
+        assert dq.attributes == ({"axis": 1, "block_size": 16} if "block" in spec else {"axis": 0})
+        assert rel_err(run_ort(m, feeds)["y"], run_ort(four.model, feeds)["y"]) < (0.2 if "bits=4" in spec else 0.02)
 

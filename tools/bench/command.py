@@ -83,7 +83,9 @@ def bench_cmd(
     dims: Optional[str] = typer.Option(None, "--dims", help="symbolic dims for random timing inputs, e.g. batch=1,sequence=128"),
     shape: List[str] = typer.Option([], "--shape", help="shape of a random timing input, e.g. x=1,3,48,320; repeatable"),
     timing_input: Optional[str] = typer.Option(None, "--timing-input", help=".npz with the inputs to time (default: the first sample)"),
-    calib: int = typer.Option(64, "--calib", help="samples used for calibration (static quantization)"),
+    calib: str = typer.Option("64", "--calib", help="calibration for static quantization and data-driven passes: a folder "
+                              "of .npz/.npy samples, or a number N = the first N --data samples"),
+    calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="with --calib DIR: use its first N samples"),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate outputs and metric on the first N samples"),
     target: List[str] = typer.Option([], "--target", help="also compile each pipeline with TVM for this target (repeatable; untuned)"),
     suite: bool = typer.Option(False, "--suite", help="run the benchmark suite: the three BENCHMARKS.md models with their data"),
@@ -91,9 +93,12 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
 ):
     """Latency against onnxruntime in one run, size, GFLOP/s and metric of each pipeline and comparator."""
+    calib_dir = None if calib.isdigit() else calib
+    calib_n = int(calib) if calib_dir is None else (calib_samples or 10**9)
     compare_list = None if compare is None else [c for c in compare.split(",") if c and c != "none"]
     common = dict(compare=compare_list, threads=threads, min_runs=runs, warmup=warmup, max_seconds=max_time,
-                  calib_samples=calib, eval_samples=eval_samples, log=lambda s: err.print(f"[dim]{s}[/dim]", highlight=False))
+                  calib_samples=calib_n, calibration=calib_dir, eval_samples=eval_samples,
+                  log=lambda s: err.print(f"[dim]{s}[/dim]", highlight=False))
     if suite:
         if model_path or data or metric or dims or shape or timing_input:
             raise typer.BadParameter("--suite picks models, data and metrics itself; give only --pipeline/--models/--out")

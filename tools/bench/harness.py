@@ -29,7 +29,8 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
           threads: int | None = None, warmup: int = 3, min_runs: int = 20, max_seconds: float = 10.0,
           timing_feeds: Mapping[str, np.ndarray] | None = None, dims: Mapping[str, int] | None = None,
           shapes: Mapping[str, Sequence[int]] | None = None,
-          calib_samples: int = 64, eval_samples: int | None = None, peak: bool = True, log: Callable[[str], None] = lambda s: None) -> dict:
+          calib_samples: int = 64, calibration: Any = None, eval_samples: int | None = None, peak: bool = True,
+          log: Callable[[str], None] = lambda s: None) -> dict:
     """Benchmark `model` against onnxruntime: returns the report dict and writes
     report.json, report.md and PNG plots into `out`.
 
@@ -40,6 +41,10 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     metric: a built-in metric name, `module:function`, or a callable; default: the
       data folder's meta.json "metric", else none (output differences only).
     compare: comparator names (default: DEFAULT_COMPARATORS; static quantization needs data).
+    calibration: calibration samples for onnxruntime's static quantizer and for
+      pipelines whose passes learn from data (a folder of .npz/.npy, or an iterable
+      of input dicts; see passes/calibration.py); default: the first `calib_samples`
+      samples of `data` (then calibration and evaluation overlap).
     eval_samples: evaluate outputs and the metric on the first N samples only.
     """
     original = Path(model)
@@ -66,7 +71,12 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     if len(set(v.name for v in variants)) != len(variants):
         raise DataError(f"variant names must be unique, got {names}")
 
-    calibration = [feeds_of(s, list(inputs)) for s in dataset.samples[:calib_samples]] if dataset else None
+    if calibration is not None:
+        from ...passes.calibration import Calibration
+
+        calibration = list(Calibration.from_source(calibration, model=ir.load(original), limit=calib_samples))
+    else:
+        calibration = [feeds_of(s, list(inputs)) for s in dataset.samples[:calib_samples]] if dataset else None
     ctx = BuildContext(original, work_dir, threads, calibration, feeds)
     rows = [_build(v, ctx, log) for v in variants]
 
@@ -110,6 +120,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
         "peak": peak_info,
         "data": None if dataset is None else {"source": dataset.source, "samples": len(evaluated),
                                              "metric": _metric_name(metric, dataset, metric_fn)},
+        "calibration": None if calibration is None else {"samples": len(calibration)},
         "variants": rows,
     }
     report_io.write(result, out_dir)

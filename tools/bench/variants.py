@@ -83,7 +83,8 @@ def baseline() -> Variant:
 
 def pipeline(name: str, text: str) -> Variant:
     def build(ctx: BuildContext) -> Built:
-        result = optimize(ir.load(ctx.original), text)
+        # passes that learn from data (quantize-static, gptq) read the run's calibration samples
+        result = optimize(ir.load(ctx.original), text, calibration=ctx.calibration)
         path = ctx.work_dir / f"{_slug(name)}.onnx"
         ir.save(result.model, path)
         passes = [{"pass": r.spec, "changed": r.changed, "seconds": r.seconds, "stats": r.stats} for r in result.records]

@@ -1,0 +1,133 @@
+"""lowrank: exact on weights of low true rank (energy=1), factors only where FLOPs
+drop, MatMul/Gemm/Conv 1x1/Tucker-2, method=data beats plain SVD on correlated
+activations, rank options, idempotence, composition with pruning and quantization,
+bad options."""
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnxforge
+from onnxforge.ir import OnnxforgeError, PassOptionError, to_proto
+from onnxforge.passes.check import compare_outputs, run_ort, sample_inputs
+from tests.models import pruning as P
+from tests.models.build import init, model, tensor
+
+
+def low_rank(k, n, r, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((k, r)) @ rng.standard_normal((r, n)) / np.sqrt(k * r)).astype(np.float32)
+
+
+def matmul_model(w, rows=4):
+    k, n = w.shape
+    return model([helper.make_node("MatMul", ["x", "w"], ["y"])], [tensor("x", [rows, k])], [tensor("y", [rows, n])],
+                 [init("w", w)])
+
+
+def gemm_model(w, trans_b):
+    k, n = w.shape
+    b = w.T if trans_b else w
+    return model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=trans_b, alpha=0.5, beta=2.0)],
+                 [tensor("x", [4, k])], [tensor("y", [4, n])], [init("w", b), init("b", np.ones(n, np.float32))])
+
+
+def conv_model(w, bias=True):
+    m, c = w.shape[:2]
+    k = w.shape[2]
+    inputs = ["x", "w"] + (["b"] if bias else [])
+    inits = [init("w", w)] + ([init("b", np.arange(m, dtype=np.float32))] if bias else [])
+    return model([helper.make_node("Conv", inputs, ["y"], pads=[k // 2] * 4, strides=[2, 2])],
+                 [tensor("x", [1, c, 8, 8])], [tensor("y", [1, m, 4, 4])], inits)
+
+
+def run(proto, pipeline, feeds=None, calibration=None):
+    m = onnxforge.load(proto)
+    feeds = feeds or sample_inputs(m)
+    result = onnxforge.optimize(m, pipeline, calibration=calibration)
+    onnxforge.verify(result.model)
+    onnx.checker.check_model(to_proto(result.model), full_check=True)
+    return result, run_ort(m, feeds), run_ort(result.model, feeds)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: matmul_model(low_rank(128, 96, 8)),
+    lambda: gemm_model(low_rank(128, 96, 8), 0),
+    lambda: gemm_model(low_rank(128, 96, 8), 1),
+    lambda: conv_model(low_rank(96, 128, 8).reshape(96, 128, 1, 1)),
+], ids=["matmul", "gemm", "gemm-transB", "conv1x1"])
+def test_full_energy_is_exact(build):
+    result, ref, got = run(build(), "lowrank{energy=1.0}")
+    stats = result.records[0].stats
+    assert result.changed and stats["factored"] == 1 and list(stats["ranks"].values()) == [8]
+    assert stats["flops_after"] < stats["flops_before"]
+    assert compare_outputs(ref, got, 1e-4, 1e-4).ok
+    again = onnxforge.optimize(result.model, "lowrank{energy=1.0}")
+    assert not again.changed
+
+
+def test_tucker_exact_on_low_multilinear_rank():
+    rng = np.random.default_rng(1)
+    core = rng.standard_normal((8, 8, 3, 3))
+    w = np.einsum("oikl,mo,ci->mckl", core, rng.standard_normal((64, 8)), rng.standard_normal((48, 8))) / 50
+    result, ref, got = run(conv_model(w.astype(np.float32)), "lowrank{energy=1.0}")
+    assert [n.op_type for n in result.model.graph.nodes] == ["Conv", "Conv", "Conv"]
+    assert compare_outputs(ref, got, 1e-4, 1e-4).ok
+
+
+def test_no_factoring_without_flop_savings():
+    rng = np.random.default_rng(0)
+    result, ref, got = run(matmul_model(rng.standard_normal((128, 96)).astype(np.float32)), "lowrank{energy=1.0}")
+    assert not result.changed and compare_outputs(ref, got, 0, 0).ok
+
+
+def test_rank_options():
+    w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    result, _, _ = run(matmul_model(w), "lowrank{rank_ratio=0.25 round_to=16}")
+    assert list(result.records[0].stats["ranks"].values()) == [64]
+    result, _, _ = run(matmul_model(w), "lowrank{flops_budget=0.5 round_to=1}")
+    stats = result.records[0].stats
+    assert stats["flops_after"] <= 0.5 * stats["flops_before"] + 1
+    result, _, _ = run(matmul_model(w), "lowrank{rank_ratio=0.3 round_to=8}")
+    assert list(result.records[0].stats["ranks"].values())[0] % 8 == 0
+
+
+def test_data_method_beats_svd_on_correlated_inputs():
+    rng = np.random.default_rng(0)
+    k, n = 128, 128
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    mix = rng.standard_normal((k, 16)) @ rng.standard_normal((16, k))  # activations live in 16 dims (+ noise)
+    def sample(s):
+        r = np.random.default_rng(s)
+        return {"x": (r.standard_normal((32, k)) @ mix + 0.01 * r.standard_normal((32, k))).astype(np.float32)}
+    cal = [sample(s) for s in range(8)]
+    proto = matmul_model(w, rows=32)
+    feeds = sample(100)
+    _, ref, svd = run(proto, "lowrank{rank_ratio=0.25}", feeds, cal)
+    result, _, data = run(proto, "lowrank{rank_ratio=0.25 method=data}", feeds, cal)
+    err = lambda a: np.linalg.norm(ref["y"] - a["y"]) / np.linalg.norm(ref["y"])  # noqa: E731
+    assert err(data) < 0.05 < err(svd)
+
+
+def test_transformer_and_pipeline_composition():
+    feeds = P.transformer_feeds(hidden=64)
+    proto = P.transformer(hidden=64, ffn=256)
+    result, ref, got = run(proto, "prune-channels{ratio=0.25},lowrank{rank_ratio=0.25 min_elements=0},"
+                                  "quantize-weights{bits=8 min_elements=0}", feeds)
+    assert [r.changed for r in result.records] == [True, True, True]
+    assert all(ref[k].shape == got[k].shape and np.all(np.isfinite(got[k])) for k in ref)
+
+
+def test_method_data_needs_calibration():
+    with pytest.raises(OnnxforgeError, match="needs calibration data"):
+        onnxforge.optimize(onnxforge.load(matmul_model(low_rank(64, 64, 4))), "lowrank{method=data}")
+
+
+@pytest.mark.parametrize("text, option", [
+    ("energy=1.5", "energy"), ("rank_ratio=0", "rank_ratio"), ("flops_budget=2", "flops_budget"),
+    ("energy=0.9 rank_ratio=0.5", "energy, rank_ratio"), ("round_to=0", "round_to"), ("ops=Conv+Einsum", "ops"),
+    ("method=svd2", "method"), ("rank=4", "rank"),
+])
+def test_bad_options(text, option):
+    with pytest.raises(PassOptionError, match=option):
+        onnxforge.optimize(onnxforge.load(matmul_model(low_rank(64, 64, 4))), f"lowrank{{{text}}}")
