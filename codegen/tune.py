@@ -120,7 +120,11 @@ def tune(model, target: str = "x86", *, db: str | os.PathLike, trials: int | Non
     with tempfile.TemporaryDirectory(prefix="tuning-", dir=db) as work:
         private = ms.database.JSONDatabase(work_dir=work)
         # MetaSchedule prints a task table to stdout after every batch: its log files (in `work`) keep it
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        ms_logger.setLevel(logging.WARNING)
+        for handler in list(ms_logger.handlers):  # a previous tune's (its folder is gone); TVM's logging
+            ms_logger.removeHandler(handler)      # setup also fails on a second call with them attached
+            handler.close()
         # one search thread: TVM's pool spins while waiting, and on a busy 2-core machine two threads
         # took minutes per batch where one took seconds
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, num_threads=1)

@@ -42,8 +42,9 @@ def parse_shapes(items: list[str]) -> dict[str, list[int]] | None:
     return shapes or None
 
 
-def with_compiled(pipelines: list[str], targets: list[str]) -> list:
-    """The pipelines (onnxruntime on their output), then each compiled for each target."""
+def with_compiled(pipelines: list[str], targets: list[str], db: str | None = None) -> list:
+    """The pipelines (onnxruntime on their output), then each compiled for each target
+    (with the tuning database `db`'s records for that target, if given)."""
     if not targets:
         return list(pipelines)
     from .compiled import compiled_variant
@@ -53,7 +54,7 @@ def with_compiled(pipelines: list[str], targets: list[str]) -> list:
     for target in targets:
         for arg in pipelines or ["-O1"]:
             name, text = split_pipeline_arg(arg)  # NAME=PIPELINE names the compiled variant too
-            compiled.append(compiled_variant(f"tvm-{target}:{name}", text, target))
+            compiled.append(compiled_variant(f"tvm-{target}{'-tuned' if db else ''}:{name}", text, target, db=db))
     return list(pipelines) + compiled
 
 
@@ -87,7 +88,8 @@ def bench_cmd(
                               "of .npz/.npy samples, or a number N = the first N --data samples"),
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="with --calib DIR: use its first N samples"),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate outputs and metric on the first N samples"),
-    target: List[str] = typer.Option([], "--target", help="also compile each pipeline with TVM for this target (repeatable; untuned)"),
+    target: List[str] = typer.Option([], "--target", help="also compile each pipeline with TVM for this target (repeatable)"),
+    db: Optional[str] = typer.Option(None, "--db", help="with --target: apply this tuning database (onnxforge tune)"),
     suite: bool = typer.Option(False, "--suite", help="run the benchmark suite: the three BENCHMARKS.md models with their data"),
     models: Optional[str] = typer.Option(None, "--models", help="with --suite: which models, comma separated (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
@@ -104,7 +106,7 @@ def bench_cmd(
             raise typer.BadParameter("--suite picks models, data and metrics itself; give only --pipeline/--models/--out")
         from ..benchmarks.suite import default_pipelines, run_suite
 
-        results = run_suite(models.split(",") if models else None, with_compiled(pipeline or default_pipelines(), target),
+        results = run_suite(models.split(",") if models else None, with_compiled(pipeline or default_pipelines(), target, db),
                             out, **common)
     else:
         if not model_path:
@@ -112,7 +114,7 @@ def bench_cmd(
         from .harness import bench
 
         feeds = load_inputs(timing_input) if timing_input else None
-        results = {Path(model_path).stem: bench(model_path, with_compiled(pipeline, target), data=data, metric=metric, out=out,
+        results = {Path(model_path).stem: bench(model_path, with_compiled(pipeline, target, db), data=data, metric=metric, out=out,
                                                 timing_feeds=feeds, dims=parse_dims(dims),
                                                 shapes=parse_shapes(shape), **common)}
     for result in results.values():

@@ -14,7 +14,7 @@ from .variants import BuildContext, Built, Skipped, Variant, _slug
 
 
 def compiled_variant(name: str, pipeline: str, target: str,
-                     input_shapes: Mapping[str, Sequence[int]] | None = None) -> Variant:
+                     input_shapes: Mapping[str, Sequence[int]] | None = None, db: str | None = None) -> Variant:
     def build(ctx: BuildContext) -> Built:
         from ...codegen import TargetMismatchError, resolve_target
         from ...codegen.compiler import compile as compile_model
@@ -24,13 +24,13 @@ def compiled_variant(name: str, pipeline: str, target: str,
         path = ctx.work_dir / f"{_slug(name)}.ofpkg"
         shapes = dict(input_shapes or {})
         try:
-            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes or None)
+            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes or None, db=db)
         except LoweringError:
             if shapes or not (ctx.timing_feeds or ctx.calibration):
                 raise
             # Pin to the timed inputs, so the module can at least be timed like the others.
             shapes = {k: tuple(v.shape) for k, v in (ctx.timing_feeds or ctx.calibration[0]).items()}
-            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes)
+            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes, db=db)
         try:
             model = load_package(path, threads=ctx.threads if resolved.device == "cpu" else None)
         except TargetMismatchError as exc:
@@ -41,9 +41,11 @@ def compiled_variant(name: str, pipeline: str, target: str,
 
         info = {"target": pkg.manifest["target"]["name"], "tvm_target": pkg.manifest["target"]["tvm"],
                 "pipeline": pkg.manifest["pipeline"], "passes": pkg.manifest["passes"],
-                "compile_seconds": pkg.seconds, "bytes": {k: f["bytes"] for k, f in pkg.manifest["files"].items()}}
+                "compile_seconds": pkg.seconds, "cpu_kernels": pkg.manifest.get("cpu_kernels"),
+                "tuning": pkg.manifest.get("tuning"), "bytes": {k: f["bytes"] for k, f in pkg.manifest["files"].items()}}
         if shapes:
             info["pinned_input_shapes"] = {k: list(v) for k, v in shapes.items()}
         return Built(run, path, info)
 
-    return Variant(name, "compiled", f"TVM package for {target} (untuned) after `{pipeline}`", build)
+    how = f"tuned with {db}" if db else "untuned"
+    return Variant(name, "compiled", f"TVM package for {target} ({how}) after `{pipeline}`", build)

@@ -1,0 +1,148 @@
+"""onnxforge tune: MetaSchedule into a target-keyed database that compile --db applies,
+safe to share between tuners, measuring here or on RPC servers behind a tracker."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+import onnxforge
+from onnxforge.codegen import resolve_target, tune_db
+from onnxforge.codegen.tune import tune
+from onnxforge.ir import BuildError
+from onnxforge.passes.check import compare_outputs, run_ort
+from onnxforge.tools.cli import main
+from tests.codegen import models
+
+F = TensorProto.FLOAT
+
+
+def softmax_model() -> onnx.ModelProto:
+    """Two small tunable kernels and nothing for OpenBLAS."""
+    g = models.Graph(5)
+    y = g.op("Softmax", g.op("Mul", "x", g.const(g.rng.standard_normal(64).astype(np.float32))), axis=1)
+    g.op("Tanh", y, out="y")
+    return g.model([("x", [16, 64], F)], [("y", [16, 64], F)])
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tune")
+    path = folder / "m.onnx"
+    onnx.save(softmax_model(), path)
+    result = tune(path, "x86", db=folder / "db", trials=4, trials_per_iter=2)
+    return path, folder / "db", result
+
+
+def _feeds():
+    return {"x": np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)}
+
+
+def test_tune_writes_records_for_its_target(tuned):
+    _, db, result = tuned
+    assert result.stopped == "trials" and 1 <= result.trials <= 4 + 2  # the scheduler stops between batches of 2
+    assert result.records_added >= 1 and result.untuned_kernels == 0
+    measured = [k for k in result.kernels if k.best_ms]
+    assert measured and all(k.best_ms > 0 and k.calls >= 1 for k in measured)
+    (entry,) = tune_db.describe(db)
+    assert entry["name"] == "x86" and entry["key"] == result.target_key and entry["records"] == result.records_added
+
+
+def test_compile_with_db_applies_the_records(tuned):
+    path, db, _ = tuned
+    pkg = onnxforge.compile(path, "x86", "-O2", db=db)
+    tuning = pkg.manifest["tuning"]
+    assert tuning["has_records"] and tuning["kernels_tuned"] >= 1
+    feeds = _feeds()
+    assert compare_outputs(run_ort(onnxforge.load(path), feeds), pkg(**feeds), 1e-5, 1e-4).ok
+
+
+def test_db_of_another_target_is_not_applied(tuned):
+    path, db, result = tuned
+    other = resolve_target("x86{num-cores=3}")  # another thread count: another TVM target
+    assert tune_db.target_key(other) != result.target_key
+    pkg = onnxforge.compile(path, "x86{num-cores=3}", "-O2", db=db)
+    assert pkg.manifest["tuning"] == {**pkg.manifest["tuning"], "has_records": False, "kernels_tuned": 0}
+    feeds = _feeds()
+    assert compare_outputs(run_ort(onnxforge.load(path), feeds), pkg(**feeds), 1e-5, 1e-4).ok
+
+
+MERGE = """
+import sys
+from onnxforge.codegen import resolve_target, tune_db
+target = resolve_target("x86")
+source = tune_db.load_for(sys.argv[1], target)
+for _ in range(int(sys.argv[3])):
+    tune_db.merge_into(sys.argv[2], target, source)
+"""
+
+
+def test_concurrent_writers_do_not_corrupt_the_db(tuned, tmp_path):
+    _, db, result = tuned
+    shared = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, "-c", MERGE, str(db), str(shared), "6"]) for _ in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    folder = tune_db.target_dir(shared, resolve_target("x86"))
+    lines = (folder / tune_db.RECORDS).read_text().splitlines()
+    assert len(lines) == 12 * result.records_added
+    assert all(isinstance(json.loads(line), list) for line in lines)  # no interleaved half lines
+    loaded = tune_db.load_for(shared, resolve_target("x86"))
+    assert len(loaded.get_all_tuning_records()) == 12 * result.records_added
+
+
+def test_time_budget_stops_after_the_first_batch(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(softmax_model(), path)
+    result = tune(path, "x86", db=tmp_path / "db", trials=500, time_budget=0.01, trials_per_iter=2)
+    assert result.stopped == "time" and 1 <= result.trials <= 2 and result.records_added >= 1
+
+
+def test_rpc_tracker_with_two_servers(tmp_path):
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker("127.0.0.1", port=9190, port_end=10190, silent=True)
+    servers = [rpc.Server("127.0.0.1", port=10200, port_end=11200, key="ofx", tracker_addr=("127.0.0.1", tracker.port),
+                          silent=True) for _ in range(2)]
+    try:
+        path = tmp_path / "m.onnx"
+        onnx.save(softmax_model(), path)
+        result = tune(path, "x86", db=tmp_path / "db", trials=4, trials_per_iter=2,
+                      rpc_tracker=f"127.0.0.1:{tracker.port}", rpc_key="ofx")
+        assert result.records_added >= 1 and any(k.best_ms for k in result.kernels)
+        summary = rpc.connect_tracker("127.0.0.1", tracker.port).summary()
+        assert sum(1 for s in summary["server_info"] if s["key"].endswith(":ofx")) == 2
+    finally:
+        for server in servers:
+            server.terminate()
+        tracker.terminate()
+
+
+def test_bad_requests_are_clear_errors(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(softmax_model(), path)
+    with pytest.raises(BuildError, match="GPU schedules"):
+        tune(path, "cuda-sm80", db=tmp_path / "db")
+    with pytest.raises(BuildError, match="--rpc-tracker"):
+        tune(path, "arm64", db=tmp_path / "db")
+    with pytest.raises(BuildError, match="trials must be at least 1"):
+        tune(path, "x86", db=tmp_path / "db", trials=0)
+    with pytest.raises(BuildError, match="HOST:PORT"):
+        tune(path, "x86", db=tmp_path / "db", rpc_tracker="nowhere", rpc_key="k")
+    with pytest.raises(BuildError, match="cannot reach the RPC tracker"):
+        tune(path, "x86", db=tmp_path / "db", rpc_tracker="127.0.0.1:1", rpc_key="k")
+    with pytest.raises(BuildError, match="does not exist"):
+        onnxforge.compile(path, "x86", db=tmp_path / "missing")
+    assert main(["tune", str(path), "--db", str(tmp_path / "db"), "--time", "soon"]) == 2
+
+
+def test_missing_metaschedule_packages_are_named(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xgboost" else real(name, *a))
+    with pytest.raises(BuildError, match=r"pip install xgboost-cpu"):
+        tune(tmp_path / "m.onnx", "x86", db=tmp_path / "db")
