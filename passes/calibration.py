@@ -150,13 +150,7 @@ def _load_folder(folder: Path, limit: int | None) -> Calibration:
         raise DataError(f"calibration folder {str(folder)!r} mixes .npz and .npy files: use one format")
     if npz:
         files = npz[:limit]
-        samples = []
-        for file in files:
-            try:
-                with np.load(file, allow_pickle=False) as data:
-                    samples.append({k: data[k] for k in data.files})
-            except Exception as exc:
-                raise DataError(f"cannot read calibration sample {str(file)!r}: {exc}") from None
+        samples = read_npz_samples(files, "calibration sample")
         return Calibration(samples, repr(str(folder)), [f"sample {f.name!r}" for f in files])
     if npy:
         files = npy[:limit]
@@ -287,3 +281,15 @@ def collect(model: Model, calibration: "Calibration | Iterable[Mapping[str, Any]
         for name, array in sample.items():
             out[name].append(array)
     return out
+
+
+def read_npz_samples(files, what: str = "sample") -> list[dict[str, np.ndarray]]:
+    """One dict of arrays per .npz file (no pickles); DataError naming the file."""
+    samples = []
+    for file in files:
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                samples.append({k: data[k] for k in data.files})
+        except Exception as exc:
+            raise DataError(f"cannot read {what} {str(file)!r}: {exc}") from None
+    return samples

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ...ir import DataError
+from ...passes.calibration import read_npz_samples
 
 
 @dataclasses.dataclass
@@ -31,13 +32,7 @@ def load_folder(path: str | Path) -> Dataset:
     files = sorted(folder.glob("*.npz"))
     if not files:
         raise DataError(f"data folder {str(folder)!r} holds no .npz files")
-    samples = []
-    for file in files:
-        try:
-            with np.load(file, allow_pickle=False) as npz:
-                samples.append({k: npz[k] for k in npz.files})
-        except Exception as exc:
-            raise DataError(f"cannot read sample {str(file)!r}: {exc}") from None
+    samples = read_npz_samples(files)
     meta: dict[str, Any] = {}
     meta_path = folder / "meta.json"
     if meta_path.exists():
