@@ -50,3 +50,11 @@ def test_cuda_variant_without_gpu_is_skipped(tmp_path):
     onnx.save(models.mlp(), str(path))
     with pytest.raises(Skipped, match="cannot run here"):
         compiled_variant("tvm-cuda", "-O0", "cuda-sm80").build(BuildContext(path, tmp_path, 1, None))
+
+
+def test_tuning_database_adds_tuned_variants():
+    from onnxforge.tools.bench.command import with_compiled
+
+    variants = with_compiled(["fast=-O2"], ["x86"], db="tuned/")
+    assert variants[0] == "fast=-O2" and [v.name for v in variants[1:]] == ["tvm-x86:fast", "tvm-x86-tuned:fast"]
+    assert "tuned with tuned/" in variants[2].description and "untuned" in variants[1].description

@@ -43,8 +43,8 @@ def parse_shapes(items: list[str]) -> dict[str, list[int]] | None:
 
 
 def with_compiled(pipelines: list[str], targets: list[str], db: str | None = None) -> list:
-    """The pipelines (onnxruntime on their output), then each compiled for each target
-    (with the tuning database `db`'s records for that target, if given)."""
+    """The pipelines (onnxruntime on their output), then each compiled for each target,
+    untuned and, with a tuning database `db`, also with its records for that target."""
     if not targets:
         return list(pipelines)
     from .compiled import compiled_variant
@@ -54,7 +54,9 @@ def with_compiled(pipelines: list[str], targets: list[str], db: str | None = Non
     for target in targets:
         for arg in pipelines or ["-O1"]:
             name, text = split_pipeline_arg(arg)  # NAME=PIPELINE names the compiled variant too
-            compiled.append(compiled_variant(f"tvm-{target}{'-tuned' if db else ''}:{name}", text, target, db=db))
+            compiled.append(compiled_variant(f"tvm-{target}:{name}", text, target))
+            if db:
+                compiled.append(compiled_variant(f"tvm-{target}-tuned:{name}", text, target, db=db))
     return list(pipelines) + compiled
 
 
@@ -89,7 +91,7 @@ def bench_cmd(
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="with --calib DIR: use its first N samples"),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate outputs and metric on the first N samples"),
     target: List[str] = typer.Option([], "--target", help="also compile each pipeline with TVM for this target (repeatable)"),
-    db: Optional[str] = typer.Option(None, "--db", help="with --target: apply this tuning database (onnxforge tune)"),
+    db: Optional[str] = typer.Option(None, "--db", help="with --target: also time each package built with this tuning database"),
     suite: bool = typer.Option(False, "--suite", help="run the benchmark suite: the three BENCHMARKS.md models with their data"),
     models: Optional[str] = typer.Option(None, "--models", help="with --suite: which models, comma separated (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
