@@ -127,7 +127,12 @@ def tune(model, target: str = "x86", *, db: str | os.PathLike, trials: int | Non
             handler.close()
         # one search thread: TVM's pool spins while waiting, and on a busy 2-core machine two threads
         # took minutes per batch where one took seconds
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, num_threads=1)
+        # A smaller evolutionary search than MetaSchedule's default (population 512, 4 generations):
+        # that took ~100 s per task and round on 2 busy cores, before measuring anything, and a
+        # model has ~50 tasks; this one takes a fifth of it.
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=32, genetic_num_iters=2)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, strategy=strategy,
+                                                                                  num_threads=1)
         progress = _progress_callback(ms, contexts, weights, max_trials, time_budget, t_start, on_progress)
         stopped = "trials"
         try:

@@ -10,8 +10,6 @@ import tvm
 from .blas import KERNELS_C, DispatchBLAS, blas_lib_dir, link_options
 from .schedules import default_schedule_pass
 
-MODES = ("tvm", "schedule", "blas")
-
 
 def front_passes(target: tvm.target.Target, mode: str) -> list:
     """Up to fused TIR kernels: what MetaSchedule extracts its tasks from."""

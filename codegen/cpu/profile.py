@@ -3,7 +3,7 @@ CPU pipeline produces, its call count, FLOPs, median time and GFLOP/s, each
 kernel timed on its own (random inputs of its static shapes) with TVM's
 time_evaluator. The sum approximates one model run (VM overhead excluded).
 
-    python -m onnxforge.codegen.cpu.profile MODEL.onnx --mode blas --shape x=1,3,224,224
+    python -m onnxforge.codegen.cpu.profile MODEL.onnx --mode blas --shape x=1,3,224,224 [--db tuned/]
 """
 from __future__ import annotations
 
@@ -22,18 +22,16 @@ _DWCONV = re.compile(r'"onnxforge_dwconv2d_plane", (?:T\.Cast\("int32", )?plane\
                      r'(\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)')
 
 
-def _kernel_module(mod, target, mode):
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from .blas import DispatchBLAS
+def _kernel_module(mod, target, mode, database=None):
+    from .pipeline import front_passes
     from .schedules import default_schedule_pass
 
-    passes = [DispatchBLAS()] if mode == "blas" else []
-    passes += cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-    if mode != "tvm":
-        passes.append(default_schedule_pass())
     with target:
-        return tvm.transform.Sequential(passes)(mod)
+        mod = tvm.transform.Sequential(front_passes(target, mode))(mod)
+        if database is not None:
+            with database:
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        return default_schedule_pass()(mod) if mode != "tvm" else mod
 
 
 def _flops(func) -> float:
@@ -56,9 +54,9 @@ def _flops(func) -> float:
         return float("nan")
 
 
-def kernel_table(mod, target_dict, mode="blas", number=None, repeat=5):
+def kernel_table(mod, target_dict, mode="blas", number=None, repeat=5, database=None):
     target = tvm.target.Target(target_dict)
-    mod = _kernel_module(mod, target, mode)
+    mod = _kernel_module(mod, target, mode, database)
     calls = collections.Counter()
     signature = {}
     call_tir = tvm.ir.Op.get("relax.call_tir")
@@ -136,13 +134,22 @@ def main(argv=None):
     ap.add_argument("--pipeline", default="-O2")
     ap.add_argument("--shape", action="append", default=[])
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--db", help="apply this tuning database (onnxforge tune) first")
     a = ap.parse_args(argv)
     shapes = {s.split("=")[0]: [int(d) for d in s.split("=")[1].split(",")] for s in a.shape}
     model = load(a.model)
     if shapes:
         model = pin_input_shapes(model, shapes)
     lowered = lower(optimize(model, a.pipeline).model)
-    rows = kernel_table(lowered.mod, resolve_target("x86").tvm, a.mode)
+    target = resolve_target("x86")
+    database = None
+    if a.db:
+        from ..tune_db import load_for
+
+        database = load_for(a.db, target)
+        if database is None:
+            raise SystemExit(f"{a.db} holds no tuning records for {target.name}")
+    rows = kernel_table(lowered.mod, target.tvm, a.mode, database=database)
     print(format_table(rows, a.top))
 
 

@@ -146,3 +146,15 @@ def test_missing_metaschedule_packages_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xgboost" else real(name, *a))
     with pytest.raises(BuildError, match=r"pip install xgboost-cpu"):
         tune(tmp_path / "m.onnx", "x86", db=tmp_path / "db")
+
+
+def test_per_kernel_profile_with_the_tuned_database(tuned):
+    from onnxforge.codegen.cpu.profile import format_table, kernel_table
+    from onnxforge.codegen.lower import lower
+
+    path, db, _ = tuned
+    target = resolve_target("x86")
+    lowered = lower(onnxforge.optimize(onnxforge.load(path), "-O2").model)
+    rows = kernel_table(lowered.mod, target.tvm, "blas", repeat=2, database=tune_db.load_for(db, target))
+    assert rows and all(r["calls"] >= 1 and r["ms"] > 0 for r in rows)
+    assert "TOTAL" in format_table(rows)
