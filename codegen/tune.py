@@ -119,6 +119,7 @@ def tune(model, target: str = "x86", *, db: str | os.PathLike, trials: int | Non
     Path(db).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tuning-", dir=db) as work:
         private = ms.database.JSONDatabase(work_dir=work)
+        seeded = tune_db.seed(private, db, resolved)  # tuning again continues from the best so far
         # MetaSchedule prints a task table to stdout after every batch: its log files (in `work`) keep it
         ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
         ms_logger.setLevel(logging.WARNING)
@@ -143,7 +144,7 @@ def tune(model, target: str = "x86", *, db: str | os.PathLike, trials: int | Non
             if not progress.time_up:
                 raise BuildError(f"tuning failed: {_last_line(exc)}") from exc
             stopped = "time"
-        added = tune_db.merge_into(db, resolved, private)
+        added = tune_db.merge_into(db, resolved, private, skip=seeded)
         kernels = _kernel_stats(ms, private, contexts, weights, progress.trials_by_task)
     return TuneResult(resolved.name, key, os.fspath(db), mode, progress.trials, time.perf_counter() - t_start, stopped,
                       added, kernels, untuned)

@@ -80,13 +80,33 @@ def load_for(db_dir: str | os.PathLike, target: ResolvedTarget):
     return memory
 
 
-def merge_into(db_dir: str | os.PathLike, target: ResolvedTarget, private) -> int:
-    """Append every record of the database `private` to `db_dir`'s folder for
-    `target`, under the exclusive lock. Returns the number of records added."""
+def record_key(record) -> tuple:
+    from tvm_ffi import structural_hash
+
+    return (structural_hash(record.workload.mod), tuple(float(s) for s in record.run_secs or ()),
+            str(record.trace.as_json()))
+
+
+def seed(private, db_dir: str | os.PathLike, target: ResolvedTarget) -> set:
+    """Copy `db_dir`'s records for `target` into `private`, so that a new tune starts
+    from the best schedules found so far. Returns their keys (see merge_into)."""
+    stored = load_for(db_dir, target) if Path(db_dir).is_dir() else None
+    keys = set()
+    for record in stored.get_all_tuning_records() if stored is not None else []:
+        private.commit_workload(record.workload.mod)
+        private.commit_tuning_record(record)
+        keys.add(record_key(record))
+    return keys
+
+
+def merge_into(db_dir: str | os.PathLike, target: ResolvedTarget, private, skip: set = frozenset()) -> int:
+    """Append the records of the database `private` (except those whose record_key
+    is in `skip`) to `db_dir`'s folder for `target`, under the exclusive lock.
+    Returns the number of records added."""
     from tvm.s_tir import meta_schedule as ms
 
     folder = target_dir(db_dir, target)
-    records = private.get_all_tuning_records()
+    records = [r for r in private.get_all_tuning_records() if not skip or record_key(r) not in skip]
     with locked(folder, exclusive=True):
         meta = folder / "target.json"
         if not meta.exists():

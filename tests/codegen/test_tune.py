@@ -158,3 +158,17 @@ def test_per_kernel_profile_with_the_tuned_database(tuned):
     rows = kernel_table(lowered.mod, target.tvm, "blas", repeat=2, database=tune_db.load_for(db, target))
     assert rows and all(r["calls"] >= 1 and r["ms"] > 0 for r in rows)
     assert "TOTAL" in format_table(rows)
+
+
+def test_tuning_again_starts_from_the_db_and_adds_only_new_records(tuned, tmp_path):
+    import shutil
+
+    path, db, first = tuned
+    again_db = tmp_path / "db"
+    shutil.copytree(db, again_db)
+    result = tune(path, "x86", db=again_db, trials=2, trials_per_iter=2)
+    (entry,) = tune_db.describe(again_db)
+    assert 1 <= result.records_added <= 4 and entry["records"] == first.records_added + result.records_added
+    best_before = {k.name: k.best_ms for k in first.kernels if k.best_ms}
+    # the seeded records take part: a kernel's best is never worse than before
+    assert all(k.best_ms <= best_before[k.name] for k in result.kernels if k.name in best_before)
