@@ -80,12 +80,14 @@ def compile(
     input_shapes: InputShapes | None = None,
     cpu_kernels: str | None = None,
     db: str | os.PathLike | None = None,
+    calibration=None,
 ) -> Package:
     """Optimize `model` with `pipeline`, lower it to TVM Relax, build it for the named
     `target` (see `onnxforge targets`) and write one package file to `output` (a
     fresh temporary folder when None). `input_shapes` pins symbolic input dims,
     e.g. {"x": (1, 3, 48, 320)}. `db`: a tuning database folder written by
-    `onnxforge tune` (codegen.tune); its records for this target are applied. `cpu_kernels` (CPU targets): "auto" (default, or
+    `onnxforge tune` (codegen.tune); its records for this target are applied. `calibration`: samples for passes that
+    need data (onnxforge.Calibration.from_source). `cpu_kernels` (CPU targets): "auto" (default, or
     $ONNXFORGE_CPU_KERNELS), "blas", "schedule" or "tvm" (codegen.build.resolve_cpu_kernels)."""
     from .build import build_library  # imports tvm: only when compiling
 
@@ -94,7 +96,7 @@ def compile(
         raise PipelineError(f"cpu_kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
     resolved = resolve_target(target)
     resolved.check_linker()  # before the slow part: a missing cross compiler fails at once
-    model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds)
+    model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds, calibration)
     out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="onnxforge-")) / "model.ofpkg"
     if out.parent and not out.parent.exists():
         raise OnnxforgeError(f"cannot write {out}: folder {out.parent} does not exist")
@@ -105,7 +107,7 @@ def compile(
         cpu_kernels = built["cpu_kernels"]
         seconds["build"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        weights, param_specs = _weights_npz(lowered.params)
+        weights, param_specs = _weights_npz(lowered.params, lowered.packed)
         manifest = _manifest(model, source, lowered, param_specs, resolved, optimized.pipeline,
                              input_shapes)
         if resolved.device == "cpu":
@@ -120,7 +122,7 @@ def compile(
     return Package(out, manifest, seconds)
 
 
-def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str, float]):
+def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str, float], calibration=None):
     """Load, pin, optimize and lower: (model as loaded, its path or None, the
     OptimizeResult, the Lowered module). Shared by compile and tune."""
     from .lower import lower  # imports tvm
@@ -134,7 +136,7 @@ def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str
     t0 = time.perf_counter()
     if input_shapes:
         model = pin_input_shapes(model, input_shapes)
-    optimized = optimize(model, pipeline)
+    optimized = optimize(model, pipeline, calibration=calibration)  # data for gptq, static, pruning
     seconds["optimize"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     try:
@@ -179,9 +181,12 @@ def _pin_hint(model: Model) -> str:
             f"--input-shape {dynamic[0].name}=D0,D1,... (Python: input_shapes={{{dynamic[0].name!r}: (...)}})")
 
 
-def _weights_npz(params: list[tuple[str, np.ndarray]]) -> tuple[bytes, list[dict[str, Any]]]:
+def _weights_npz(params: list[tuple[str, np.ndarray]], packed: dict[str, dict] | None = None
+                 ) -> tuple[bytes, list[dict[str, Any]]]:
     """Weights as an .npz (keys p0, p1, ... in call order; names in the manifest).
-    dtypes numpy cannot store without pickle (bfloat16, int4, float8) go in as raw bytes."""
+    dtypes numpy cannot store without pickle (bfloat16, float8) go in as raw bytes;
+    int4 weights arrive packed (uint8, two per byte; the module unpacks them), their
+    spec says so under "packed" (the logical dtype and shape)."""
     arrays, specs = {}, []
     for i, (name, array) in enumerate(params):
         array = np.ascontiguousarray(array)
@@ -189,6 +194,8 @@ def _weights_npz(params: list[tuple[str, np.ndarray]]) -> tuple[bytes, list[dict
         arrays[f"p{i}"] = stored
         specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape), "key": f"p{i}",
                       "raw": stored is not array})
+        if packed and name in packed:
+            specs[-1]["packed"] = packed[name]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue(), specs

@@ -23,7 +23,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_conver
 
 from ..ir import LoweringError, Model, Node, Value, from_proto, to_proto
 from ..passes.constants import constants_to_initializers
-from . import lowerings  # noqa: F401  (registers the built-in lowerings)
+from . import lowerings, quant  # noqa: F401  (lowerings registers the built-in lowerings)
 from .manifest import TensorSpec
 from .registry import get_lowering
 
@@ -42,6 +42,7 @@ class Lowered:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     params: list[tuple[str, np.ndarray]]  # name, array in its stored dtype
+    packed: dict[str, dict] = dataclasses.field(default_factory=dict)  # int4 param -> {"dtype", "shape"} unpacked
 
 
 def lower(model: Model) -> Lowered:
@@ -72,7 +73,9 @@ def lower(model: Model) -> Lowered:
     inputs = [tensor_spec(v) for v in graph.inputs if not v.is_initializer]
     outputs = [tensor_spec(v) for v in graph.outputs]
     _fill_output_types(outputs, mod["main"])
-    return Lowered(mod, inputs, outputs, params)
+    packed = {name: {"dtype": "int4" if signed else "uint4", "shape": list(shape), "packing": "2 per byte, low nibble first"}
+              for name, (shape, signed) in importer._packed.items()}
+    return Lowered(mod, inputs, outputs, params, packed)
 
 
 def tensor_spec(value: Value) -> TensorSpec:
@@ -119,6 +122,8 @@ class _Importer(ONNXGraphImporter):
         self._model = model
         self._weight_names = weight_names
         self._current: Node | None = None
+        self._packed: dict[str, tuple[tuple[int, ...], bool]] = {}  # int4 weight -> (shape, signed)
+        self._unpacked: dict[str, relax.Expr] = {}
 
     # weights from the IR (no second copy through protobuf); see the module docstring
     def _parse_graph_initializers(self, graph):
@@ -126,6 +131,12 @@ class _Importer(ONNXGraphImporter):
             array = value.array
             if array is None:
                 raise LoweringError(f"initializer {name!r} has no data")
+            if array.dtype.name in quant.INT4_DTYPES:
+                if name in self._weight_names:  # stored packed, two per byte; unpacked where used
+                    self._packed[name] = (tuple(array.shape), array.dtype.name == "int4")
+                    array = quant.pack_int4(array)
+                else:  # small int4 constants (zero points): int8 / uint8 of the same values
+                    array = array.astype(np.int8 if array.dtype.name == "int4" else np.uint8)
             if name in self._weight_names:
                 var = self._new_var(name, shape=array.shape, dtype=str(array.dtype))
                 self._nodes[name] = var
@@ -167,6 +178,8 @@ class _Importer(ONNXGraphImporter):
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
         node = self._current
+        if self._packed:
+            inputs = self._unpack_inputs(inputs)
         # Inside an If branch the current node is the If: branch nodes go to the frontend.
         if node is not None and node.op_type == op_name:
             fn = get_lowering(node.op_type, node.domain)
@@ -178,6 +191,22 @@ class _Importer(ONNXGraphImporter):
             if op_name == "Reshape":
                 inputs = self._reshape_target_as_shape(node, inputs)
         return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    def _unpack_inputs(self, inputs):
+        """Packed int4 weights enter each node unpacked (int8 / uint8 values, one
+        unpacking per weight, which fuses into its consumer)."""
+        new = []
+        for expr in inputs:
+            name = None
+            if isinstance(expr, relax.Var):
+                name = next((n for n in self._packed if self._params[n][0].same_as(expr)), None)
+            if name is not None:
+                if name not in self._unpacked:
+                    shape, signed = self._packed[name]
+                    self._unpacked[name] = quant.unpack_int4(self.bb, expr, shape, signed)
+                expr = self._unpacked[name]
+            new.append(expr)
+        return type(inputs)(new) if isinstance(inputs, (list, tuple)) else inputs
 
     def _reshape_target_as_shape(self, node: Node, inputs):
         """A Reshape target computed at run time (a tensor, not a constant): the

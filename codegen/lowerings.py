@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tvm import relax
 
+from . import quant  # noqa: F401  (DequantizeLinear with block_size; int4 unpacking)
 from .registry import register_lowering
 
 

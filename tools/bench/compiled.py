@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from ...ir import LoweringError
+from ...ir import BuildError, LoweringError
 from .variants import BuildContext, Built, Skipped, Variant, _slug
 
 
@@ -23,14 +23,16 @@ def compiled_variant(name: str, pipeline: str, target: str,
         resolved = resolve_target(target)
         path = ctx.work_dir / f"{_slug(name)}.ofpkg"
         shapes = dict(input_shapes or {})
+        data = ctx.calibration or None
         try:
-            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes or None, db=db)
-        except LoweringError:
+            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes or None, db=db,
+                                calibration=data)
+        except (LoweringError, BuildError):
             if shapes or not (ctx.timing_feeds or ctx.calibration):
                 raise
             # Pin to the timed inputs, so the module can at least be timed like the others.
             shapes = {k: tuple(v.shape) for k, v in (ctx.timing_feeds or ctx.calibration[0]).items()}
-            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes, db=db)
+            pkg = compile_model(ctx.original, target, pipeline, output=path, input_shapes=shapes, db=db, calibration=data)
         try:
             model = load_package(path, threads=ctx.threads if resolved.device == "cpu" else None)
         except TargetMismatchError as exc:
