@@ -55,6 +55,9 @@ class LowRankOptions:
     min_elements: int = 4096
     # Calibration samples used by method=data.
     samples: int = 32
+    # method=data: X^T X is shrunk towards its mean diagonal by this fraction (more
+    # with fewer rows than channels, so few samples fall back towards plain SVD).
+    damp: float = 0.01
 
     def __post_init__(self) -> None:
         where = "pass 'lowrank' option"
@@ -79,6 +82,8 @@ class LowRankOptions:
             raise PassOptionError(f"{where} min_elements={self.min_elements}: must be >= 0")
         if self.samples < 1:
             raise PassOptionError(f"{where} samples={self.samples}: must be >= 1")
+        if not 0 <= self.damp <= 1:
+            raise PassOptionError(f"{where} damp={self.damp}: must be in [0, 1]")
 
 
 @dataclasses.dataclass
@@ -188,17 +193,25 @@ class LowRank(Pass):
 
         names = list(dict.fromkeys(layer.node.input(0).name for layer in layers))
         grams: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
         for sample in iter_activations(model, cal, names, progress=True, description="lowrank: activations"):
             for layer in layers:
                 x = sample[layer.node.input(0).name]
                 axis = 1 if layer.node.op_type == "Conv" else x.ndim - 1
                 r = _rows(x, axis, layer.node)
                 grams[id(layer.node)] = grams.get(id(layer.node), 0) + r.T @ r
+                counts[id(layer.node)] = counts.get(id(layer.node), 0) + len(r)
         for layer in layers:
             g = grams.get(id(layer.node))
             if g is None or g.shape[0] != layer.matrix.shape[0]:
                 continue
-            g = g + (1e-6 * float(np.trace(g)) / len(g) + 1e-12) * np.eye(len(g))
+            # Shrink towards the identity (plain SVD) by `damp`, and further when there
+            # are fewer rows than channels: X^T X is then singular and the whitened
+            # factors would fit the calibration set only (a classifier head fed one
+            # pooled row per image): the unseen directions keep the weight-space error.
+            k = len(g)
+            shrink = max(self.options.damp, 1.0 - counts[id(layer.node)] / k)
+            g = (1 - shrink) * g + (shrink * float(np.trace(g)) / k + 1e-12) * np.eye(k)
             try:
                 layer.whiten = np.linalg.cholesky(g).T  # L^T: ||X (W - W')|| = ||L^T (W - W')||
             except np.linalg.LinAlgError:
@@ -232,24 +245,36 @@ class LowRank(Pass):
                     r = int(np.searchsorted(e, o.energy - 1e-12) + 1)
                 layer.rank = self._round(r, full)
             return
-        # model-wide: singular values by normalised energy per FLOP, until the budget
-        budget = o.flops_budget * sum(_dense_cost(layer) for layer in layers)
-        items = []
-        for i, layer in enumerate(layers):
-            e = layer.s ** 2 / max(float((layer.s ** 2).sum()), 1e-30)
-            per = _rank_cost(layer)
-            items.extend((-(float(v) / per), i) for v in e)
-        items.sort()
-        ranks = [0] * len(layers)
-        spent = 0.0
-        for _, i in items:
-            cost = _rank_cost(layers[i])
-            if spent + cost > budget:
-                continue
-            ranks[i] += 1
-            spent += cost
-        for layer, r in zip(layers, ranks):
-            layer.rank = self._round(r, len(layer.s)) if r else 0
+        # model-wide: singular values by normalised energy per FLOP, until the budget.
+        # A layer whose rank ends where factoring no longer saves FLOPs stays dense; its
+        # dense cost then comes out of the budget and the others are re-allocated.
+        total = sum(_dense_cost(layer) for layer in layers)
+        dense: set[int] = set()
+        while True:
+            budget = o.flops_budget * total - sum(_dense_cost(layers[i]) for i in dense)
+            items = []
+            for i, layer in enumerate(layers):
+                if i in dense:
+                    continue
+                e = layer.s ** 2 / max(float((layer.s ** 2).sum()), 1e-30)
+                per = _rank_cost(layer)
+                items.extend((-(float(v) / per), i) for v in e)
+            items.sort()
+            ranks = [0] * len(layers)
+            spent = 0.0
+            for _, i in items:
+                cost = _rank_cost(layers[i])
+                if spent + cost > budget:
+                    continue
+                ranks[i] += 1
+                spent += cost
+            for i, (layer, r) in enumerate(zip(layers, ranks)):
+                layer.rank = 0 if i in dense else (self._round(r, len(layer.s)) if r else 0)
+            grown = {i for i, layer in enumerate(layers)
+                     if i not in dense and layer.rank and _factored_cost(layer) >= _dense_cost(layer)}
+            if not grown:
+                return
+            dense |= grown
 
     # -- rewriting ----------------------------------------------------------------
     def _rewrite(self, model: Model, layer: _Layer) -> tuple[list[str], float]:

@@ -27,6 +27,9 @@ Options:
   layer's weights (MatMul, Gemm, 1x1 Conv) are re-fitted by least squares so that
   it computes, from the kept channels, what it computed from all of them on the
   calibration activations (its bias absorbs the mean of what was removed).
+  sequential: after that, each re-fitted layer in graph order is fitted again on
+  the inputs the pruned (and already re-fitted) model gives it, to the outputs of
+  the original model: errors from upstream layers are compensated as well.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from .util import const
 
 CRITERIA = ("l1", "l2", "activation")
 SCOPES = ("layer", "global")
-RECONSTRUCT = ("auto", "on", "off")
+RECONSTRUCT = ("auto", "on", "off", "sequential")
 META_KEY = "onnxforge.prune-channels.original"
 WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Attention")
 
@@ -61,7 +64,9 @@ class PruneChannelsOptions:
     round_to: int = 8
     # Node names (fnmatch patterns) whose channel groups are left whole.
     exclude: list[str] = dataclasses.field(default_factory=list)
-    # Re-fit the next layer by least squares on calibration activations: auto | on | off.
+    # Re-fit the next layer by least squares on calibration activations: auto | on | off |
+    # sequential (then again, layer by layer in graph order, on the pruned model's own
+    # activations, so that upstream errors are compensated too; one calibration pass per layer).
     reconstruct: str = "auto"
     # Calibration samples used (criterion=activation, reconstruction).
     samples: int = 64
@@ -140,9 +145,11 @@ def cost_stats(before: dict[str, Any], after: dict[str, Any], changed_only: bool
     layers = {}
     for name, b in before["layers"].items():
         a = after["layers"].get(name)
-        if a is None:  # replaced (low-rank): sum what carries its name
-            parts = [v for k, v in after["layers"].items() if k.startswith(name + "_lr")]
-            a = {"flops": sum(p["flops"] for p in parts), "params": sum(p["params"] for p in parts)} if parts else None
+        # factored (low-rank): the layer plus the factors named after it
+        parts = [v for k, v in after["layers"].items() if k.startswith(name + "_lr")]
+        if parts:
+            parts += [a] if a is not None else []
+            a = {"flops": sum(p["flops"] for p in parts), "params": sum(p["params"] for p in parts)}
         if a is None or (changed_only and a == b):
             continue
         layers[name] = f"flops {b['flops']}->{a['flops']}, params {b['params']}->{a['params']}"
@@ -252,11 +259,14 @@ class PruneChannels(Pass):
         from .calibration import current_calibration, has_calibration
 
         o: PruneChannelsOptions = self.options
-        need_data = o.criterion == "activation" or o.reconstruct == "on"
+        need_data = o.criterion == "activation" or o.reconstruct in ("on", "sequential")
         cal = current_calibration(self.name) if need_data or (o.reconstruct == "auto" and has_calibration()) else None
         if cal is not None:
             cal = cal.head(o.samples)
         reconstruct = cal is not None and o.reconstruct != "off"
+        if o.reconstruct == "sequential" and cal is None:
+            raise PassOptionError("pass 'prune-channels' option reconstruct=sequential needs calibration data "
+                                  "(optimize(..., calibration=...), --calib)")
 
         groups = get_analysis(model, "groups")
         original = json.loads(model.metadata_props.get(META_KEY, "{}"))
@@ -298,12 +308,16 @@ class PruneChannels(Pass):
             return PassResult(False, {**stats, "pruned_groups": 0})
 
         before = cost_report(model, cal)
+        reference = model.clone() if o.reconstruct == "sequential" else None
         refit = self._apply(model, groups, keep, acts if reconstruct else {}, sinks)
+        if reference is not None:
+            self._sequential(model, reference, cal, refit)
+            refit = [n.name or n.outputs[0].name for n in refit]
         model.metadata_props[META_KEY] = json.dumps(original, sort_keys=True)
         model.analyses.clear()
         after = cost_report(model, cal)
         stats.update({"pruned_groups": len(keep), "channels_removed": removed["channels"],
-                      "heads_removed": removed["heads"], "reconstructed_layers": refit,
+                      "heads_removed": removed["heads"], "reconstructed_layers": len(refit),
                       "criterion": o.criterion, **cost_stats(before, after)})
         return PassResult(True, stats)
 
@@ -397,7 +411,7 @@ class PruneChannels(Pass):
         return {gid: self._round(by_id[gid], k) for gid, k in kept.items()}
 
     # -- rewriting ----------------------------------------------------------------
-    def _apply(self, model: Model, groups, keep: dict[int, np.ndarray], acts, sinks) -> int:
+    def _apply(self, model: Model, groups, keep: dict[int, np.ndarray], acts, sinks) -> list[Node]:
         def mask_of(exp) -> np.ndarray:
             leaves, index = exp
             mask = np.ones(len(leaves), bool)
@@ -414,9 +428,10 @@ class PruneChannels(Pass):
             if not m.all():
                 masks[(id(d.value), d.axis)] = m
                 values[id(d.value)] = d.value
+        self._masks = masks
 
         done: set[tuple[int, int]] = set()
-        refit = 0
+        refit: list[Node] = []
         for gid, node in ((k, n) for k, n in sinks.items()):
             gram = acts.get("gram", {}).get(gid)
             if gram is None:
@@ -426,7 +441,8 @@ class PruneChannels(Pass):
             kmask = masks.get(key)
             if kmask is None or key in done or len(w.uses) != 1:
                 continue
-            refit += self._refit(node, kmask, gram, masks, values, done)
+            if self._refit(node, kmask, gram, masks, values, done):
+                refit.append(node)
 
         graph = model.graph
         for vid, value in values.items():
@@ -471,6 +487,67 @@ class PruneChannels(Pass):
                     v.shape = None
         return refit
 
+    def _sequential(self, model: Model, reference: Model, cal, refit: list[Node]) -> None:
+        """Each re-fitted layer, in graph order, once more: least squares from the
+        inputs the pruned model now gives it to the outputs of the original model
+        (bias included; restricted to the output channels the layer keeps)."""
+        from .calibration import _session_with_outputs, iter_activations
+
+        order = {id(n): i for i, n in enumerate(model.graph.nodes)}
+        nodes = sorted(refit, key=lambda n: order[id(n)])
+        plans = []
+        for node in nodes:
+            slot = _bias_slot(node)
+            # the value that carries the layer's output with its bias
+            out = node.outputs[0] if slot is None or slot[1] is None else slot[1].outputs[0]
+            plans.append((node, slot, out.name))
+        if not plans:
+            return
+        ref = _session_with_outputs(reference, [name for _, _, name in plans])
+        samples = list(cal)
+        masks = self._masks
+        for node, slot, target in plans:
+            w = node.input(1)
+            wm = np.asarray(_sink_matrix(node), np.float64)  # [K', N']
+            k, n_out = wm.shape
+            out_mask = masks.get((id(w), _out_axis(node)))
+            a = np.zeros((k + 1, k + 1))
+            c = np.zeros((k + 1, n_out))
+            x_name = node.input(0).name
+            ok = True
+            for feed, xs in zip(samples, iter_activations(model, samples, [x_name], progress=False)):
+                y = np.asarray(ref.run([target], feed)[0], np.float64)
+                x = xs[x_name]
+                axis = 1 if node.op_type == "Conv" else x.ndim - 1  # shapes were reset by the rewrite
+                r = _rows(x, axis, node)
+                yaxis = 1 if node.op_type == "Conv" else y.ndim - 1
+                t = np.moveaxis(y, yaxis, -1).reshape(-1, y.shape[yaxis])
+                if out_mask is not None and t.shape[1] == len(out_mask):
+                    t = t[:, out_mask]
+                if r.shape[0] != t.shape[0] or r.shape[1] != k or t.shape[1] != n_out:
+                    ok = False
+                    break
+                aug = np.concatenate([r, np.ones((r.shape[0], 1))], axis=1)
+                a += aug.T @ aug
+                c += aug.T @ t
+            if not ok:
+                continue
+            rows = np.arange(k + 1) if slot is not None else np.arange(k)
+            aa = a[np.ix_(rows, rows)]
+            frac = max(1e-5, 1.0 - float(a[k, k]) / len(rows))
+            lam = frac * float(np.mean(np.diag(aa))) + 1e-12
+            prior = np.zeros((len(rows), n_out))  # ridge towards the current (one-shot) fit
+            prior[:k] = wm
+            if slot is not None:
+                prior[k] = np.asarray(const(slot[0]), np.float64)
+            try:
+                sol = np.linalg.solve(aa + lam * np.eye(len(rows)), c[rows] + lam * prior)
+            except np.linalg.LinAlgError:
+                continue
+            set_constant(w, _put_weight(node, sol[:k], const(w).dtype))
+            if slot is not None:
+                set_constant(slot[0], sol[k].astype(const(slot[0]).dtype))
+
     def _refit(self, node: Node, kmask: np.ndarray, gram: np.ndarray, masks, values, done) -> int:
         """Least squares: the kept input channels (plus an intercept into the bias)
         reproduce what all channels produced on the calibration activations."""
@@ -484,9 +561,16 @@ class PruneChannels(Pass):
         rows = np.concatenate([keep_idx, [k]]) if slot is not None else keep_idx
         a = gram[np.ix_(rows, rows)]
         rhs = gram[rows][:, :k] @ wm
-        lam = 1e-5 * float(np.mean(np.diag(a))) + 1e-12
+        # Ridge towards the plainly pruned weights (intercept towards 0): negligible with
+        # many rows, strong with fewer rows than channels (a classifier head sees one
+        # pooled row per sample), where the fit would only memorise the calibration set.
+        n_rows = float(gram[k, k])
+        frac = max(1e-5, 1.0 - n_rows / len(rows))
+        lam = frac * float(np.mean(np.diag(a))) + 1e-12
+        prior = np.zeros((len(rows), wm.shape[1]))
+        prior[:len(keep_idx)] = wm[keep_idx]
         try:
-            sol = np.linalg.solve(a + lam * np.eye(len(rows)), rhs)
+            sol = np.linalg.solve(a + lam * np.eye(len(rows)), rhs + lam * prior)
         except np.linalg.LinAlgError:
             return 0
         dtype = const(w).dtype
@@ -528,6 +612,15 @@ class PruneChannels(Pass):
             node.set_input(1, new)
             if not old.uses and old.is_initializer and not old.is_graph_input:
                 graph.remove_initializer(old)
+
+
+def _out_axis(node: Node) -> int:
+    """The output-channel axis of a sink's weight."""
+    if node.op_type == "Gemm":
+        return 0 if node.attr("transB", 0) else 1
+    if node.op_type == "Conv":
+        return 0
+    return 1
 
 
 def _sink_axis(node: Node) -> int:

@@ -61,7 +61,7 @@ def optimize_cmd(
     if pipeline is not None and level is not None:
         raise typer.BadParameter("give --pipeline or -O, not both")
     spec = pipeline if pipeline is not None else f"-O{1 if level is None else level}"
-    if spec.startswith("-O") and spec not in PRESETS:
+    if spec.startswith("-O") and "," not in spec and spec not in PRESETS:
         raise typer.BadParameter(f"unknown preset {spec}; known: {', '.join(PRESETS)}")
     model = _load(model_path)
     feeds = load_inputs(inputs) if inputs else None

@@ -131,3 +131,38 @@ def test_method_data_needs_calibration():
 def test_bad_options(text, option):
     with pytest.raises(PassOptionError, match=option):
         onnxforge.optimize(onnxforge.load(matmul_model(low_rank(64, 64, 4))), f"lowrank{{{text}}}")
+
+
+def test_data_method_with_fewer_rows_than_channels_generalises():
+    """A classifier head sees one row per sample: with 8 rows for 256 channels the
+    whitened fit must not overfit the calibration rows (it falls back towards SVD)."""
+    rng = np.random.default_rng(0)
+    k = n = 256
+    w = (rng.standard_normal((k, 32)) @ rng.standard_normal((32, n)) / 32 + 0.02 * rng.standard_normal((k, n)))
+    proto = matmul_model(w.astype(np.float32), rows=1)
+    cal = [{"x": rng.standard_normal((1, k)).astype(np.float32)} for _ in range(8)]
+    feeds = {"x": rng.standard_normal((1, k)).astype(np.float32)}
+    _, ref, svd = run(proto, "lowrank{rank_ratio=0.125 round_to=1}", feeds, cal)
+    _, _, data = run(proto, "lowrank{rank_ratio=0.125 round_to=1 method=data}", feeds, cal)
+    err = lambda a: np.linalg.norm(ref["y"] - a["y"]) / np.linalg.norm(ref["y"])  # noqa: E731
+    assert err(data) < 1.2 * err(svd) + 1e-3
+
+
+def test_flops_budget_is_kept_when_a_layer_stays_dense():
+    """A layer whose allotted rank saves nothing stays dense; its cost comes out of the
+    budget, so the whole model still meets it (here: a full-rank square layer next to
+    a low-rank one)."""
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((128, 128)).astype(np.float32)
+    low = low_rank(128, 128, 8, seed=1)
+    proto = model([helper.make_node("MatMul", ["x", "a"], ["h"], name="mm_a"),
+                   helper.make_node("MatMul", ["h", "b"], ["y"], name="mm_b")],
+                  [tensor("x", [4, 128])], [tensor("y", [4, 128])], [init("a", dense), init("b", low)])
+    result, _, _ = run(proto, "lowrank{flops_budget=0.6 round_to=1}")
+    stats = result.records[0].stats
+    assert stats["flops_after"] <= 0.6 * stats["flops_before"] + 1
+    # per-layer report counts both factors
+    assert list(stats["ranks"]) == ["mm_b"]
+    name = "mm_b"
+    before, after = stats["layers"][name].split(",")[0].split()[1].split("->")
+    assert int(after) == 2 * 4 * stats["ranks"][name] * 256
