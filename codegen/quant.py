@@ -17,6 +17,7 @@ import numpy as np
 from tvm import relax, te, tirx
 
 from .registry import register_lowering
+from .cpu.blas import static_shape
 
 INT4_DTYPES = ("int4", "uint4")
 
@@ -65,18 +66,6 @@ def unpack_int4(bb, packed, shape, signed: bool):
     return bb.emit_te(_unpack_te, packed, list(shape), signed, primfunc_name_hint="unpack_int4")
 
 
-def _static_dims(expr) -> list[int] | None:
-    ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    dims = []
-    for d in ty.shape.values:
-        if not isinstance(d, tirx.IntImm):
-            return None
-        dims.append(int(d.value))
-    return dims
-
-
 def _dequant_block_te(x, scale, zp=None, *, axis, block, out_dtype):
     def fcompute(*idx):
         sidx = [i // block if k == axis else i for k, i in enumerate(idx)]
@@ -110,7 +99,7 @@ def dequantize_linear(bb, node, inputs):
         if zp is None:
             zp = relax.const(0, str(x.ty.dtype.dtype))
         return relax.op.dequantize(x, scale, zp, axis=axis, out_dtype=out_dtype)
-    xs, ss = _static_dims(x), _static_dims(scale)
+    xs, ss = static_shape(x), static_shape(scale)
     if xs is None or ss is None or len(ss) != len(xs) or not 0 <= axis < ndim:
         raise ValueError(f"blocked DequantizeLinear needs static shapes with scale of the input's rank "
                          f"(input {xs}, scale {ss}, axis {axis})")

@@ -45,7 +45,7 @@ def link_options(lib_dir: str) -> list[str]:
     return ["-Wl,--no-as-needed", f"-L{lib_dir}", "-l:" + BLAS_SONAME, f"-Wl,-rpath,{lib_dir}", "-Wl,-rpath,$ORIGIN"]
 
 
-def _static_shape(expr) -> list[int] | None:
+def static_shape(expr) -> list[int] | None:
     ty = getattr(expr, "ty", None)  # TVM 0.27: struct info is `ty` (relax.TensorType)
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
         return None
@@ -80,7 +80,7 @@ def _is_swap_last_two(call) -> bool:
     if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.permute_dims"):
         return False
     axes = call.attrs.axes
-    shape = _static_shape(call.args[0])
+    shape = static_shape(call.args[0])
     if shape is None or len(shape) < 2:
         return False
     r = len(shape)
@@ -134,7 +134,7 @@ class _BlasRewriter(PyExprMutator):
         a, b = call.args
         if _dtype(a) != "float32" or _dtype(b) != "float32" or _dtype(call) != "float32":
             return None
-        sa, sb, so = _static_shape(a), _static_shape(b), _static_shape(call)
+        sa, sb, so = static_shape(a), static_shape(b), static_shape(call)
         if sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
             return None
         a_src, ta = self._operand(a)
@@ -183,14 +183,14 @@ class _BlasRewriter(PyExprMutator):
         attrs = call.attrs
         if getattr(attrs, "causal_mask", None) or getattr(attrs, "window_size", None):
             return None
-        sq, sk, sv = _static_shape(q), _static_shape(k), _static_shape(v)
+        sq, sk, sv = static_shape(q), static_shape(k), static_shape(v)
         if sq is None or sk is None or sv is None or _dtype(q) != "float32":
             return None
         if bias is not None:
             prod = self._producer(bias)
             if prod is not None and isinstance(prod, relax.Call) and prod.op.same_as(self._broadcast_to):
                 bias = prod.args[0]
-            if _static_shape(bias) is None:
+            if static_shape(bias) is None:
                 return None
         scale = attrs.scale
         scale = float(scale.value) if scale is not None else 1.0 / math.sqrt(sq[-1])
@@ -212,7 +212,7 @@ class _BlasRewriter(PyExprMutator):
             return None
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
             return None
-        sx, sw, so = _static_shape(x), _static_shape(w), _static_shape(call)
+        sx, sw, so = static_shape(x), static_shape(w), static_shape(call)
         if sx is None or sw is None or so is None:
             return None
         if int(attrs.groups) != 1:
