@@ -38,6 +38,8 @@ def compiled_variant(name: str, pipeline: str, target: str,
                 raise
             # Pin to the timed inputs, so the module can at least be timed like the others.
             shapes = {k: tuple(v.shape) for k, v in (ctx.timing_feeds or ctx.calibration[0]).items()}
+            # data-driven passes of a pinned model can use only the samples of the pinned shape
+            data = [s for s in data or [] if all(tuple(s[k].shape) == tuple(v) for k, v in shapes.items() if k in s)] or None
             pkg = compile_model(ctx.original, spec, pipeline, output=path, input_shapes=shapes, db=db, calibration=data)
         try:
             model = load_package(path, threads=ctx.threads if resolved.device == "cpu" else None)
