@@ -624,8 +624,5 @@ def _out_axis(node: Node) -> int:
 
 
 def _sink_axis(node: Node) -> int:
-    if node.op_type == "Gemm":
-        return 1 if node.attr("transB", 0) else 0
-    if node.op_type == "Conv":
-        return 1
-    return 0
+    """The input-channel axis of a sink's weight: the other one of the two."""
+    return 1 - _out_axis(node)

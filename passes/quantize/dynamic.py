@@ -33,6 +33,7 @@ from ..base import Effect, Pass, PassResult
 from ..registry import register_pass
 from ..util import is_standard
 from .opset import raise_opset
+from .weights import check_ops
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
 
@@ -54,9 +55,7 @@ class QuantizeDynamicOptions:
         where = "pass 'quantize-dynamic' option"
         if self.weights not in ("int8", "uint8"):
             raise PassOptionError(f"{where} weights={self.weights}: expected int8 or uint8")
-        unknown = [op for op in self.ops if op not in DYNAMIC_OPS]
-        if unknown or not self.ops:
-            raise PassOptionError(f"{where} ops={'+'.join(self.ops)}: supported ops are {'+'.join(DYNAMIC_OPS)}")
+        check_ops(where, self.ops, DYNAMIC_OPS)
         if self.min_elements < 0:
             raise PassOptionError(f"{where} min_elements={self.min_elements}: must be >= 0")
 

@@ -56,6 +56,7 @@ from ..calibration import Calibration, current_calibration, iter_activations
 from ..registry import register_pass
 from ..util import is_standard
 from .opset import raise_opset
+from .weights import check_ops
 
 METHODS = ("minmax", "percentile", "entropy")
 STATIC_OPS = ("MatMul", "Gemm", "Conv")
@@ -96,9 +97,7 @@ class QuantizeStaticOptions:
             raise PassOptionError(f"{where} percentile={self.percentile}: expected a percentile in (50, 100], e.g. 99.99")
         if self.activations not in ACTIVATION_TYPES:
             raise PassOptionError(f"{where} activations={self.activations}: expected uint8 or int8")
-        unknown = [op for op in self.ops if op not in STATIC_OPS]
-        if unknown or not self.ops:
-            raise PassOptionError(f"{where} ops={'+'.join(self.ops)}: supported ops are {'+'.join(STATIC_OPS)}")
+        check_ops(where, self.ops, STATIC_OPS)
         if self.max_loss < 0:
             raise PassOptionError(f"{where} max_loss={self.max_loss}: must be >= 0 (0 = off)")
         if self.samples < 0 or self.eval_samples < 1:

@@ -80,6 +80,12 @@ SUPPORTED_OPS = ("MatMul", "Gemm", "Conv", "Attention", "Gather")
 DEFAULT_OPS = ("MatMul", "Gemm", "Conv", "Attention")
 GRANULARITIES = ("channel", "tensor", "block")
 METHODS = ("rtn", "gptq")
+
+
+def check_ops(where: str, ops, supported) -> None:
+    """PassOptionError unless `ops` is a non-empty subset of `supported`."""
+    if not ops or any(op not in supported for op in ops):
+        raise PassOptionError(f"{where} ops={'+'.join(ops)}: supported ops are {'+'.join(supported)}")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
 
