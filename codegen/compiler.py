@@ -38,6 +38,8 @@ class Package:
     manifest: dict[str, Any]
     seconds: dict[str, float]
     _loaded: Any = dataclasses.field(default=None, repr=False)
+    # the optimized ONNX model the package was lowered from (compile() only, not stored)
+    model: "Model | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -119,7 +121,7 @@ def compile(
         fmt.write_package(out, manifest, {fmt.LIBRARY: lib.read_bytes(), fmt.WEIGHTS: weights})
         seconds["package"] = time.perf_counter() - t0
     manifest, _ = fmt.read_package(out)  # what a loader will see, checksums included
-    return Package(out, manifest, seconds)
+    return Package(out, manifest, seconds, model=optimized.model)
 
 
 def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str, float], calibration=None):

@@ -37,8 +37,14 @@ def test_symbolic_dims_are_pinned_from_calibration_when_lowering_needs_it(tmp_pa
     path = tmp_path / "model.onnx"
     onnx.save(models.symbolic_batch(), str(path))
     feeds = {"x": np.ones((2, 16), np.float32)}
-    built = compiled_variant("tvm", "-O0", "x86").build(BuildContext(path, tmp_path, 1, [feeds]))
+    ctx = BuildContext(path, tmp_path, 1, [feeds])
+    built = compiled_variant("tvm", "-O0", "x86").build(ctx)
     assert calls == [None, {"x": (2, 16)}] and built.info["pinned_input_shapes"] == {"x": [2, 16]}
+    # a later compiled variant of the same run is pinned alike (its latency compares with the first's),
+    # and exposes the model it was compiled from, for the report's FLOPs
+    later = compiled_variant("tvm-2", "-O1", "x86").build(ctx)
+    assert calls[2:] == [{"x": (2, 16)}] and later.info["pinned_input_shapes"] == {"x": [2, 16]}
+    assert [list(v.shape) for v in later.model.graph.inputs] == [[2, 16]]
 
 
 def test_cuda_variant_without_gpu_is_skipped(tmp_path):

@@ -102,6 +102,19 @@ def test_sentence_similarity_correlations():
     assert result["reversed_spearman"] == pytest.approx(-1.0)
 
 
+def test_sentence_similarity_on_a_subset_of_the_samples():
+    """`--eval-samples N` evaluates some texts only: pairs with an unevaluated text are
+    left out and the number used is reported; too few pairs is an error."""
+    angles = [0.0, 0.3, 1.0, 2.0]
+    pairs = [["w", "x", 3.0], ["w", "y", 2.0], ["w", "z", 0.0], ["x", "z", 1.0], ["x", "gone", 5.0]]
+    meta = {"pair_sets": {"s": {"stat": "spearman", "pairs": pairs}}}
+    samples = [{"key": np.array(k)} for k in "wxyz"]
+    result = evaluate(get_metric("sentence-similarity"), embeddings(angles), samples, ctx(meta=meta))
+    assert result == {"s_pairs": 4.0, "s_spearman": pytest.approx(1.0)}
+    with pytest.raises(MetricError, match="1 of 5 pairs"):
+        evaluate(get_metric("sentence-similarity"), embeddings(angles[:2]), samples[:2], ctx(meta=meta))
+
+
 def test_sentence_similarity_unknown_key_and_missing_pairs():
     samples = [{"key": np.array("w")}, {"key": np.array("x")}]
     meta = {"pair_sets": {"s": {"stat": "pearson", "pairs": [["w", "nope", 1.0]]}}}

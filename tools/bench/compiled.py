@@ -28,19 +28,18 @@ def compiled_variant(name: str, pipeline: str, target: str,
             spec = f"{target}{{num-cores={ctx.threads}}}"
             resolved = resolve_target(spec)
         path = ctx.work_dir / f"{_slug(name)}.ofpkg"
-        shapes = dict(input_shapes or {})
-        data = ctx.calibration or None
+        shapes = dict(input_shapes or ctx.pinned_shapes or {})
         try:
             pkg = compile_model(ctx.original, spec, pipeline, output=path, input_shapes=shapes or None, db=db,
-                                calibration=data)
+                                calibration=_samples_of_shape(ctx.calibration, shapes))
         except (LoweringError, BuildError):
             if shapes or not (ctx.timing_feeds or ctx.calibration):
                 raise
             # Pin to the timed inputs, so the module can at least be timed like the others.
             shapes = {k: tuple(v.shape) for k, v in (ctx.timing_feeds or ctx.calibration[0]).items()}
-            # data-driven passes of a pinned model can use only the samples of the pinned shape
-            data = [s for s in data or [] if all(tuple(s[k].shape) == tuple(v) for k, v in shapes.items() if k in s)] or None
-            pkg = compile_model(ctx.original, spec, pipeline, output=path, input_shapes=shapes, db=db, calibration=data)
+            ctx.pinned_shapes = shapes
+            pkg = compile_model(ctx.original, spec, pipeline, output=path, input_shapes=shapes, db=db,
+                                calibration=_samples_of_shape(ctx.calibration, shapes))
         try:
             model = load_package(path, threads=ctx.threads if resolved.device == "cpu" else None)
         except TargetMismatchError as exc:
@@ -55,7 +54,14 @@ def compiled_variant(name: str, pipeline: str, target: str,
                 "tuning": pkg.manifest.get("tuning"), "bytes": {k: f["bytes"] for k, f in pkg.manifest["files"].items()}}
         if shapes:
             info["pinned_input_shapes"] = {k: list(v) for k, v in shapes.items()}
-        return Built(run, path, info)
+        return Built(run, path, info, model=pkg.model)
 
     how = f"tuned with {db}" if db else "untuned"
     return Variant(name, "compiled", f"TVM package for {target} ({how}) after `{pipeline}`", build)
+
+
+def _samples_of_shape(samples, shapes):
+    """Data-driven passes of a pinned model can use only the samples of the pinned shape."""
+    if not shapes or not samples:
+        return samples or None
+    return [s for s in samples if all(tuple(s[k].shape) == tuple(v) for k, v in shapes.items() if k in s)] or None

@@ -203,7 +203,7 @@ def _build(variant: Variant, ctx: BuildContext, log) -> dict:
         return row
     row.update(build_seconds=seconds, info=built.info, artifact=str(built.artifact), size_bytes=_size(built.artifact),
                _runner=built.runner)
-    row["weight_bytes"], row["flops"] = _graph_stats(built.artifact, ctx.timing_feeds)
+    row["weight_bytes"], row["flops"] = _graph_stats(built.model or built.artifact, ctx.timing_feeds)
     return row
 
 
@@ -246,14 +246,17 @@ def _diff(reference: list[dict], outputs: list[dict]) -> dict[str, float]:
     return {"max_abs": max_abs, "mean_abs": total / max(count, 1)}
 
 
-def _graph_stats(artifact: Path, feeds: Mapping[str, np.ndarray]) -> tuple[int | None, int | None]:
+def _graph_stats(artifact: "Path | ir.Model", feeds: Mapping[str, np.ndarray]) -> tuple[int | None, int | None]:
     """Weight bytes and FLOPs (inspect's analyses, at the timed input shapes) of the
-    variant's own graph, from one load; (None, None) when it is not an ONNX file
-    (a compiled package)."""
-    try:
-        model = ir.load(artifact)
-    except ir.OnnxforgeError:
-        return None, None
+    variant's own graph (an ONNX file, or the model a package was compiled from);
+    (None, None) for an artifact that is neither."""
+    if isinstance(artifact, ir.Model):
+        model = artifact.clone()  # its input shapes are set below
+    else:
+        try:
+            model = ir.load(artifact)
+        except ir.OnnxforgeError:
+            return None, None
     weight_bytes = param_stats(model)["bytes"]
     for value in model.graph.inputs:
         if value.name in feeds:

@@ -141,13 +141,17 @@ def sentence_similarity(outputs: Outputs, samples: Samples, context: MetricConte
         stat = spec.get("stat", "spearman")
         if stat not in ("pearson", "spearman"):
             raise MetricError(f"pair set {name!r}: stat must be 'pearson' or 'spearman', not {stat!r}")
-        cosine, human = [], []
-        for a, b, score in spec["pairs"]:
-            missing = [k for k in (a, b) if k not in embeddings]
-            if missing:
-                raise MetricError(f"pair set {name!r} refers to key(s) {missing} that no sample has")
-            cosine.append(float(embeddings[a] @ embeddings[b]))
-            human.append(float(score))
+        # pairs whose texts were not evaluated (`--eval-samples N` takes a subset) are left
+        # out, and the number of pairs used is reported next to the correlation
+        used = [(a, b, score) for a, b, score in spec["pairs"] if a in embeddings and b in embeddings]
+        if len(used) < 3:
+            missing = sorted({k for a, b, _ in spec["pairs"] for k in (a, b) if k not in embeddings})
+            raise MetricError(f"pair set {name!r}: {len(used)} of {len(spec['pairs'])} pairs have both texts among "
+                              f"the evaluated samples (missing keys, e.g. {missing[:3]}); a correlation needs 3")
+        cosine = [float(embeddings[a] @ embeddings[b]) for a, b, _ in used]
+        human = [float(score) for _, _, score in used]
+        if len(used) < len(spec["pairs"]):
+            result[f"{name}_pairs"] = float(len(used))
         r = stats.pearsonr(cosine, human)[0] if stat == "pearson" else stats.spearmanr(cosine, human)[0]
         result[f"{name}_{stat}"] = float(r)
     return result

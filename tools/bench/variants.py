@@ -27,6 +27,9 @@ class BuildContext:
     threads: int
     calibration: list[dict[str, np.ndarray]] | None  # model feeds, or None without data
     timing_feeds: dict[str, np.ndarray] | None = None  # the inputs every variant is timed on
+    # input shapes the first compiled variant had to be pinned to: later ones are pinned
+    # alike, so that compiled latencies compare like with like
+    pinned_shapes: dict[str, tuple[int, ...]] | None = None
 
 
 @dataclasses.dataclass
@@ -34,6 +37,7 @@ class Built:
     runner: Runner
     artifact: Path  # the file whose size is reported
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: Any = None  # the ir.Model behind a non-ONNX artifact (its weights and FLOPs are reported)
 
 
 class Skipped(Exception):
