@@ -18,10 +18,12 @@ and are merged into the shared one at the end (codegen.tune_db).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -41,10 +43,30 @@ class KernelStat:
     flops: float  # per call, TVM's estimate
     best_ms: float | None  # best tuned time per call; None when nothing measured ran
     trials: int
+    default_ms: float | None = None  # onnxforge's default schedule, measured the same way; None if it failed
+
+    @property
+    def kept(self) -> bool:
+        """Whether the tuned schedule goes into the database: only when it beats the default."""
+        return beats_default(self.best_ms, self.default_ms)
+
+    @property
+    def build_ms(self) -> float | None:
+        """The time of the schedule a build with the database runs."""
+        return self.best_ms if self.kept else self.default_ms
 
     @property
     def gflops(self) -> float | None:
-        return self.flops / self.best_ms / 1e6 if self.best_ms else None
+        return self.flops / self.build_ms / 1e6 if self.build_ms else None
+
+
+# A tuned schedule replaces the default one only when it is this much faster: both are
+# single measurements, and a tie is not worth a change.
+MARGIN = 0.97
+
+
+def beats_default(tuned: float | None, default: float | None) -> bool:
+    return tuned is not None and (default is None or tuned < MARGIN * default)
 
 
 @dataclasses.dataclass
@@ -68,13 +90,13 @@ class TuneResult:
     seconds: float
     stopped: str  # "trials", "time" or "no-tasks"
     records_added: int
-    kernels: list[KernelStat]
+    kernels: list[KernelStat]  # every tuned kernel; those not `kept` stay on the default schedule
     untuned_kernels: int  # kernels that call OpenBLAS / the C kernels: not tuned
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         for k, stat in zip(out["kernels"], self.kernels):
-            k["gflops"] = stat.gflops
+            k["gflops"], k["kept"], k["build_ms"] = stat.gflops, stat.kept, stat.build_ms
         return out
 
 
@@ -134,18 +156,24 @@ def tune(model, target: str = "x86", *, db: str | os.PathLike, trials: int | Non
         strategy = ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=32, genetic_num_iters=2)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, strategy=strategy,
                                                                                   num_threads=1)
+        builder = _builder(ms)
+        # the schedule a build uses without records, timed by the same runner: records that
+        # do not beat it are not kept (MetaSchedule's rules can lose to it on small kernels)
+        defaults = _default_times(ms, contexts, resolved, builder, runner)
         progress = _progress_callback(ms, contexts, weights, max_trials, time_budget, t_start, on_progress)
         stopped = "trials"
         try:
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work, max_trials_global=max_trials,
-                          num_trials_per_iter=trials_per_iter, builder=_builder(ms), runner=runner, database=private,
+                          num_trials_per_iter=trials_per_iter, builder=builder, runner=runner, database=private,
                           measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress])
         except Exception as exc:
             if not progress.time_up:
                 raise BuildError(f"tuning failed: {_last_line(exc)}") from exc
             stopped = "time"
-        added = tune_db.merge_into(db, resolved, private, skip=seeded)
-        kernels = _kernel_stats(ms, private, contexts, weights, progress.trials_by_task)
+        kernels = _kernel_stats(ms, private, contexts, weights, progress.trials_by_task, defaults)
+        losing = {_workload_hash(ctx.mod) for ctx, k in zip(contexts, kernels) if not k.kept}
+        added = tune_db.merge_into(db, resolved, private,
+                                   skip=seeded, keep=lambda record: _workload_hash(record.workload.mod) not in losing)
     return TuneResult(resolved.name, key, os.fspath(db), mode, progress.trials, time.perf_counter() - t_start, stopped,
                       added, kernels, untuned)
 
@@ -249,11 +277,48 @@ def _progress_callback(ms, contexts, weights, max_trials, time_budget, t_start, 
     return Progress()
 
 
-def _kernel_stats(ms, database, contexts, weights, trials_by_task) -> list[KernelStat]:
+def _workload_hash(mod) -> int:
+    from tvm_ffi import structural_hash
+
+    return structural_hash(mod)
+
+
+def _default_times(ms, contexts, target: ResolvedTarget, builder, runner) -> list[float | None]:
+    """Seconds per call of each task's kernel under the default CPU schedule (what a
+    build applies without a record), measured like the candidates; None where it fails."""
+    import tvm
+
+    from .cpu.schedules import default_schedule_pass
+
+    tvm_target = tvm.target.Target(target.tvm)
+    mods = []
+    for ctx in contexts:
+        with tvm_target:  # on a clone: dlight's pass writes the scheduled function into the module it gets
+            mods.append(default_schedule_pass()(ctx.mod.clone()))
+    built = builder.build([ms.builder.BuilderInput(mod, tvm_target) for mod in mods])
+    inputs, where = [], []
+    for i, (mod, result) in enumerate(zip(mods, built)):
+        if result.error_msg is None:
+            args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))  # tune is CPU-only
+            where.append(i)
+    times: list[float | None] = [None] * len(contexts)
+    for i, future in zip(where, runner.run(inputs)):
+        run = future.result()
+        if run.run_secs and not run.error_msg:
+            times[i] = sum(float(s) for s in run.run_secs) / len(run.run_secs)
+    for result in built:
+        if result.artifact_path:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(os.path.dirname(result.artifact_path))
+    return times
+
+
+def _kernel_stats(ms, database, contexts, weights, trials_by_task, defaults) -> list[KernelStat]:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     out = []
-    for ctx, weight, n in zip(contexts, weights, trials_by_task):
+    for ctx, weight, n, default in zip(contexts, weights, trials_by_task, defaults):
         top = database.get_top_k(database.commit_workload(ctx.mod), 1)
         best = None
         if top and top[0].run_secs:
@@ -262,7 +327,7 @@ def _kernel_stats(ms, database, contexts, weights, trials_by_task) -> list[Kerne
             flops = float(estimate_tir_flops(ctx.mod))
         except Exception:
             flops = 0.0
-        out.append(KernelStat(ctx.task_name, int(weight), flops, best, n))
+        out.append(KernelStat(ctx.task_name, int(weight), flops, best, n, default * 1e3 if default else None))
     return out
 
 

@@ -99,14 +99,15 @@ def seed(private, db_dir: str | os.PathLike, target: ResolvedTarget) -> set:
     return keys
 
 
-def merge_into(db_dir: str | os.PathLike, target: ResolvedTarget, private, skip: set = frozenset()) -> int:
+def merge_into(db_dir: str | os.PathLike, target: ResolvedTarget, private, skip: set = frozenset(),
+               keep=lambda record: True) -> int:
     """Append the records of the database `private` (except those whose record_key
-    is in `skip`) to `db_dir`'s folder for `target`, under the exclusive lock.
-    Returns the number of records added."""
+    is in `skip`, and those `keep` refuses) to `db_dir`'s folder for `target`, under
+    the exclusive lock. Returns the number of records added."""
     from tvm.s_tir import meta_schedule as ms
 
     folder = target_dir(db_dir, target)
-    records = [r for r in private.get_all_tuning_records() if not skip or record_key(r) not in skip]
+    records = [r for r in private.get_all_tuning_records() if (not skip or record_key(r) not in skip) and keep(r)]
     with locked(folder, exclusive=True):
         meta = folder / "target.json"
         if not meta.exists():

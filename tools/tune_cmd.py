@@ -38,7 +38,7 @@ def tune_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ):
     """Tune the model's CPU kernels with MetaSchedule; `compile --db DIR` then applies the records."""
-    from ..codegen.tune import tune
+    from ..codegen.tune import MARGIN, tune
 
     seconds = parse_duration(time_budget) if time_budget is not None else None
     spec = _pipeline_spec(pipeline, level) if (pipeline or level is not None) else "-O2"
@@ -60,12 +60,19 @@ def tune_cmd(
         return
     table = Table(title=f"{model_path}: {result.trials} trials in {result.seconds:.0f} s (stopped: {result.stopped}), "
                         f"{result.records_added} records -> {result.db}/{result.target_key}")
-    for col in ("kernel", "calls", "MFLOP", "best ms", "GFLOP/s", "trials"):
+    for col in ("kernel", "calls", "MFLOP", "default ms", "tuned ms", "used", "GFLOP/s", "trials"):
         table.add_column(col, justify="left" if col == "kernel" else "right")
-    for k in sorted(result.kernels, key=lambda k: -(k.best_ms or 0) * k.calls):
-        table.add_row(k.name, str(k.calls), f"{k.flops / 1e6:.2f}", f"{k.best_ms:.4f}" if k.best_ms else "-",
-                      f"{k.gflops:.1f}" if k.gflops else "-", str(k.trials))
+    for k in sorted(result.kernels, key=lambda k: -(k.build_ms or 0) * k.calls):
+        table.add_row(k.name, str(k.calls), f"{k.flops / 1e6:.2f}", _ms(k.default_ms), _ms(k.best_ms),
+                      "tuned" if k.kept else "default", f"{k.gflops:.1f}" if k.gflops else "-", str(k.trials))
     console.print(table)
+    kept = sum(k.kept for k in result.kernels)
+    console.print(f"{kept} of {len(result.kernels)} kernels beat onnxforge's default schedule (by >= "
+                  f"{(1 - MARGIN) * 100:.0f}%) and are kept in the database; the others build with the default")
     if result.untuned_kernels:
         console.print(f"{result.untuned_kernels} kernels call OpenBLAS or onnxforge's C kernels ({result.cpu_kernels} build) "
                       "and are not tuned")
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.4f}" if value else "-"

@@ -28,13 +28,61 @@ def softmax_model() -> onnx.ModelProto:
     return g.model([("x", [16, 64], F)], [("y", [16, 64], F)])
 
 
+MEASURED_DEFAULTS = []
+
+
+def _keep_every_record(monkeypatch):
+    """A few trials on tiny kernels often lose to the default schedule, and tune keeps
+    only records that beat it: the database tests here need records, so they measure the
+    default (kept in MEASURED_DEFAULTS) but report it unknown, which keeps every record."""
+    from onnxforge.codegen import tune as tune_module
+
+    real = tune_module._default_times
+
+    def measured_but_unknown(ms, contexts, *args):
+        MEASURED_DEFAULTS.append(real(ms, contexts, *args))
+        return [None] * len(contexts)
+
+    monkeypatch.setattr(tune_module, "_default_times", measured_but_unknown)
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tune")
     path = folder / "m.onnx"
     onnx.save(softmax_model(), path)
-    result = tune(path, "x86", db=folder / "db", trials=4, trials_per_iter=2)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _keep_every_record(monkeypatch)
+        result = tune(path, "x86", db=folder / "db", trials=4, trials_per_iter=2)
     return path, folder / "db", result
+
+
+@pytest.fixture
+def keep_every_record(monkeypatch):
+    _keep_every_record(monkeypatch)
+
+
+def test_the_default_schedule_is_measured_for_every_kernel(tuned):
+    _, _, result = tuned
+    assert len(MEASURED_DEFAULTS[0]) == len(result.kernels) >= 2
+    assert all(t is not None and 0 < t < 0.1 for t in MEASURED_DEFAULTS[0])
+
+
+def test_records_that_lose_to_the_default_schedule_are_not_kept(tmp_path, monkeypatch):
+    from onnxforge.codegen import tune as tune_module
+
+    path = tmp_path / "m.onnx"
+    onnx.save(softmax_model(), path)
+    # a default faster than any real kernel: no tuned schedule beats it
+    monkeypatch.setattr(tune_module, "_default_times", lambda ms, contexts, *a: [1e-12] * len(contexts))
+    result = tune(path, "x86", db=tmp_path / "db", trials=4, trials_per_iter=2)
+    assert result.trials >= 1 and any(k.best_ms for k in result.kernels)
+    assert result.records_added == 0 and not any(k.kept for k in result.kernels)
+    assert all(k.build_ms == k.default_ms == pytest.approx(1e-9) for k in result.kernels)
+    pkg = onnxforge.compile(path, "x86", "-O2", db=tmp_path / "db")
+    assert pkg.manifest["tuning"]["kernels_tuned"] == 0
+    feeds = _feeds()
+    assert compare_outputs(run_ort(onnxforge.load(path), feeds), pkg(**feeds), 1e-5, 1e-4).ok
 
 
 def _feeds():
@@ -93,14 +141,14 @@ def test_concurrent_writers_do_not_corrupt_the_db(tuned, tmp_path):
     assert len(loaded.get_all_tuning_records()) == 12 * result.records_added
 
 
-def test_time_budget_stops_after_the_first_batch(tmp_path):
+def test_time_budget_stops_after_the_first_batch(tmp_path, keep_every_record):
     path = tmp_path / "m.onnx"
     onnx.save(softmax_model(), path)
     result = tune(path, "x86", db=tmp_path / "db", trials=500, time_budget=0.01, trials_per_iter=2)
     assert result.stopped == "time" and 1 <= result.trials <= 2 and result.records_added >= 1
 
 
-def test_rpc_tracker_with_two_servers(tmp_path):
+def test_rpc_tracker_with_two_servers(tmp_path, keep_every_record):
     from tvm import rpc
     from tvm.rpc.tracker import Tracker
 
@@ -160,7 +208,7 @@ def test_per_kernel_profile_with_the_tuned_database(tuned):
     assert "TOTAL" in format_table(rows)
 
 
-def test_tuning_again_starts_from_the_db_and_adds_only_new_records(tuned, tmp_path):
+def test_tuning_again_starts_from_the_db_and_adds_only_new_records(tuned, tmp_path, keep_every_record):
     import shutil
 
     path, db, first = tuned
