@@ -87,7 +87,8 @@ def bench_cmd(
     shape: List[str] = typer.Option([], "--shape", help="shape of a random timing input, e.g. x=1,3,48,320; repeatable"),
     timing_input: Optional[str] = typer.Option(None, "--timing-input", help=".npz with the inputs to time (default: the first sample)"),
     calib: str = typer.Option("64", "--calib", help="calibration for static quantization and data-driven passes: a folder "
-                              "of .npz/.npy samples, or a number N = the first N --data samples"),
+                              "of .npz/.npy samples, or a number N = the first N --data samples (with --suite: of each "
+                              "model's calibration set, tools/benchmarks/calib.py)"),
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="with --calib DIR: use its first N samples"),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate outputs and metric on the first N samples"),
     target: List[str] = typer.Option([], "--target", help="also compile each pipeline with TVM for this target (repeatable)"),

@@ -1,6 +1,6 @@
 """The benchmark suite: fetch the three BENCHMARKS.md models and build their
-evaluation sets (cached outside the repo; a second run reuses both), then run the
-harness on each and write one summary.
+evaluation and calibration sets (cached outside the repo; a second run reuses
+them), then run the harness on each and write one summary.
 
     python -m onnxforge.tools.benchmarks [--models ppocr,minilm] [-p -O1 -p NAME=PIPELINE] [--out DIR]
     onnxforge bench --suite ...                      (the same)
@@ -26,6 +26,7 @@ class Entry:
     fetch: Callable[[], Path]  # the model file, fetched or exported on first use
     data: Callable[[Path], Path]  # the evaluation folder, built on first use
     dims: dict[str, int] | None = None  # timing shape for symbolic dims (else the first sample)
+    calib: Callable[[], Path] | None = None  # the calibration folder (else the first evaluation samples)
 
 
 def _ppocr_data(model: Path) -> Path:
@@ -46,11 +47,20 @@ def _effnet_data(model: Path) -> Path:
     return build_effnet_data(DATA_ROOT / "efficientnet_lite0")
 
 
+def _calib(name: str) -> Callable[[], Path]:
+    def build() -> Path:
+        from .calib import build_calibration
+
+        return build_calibration(name)
+
+    return build
+
+
 SUITE: dict[str, Entry] = {
-    "ppocrv4_rec": Entry(fetch_models.fetch_ppocr_rec, _ppocr_data),
+    "ppocrv4_rec": Entry(fetch_models.fetch_ppocr_rec, _ppocr_data, calib=_calib("ppocrv4_rec")),
     # BENCHMARKS.md: MiniLM latency at batch 1, sequence 128 (the data are single texts of any length).
-    "minilm_l6": Entry(fetch_models.export_minilm, _minilm_data, {"batch": 1, "sequence": 128}),
-    "efficientnet_lite0": Entry(fetch_models.export_efficientnet_lite0, _effnet_data),
+    "minilm_l6": Entry(fetch_models.export_minilm, _minilm_data, {"batch": 1, "sequence": 128}, _calib("minilm_l6")),
+    "efficientnet_lite0": Entry(fetch_models.export_efficientnet_lite0, _effnet_data, calib=_calib("efficientnet_lite0")),
 }
 ALIASES = {"ppocr": "ppocrv4_rec", "minilm": "minilm_l6", "effnet": "efficientnet_lite0"}
 
@@ -78,8 +88,11 @@ def run_suite(models: Sequence[str] | None = None, pipelines: Sequence[str] | No
             log(f"== {name}: fetching the model and its data (cached in {fetch_models.CACHE_ROOT})")
             model = entry.fetch()
             data = entry.data(model)
+            kwargs = dict(bench_kwargs)
+            if kwargs.get("calibration") is None and entry.calib:  # samples disjoint from the evaluated ones
+                kwargs["calibration"] = entry.calib()
             results[name] = bench(model, list(pipelines or default_pipelines()), data=data, out=out / name,
-                                  dims=entry.dims, log=log, **bench_kwargs)
+                                  dims=entry.dims, log=log, **kwargs)
         except Exception as exc:  # noqa: BLE001 - finish the other models first
             failures[name] = f"{type(exc).__name__}: {exc}"
             log(traceback.format_exc())
