@@ -8,6 +8,7 @@ from __future__ import annotations
 import tvm
 
 from .blas import KERNELS_C, DispatchBLAS, blas_lib_dir, link_options
+from .fastmath import fast_math
 from .schedules import default_schedule_pass
 
 
@@ -15,7 +16,8 @@ def front_passes(target: tvm.target.Target, mode: str) -> list:
     """Up to fused TIR kernels: what MetaSchedule extracts its tasks from."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return ([DispatchBLAS()] if mode == "blas" else []) + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+    return (([DispatchBLAS()] if mode == "blas" else []) + [fast_math] + cpu.library_dispatch_passes(target)
+            + cpu.legalize_passes(target))
 
 
 def cpu_pipeline(target: tvm.target.Target, mode: str, database=None, stats: dict | None = None):
