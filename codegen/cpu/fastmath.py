@@ -1,6 +1,6 @@
-"""Vectorizable erf, tanh, GELU and softmax for the CPU kernels (a Relax pass before legalization).
+"""Vectorizable erf, tanh, sigmoid, GELU and softmax for the CPU kernels (a Relax pass before legalization).
 
-Relax legalizes erf, exp and tanh to TIR intrinsics that LLVM turns into scalar
+Relax legalizes erf, exp, tanh and sigmoid to TIR intrinsics that LLVM turns into scalar
 libm calls, one element at a time: measured here, a [1, 128, 1536] bias + GELU
 took 3.9 ms (MiniLM's FFN: 37% of the model) and a softmax over the same size
 1.6 ms. TOPI's fast_erf / fast_exp / fast_tanh are polynomials in plain
@@ -9,8 +9,8 @@ float32 rounding (max |error| ~1e-7 for erf and tanh, ~1e-7 relative for exp in
 the normal range; tests/codegen/test_fastmath.py checks against onnxruntime).
 
 TVM's own relax.transform.FastMathTransform does the same for exp/erf/tanh/softmax
-but not for GELU, which the ONNX frontend lowers to relax.nn.gelu; this pass
-covers both.
+but not for GELU (the ONNX frontend lowers it to relax.nn.gelu) or sigmoid, and
+it also rewrites a plain exp, whose overflow it would change (see _UNARY).
 """
 from __future__ import annotations
 
@@ -24,9 +24,15 @@ def _gelu(x):
     return x * (half + topi.fast_erf(x * tirx.const(0.5**0.5, x.dtype)) * half)
 
 
+def _sigmoid(x):
+    one = tirx.const(1.0, x.dtype)
+    return one / (one + topi.fast_exp(-x))
+
+
 # Not relax.exp: fast_exp clamps its input to +-88.4, so a plain Exp that overflows to
-# inf would give 2.4e38 instead; inside softmax the input is <= 0 and that cannot happen.
-_UNARY = {"relax.erf": topi.fast_erf, "relax.tanh": topi.fast_tanh, "relax.nn.gelu": _gelu}
+# inf would give 2.4e38 instead. Inside softmax the input is <= 0, and in sigmoid the
+# clamp changes 1 / (1 + e^-x) by less than 1e-38: neither can tell.
+_UNARY = {"relax.erf": topi.fast_erf, "relax.tanh": topi.fast_tanh, "relax.nn.gelu": _gelu, "relax.sigmoid": _sigmoid}
 
 
 @mutator

@@ -1,4 +1,4 @@
-"""codegen/cpu/fastmath.py: GELU, Erf, Tanh and Softmax compile to vectorizable
+"""codegen/cpu/fastmath.py: GELU, Erf, Tanh, Sigmoid and Softmax compile to vectorizable
 polynomials on CPU; outputs stay at float32 rounding level of onnxruntime's."""
 import numpy as np
 import pytest
@@ -20,11 +20,11 @@ def _model(op: str, shape, **attrs):
 def _inputs(shape, seed=0):
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 4
     flat = x.reshape(-1)
-    flat[:8] = [0.0, -0.0, 30.0, -30.0, 1e-6, -1e-6, 9.5, -9.5]  # saturation and tiny inputs
+    flat[:10] = [0.0, -0.0, 30.0, -30.0, 1e-6, -1e-6, 9.5, -9.5, 100.0, -100.0]  # saturation and tiny inputs
     return {"x": x}
 
 
-@pytest.mark.parametrize("op,attrs", [("Gelu", {}), ("Erf", {}), ("Tanh", {}), ("Softmax", {"axis": -1}),
+@pytest.mark.parametrize("op,attrs", [("Gelu", {}), ("Erf", {}), ("Tanh", {}), ("Sigmoid", {}), ("Softmax", {"axis": -1}),
                                       ("Softmax", {"axis": 1})])
 def test_fast_math_matches_onnxruntime(op, attrs):
     shape = [2, 16, 40]
