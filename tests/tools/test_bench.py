@@ -218,3 +218,28 @@ def test_a_variant_refusing_the_samples_is_timed_without_a_metric(model_path, tm
     assert row["status"] == "ok" and row["latency"]["runs"] >= 3 and "latency_ratio" in row
     assert "metrics" not in row and "expected [1, 3, 32, 32]" in row["not_evaluated"]
     assert "pinned timed but not evaluated" in (tmp_path / "report.md").read_text()
+
+
+def test_flops_of_a_model_whose_shapes_need_folding(tmp_path):
+    """A weight shaped by a computed subgraph (as EfficientNet-Lite0's padding is):
+    the report's FLOPs are the MatMul's, found after constant folding."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxforge.tools.bench.harness import _graph_stats
+
+    F = TensorProto.FLOAT
+    nodes = [helper.make_node("Shape", ["c"], ["s"]), helper.make_node("Cast", ["s"], ["sf0"], to=F),
+             helper.make_node("Mul", ["sf0", "one"], ["sf"]),  # float arithmetic: shape inference gives up
+             helper.make_node("Cast", ["sf"], ["si"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["w"], ["w2"]), helper.make_node("MatMul", ["x", "w2"], ["y"])]
+    nodes[4].input.append("si")
+    inits = [onnx.numpy_helper.from_array(np.zeros((8, 4), np.float32), "c"),
+             onnx.numpy_helper.from_array(np.ones(2, np.float32), "one"),
+             onnx.numpy_helper.from_array(np.ones(32, np.float32), "w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [2, 8])],
+                              [helper.make_tensor_value_info("y", F, None)], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    _, flops = _graph_stats(path, {"x": np.zeros((2, 8), np.float32)})
+    assert flops == 2 * 2 * 8 * 4
