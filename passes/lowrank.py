@@ -12,7 +12,9 @@ The rank per weight comes from one of: `energy` (the smallest r keeping that
 fraction of the squared singular values), `rank_ratio` (r = ratio x min(K, N)),
 or `flops_budget` (ranks chosen model-wide, largest normalised singular value
 per FLOP first, until the factored layers cost at most that fraction of what they
-cost dense). Ranks are rounded up to `round_to`; a layer is factored only where
+cost dense). A Tucker-2 conv gets a rank per mode (output and input channels), each from its own
+unfolding's spectrum (with `flops_budget`, one rank for both, from the shorter).
+Ranks are rounded up to `round_to`; a layer is factored only where
 that lowers its FLOPs. `method=data` whitens with calibration activations: with
 X the layer's inputs and L the Cholesky factor of X^T X, the SVD of L^T W gives
 factors that minimise ||X W - X U V|| rather than ||W - U V||.
@@ -96,7 +98,13 @@ class _Layer:
     u: np.ndarray | None = None
     vt: np.ndarray | None = None
     whiten: np.ndarray | None = None  # L^T (K x K) for method=data
-    rank: int = 0
+    rank: int = 0  # Tucker: the output-mode rank
+    s_in: np.ndarray | None = None  # Tucker: singular values of the input-mode unfolding
+    rank_in: int = 0  # Tucker: the input-mode rank (0: same as `rank`)
+
+    def tucker_ranks(self) -> tuple[int, int]:
+        m_, c_ = self.matrix.shape[:2]
+        return min(self.rank, m_), min(self.rank_in or self.rank, c_)
 
 
 def _matrix(node: Node) -> np.ndarray | None:
@@ -183,7 +191,7 @@ class LowRank(Pass):
                     v.shape = None
         model.analyses.clear()
         after = cost_report(model, stats_cal)
-        stats.update({"factored": len(chosen), "ranks": {(c.node.name or c.node.outputs[0].name): c.rank for c in chosen},
+        stats.update({"factored": len(chosen), "ranks": {(c.node.name or c.node.outputs[0].name): _rank_text(c) for c in chosen},
                       "max_rel_weight_error": round(float(max(err)), 4), "method": o.method, **cost_stats(before, after)})
         return PassResult(True, stats)
 
@@ -221,9 +229,8 @@ class LowRank(Pass):
         if layer.kind == "tucker":
             w = np.asarray(layer.matrix, np.float64)  # [M, C, kh, kw]
             m_, c_ = w.shape[:2]
-            s_out = np.linalg.svd(w.reshape(m_, -1), compute_uv=False)
-            s_in = np.linalg.svd(np.moveaxis(w, 1, 0).reshape(c_, -1), compute_uv=False)
-            layer.s = s_out if len(s_out) <= len(s_in) else s_in
+            layer.s = np.linalg.svd(w.reshape(m_, -1), compute_uv=False)
+            layer.s_in = np.linalg.svd(np.moveaxis(w, 1, 0).reshape(c_, -1), compute_uv=False)
             return
         w = np.asarray(layer.matrix, np.float64)
         target = layer.whiten @ w if layer.whiten is not None else w
@@ -233,17 +240,24 @@ class LowRank(Pass):
         q = self.options.round_to
         return int(min(full, max(q, -(-r // q) * q)) if full > q else min(full, max(1, r)))
 
+    def _mode_rank(self, s: np.ndarray) -> int:
+        o: LowRankOptions = self.options
+        if o.rank_ratio is not None:
+            r = int(np.ceil(o.rank_ratio * len(s)))
+        else:
+            e = np.cumsum(s ** 2) / max(float((s ** 2).sum()), 1e-30)
+            r = int(np.searchsorted(e, o.energy - 1e-12) + 1)
+        return self._round(r, len(s))
+
     def _choose_ranks(self, layers: list[_Layer]) -> None:
         o: LowRankOptions = self.options
         if o.flops_budget is None:
             for layer in layers:
-                full = len(layer.s)
-                if o.rank_ratio is not None:
-                    r = int(np.ceil(o.rank_ratio * full))
-                else:
-                    e = np.cumsum(layer.s ** 2) / max(float((layer.s ** 2).sum()), 1e-30)
-                    r = int(np.searchsorted(e, o.energy - 1e-12) + 1)
-                layer.rank = self._round(r, full)
+                # Tucker: each mode keeps `energy` of its own unfolding (the mode with more
+                # singular values needs a higher rank for the same error)
+                layer.rank = self._mode_rank(layer.s)
+                if layer.kind == "tucker":
+                    layer.rank_in = self._mode_rank(layer.s_in)
             return
         # model-wide: singular values by normalised energy per FLOP, until the budget.
         # A layer whose rank ends where factoring no longer saves FLOPs stays dense; its
@@ -256,7 +270,8 @@ class LowRank(Pass):
             for i, layer in enumerate(layers):
                 if i in dense:
                     continue
-                e = layer.s ** 2 / max(float((layer.s ** 2).sum()), 1e-30)
+                spectrum = _budget_spectrum(layer)
+                e = spectrum ** 2 / max(float((spectrum ** 2).sum()), 1e-30)
                 per = _rank_cost(layer)
                 items.extend((-(float(v) / per), i) for v in e)
             items.sort()
@@ -269,7 +284,7 @@ class LowRank(Pass):
                 ranks[i] += 1
                 spent += cost
             for i, (layer, r) in enumerate(zip(layers, ranks)):
-                layer.rank = 0 if i in dense else (self._round(r, len(layer.s)) if r else 0)
+                layer.rank = 0 if i in dense else (self._round(r, len(_budget_spectrum(layer))) if r else 0)
             grown = {i for i, layer in enumerate(layers)
                      if i not in dense and layer.rank and _factored_cost(layer) >= _dense_cost(layer)}
             if not grown:
@@ -325,8 +340,7 @@ class LowRank(Pass):
         node = layer.node
         w = np.asarray(layer.matrix, np.float64)
         m_, c_ = w.shape[:2]
-        r = layer.rank
-        r_out, r_in = min(r, m_), min(r, c_)
+        r_out, r_in = layer.tucker_ranks()
         u_out = np.linalg.svd(w.reshape(m_, -1), full_matrices=False)[0][:, :r_out]  # [M, r_out]
         u_in = np.linalg.svd(np.moveaxis(w, 1, 0).reshape(c_, -1), full_matrices=False)[0][:, :r_in]  # [C, r_in]
         core = np.einsum("mckl,mo,ci->oikl", w, u_out, u_in)  # [r_out, r_in, kh, kw]
@@ -375,6 +389,21 @@ def _static_rows(model: Model, calibration) -> dict[int, int]:
     return out
 
 
+def _budget_spectrum(layer: _Layer) -> np.ndarray:
+    """flops_budget gives a Tucker conv one rank for both modes, from the shorter spectrum."""
+    if layer.kind == "tucker" and len(layer.s_in) < len(layer.s):
+        return layer.s_in
+    return layer.s
+
+
+def _rank_text(layer: _Layer) -> int | str:
+    """The rank in the stats: r, or "r_out x r_in" for a Tucker-2 conv with two ranks."""
+    if layer.kind != "tucker":
+        return layer.rank
+    r_out, r_in = layer.tucker_ranks()
+    return r_out if r_out == r_in else f"{r_out}x{r_in}"
+
+
 def _dense_cost(layer: _Layer) -> float:
     w = layer.matrix
     if layer.kind == "tucker":
@@ -385,8 +414,8 @@ def _dense_cost(layer: _Layer) -> float:
 def _rank_cost(layer: _Layer) -> float:
     """FLOPs (multiply-adds per output row) one unit of rank costs."""
     w = layer.matrix
-    if layer.kind == "tucker":  # r_in = r_out = r: C r + r r k k + r M -> marginal cost at full rank
-        return float(layer.rows * (w.shape[0] + w.shape[1] + 2 * len(layer.s) * w.shape[2] * w.shape[3]))
+    if layer.kind == "tucker":  # flops_budget: r_in = r_out = r: C r + r r k k + r M -> marginal cost at full rank
+        return float(layer.rows * (w.shape[0] + w.shape[1] + 2 * len(_budget_spectrum(layer)) * w.shape[2] * w.shape[3]))
     return float(layer.rows * (w.shape[0] + w.shape[1]))
 
 
@@ -394,6 +423,6 @@ def _factored_cost(layer: _Layer) -> float:
     w = layer.matrix
     r = layer.rank
     if layer.kind == "tucker":
-        r_out, r_in = min(r, w.shape[0]), min(r, w.shape[1])
+        r_out, r_in = layer.tucker_ranks()
         return float(layer.rows * (w.shape[1] * r_in + r_in * r_out * w.shape[2] * w.shape[3] + r_out * w.shape[0]))
     return float(layer.rows * r * (w.shape[0] + w.shape[1]))

@@ -166,3 +166,16 @@ def test_flops_budget_is_kept_when_a_layer_stays_dense():
     name = "mm_b"
     before, after = stats["layers"][name].split(",")[0].split()[1].split("->")
     assert int(after) == 2 * 4 * stats["ranks"][name] * 256
+
+
+def test_tucker_gets_a_rank_per_mode():
+    """Input channels of multilinear rank 8, output channels full rank 64: the output
+    mode keeps all 64 (one rank from the shorter, input spectrum cut it to 8 and lost
+    most of the weight)."""
+    rng = np.random.default_rng(2)
+    core = rng.standard_normal((64, 8, 3, 3))
+    w = np.einsum("oikl,ci->ockl", core, rng.standard_normal((48, 8))) / 50
+    result, ref, got = run(conv_model(w.astype(np.float32)), "lowrank{energy=0.9999}")
+    stats = result.records[0].stats
+    assert list(stats["ranks"].values()) == ["64x8"] and stats["max_rel_weight_error"] < 1e-4
+    assert compare_outputs(ref, got, 1e-4, 1e-4).ok
