@@ -81,6 +81,23 @@ def _grid_sample_modes(node: Node) -> None:
         node.attributes["mode"] = "cubic"
 
 
+def _observed_ranks(model: Model) -> dict[str, int]:
+    """The ranks of the Softmax-like inputs in one onnxruntime run (PP-OCRv4's reshapes
+    defeat both shape inferences): on the pipeline's first calibration sample, else on
+    random inputs; {} when the model does not run. An ONNX tensor's rank does not
+    depend on the input values."""
+    from ..calibration import current_calibration, has_calibration, iter_activations
+    from ..check import sample_inputs
+
+    names = [n.inputs[0].name for n in model.graph.nodes if n.op_type in ("Softmax", "LogSoftmax", "Hardmax")]
+    try:
+        feeds = next(iter(current_calibration("opset"))) if has_calibration() else sample_inputs(model)
+        observed = next(iter_activations(model, [feeds], names, progress=False))
+    except Exception:
+        return {}
+    return {name: array.ndim for name, array in observed.items()}
+
+
 def _softmax_check(model: Model) -> Callable[[Node], str | None]:
     symbolic: dict[str, int] = {}
 
@@ -100,6 +117,9 @@ def _softmax_check(model: Model) -> Callable[[Node], str | None]:
                                  for v in n.outputs if v.shape is not None})
             except Exception:
                 pass
+        if value.name not in symbolic and "observed" not in symbolic:
+            symbolic["observed"] = -1
+            symbolic.update(_observed_ranks(model))
         return symbolic.get(value.name)
 
     def check(node: Node) -> str | None:

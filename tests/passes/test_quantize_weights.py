@@ -269,6 +269,21 @@ def test_refuses_softmax_whose_meaning_changes_at_13():
         onnxforge.optimize(onnxforge.load(_opset12_model(1)), "quantize-weights{bits=8}")
 
 
+def test_softmax_rank_that_shape_inference_misses_is_observed():
+    """A Reshape whose target goes through float arithmetic (as PP-OCRv4's do): neither
+    shape inference knows the Softmax input's rank; one onnxruntime run does."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Shape", ["c"], ["s0"]),
+             helper.make_node("Cast", ["s0"], ["s1"], to=TensorProto.FLOAT), helper.make_node("Mul", ["s1", "one"], ["s2"]),
+             helper.make_node("Cast", ["s2"], ["s3"], to=TensorProto.INT64), helper.make_node("Reshape", ["h", "s3"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["y"], axis=3)]
+    proto = model(nodes, [tensor("x", [4, 64])], [tensor("y", [1, 4, 4, 8])],
+                  [init("w", rng.standard_normal((64, 32)).astype(np.float32)), init("c", np.zeros((1, 4, 4, 8), np.float32)),
+                   init("one", np.ones(4, np.float32))], opset=12)
+    m, result, ref, got = quantize(proto, "quantize-weights{bits=8 granularity=block}")  # blocked: opset 21
+    assert result.model.opset == 21 and rel_err(ref["y"], got["y"]) < 0.05
+
+
 def test_float16_weights_keep_float16_scales():
     rng = np.random.default_rng(5)
     proto = model([helper.make_node("MatMul", ["x", "w"], ["y"])], [tensor("x", [4, 64], TensorProto.FLOAT16)],
