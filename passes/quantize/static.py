@@ -55,15 +55,12 @@ from ..base import Effect, Pass, PassResult
 from ..calibration import Calibration, current_calibration, iter_activations
 from ..registry import register_pass
 from ..util import is_standard
-from .gptq import HessianAccumulator, HessianKey, gptq_ints, hessian_key, im2col, to_matrix
 from .opset import raise_opset
-from .weights import Grid, check_ops
+from .weights import check_ops
 
 METHODS = ("minmax", "percentile", "entropy")
 STATIC_OPS = ("MatMul", "Gemm", "Conv")
 ACTIVATION_TYPES = ("uint8", "int8")
-WEIGHT_TYPES = ("uint8", "int8")
-WEIGHT_METHODS = ("rtn", "gptq")
 
 
 @dataclasses.dataclass
@@ -74,21 +71,10 @@ class QuantizeStaticOptions:
     percentile: float = 99.99
     # Weights: one scale per output channel (true) or per tensor.
     per_channel: bool = True
-    # Activation storage: uint8 (onnxruntime's x86 u8 kernels) or int8.
+    # Activation storage: uint8 (onnxruntime's x86 u8s8 kernels) or int8.
     activations: str = "uint8"
-    # Weight storage: uint8 (asymmetric, a zero point per channel: onnxruntime's u8 x u8
-    # kernels, which do not saturate) or int8 (symmetric: u8 x s8, saturates on AVX2 without VNNI).
-    weights: str = "uint8"
-    # weights=int8: 7-bit weights (avoids u8s8 saturation on AVX2 CPUs without VNNI).
+    # 7-bit weights (avoids u8s8 saturation on AVX2 CPUs without VNNI).
     reduce_range: bool = False
-    # Weight rounding: rtn = round to nearest; gptq = error compensation from the
-    # calibration inputs (passes/quantize/gptq.py), same stored format.
-    method: str = "rtn"
-    # gptq: Hessian dampening, as a fraction of its mean diagonal.
-    damp: float = 0.01
-    # Shift each output channel's bias by the mean output change that weight rounding
-    # causes on the calibration inputs (adds a bias where a Conv/Gemm has none).
-    bias_correction: bool = True
     # Ops whose inputs are quantized ('+'-separated).
     ops: list[str] = dataclasses.field(default_factory=lambda: list(STATIC_OPS))
     # Layers kept float: node names, output names or op types (fnmatch patterns).
@@ -111,16 +97,6 @@ class QuantizeStaticOptions:
             raise PassOptionError(f"{where} percentile={self.percentile}: expected a percentile in (50, 100], e.g. 99.99")
         if self.activations not in ACTIVATION_TYPES:
             raise PassOptionError(f"{where} activations={self.activations}: expected uint8 or int8")
-        if self.weights not in WEIGHT_TYPES:
-            raise PassOptionError(f"{where} weights={self.weights}: expected uint8 or int8")
-        if self.reduce_range and self.weights != "int8":
-            raise PassOptionError(f"{where} reduce_range=true: 7-bit weights are for weights=int8 (uint8 weights "
-                                  "use onnxruntime's u8 x u8 kernels, which do not saturate)")
-        if self.method not in WEIGHT_METHODS:
-            raise PassOptionError(f"{where} method={self.method}: expected one of {', '.join(WEIGHT_METHODS)}")
-        if not 0 < self.damp < 1:
-            raise PassOptionError(f"{where} damp={self.damp}: expected a fraction of the mean Hessian diagonal in "
-                                  "(0, 1), e.g. 0.01")
         check_ops(where, self.ops, STATIC_OPS)
         if self.max_loss < 0:
             raise PassOptionError(f"{where} max_loss={self.max_loss}: must be >= 0 (0 = off)")
@@ -138,22 +114,8 @@ class _Layer:
     op: str
     acts: list[int]       # input indices that are activations
     weight: int | None    # input index of the constant weight
-    channel_axis: int     # of the weight (-1: per tensor only)
-    bias: int | None      # Conv bias input index (a constant, stored as int32)
-    # where a bias correction goes: "input" (Conv B / Gemm C, existing or added),
-    # "add" (the constant of the Add after a MatMul), None (nowhere)
-    bias_fix: str | None = None
-
-
-@dataclasses.dataclass
-class _WeightPlan:
-    """One layer's quantized weight (computed once, applied to any clone)."""
-    q: np.ndarray                 # int8 / uint8, the weight's shape
-    scale: np.ndarray             # float32, () or (C,)
-    zero_point: np.ndarray        # same dtype as q, same shape as scale
-    axis: int | None              # DequantizeLinear axis (None: per tensor)
-    bias: np.ndarray | None       # corrected float64 bias (C,), None: unchanged
-    gptq_ratio: float | None = None  # calibration output error, GPTQ / round to nearest
+    channel_axis: int     # of the weight
+    bias: int | None      # Conv bias input index
 
 
 # ------------------------------------------------------------------ ranges
@@ -236,67 +198,18 @@ def _act_params(lo: float, hi: float, dtype: str) -> tuple[np.ndarray, np.ndarra
     return np.array(scale, np.float32), np.array(zp, np.uint8 if dtype == "uint8" else np.int8)
 
 
-def _weight_grid(w: np.ndarray, axis: int | None, o: QuantizeStaticOptions) -> Grid:
-    """The integer grid of one weight: per channel along `axis` (None: per tensor);
-    uint8 asymmetric (zero point per channel) or int8 symmetric (zero point 0)."""
+def _weight_q(w: np.ndarray, axis: int | None, qmax: int) -> tuple[np.ndarray, np.ndarray]:
     w64 = w.astype(np.float64)
     if axis is None:
-        lo, hi = np.asarray(w64.min()), np.asarray(w64.max())
+        amax = np.asarray(np.abs(w64).max())
+        full = amax
     else:
-        others = tuple(a for a in range(w.ndim) if a != axis)
-        lo, hi = w64.min(axis=others), w64.max(axis=others)
-    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # zero stays exact
-    if o.weights == "uint8":
-        qmin, qmax, qdtype = 0, 255, np.dtype(np.uint8)
-        scale = (hi - lo) / qmax
-    else:
-        qmax = 63 if o.reduce_range else 127
-        qmin, qdtype = -qmax, np.dtype(np.int8)
-        scale = np.maximum(-lo, hi) / qmax
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # stored; quantize with the stored value
-    s64 = scale.astype(np.float64)
-    zp = np.clip(np.rint(-lo / s64), qmin, qmax) if o.weights == "uint8" else np.zeros(scale.shape)
-    shape = tuple(-1 if a == axis else 1 for a in range(w.ndim)) if axis is not None else ()
-    return Grid(scale, zp, s64.reshape(shape), zp.reshape(shape), qmin, qmax, qdtype,
-                {"axis": axis} if axis is not None else {})
-
-
-def _bias_shift(delta: np.ndarray, layer: _Layer, mean: np.ndarray) -> np.ndarray:
-    """The mean change of each output channel caused by the weight change `delta`,
-    given the layer's mean input patch `mean` (groups, cols)."""
-    dm = to_matrix(delta, layer.op, layer.channel_axis)
-    groups = mean.shape[0]
-    rows = dm.shape[0] // groups
-    return np.einsum("gok,gk->go", dm.reshape(groups, rows, -1), mean).reshape(-1)
-
-
-class _InputMeans:
-    """Mean im2col patch (Conv) or mean input row (MatMul/Gemm) per HessianKey: the
-    first moment that bias correction needs, accumulated one sample at a time."""
-
-    def __init__(self, keys):
-        self.keys = list(dict.fromkeys(keys))
-        self.sums: dict[HessianKey, np.ndarray] = {}
-        self.counts = {k: 0 for k in self.keys}
-
-    def add(self, sample: dict[str, np.ndarray]) -> None:
-        for key in self.keys:
-            x = np.asarray(sample[key.value], dtype=np.float64)
-            if key.kind == "conv":  # the mean image; patches of it are the mean patches (im2col is linear)
-                s, n = x.sum(axis=0), x.shape[0]
-            else:
-                x2 = (x.T if key.kind == "linear-t" else x)
-                x2 = x2.reshape(-1, x2.shape[-1])
-                s, n = x2.sum(axis=0), x2.shape[0]
-            self.sums[key] = self.sums[key] + s if key in self.sums else s
-            self.counts[key] += n
-
-    def mean(self, key: HessianKey) -> np.ndarray:
-        """(groups, cols)."""
-        m = self.sums[key] / max(self.counts[key], 1)
-        if key.kind != "conv":
-            return m[None]
-        return im2col(m[None], *key.conv).mean(axis=0)
+        amax = np.abs(w64).max(axis=tuple(a for a in range(w.ndim) if a != axis))
+        full = amax.reshape([-1 if a == axis else 1 for a in range(w.ndim)])
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    full_s = np.where(full > 0, full / qmax, 1.0).astype(np.float32).astype(np.float64)
+    q = np.clip(np.rint(w64 / full_s), -qmax, qmax).astype(np.int8)
+    return q, scale
 
 
 # ------------------------------------------------------------------ the pass
@@ -330,14 +243,11 @@ class QuantizeStatic(Pass):
             chosen = [ly for ly in layers if ly.name not in excluded]
 
         acts = sorted({model.graph.nodes[ly.index].inputs[i].name for ly in layers for i in ly.acts})
-        keys = self._keys(model, chosen)
-        ranges, hessians, means = self._statistics(model, cal_ranges, acts, keys)
+        ranges = self._ranges(model, cal_ranges, acts)
         stats["calibration"] = f"{o.calibration} on {len(cal_ranges)} samples"
-        plans = self._plans(model, chosen, keys, hessians, means, stats)
-        del hessians
 
         if o.sensitivity or o.max_loss > 0:
-            evaluator = _Evaluator(model, cal.head(o.eval_samples), ranges, plans, o)
+            evaluator = _Evaluator(model, cal.head(o.eval_samples), ranges, o)
             sens = {ly.name: evaluator.error([ly]) for ly in chosen}
             stats["sensitivity"] = {k: float(f"{v:.4g}") for k, v in sorted(sens.items(), key=lambda kv: -kv[1])}
             error = evaluator.error(chosen)
@@ -356,7 +266,7 @@ class QuantizeStatic(Pass):
         if not chosen:
             stats["quantized"] = 0
             return PassResult(bool(bumped), stats)
-        counts = _apply(model, chosen, ranges, plans, o)
+        counts = _apply(model, chosen, ranges, o)
         stats.update(quantized=len(chosen), **counts)
         model.analyses.clear()
         return PassResult(True, stats)
@@ -408,8 +318,7 @@ class QuantizeStatic(Pass):
             if name in names:
                 name = f"{name}#{index}"
             names.add(name)
-            fix = _bias_slot(node, model.opset_imports, w) if weight is not None and axis >= 0 else None
-            layers.append(_Layer(index, name, node.op_type, acts, weight, axis, bias, fix))
+            layers.append(_Layer(index, name, node.op_type, acts, weight, axis, bias))
         return layers, skipped
 
     def _excluded(self, model: Model, layer: _Layer) -> bool:
@@ -417,35 +326,11 @@ class QuantizeStatic(Pass):
         keys = [layer.name, node.op_type, node.outputs[0].name]
         return any(fnmatch.fnmatchcase(k, pat) for pat in self.options.exclude for k in keys)
 
-    def _keys(self, model: Model, layers: list[_Layer]) -> dict[str, HessianKey]:
-        """How each layer reads its input, for GPTQ Hessians and bias-correction means
-        (layers without one keep round to nearest and their bias)."""
-        o = self.options
-        if o.method != "gptq" and not o.bias_correction:
-            return {}
-        keys = {}
-        for ly in layers:
-            if ly.weight is None or ly.channel_axis < 0:
-                continue
-            node = model.graph.nodes[ly.index]
-            key = hessian_key(node, model.opset_imports, np.shape(node.inputs[ly.weight].const_value()))
-            if key is not None:
-                keys[ly.name] = key
-        return keys
-
-    def _statistics(self, model: Model, cal: Calibration, acts: list[str], keys: dict[str, HessianKey]):
-        """Activation ranges (QuantizeLinear scale and zero point per value) and, from
-        the same sweep, GPTQ Hessians and mean inputs per key."""
+    def _ranges(self, model: Model, cal: Calibration, acts: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         o = self.options
         st = _RangeStats(acts, o.calibration, o.bins)
-        hess = HessianAccumulator(keys.values()) if o.method == "gptq" else None
-        means = _InputMeans(keys.values()) if o.bias_correction else None
         for sample in iter_activations(model, cal, acts, description=f"{self.name}: ranges"):
             st.add_minmax(sample)
-            if hess is not None:
-                hess.add(sample)
-            if means is not None:
-                means.add(sample)
         if o.calibration != "minmax":
             for sample in iter_activations(model, cal, acts, description=f"{self.name}: histograms"):
                 st.add_hist(sample)
@@ -455,53 +340,7 @@ class QuantizeStatic(Pass):
             if not (np.isfinite(lo) and np.isfinite(hi)):
                 lo, hi = 0.0, 1.0  # never seen (empty tensors)
             out[n] = _act_params(lo, hi, o.activations)
-        return out, hess, means
-
-    def _plans(self, model: Model, layers: list[_Layer], keys, hessians, means, stats: dict) -> dict[str, _WeightPlan]:
-        """Quantize every layer's weight (round to nearest or GPTQ) and correct its bias."""
-        o = self.options
-        plans: dict[str, _WeightPlan] = {}
-        ratios: dict[str, float] = {}
-        corrected = 0
-        for ly in layers:
-            if ly.weight is None:
-                continue
-            node = model.graph.nodes[ly.index]
-            w = np.asarray(node.inputs[ly.weight].const_value())
-            axis = ly.channel_axis if (o.per_channel and ly.channel_axis >= 0) else None
-            grid = _weight_grid(w, axis, o)
-            key = keys.get(ly.name)
-            ratio = None
-            ints = None
-            if hessians is not None and key is not None:
-                h = hessians.hessian(key)
-                if np.all(np.isfinite(h)):
-                    try:
-                        ints, err_q, err_r = gptq_ints(w, ly.op, ly.channel_axis, grid, h, o.damp, False)
-                        ratio = err_q / err_r if err_r > 0 else 1.0
-                        ratios[ly.name] = ratio
-                    except ValueError:
-                        ints = None
-            if ints is None:
-                ints = np.clip(np.rint(w.astype(np.float64) / grid.full_scale) + grid.full_zero, grid.qmin, grid.qmax)
-            bias = None
-            if means is not None and key is not None and ly.bias_fix is not None:
-                delta = (ints - grid.full_zero) * grid.full_scale - w.astype(np.float64)
-                shift = _bias_shift(delta, ly, means.mean(key))
-                if np.all(np.isfinite(shift)):
-                    bias = _current_bias(node, ly, model.opset_imports) - shift
-                    corrected += 1
-            zp = grid.zero_point.astype(np.int64).astype(grid.qdtype)
-            plans[ly.name] = _WeightPlan(ints.astype(np.int64).astype(grid.qdtype), grid.scale, zp, axis, bias, ratio)
-        stats["weight_format"] = f"{o.weights} {o.method}"
-        if o.method == "gptq":
-            stats["gptq"] = len(ratios)
-            if ratios:
-                # calibration output error ||X (W - W_q)||^2, GPTQ / round to nearest
-                stats["output_error_vs_rtn_mean"] = float(f"{np.mean(list(ratios.values())):.4g}")
-        if o.bias_correction:
-            stats["bias_corrected"] = corrected
-        return plans
+        return out
 
 
 def _is_float_activation(v: Value) -> bool:
@@ -512,74 +351,7 @@ def _is_float_activation(v: Value) -> bool:
     return v.dtype in (None, onnx.TensorProto.FLOAT)
 
 
-def _bias_slot(node: Node, opsets, w: np.ndarray) -> str | None:
-    """Where a bias correction of this layer can go (see _Layer.bias_fix)."""
-    def own_const(v: Value | None, size: int) -> bool:
-        c = None if v is None else v.const_value()
-        return (c is not None and np.asarray(c).dtype == np.float32 and np.asarray(c).size in (1, size)
-                and np.asarray(c).ndim <= 2 and (np.asarray(c).ndim < 2 or np.asarray(c).shape[0] == 1)
-                and len(v.uses) == 1 and not v.is_graph_output)
-
-    if node.op_type == "Conv":
-        b = node.inputs[2] if len(node.inputs) > 2 else None
-        return "input" if b is None or (own_const(b, w.shape[0]) and np.asarray(b.const_value()).ndim == 1) else None
-    if node.op_type == "Gemm":
-        if float(attribute(node, "beta", opsets, 1.0)) == 0.0:
-            return None
-        c = node.inputs[2] if len(node.inputs) > 2 else None
-        n = w.shape[0] if attribute(node, "transB", opsets, 0) else w.shape[1]
-        return "input" if c is None or own_const(c, n) else None
-    out = node.outputs[0]  # MatMul: a following Add of a constant bias
-    if w.ndim != 2 or out.is_graph_output or len(out.uses) != 1:
-        return None
-    add, index = out.uses[0]
-    if add.op_type != "Add" or not is_standard(add) or len(add.inputs) != 2:
-        return None
-    other = add.inputs[1 - index]
-    return "add" if own_const(other, w.shape[1]) and np.asarray(other.const_value()).size == w.shape[1] else None
-
-
-def _bias_value(node: Node, layer: _Layer, opsets) -> tuple[Value | None, float]:
-    """The value holding the layer's bias (None: none yet) and its multiplier (Gemm beta)."""
-    if layer.bias_fix == "add":
-        add, index = node.outputs[0].uses[0]
-        return add.inputs[1 - index], 1.0
-    beta = float(attribute(node, "beta", opsets, 1.0)) if node.op_type == "Gemm" else 1.0
-    return (node.inputs[2] if len(node.inputs) > 2 else None), beta
-
-
-def _current_bias(node: Node, layer: _Layer, opsets) -> np.ndarray:
-    """What the layer adds to each output channel now, float64 (channels,)."""
-    w = np.asarray(node.inputs[layer.weight].const_value())
-    channels = w.shape[0] if layer.op == "Conv" else to_matrix(w, layer.op, layer.channel_axis).shape[0]
-    value, beta = _bias_value(node, layer, opsets)
-    if value is None:
-        return np.zeros(channels)
-    return np.broadcast_to(np.asarray(value.const_value(), np.float64).reshape(-1) * beta, (channels,)).copy()
-
-
-def _set_bias(model: Model, node: Node, layer: _Layer, bias: np.ndarray) -> None:
-    """Install a corrected bias (float32) where layer.bias_fix says."""
-    graph = model.graph
-    old, beta = _bias_value(node, layer, model.opset_imports)
-    array = (bias / beta).astype(np.float32)
-    if old is not None and old.is_initializer:  # its own (single use): keep the name
-        old.set_array(array)
-        return
-    new = graph.add_initializer(array, name=old.name if old is not None else f"{node.name or node.outputs[0].name}_bias")
-    if layer.bias_fix == "add":
-        add, index = node.outputs[0].uses[0]
-        add.set_input(1 - index, new)
-    elif len(node.inputs) > 2:
-        node.set_input(2, new)
-    else:
-        node.append_input(new)
-    if old is not None:
-        _drop_if_unused(old)
-
-
-def _apply(model: Model, layers: list[_Layer], ranges, plans: dict[str, _WeightPlan],
-           o: QuantizeStaticOptions) -> dict:
+def _apply(model: Model, layers: list[_Layer], ranges, o: QuantizeStaticOptions) -> dict:
     """Insert the QDQ pairs and quantized weights of `layers` into `model` (in place)."""
     graph = model.graph
     nodes = {ly.index: graph.nodes[ly.index] for ly in layers}
@@ -591,6 +363,7 @@ def _apply(model: Model, layers: list[_Layer], ranges, plans: dict[str, _WeightP
             v = node.inputs[i]
             consumers.setdefault(id(v), (v, []))[1].append((node, i))
     order = {id(n): k for k, n in enumerate(graph.nodes)}
+    dq_out: dict[str, Value] = {}
     for v, uses in consumers.values():
         first = min((n for n, _ in uses), key=lambda n: order[id(n)])
         scale, zp = ranges[v.name]
@@ -604,31 +377,32 @@ def _apply(model: Model, layers: list[_Layer], ranges, plans: dict[str, _WeightP
         dq.outputs[0].dtype, dq.outputs[0].shape = onnx.TensorProto.FLOAT, v.shape
         for n, i in uses:
             n.set_input(i, dq.outputs[0])
+        dq_out[v.name] = dq.outputs[0]
+    qmax = 63 if o.reduce_range else 127
     weights = biases = 0
     for ly in layers:
         if ly.weight is None:
             continue
         node = nodes[ly.index]
-        plan = plans[ly.name]
-        if plan.bias is not None:
-            _set_bias(model, node, ly, plan.bias)
         wv = node.inputs[ly.weight]
-        qi = graph.add_initializer(plan.q, name=f"{wv.name}_quantized")
-        si = graph.add_initializer(plan.scale, name=f"{wv.name}_scale")
-        zi = graph.add_initializer(plan.zero_point, name=f"{wv.name}_zero_point")
-        attrs = {"axis": plan.axis} if plan.axis is not None else {}
+        w = np.asarray(wv.const_value())
+        axis = ly.channel_axis if (o.per_channel and ly.channel_axis >= 0) else None
+        q, scale = _weight_q(w, axis, qmax)
+        qi = graph.add_initializer(q, name=f"{wv.name}_quantized")
+        si = graph.add_initializer(scale, name=f"{wv.name}_scale")
+        zi = graph.add_initializer(np.zeros(scale.shape, np.int8), name=f"{wv.name}_zero_point")
+        attrs = {"axis": axis} if axis is not None else {}
         dq = graph.make_node("DequantizeLinear", [qi, si, zi], attrs, name=f"{wv.name}_dequantize",
                              output_names=[f"{wv.name}_dequantized"], before=node)
-        dq.outputs[0].dtype, dq.outputs[0].shape = onnx.TensorProto.FLOAT, tuple(plan.q.shape)
+        dq.outputs[0].dtype, dq.outputs[0].shape = onnx.TensorProto.FLOAT, tuple(w.shape)
         node.set_input(ly.weight, dq.outputs[0])
         _drop_if_unused(wv)
         weights += 1
-        bv = node.inputs[2] if node.op_type == "Conv" and len(node.inputs) > 2 else None
-        if bv is not None and bv.const_value() is not None and len(bv.uses) == 1 and not bv.is_graph_output:
-            # int32 with scale s_x * s_w (what onnxruntime's QLinearConv wants), float when that overflows
+        if ly.bias is not None:
+            bv = node.inputs[ly.bias]
             b = np.asarray(bv.const_value()).astype(np.float64)
             x_scale = _act_scale(node)
-            bscale = (x_scale * plan.scale.astype(np.float64)) * np.ones(b.shape)
+            bscale = (x_scale * scale.astype(np.float64)) * np.ones(b.shape)
             bq = np.rint(b / bscale)
             if b.ndim == 1 and np.all(np.abs(bq) < 2**31 - 1) and np.all(bscale.astype(np.float32) > 0):
                 bqi = graph.add_initializer(bq.astype(np.int32), name=f"{bv.name}_quantized")
@@ -637,7 +411,7 @@ def _apply(model: Model, layers: list[_Layer], ranges, plans: dict[str, _WeightP
                 bdq = graph.make_node("DequantizeLinear", [bqi, bsi, bzi], {"axis": 0}, name=f"{bv.name}_dequantize",
                                       output_names=[f"{bv.name}_dequantized"], before=node)
                 bdq.outputs[0].dtype, bdq.outputs[0].shape = onnx.TensorProto.FLOAT, tuple(b.shape)
-                node.set_input(2, bdq.outputs[0])
+                node.set_input(ly.bias, bdq.outputs[0])
                 _drop_if_unused(bv)
                 biases += 1
     return {"activations": len(consumers), "weights": weights, "int32_biases": biases}
@@ -662,10 +436,10 @@ class _Evaluator:
     """Relative L2 output error of the model with a subset of layers quantized, on a
     few calibration samples, against the float model."""
 
-    def __init__(self, model: Model, cal: Calibration, ranges, plans, options: QuantizeStaticOptions):
+    def __init__(self, model: Model, cal: Calibration, ranges, options: QuantizeStaticOptions):
         from ..check import ort_session
 
-        self.model, self.ranges, self.plans, self.options = model, ranges, plans, options
+        self.model, self.ranges, self.options = model, ranges, options
         self.feeds = list(cal)
         session = ort_session(model, optimize=True)
         names = [out.name for out in session.get_outputs()]
@@ -675,7 +449,7 @@ class _Evaluator:
         from ..check import ort_session
 
         work = self.model.clone()
-        _apply(work, layers, self.ranges, self.plans, self.options)
+        _apply(work, layers, self.ranges, self.options)
         session = ort_session(work, optimize=True)
         names = [out.name for out in session.get_outputs()]
         num = den = 0.0
