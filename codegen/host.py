@@ -32,12 +32,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def allowed_cpus() -> set[int]:
+    """The cores this process may run on: its main thread's affinity mask (a thread
+    that a thread pool pinned to one core would report only that core)."""
+    try:
+        return os.sched_getaffinity(os.getpid())
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
 def cpu_count() -> int:
     """Cores this process may run on (the affinity mask, not the whole machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return len(allowed_cpus())
 
 
 @functools.lru_cache(maxsize=1)

@@ -43,3 +43,32 @@ def pow_(bb, node, inputs):
             out = relax.op.multiply(out, x)
         return out
     return Pow.base_impl(bb, inputs, {}, {})
+
+
+@register_lowering("Clip")
+def clip(bb, node, inputs):
+    """Clip with constant bounds as one relax clip (which DispatchBLAS folds into the
+    epilogue of the conv/matmul before it, e.g. ReLU6); the frontend's maximum /
+    minimum pair otherwise (bounds computed at run time, NaN bounds, integers)."""
+    import math
+
+    from tvm.relax.frontend.onnx.onnx_frontend import Clip
+
+    x = inputs[0]
+    if "min" in node.attributes or "max" in node.attributes:  # opset < 11: attributes
+        bounds = [float(node.attributes.get("min", -math.inf)), float(node.attributes.get("max", math.inf))]
+    else:
+        bounds = []
+        for i in (1, 2):
+            bound = inputs[i] if len(inputs) > i else None
+            value = None if bound is None else _constant_array(bound)
+            if bound is not None and (value is None or value.size != 1):
+                bounds = None
+                break
+            bounds.append((-math.inf if i == 1 else math.inf) if bound is None else float(value.reshape(())))
+    if bounds is not None and not any(math.isnan(b) for b in bounds) and isinstance(x.ty, relax.TensorType) \
+            and str(x.ty.dtype.dtype) == "float32":
+        return relax.op.clip(x, bounds[0], bounds[1])
+    if "min" in node.attributes or "max" in node.attributes:
+        return Clip._impl_v1(bb, inputs, dict(node.attributes), {})
+    return Clip._impl_v13(bb, list(inputs) + [None] * (3 - len(inputs)), {}, {})

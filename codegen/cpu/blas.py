@@ -20,6 +20,7 @@ on a device too).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -62,17 +63,45 @@ def _dtype(expr) -> str | None:
     return str(ty.dtype.dtype) if isinstance(ty, relax.TensorType) else None
 
 
-def _sgemm_te(a, b, out_shape, *, batch, m, n, k, stride_a, stride_b, trans_a, trans_b, name):
-    """te.extern: out = op(a) @ op(b), batched, via onnxforge_sgemm."""
+@dataclasses.dataclass
+class Epilogue:
+    """What DispatchBLAS folds into a conv/matmul call: a bias (one value per output
+    channel: rows of a conv's GEMM, columns of a matmul's) and a clamp (Relu, Clip)."""
+    bias: relax.Expr | None = None
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    def te_args(self) -> tuple[list, dict]:
+        """Extra call_te arguments: the bias tensor (if any) and the clamp bounds."""
+        return ([self.bias] if self.bias is not None else []), {"lo": self.lo, "hi": self.hi}
+
+
+NO_EPILOGUE = Epilogue()
+
+
+def _epilogue_args(ins, outs, bias_kind: int, lo, hi) -> list:
+    """bias, bias_kind, clamp, lo, hi as kernels.c takes them (ins[2]: the bias tensor, if any)."""
+    lo, hi = float(getattr(lo, "value", lo)), float(getattr(hi, "value", hi))  # call_te may hand FloatImm
+    has_bias = len(ins) > 2
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    return [ins[2].data if has_bias else outs[0].data,  # no bias: kernels.c reads none
+            tirx.const(bias_kind if has_bias else 0, "int32"),
+            tirx.const(int(lo != -math.inf or hi != math.inf), "int32"), f32(lo), f32(hi)]
+
+
+def _sgemm_te(a, b, *rest, out_shape, batch, m, n, k, stride_a, stride_b, trans_a, trans_b, name,
+              bias_kind=0, lo=-math.inf, hi=math.inf):
+    """te.extern: out = clamp(op(a) @ op(b) [+ bias], lo, hi), batched, via onnxforge_sgemm
+    (rest: the bias tensor, if any; see Epilogue)."""
 
     def body(ins, outs):
         return tirx.call_extern("int32", "onnxforge_sgemm", tirx.const(batch, "int32"), tirx.const(m, "int32"),
                                 tirx.const(n, "int32"), tirx.const(k, "int32"), ins[0].data,
                                 tirx.const(stride_a, "int64"), tirx.const(int(trans_a), "int32"), ins[1].data,
                                 tirx.const(stride_b, "int64"), tirx.const(int(trans_b), "int32"), outs[0].data,
-                                outs[0].data, tirx.const(0, "int32"))  # no bias: kernels.c reads none
+                                *_epilogue_args(ins, outs, bias_kind, lo, hi))
 
-    return te.extern([out_shape], [a, b], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+    return te.extern([out_shape], [a, b, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
                      dtype="float32")
 
 
@@ -97,6 +126,29 @@ class _BlasRewriter(PyExprMutator):
         self._conv2d = tvm.ir.Op.get("relax.nn.conv2d")
         self._attention = tvm.ir.Op.get("relax.nn.attention_bias")
         self._broadcast_to = tvm.ir.Op.get("relax.broadcast_to")
+        self._add = tvm.ir.Op.get("relax.add")
+        self._clip = tvm.ir.Op.get("relax.clip")
+        self._relu = tvm.ir.Op.get("relax.nn.relu")
+        # of the function being rewritten, before rewriting (see analyze)
+        self._uses: dict = {}    # var -> number of uses
+        self._value: dict = {}   # var -> the expression bound to it
+        self._var: dict = {}     # bound expression -> its var
+
+    def analyze(self, func) -> None:
+        """Bindings and use counts of `func`: an epilogue folds into the conv/matmul
+        before it only through values nothing else reads."""
+        self._uses, self._value, self._var = {}, {}, {}
+
+        def count(e):
+            if isinstance(e, relax.Var):
+                self._uses[e] = self._uses.get(e, 0) + 1
+
+        relax.analysis.post_order_visit(func.body, count)
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                if isinstance(binding, relax.VarBinding):
+                    self._value[binding.var] = binding.value
+                    self._var[binding.value] = binding.var
 
     def _producer(self, expr):
         if isinstance(expr, relax.Var):
@@ -107,6 +159,7 @@ class _BlasRewriter(PyExprMutator):
         return None
 
     def visit_call_(self, call):  # noqa: N802 (TVM's name)
+        original = call
         call = self.visit_expr_post_order(call)
         try:
             new = None
@@ -116,12 +169,88 @@ class _BlasRewriter(PyExprMutator):
                 new = self._rewrite_conv2d(call)
             elif call.op.same_as(self._attention):
                 new = self._rewrite_attention(call)
+            elif call.op.same_as(self._add) or call.op.same_as(self._clip) or call.op.same_as(self._relu):
+                new = self._rewrite_epilogue(original)
             return call if new is None else new
         except Exception:  # anything unexpected: leave the op to TVM
             if os.environ.get("ONNXFORGE_BLAS_DEBUG"):
                 raise
             return call
         return call
+
+    # ---- epilogues: conv/matmul -> [add bias] -> [clip | relu] as one kernels.c call
+    def _single_use(self, expr):
+        """The call bound to `expr` (a var of the original function) if nothing else reads it."""
+        if not isinstance(expr, relax.Var) or self._uses.get(expr, 0) != 1:
+            return None
+        value = self._value.get(expr)
+        return value if isinstance(value, relax.Call) else None
+
+    def _is_core(self, call) -> bool:
+        return isinstance(call, relax.Call) and (call.op.same_as(self._conv2d) or call.op.same_as(self._matmul))
+
+    def _bias_fits(self, core, bias) -> bool:
+        """A constant-shaped float32 bias that adds one value per output channel: (1, C, 1, 1)
+        or (C, 1, 1) after a conv, (..., 1, N) or (N,) after a matmul, no broadcast growth."""
+        so, sb = static_shape(core), static_shape(bias)
+        if so is None or sb is None or _dtype(bias) != "float32" or len(sb) > len(so):
+            return False
+        sb = [1] * (len(so) - len(sb)) + sb
+        axis = 1 if core.op.same_as(self._conv2d) else len(so) - 1
+        return all(d == (so[axis] if i == axis else 1) for i, d in enumerate(sb))
+
+    def _clamp_follows(self, call) -> bool:
+        """Whether the only reader of `call`'s value is a Relu/Clip (which takes the epilogue)."""
+        var = self._var.get(call)
+        if var is None or self._uses.get(var, 0) != 1:
+            return False
+        return any(isinstance(v, relax.Call) and (v.op.same_as(self._clip) or v.op.same_as(self._relu))
+                   and v.args[0].same_as(var) for v in self._value.values())
+
+    def _match_epilogue(self, call):
+        """(Epilogue, core conv/matmul call) for an add/clip/relu of the original function, or None."""
+        lo, hi, x = -math.inf, math.inf, call
+        clamped = call.op.same_as(self._clip) or call.op.same_as(self._relu)
+        if clamped:
+            if _dtype(call) != "float32":
+                return None
+            if call.op.same_as(self._clip):
+                lo, hi = float(call.args[1].value), float(call.args[2].value)
+            else:
+                lo = 0.0
+            x = self._single_use(call.args[0])
+            if x is None:
+                return None
+        bias = None
+        if x.op.same_as(self._add):
+            if not clamped and self._clamp_follows(call):
+                return None
+            for core, b in ((x.args[0], x.args[1]), (x.args[1], x.args[0])):
+                core = self._single_use(core)
+                if core is not None and self._is_core(core) and self._bias_fits(core, b):
+                    x, bias = core, b
+                    break
+            else:
+                return None
+        if not self._is_core(x) or (bias is None and not clamped):
+            return None
+        return Epilogue(bias, lo, hi), x
+
+    def _rewrite_epilogue(self, call):
+        match = self._match_epilogue(call)
+        if match is None:
+            return None
+        epilogue, core = match
+        # the core's and bias's operands as rewritten so far (the unfused core call
+        # emitted before is left unused, and DeadCodeElimination drops it)
+        core = self.builder_.normalize(relax.Call(core.op, [self.visit_expr(a) for a in core.args], core.attrs))
+        if epilogue.bias is not None:
+            epilogue = dataclasses.replace(epilogue, bias=self.visit_expr(epilogue.bias))
+        rewrite = self._rewrite_conv2d if core.op.same_as(self._conv2d) else self._rewrite_matmul
+        new = rewrite(core, epilogue)
+        if new is not None:
+            self.count -= 1  # the unfused call, counted when it was made, is dropped
+        return new
 
     def _operand(self, expr):
         """(expr, transposed) absorbing a last-two-axes permute_dims."""
@@ -130,7 +259,7 @@ class _BlasRewriter(PyExprMutator):
             return prod.args[0], True
         return expr, False
 
-    def _rewrite_matmul(self, call):
+    def _rewrite_matmul(self, call, epilogue=NO_EPILOGUE):
         a, b = call.args
         if _dtype(a) != "float32" or _dtype(b) != "float32" or _dtype(call) != "float32":
             return None
@@ -162,9 +291,10 @@ class _BlasRewriter(PyExprMutator):
         if batch * m_eff * n * k == 0:
             return None
         self.count += 1
-        return self.builder_.call_te(_sgemm_te, a_src, b_src, so, batch=batch, m=m_eff, n=n, k=k, stride_a=stride_a,
-                                     stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
-                                     primfunc_name_hint="blas_matmul")
+        bias, clamp = epilogue.te_args()
+        return self.builder_.call_te(_sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m_eff, n=n, k=k,
+                                     stride_a=stride_a, stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
+                                     bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
 
     def _gemm(self, a, b):
         """matmul(a, b) through BLAS when it qualifies, else relax's matmul."""
@@ -205,7 +335,7 @@ class _BlasRewriter(PyExprMutator):
         out = self._gemm(probs, vt)
         return op.permute_dims(out, [0, 2, 1, 3])
 
-    def _rewrite_conv2d(self, call):
+    def _rewrite_conv2d(self, call, epilogue=NO_EPILOGUE):
         x, w = call.args
         attrs = call.attrs
         if (_dtype(x), _dtype(w), _dtype(call)) != ("float32",) * 3:
@@ -216,7 +346,7 @@ class _BlasRewriter(PyExprMutator):
         if sx is None or sw is None or so is None:
             return None
         if int(attrs.groups) != 1:
-            return self._rewrite_depthwise(call, sx, sw, so)
+            return self._rewrite_depthwise(call, sx, sw, so, epilogue)
         nb, ci, h, wd = sx
         co, _, kh, kw = sw
         _, _, oh, ow = so
@@ -224,19 +354,21 @@ class _BlasRewriter(PyExprMutator):
         pad = [int(p) for p in attrs.padding]
         dil = [int(d) for d in attrs.dilation]
         bb = self.builder_
+        bias, clamp = epilogue.te_args()
         if (kh, kw) == (1, 1) and strides == [1, 1] and pad == [0, 0, 0, 0]:
             self.count += 1
-            return bb.call_te(_sgemm_te, w, x, so, batch=nb, m=co, n=h * wd, k=ci, stride_a=0, stride_b=ci * h * wd,
-                              trans_a=False, trans_b=False, name="blas_conv1x1", primfunc_name_hint="blas_conv1x1")
+            return bb.call_te(_sgemm_te, w, x, *bias, out_shape=so, batch=nb, m=co, n=h * wd, k=ci, stride_a=0,
+                              stride_b=ci * h * wd, trans_a=False, trans_b=False, name="blas_conv1x1",
+                              bias_kind=2, **clamp, primfunc_name_hint="blas_conv1x1")
         # im2col: col[n, ci*kh*kw, oh*ow]
         col = bb.emit(bb.call_te(_im2col_te, x, kh=kh, kw=kw, strides=strides, pad=pad, dil=dil, oh=oh, ow=ow,
                                  primfunc_name_hint="im2col"))
         self.count += 1
-        return bb.call_te(_sgemm_te, w, col, so, batch=nb, m=co, n=oh * ow, k=ci * kh * kw, stride_a=0,
-                          stride_b=ci * kh * kw * oh * ow, trans_a=False, trans_b=False, name="blas_conv",
-                          primfunc_name_hint="blas_conv")
+        return bb.call_te(_sgemm_te, w, col, *bias, out_shape=so, batch=nb, m=co, n=oh * ow, k=ci * kh * kw,
+                          stride_a=0, stride_b=ci * kh * kw * oh * ow, trans_a=False, trans_b=False, name="blas_conv",
+                          bias_kind=2, **clamp, primfunc_name_hint="blas_conv")
 
-    def _rewrite_depthwise(self, call, sx, sw, so):
+    def _rewrite_depthwise(self, call, sx, sw, so, epilogue=NO_EPILOGUE):
         """Depthwise conv2d (groups == channels, one filter per channel, 3x3 or 5x5,
         stride 1 or 2, dilation 1, any padding) -> onnxforge_dwconv2d_plane (kernels.c)."""
         x, w = call.args
@@ -256,38 +388,37 @@ class _BlasRewriter(PyExprMutator):
         if min(pad) < 0 or nb * ci * oh * ow == 0:
             return None
         self.count += 1
-        return self.builder_.call_te(_dwconv_te, x, w, so, kh=kh, kw=kw, strides=strides, pad=pad,
-                                     name="blas_dwconv", primfunc_name_hint="blas_dwconv")
+        bias, clamp = epilogue.te_args()
+        return self.builder_.call_te(_dwconv_te, x, w, *bias, out_shape=so, kh=kh, kw=kw, strides=strides, pad=pad,
+                                     name="blas_dwconv", **clamp, primfunc_name_hint="blas_dwconv")
 
 
-# Depthwise planes in a TVM parallel loop, or one after another on the calling thread.
-# Serial by default: measured on 2 cores (EfficientNet-Lite0, onnxforge bench) it is as
-# fast as the parallel loop on an idle machine (18.7 vs 19.2 ms), and under outside load
-# the parallel loop, interleaved with OpenBLAS's spinning threads, fell to ~430-490 ms
-# where the serial one stayed at ~85 ms.
-_DW_PARALLEL = False
+# Depthwise planes in a TVM parallel loop (or one after another on the calling thread).
+# Parallel: with OpenBLAS single-threaded and TVM's pool unpinned (runtime.set_threads),
+# EfficientNet-Lite0 on 2 cores went from 19.9-22.5 ms (serial planes) to 15.0-19.6 ms
+# (same process, interleaved). Serial had been the choice while OpenBLAS's own threads
+# spun next to TVM's pool: the parallel loop then fell to ~450 ms under outside load.
+_DW_PARALLEL = True
 
 
-def _dwconv_te(x, w, out_shape, *, kh, kw, strides, pad, name, bias=None):
+def _dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, lo=-math.inf, hi=math.inf):
     """te.extern: one onnxforge_dwconv2d_plane call per (image, channel), in a loop
-    (serial, or over TVM's thread pool when _DW_PARALLEL)."""
+    (serial, or over TVM's thread pool when _DW_PARALLEL); rest: the epilogue's bias."""
     nb, c, h, wd = (int(d) for d in x.shape)
     _, _, oh, ow = out_shape
     i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
 
     def body(ins, outs):
         plane = tirx.Var("plane", "int64")
-        b = ins[2].data if bias is not None else outs[0].data  # no bias: kernels.c reads none
         call = tirx.call_extern("int32", "onnxforge_dwconv2d_plane", tirx.Cast("int32", plane), i32(c), i32(h),
                                 i32(wd), i32(oh), i32(ow), i32(kh), i32(kw), i32(strides[0]), i32(strides[1]),
-                                i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data, b, i32(bias is not None),
-                                outs[0].data)
+                                i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
+                                *_epilogue_args(ins, outs, 1, lo, hi), outs[0].data)
         kind = tirx.ForKind.PARALLEL if _DW_PARALLEL else tirx.ForKind.SERIAL
         return tirx.For(plane, tirx.const(0, "int64"), tirx.const(nb * c, "int64"), kind,
                         tirx.Evaluate(call))
 
-    inputs = [x, w] + ([bias] if bias is not None else [])
-    return te.extern([out_shape], inputs, body, name=name, dtype="float32")
+    return te.extern([out_shape], [x, w, *rest], body, name=name, dtype="float32")
 
 
 def _im2col_te(x, *, kh, kw, strides, pad, dil, oh, ow):
@@ -320,7 +451,9 @@ class DispatchBLAS:
         rewriter = _BlasRewriter(mod)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
+                rewriter.analyze(func)
                 new = rewriter.visit_expr(func)
                 rewriter.builder_.update_func(gv, new)
         self.count = rewriter.count
-        return rewriter.builder_.get()
+        # a conv/matmul whose epilogue was folded in left its unfused call unused
+        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())

@@ -5,11 +5,24 @@
  * linked as a DT_NEEDED dependency of the module (see codegen/cpu/blas.py).
  * Compiled by the target's C/C++ compiler at export time (as an export_library addon).
  */
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
+#endif
+
+/* Hot loops: vectorised (-O3), with an AVX2/FMA clone picked at load time on x86-64 gcc. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DW_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define DW_CLONES
+#endif
+#if defined(__GNUC__) && !defined(__clang__)
+#define DW_OPT __attribute__((optimize("O3")))
+#else
+#define DW_OPT
 #endif
 
 #ifndef ONNXFORGE_BLAS_PREFIX_SCIPY
@@ -37,9 +50,12 @@ typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
 typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
 int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
 
-/* C[b] (m x n) = op(A[b]) (m x k) @ op(B[b]) (k x n) [+ bias], for b < batch.
+/* C[b] (m x n) = clamp(op(A[b]) (m x k) @ op(B[b]) (k x n) [+ bias], lo, hi), for b < batch.
  * stride_a / stride_b: elements between batches (0: broadcast the same matrix).
  * bias_kind: 0 none, 1 one value per column (n values), 2 one value per row (m values).
+ * clamp: 0 none, else min(max(x, lo), hi) (Relu, Clip/ReLU6). Bias and clamp are the
+ * conv/matmul epilogue blas.py folds in (otherwise one more pass over the whole output
+ * in memory); they run on column chunks of C right after SGEMM wrote them (in L2).
  *
  * Threads: OpenBLAS runs single-threaded and the work is split over TVM's thread pool
  * (the one every other kernel of the module uses) in stripes of whole batches, rows
@@ -52,27 +68,59 @@ typedef struct {
   int64_t stride_a, stride_b;
   int32_t trans_a, trans_b, bias_kind;
   float *c;
+  int32_t clamp;
+  float lo, hi;
   int32_t split;  /* 0: batches, 1: rows of C, 2: columns of C */
   int32_t parts;  /* units of the split dimension */
 } SgemmJob;
 
+/* Columns per SGEMM call when an epilogue follows: the chunk of C (rows x cols floats)
+ * stays in L2 (~128 KiB) between the product and the epilogue pass over it. */
+static int32_t epilogue_chunk(int32_t rows) {
+  int32_t cols = (32768 / (rows > 0 ? rows : 1)) & ~15;
+  return cols < 64 ? 64 : cols;
+}
+
+/* c[r][q] = clamp(c[r][q] + bias_col[q] + bias_row[r], lo, hi) (either bias may be NULL). */
+static DW_CLONES DW_OPT void sgemm_epilogue(float *c, int32_t ldc, int32_t rows, int32_t cols,
+                                             const float *__restrict bias_col, const float *bias_row, float lo,
+                                             float hi) {
+  for (int32_t r = 0; r < rows; ++r) {
+    float *__restrict row = c + (int64_t)r * ldc;
+    float add = bias_row ? bias_row[r] : 0.0f;
+    if (bias_col) {
+      for (int32_t q = 0; q < cols; ++q) {
+        float v = row[q] + bias_col[q] + add;
+        row[q] = v < lo ? lo : (v > hi ? hi : v);
+      }
+    } else {
+      for (int32_t q = 0; q < cols; ++q) {
+        float v = row[q] + add;
+        row[q] = v < lo ? lo : (v > hi ? hi : v);
+      }
+    }
+  }
+}
+
 static void sgemm_block(const SgemmJob *j, int32_t bi, int32_t r0, int32_t r1, int32_t c0, int32_t c1) {
   int lda = j->trans_a ? j->m : j->k;
   int ldb = j->trans_b ? j->k : j->n;
-  int32_t rows = r1 - r0, cols = c1 - c0;
-  if (rows <= 0 || cols <= 0) return;
+  int32_t rows = r1 - r0;
+  if (rows <= 0 || c1 <= c0) return;
   const float *a = j->a + (int64_t)bi * j->stride_a + (j->trans_a ? (int64_t)r0 : (int64_t)r0 * j->k);
-  const float *b = j->b + (int64_t)bi * j->stride_b + (j->trans_b ? (int64_t)c0 * j->k : (int64_t)c0);
-  float *c = j->c + (int64_t)bi * j->m * j->n + (int64_t)r0 * j->n + c0;
-  float beta = 0.0f;
-  if (j->bias_kind) {
-    for (int32_t r = 0; r < rows; ++r)
-      for (int32_t q = 0; q < cols; ++q)
-        c[(int64_t)r * j->n + q] = j->bias_kind == 1 ? j->bias[c0 + q] : j->bias[r0 + r];
-    beta = 1.0f;
+  int epilogue = j->bias_kind || j->clamp;
+  int32_t chunk = epilogue ? epilogue_chunk(rows) : c1 - c0;
+  for (int32_t q0 = c0; q0 < c1; q0 += chunk) {
+    int32_t cols = c1 - q0 < chunk ? c1 - q0 : chunk;
+    const float *b = j->b + (int64_t)bi * j->stride_b + (j->trans_b ? (int64_t)q0 * j->k : (int64_t)q0);
+    float *c = j->c + (int64_t)bi * j->m * j->n + (int64_t)r0 * j->n + q0;
+    SGEMM(RowMajor, j->trans_a ? Trans : NoTrans, j->trans_b ? Trans : NoTrans, rows, cols, j->k, 1.0f, a, lda, b,
+          ldb, 0.0f, c, j->n);
+    if (epilogue)
+      sgemm_epilogue(c, j->n, rows, cols, j->bias_kind == 1 ? j->bias + q0 : NULL,
+                     j->bias_kind == 2 ? j->bias + r0 : NULL, j->clamp ? j->lo : -INFINITY,
+                     j->clamp ? j->hi : INFINITY);
   }
-  SGEMM(RowMajor, j->trans_a ? Trans : NoTrans, j->trans_b ? Trans : NoTrans, rows, cols, j->k, 1.0f, a, lda, b, ldb,
-        beta, c, j->n);
 }
 
 static int sgemm_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
@@ -92,13 +140,14 @@ static int sgemm_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
 
 int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const float *a, int64_t stride_a,
                         int32_t trans_a, const float *b, int64_t stride_b, int32_t trans_b, float *c,
-                        const float *bias, int32_t bias_kind) {
+                        const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi) {
   static int single_threaded = 0;
   if (!single_threaded) {  /* benign race: every caller sets the same value */
     BLAS_SET_THREADS(1);
     single_threaded = 1;
   }
-  SgemmJob job = {batch, m, n, k, a, b, bias, stride_a, stride_b, trans_a, trans_b, bias_kind, c, 0, batch};
+  SgemmJob job = {batch, m, n, k, a, b, bias, stride_a, stride_b, trans_a, trans_b, bias_kind, c, clamp, lo, hi,
+                  0, batch};
   /* whole batches when there are several, else stripes along the longer side of C */
   if (batch < 4) {
     if (m >= n) { job.split = 1; job.parts = m; } else { job.split = 2; job.parts = n; }
@@ -128,16 +177,6 @@ int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const fl
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DW_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define DW_CLONES
-#endif
-#if defined(__GNUC__) && !defined(__clang__)
-#define DW_OPT __attribute__((optimize("O3")))
-#else
-#define DW_OPT
-#endif
 
 /* In the flat path, windows bigger than 3x3 (5x5: 25 weights, more than the 16 vector
  * registers hold) accumulate one kernel row at a time through the output (in L1);
@@ -253,12 +292,18 @@ static DW_CLONES DW_OPT void dw_plane_generic(const float *in, const float *w, f
   dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);
 }
 
+static DW_CLONES DW_OPT void dw_clamp(float *__restrict o, int64_t n, float lo, float hi) {
+  for (int64_t i = 0; i < n; ++i) o[i] = o[i] < lo ? lo : (o[i] > hi ? hi : o[i]);
+}
+
 /* out[plane] = depthwise conv of x[plane] with w[plane % c] (+ bias[plane % c] if bias_kind),
- * plane = n * c + channel. x: (n, c, h, wd), w: (c, 1, kh, kw), out: (n, c, oh, ow).
+ * clamped to [lo, hi] if clamp (the epilogue, as in onnxforge_sgemm), plane = n * c + channel.
+ * x: (n, c, h, wd), w: (c, 1, kh, kw), out: (n, c, oh, ow).
  * Only the top/left padding is passed: bottom/right follow from oh/ow. kh <= 16. */
 int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd, int32_t oh, int32_t ow,
                                  int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl,
-                                 const float *x, const float *w, const float *bias, int32_t bias_kind, float *out) {
+                                 const float *x, const float *w, const float *bias, int32_t bias_kind,
+                                 int32_t clamp, float lo, float hi, float *out) {
   if (kh > 16 || kh <= 0 || kw <= 0) return -1;
   int ch = plane % c;
   const float *in = x + (int64_t)plane * h * wd;
@@ -272,6 +317,7 @@ int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd
       dw_plane_flat_3x3(in, wk, b, o, sbuf, h, wd, oh, ow, pt, pl);
     else
       dw_plane_flat_5x5(in, wk, b, o, sbuf, h, wd, oh, ow, pt, pl);
+    if (clamp) dw_clamp(o, (int64_t)oh * ow, lo, hi);
     return 0;
   }
   /* padded row length: every window of every output column lies inside it */
@@ -296,6 +342,7 @@ int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd
   else
     dw_plane_generic(in, wk, b, o, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);
   if (rows != sbuf) free(rows);
+  if (clamp) dw_clamp(o, (int64_t)oh * ow, lo, hi);
   return 0;
 }
 

@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <dlfcn.h>
+#include <sched.h>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -65,6 +66,27 @@ struct Options {
   std::vector<std::pair<std::string, std::string>> inputs;  // name, .npy path
   int repeat = 1, threads = 0;
 };
+
+/* TVM's CPU thread pool: `threads` (0: TVM_NUM_THREADS if set, else one per core this
+ * process may use), every thread free to run on all those cores. Not TVM's defaults: it
+ * sizes the pool to half the cores on x86, and config_threadpool's "big cores" mode (1)
+ * pins the calling thread to core 0 (codegen/runtime.py's set_threads measures both). */
+static void ConfigThreads(int threads) {
+  cpu_set_t set;
+  std::vector<ffi::String> cores;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cores.push_back(std::to_string(c));
+  }
+  if (threads == 0) {
+    const char* env = getenv("TVM_NUM_THREADS");
+    if (env && *env) return;  // TVM reads it itself
+    threads = cores.empty() ? 1 : static_cast<int>(cores.size());
+  }
+  constexpr int kShareAllCores = -3;  // threading::ThreadGroup::kSpecifyThreadShareAllCore
+  ffi::Array<ffi::String> list(cores.begin(), cores.end());
+  ffi::Function::GetGlobalRequired("runtime.config_threadpool")(kShareAllCores, threads, list);
+}
 
 static const char* kUsage =
     "usage: ofrun PACKAGE.ofpkg [-i NAME=FILE.npy ...] [--inputs FILE.npz] [-o OUT.npz] [--repeat N] [--threads N]\n";
@@ -351,7 +373,7 @@ static int Run(const Options& o) {
   unlink(lib.c_str());
   // One CPU device with the pooled allocator (2), as tvm.runtime.vm.VirtualMachine does.
   (*vm)->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
-  if (o.threads) ffi::Function::GetGlobalRequired("runtime.config_threadpool")(1, o.threads);
+  ConfigThreads(o.threads);
   ffi::Function main_fn = (*vm)->GetFunction("main").value();
 
   std::vector<ffi::AnyView> views(args.begin(), args.end());

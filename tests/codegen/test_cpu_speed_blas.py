@@ -146,11 +146,11 @@ def _dw_reference(x, w, b, s, p):
     return (out + (0 if b is None else b[None, :, None, None])).astype(np.float32)
 
 
-@pytest.mark.parametrize("k,s,p", [((3, 3), (2, 2), [1, 0, 0, 1]), ((7, 7), (1, 1), [3, 3, 3, 3]),
-                                   ((3, 5), (1, 2), [1, 2, 1, 2])])
-def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p):
-    """The fused-bias argument and the generic (non-specialised) window, called directly,
-    with the planes over TVM's thread pool (the non-default loop)."""
+@pytest.mark.parametrize("k,s,p,clamp", [((3, 3), (2, 2), [1, 0, 0, 1], None), ((7, 7), (1, 1), [3, 3, 3, 3], (-0.5, 0.7)),
+                                         ((3, 5), (1, 2), [1, 2, 1, 2], (0.0, np.inf))])
+def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p, clamp):
+    """The fused bias and clamp (the epilogue) and the generic (non-specialised) window,
+    called directly, with the planes over TVM's thread pool (the non-default loop)."""
     pytest.importorskip("scipy_openblas32")
     import tvm
     from tvm import te
@@ -167,7 +167,8 @@ def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p):
     x = te.placeholder((n, c, h, wd), "float32", name="x")
     w = te.placeholder((c, 1, kh, kw), "float32", name="w")
     b = te.placeholder((c,), "float32", name="b")
-    y = _dwconv_te(x, w, (n, c, oh, ow), kh=kh, kw=kw, strides=list(s), pad=p, name="dw", bias=b)
+    lo, hi = clamp or (-np.inf, np.inf)
+    y = _dwconv_te(x, w, b, out_shape=(n, c, oh, ow), kh=kh, kw=kw, strides=list(s), pad=p, name="dw", lo=lo, hi=hi)
     func = te.create_prim_func([x, w, b, y]).with_attr("global_symbol", "dw")
     assert "T.parallel" in func.script(show_meta=False)
     built = tvm.compile(tvm.IRModule({"dw": func}), "llvm")
@@ -179,7 +180,11 @@ def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p):
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((n, c, oh, ow), np.float32), dev)
     lib["dw"](*(tvm.runtime.tensor(a, dev) for a in (xs, ws, bs)), out)
-    np.testing.assert_allclose(out.numpy(), _dw_reference(xs, ws, bs, s, p), rtol=1e-4, atol=1e-4)
+    ref = _dw_reference(xs, ws, bs, s, p)
+    if clamp:
+        assert (ref < clamp[0]).any() or (ref > clamp[1]).any()  # the clamp has work to do
+        ref = np.clip(ref, *clamp)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_blas_package_names_and_preloads_its_openblas(tmp_path, monkeypatch):
@@ -196,3 +201,65 @@ def test_blas_package_names_and_preloads_its_openblas(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy_openblas32", None)  # as on a device without the package
     with pytest.raises(PackageError, match="pip install scipy-openblas32"):
         onnxforge.runtime.load(tmp_path / "m.ofpkg")
+
+
+def _epilogue_model(opset=17):
+    """Conv/MatMul epilogues DispatchBLAS folds into kernels.c (bias, Relu, Clip) and
+    ones it must leave alone (a value read twice, a run-time bound)."""
+    rng = np.random.default_rng(5)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    inits = {"W1": f(8, 3, 3, 3), "b1": f(8), "W2": f(8, 1, 3, 3), "b2": f(8), "W3": f(6, 8, 1, 1), "b3": f(6),
+             "M": f(10, 7), "bm": f(7), "lo": np.array(-0.5, np.float32), "hi": np.array(6.0, np.float32)}
+    inits = [numpy_helper.from_array(v, k) for k, v in inits.items()]
+
+    def clip(i, o, lo, hi):
+        if opset < 11:  # bounds as attributes
+            return helper.make_node("Clip", [i], [o], **({} if lo is None else {"min": lo}), max=hi)
+        return helper.make_node("Clip", [i, "" if lo is None else "lo", "hi"], [o])
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),  # im2col
+        clip("c1", "r1", -0.5, 6.0),
+        helper.make_node("Conv", ["r1", "W2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=8),  # depthwise
+        clip("c2", "r2", None, 6.0),  # max only
+        helper.make_node("Conv", ["r2", "W3", "b3"], ["c3"]),  # 1x1
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("MatMul", ["y", "M"], ["m1"]),
+        helper.make_node("Add", ["m1", "bm"], ["m2"]),
+        helper.make_node("Relu", ["m2"], ["m3"]),  # read twice: the add stays, the relu is not folded
+        helper.make_node("Add", ["m2", "m3"], ["m4"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 12, 14]),
+                     helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 10])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("r3", "m4")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("opset", [17, 10])
+def test_conv_and_matmul_epilogues_fold_into_kernels(tmp_path, opset):
+    pytest.importorskip("scipy_openblas32")
+    import onnx
+
+    import onnxforge
+    from onnxforge.codegen.cpu.blas import DispatchBLAS
+    from onnxforge.codegen.lower import lower
+
+    path = tmp_path / "e.onnx"
+    onnx.save(_epilogue_model(opset), path)
+    dispatch = DispatchBLAS()
+    text = dispatch(lower(onnxforge.load(path)).mod)["main"].script(show_meta=False)
+    assert dispatch.count == 4
+    # the three conv epilogues fold; the matmul takes its bias, the add read twice stays
+    assert "R.clip" not in text and "R.nn.conv2d" not in text
+    assert text.count("R.add(") == 1 and text.count("R.nn.relu") == 1
+    rng = np.random.default_rng(6)
+    feeds = {"x": rng.standard_normal((2, 3, 12, 14)).astype(np.float32) * 2,
+             "y": rng.standard_normal((2, 5, 10)).astype(np.float32)}
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    pkg = onnxforge.compile(path, target="x86", pipeline="-O0", output=tmp_path / "e.ofpkg", cpu_kernels="blas")
+    out = pkg(**feeds)
+    assert (ref[0] == 0).any()  # the relu clamps something
+    for name, r in zip(("r3", "m4"), ref):
+        np.testing.assert_allclose(out[name], r, rtol=1e-4, atol=1e-4)

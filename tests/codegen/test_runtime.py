@@ -170,3 +170,28 @@ def test_runtime_modules_import_only_numpy_and_tvm_runtime():
             for mod in mods:
                 top = mod.split(".")[0]
                 assert top in sys.stdlib_module_names or mod in allowed_third_party, f"{name} imports {mod}"
+
+
+_THREADS_PROBE = """
+import os, sys, numpy as np, onnxforge.runtime
+pkg = onnxforge.runtime.load(sys.argv[1], threads=int(sys.argv[2]) or None)
+x = np.ones((4, 32), np.float32)
+for _ in range(3):
+    pkg(x=x)
+allowed = os.sched_getaffinity(os.getpid())
+pinned = [t for t in os.listdir("/proc/self/task") if os.sched_getaffinity(int(t)) != allowed]
+print(len(allowed), len(pinned))
+"""
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_thread_pool_leaves_every_core_to_every_thread(packages, threads):
+    """TVM's config_threadpool(1, n) pinned the main thread to core 0 and the model ran on
+    one core; set_threads (and the default on load) must pin nothing."""
+    if not hasattr(__import__("os"), "sched_getaffinity"):
+        pytest.skip("no affinity API on this platform")
+    run = subprocess.run([sys.executable, "-c", _THREADS_PROBE, str(packages.get("mlp").path), str(threads)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    allowed, pinned = map(int, run.stdout.split()[-2:])
+    assert allowed >= 1 and pinned == 0
