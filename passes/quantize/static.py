@@ -1,29 +1,62 @@
 """quantize-static: QuantizeLinear/DequantizeLinear pairs on the activations that
-enter MatMul/Gemm/Conv, int8 per-channel weights, both from calibration data.
+enter MatMul/Gemm/Conv, 8-bit per-channel weights, both from calibration data.
 
-    x (fp32) -> QuantizeLinear(x, s, zp) -> DequantizeLinear -> Conv <- DequantizeLinear(W int8, s_w, axis 0)
+    x (fp32) -> QuantizeLinear(x, s, zp) -> DequantizeLinear -> Conv <- DequantizeLinear(W uint8, s_w, zp_w, axis 0)
                                                                    <- DequantizeLinear(b int32, s * s_w, axis 0)
 
 The result is plain ONNX QDQ (opset >= 13 for per-channel DequantizeLinear; the
 pass raises older models, see opset.py) that onnxruntime runs, fusing the pairs
-into integer kernels where it has them.
+into integer kernels (QLinearConv) where it has them.
 
-Activations are uint8 (asymmetric, zero point from the range) by default: on x86
-onnxruntime's integer kernels are u8 x s8 (activations unsigned, weights signed,
-the form VPMADDUBSW multiplies), and most activations entering convolutions are
-non-negative (after ReLU/Clip), which an asymmetric uint8 range covers with all
-256 levels. `activations=int8` stores them signed (still asymmetric), which some
-accelerators want. Weights are int8, symmetric (zero point 0), per output channel
-(`per_channel=false`: per tensor); `reduce_range=true` uses 7-bit weights
-([-63, 63]) against the u8 x s8 saturation of AVX2 CPUs without VNNI. Conv biases
-are stored as int32 with scale s_x * s_w (what onnxruntime's QLinearConv wants),
-kept float when that would overflow.
+Activations are uint8 (asymmetric, zero point from the range) by default: most
+activations entering convolutions are non-negative (after ReLU/Clip), which an
+asymmetric uint8 range covers with all 256 levels. `activations=int8` stores them
+signed (still asymmetric), which some accelerators want.
+
+Weights (`weights=`) are per output channel (`per_channel=false`: per tensor):
+`uint8` (the default) asymmetric, with a zero point per channel, or `int8`
+symmetric (zero point 0). On x86 onnxruntime multiplies uint8 activations by int8
+weights with VPMADDUBSW, whose 16-bit pair sums saturate on AVX2 CPUs without
+VNNI: measured here (EPYC, AVX2, onnxruntime 1.32) EfficientNet-Lite0's logits move
+by 49% with int8 weights against 18% for the same QDQ graph computed in float;
+uint8 weights take the u8 x u8 kernels, which do not saturate (fused = QDQ
+reference), and their asymmetric grid fits BatchNorm-folded weights better (13%).
+`weights=int8 reduce_range=true` is the other way out (7-bit weights, [-63, 63]).
+Conv biases are stored as int32 with scale s_x * s_w (what QLinearConv wants; no
+zero point, it defaults to 0). A channel whose weights are almost zero (a folded
+BatchNorm with a tiny gamma: weights ~1e-9, the output is the bias) would get a
+scale so small that its bias overflows int32 and the whole bias would stay float,
+which onnxruntime cannot fuse and whose WeightBiasQuantization rewrite then
+saturates; such channels get the smallest scale that keeps the bias in range
+(their weights round to zero, far below the bias they carry).
+
+Weight rounding (`method=`): `rtn` rounds to nearest; `gptq` runs GPTQ
+(passes/quantize/gptq.py: column by column with the Hessian of the layer's
+calibration inputs, im2col patches per group for Conv) on the same grid, so the
+stored format is identical; `damp` as in quantize-weights. Stats: `gptq` (layers)
+and `output_error_vs_rtn_mean` (calibration output error, GPTQ / rounding).
+
+Bias correction (`bias_correction=true`, the default): rounding a layer's weights
+by D shifts the mean of its output channels by D E[x], which for a depthwise conv
+(9 or 25 weights per channel, after a folded BatchNorm often one large one) and
+the non-negative inputs after ReLU6 does not average out: on EfficientNet-Lite0
+this bias, not the rounding noise, is most of what int8 weights cost (logit error
+0.15 -> 0.05, top-1 agreement 0.86 -> 0.96 for weights alone). The pass measures
+E[x] (the mean im2col patch: im2col of the mean input) on the calibration data in
+the same sweep as the ranges and subtracts D E[x] from the bias: Conv B and Gemm C
+(added when missing, C / beta for Gemm), or the constant of an Add right after a
+MatMul; other layers keep their bias (stats `bias_corrected` counts the layers).
 
 Calibration (`calibration=`, over the samples of `optimize(..., calibration=...)`
 / `--calib DIR`): `minmax` (the observed range), `percentile` (the `percentile`
 and 100 - `percentile` percentiles, from a histogram of `bins` bins),
 `entropy` (the |x| threshold minimising the KL divergence between the histogram
-and its 128-level quantized form, TensorRT style; the range is clipped to it).
+and its 128-level quantized form, TensorRT style; the range is clipped to it;
+it can clip hard: on EfficientNet-Lite0 it cuts ReLU6 outputs to [0, 0.75] and
+no top-1 class survives), `mse` (per tensor, the range [f_lo * min, f_hi * max] with the
+least expected squared error: clipping error outside, step^2 / 12 inside, exact
+zeros excepted; at 8 bits it clips only long tails, e.g. Laplace at about 10x its
+scale).
 onnxruntime.quantization's calibrators are not used: they write an augmented
 model to disk and keep every activation of every sample, while these stream one
 sample at a time and share the collection path with GPTQ (passes/calibration.py).
@@ -55,26 +88,40 @@ from ..base import Effect, Pass, PassResult
 from ..calibration import Calibration, current_calibration, iter_activations
 from ..registry import register_pass
 from ..util import is_standard
+from .gptq import HessianAccumulator, HessianKey, gptq_ints, hessian_key, im2col, to_matrix
 from .opset import raise_opset
-from .weights import check_ops
+from .weights import Grid, check_ops
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 STATIC_OPS = ("MatMul", "Gemm", "Conv")
 ACTIVATION_TYPES = ("uint8", "int8")
+WEIGHT_TYPES = ("uint8", "int8")
+WEIGHT_METHODS = ("rtn", "gptq")
 
 
 @dataclasses.dataclass
 class QuantizeStaticOptions:
-    # How activation ranges come from the calibration data: minmax, percentile or entropy.
+    # How activation ranges come from the calibration data: minmax, percentile, entropy or mse.
     calibration: str = "minmax"
     # calibration=percentile: keep this percentile of each tail (99.99 = clip 0.01% each side).
     percentile: float = 99.99
     # Weights: one scale per output channel (true) or per tensor.
     per_channel: bool = True
-    # Activation storage: uint8 (onnxruntime's x86 u8s8 kernels) or int8.
+    # Activation storage: uint8 or int8 (both asymmetric).
     activations: str = "uint8"
-    # 7-bit weights (avoids u8s8 saturation on AVX2 CPUs without VNNI).
+    # Weight storage: uint8 (asymmetric, a zero point per channel: onnxruntime's u8 x u8
+    # kernels, which do not saturate) or int8 (symmetric: u8 x s8, saturates on AVX2 without VNNI).
+    weights: str = "uint8"
+    # weights=int8: 7-bit weights (avoids u8s8 saturation on AVX2 CPUs without VNNI).
     reduce_range: bool = False
+    # Weight rounding: rtn = round to nearest; gptq = error compensation from the
+    # calibration inputs (passes/quantize/gptq.py), same stored format.
+    method: str = "rtn"
+    # gptq: Hessian dampening, as a fraction of its mean diagonal.
+    damp: float = 0.01
+    # Shift each output channel's bias by the mean output change that weight rounding
+    # causes on the calibration inputs (adds a bias where a Conv/Gemm has none).
+    bias_correction: bool = True
     # Ops whose inputs are quantized ('+'-separated).
     ops: list[str] = dataclasses.field(default_factory=lambda: list(STATIC_OPS))
     # Layers kept float: node names, output names or op types (fnmatch patterns).
@@ -83,10 +130,11 @@ class QuantizeStaticOptions:
     max_loss: float = 0.0
     # Per-layer sensitivity report in the stats (one onnxruntime session per layer).
     sensitivity: bool = True
-    # Calibration samples for ranges (0 = all) and for sensitivity / max_loss (the first N).
+    # Calibration samples for ranges, GPTQ and bias correction (0 = all) and for
+    # sensitivity / max_loss (the first N).
     samples: int = 0
     eval_samples: int = 8
-    # Histogram bins (percentile, entropy).
+    # Histogram bins (percentile, entropy, mse).
     bins: int = 2048
 
     def __post_init__(self) -> None:
@@ -97,6 +145,16 @@ class QuantizeStaticOptions:
             raise PassOptionError(f"{where} percentile={self.percentile}: expected a percentile in (50, 100], e.g. 99.99")
         if self.activations not in ACTIVATION_TYPES:
             raise PassOptionError(f"{where} activations={self.activations}: expected uint8 or int8")
+        if self.weights not in WEIGHT_TYPES:
+            raise PassOptionError(f"{where} weights={self.weights}: expected uint8 or int8")
+        if self.reduce_range and self.weights != "int8":
+            raise PassOptionError(f"{where} reduce_range=true: 7-bit weights are for weights=int8 (uint8 weights "
+                                  "use onnxruntime's u8 x u8 kernels, which do not saturate)")
+        if self.method not in WEIGHT_METHODS:
+            raise PassOptionError(f"{where} method={self.method}: expected one of {', '.join(WEIGHT_METHODS)}")
+        if not 0 < self.damp < 1:
+            raise PassOptionError(f"{where} damp={self.damp}: expected a fraction of the mean Hessian diagonal in "
+                                  "(0, 1), e.g. 0.01")
         check_ops(where, self.ops, STATIC_OPS)
         if self.max_loss < 0:
             raise PassOptionError(f"{where} max_loss={self.max_loss}: must be >= 0 (0 = off)")
@@ -114,8 +172,22 @@ class _Layer:
     op: str
     acts: list[int]       # input indices that are activations
     weight: int | None    # input index of the constant weight
-    channel_axis: int     # of the weight
-    bias: int | None      # Conv bias input index
+    channel_axis: int     # of the weight (-1: per tensor only)
+    bias: int | None      # Conv bias input index (a constant, stored as int32)
+    # where a bias correction goes: "input" (Conv B / Gemm C, existing or added),
+    # "add" (the constant of the Add after a MatMul), None (nowhere)
+    bias_fix: str | None = None
+
+
+@dataclasses.dataclass
+class _WeightPlan:
+    """One layer's quantized weight (computed once, applied to any clone)."""
+    q: np.ndarray                 # int8 / uint8, the weight's shape
+    scale: np.ndarray             # float32, () or (C,)
+    zero_point: np.ndarray        # same dtype as q, same shape as scale
+    axis: int | None              # DequantizeLinear axis (None: per tensor)
+    bias: np.ndarray | None       # corrected float64 bias (C,), None: unchanged
+    gptq_ratio: float | None = None  # calibration output error, GPTQ / round to nearest
 
 
 # ------------------------------------------------------------------ ranges
@@ -125,6 +197,7 @@ class _RangeStats:
         self.lo = {n: np.inf for n in self.names}
         self.hi = {n: -np.inf for n in self.names}
         self.hist: dict[str, np.ndarray] = {}
+        self.zeros = {n: 0 for n in self.names}  # exact zeros (mse: no rounding error)
 
     def add_minmax(self, sample):
         for n in self.names:
@@ -144,6 +217,8 @@ class _RangeStats:
             lo, hi = self.edges(n)
             h, _ = np.histogram(np.abs(a) if self.method == "entropy" else a, bins=self.bins, range=(lo, hi))
             self.hist[n] = self.hist[n] + h if n in self.hist else h
+            if self.method == "mse":
+                self.zeros[n] += int(np.count_nonzero(a == 0))
 
     def range(self, n, percentile: float) -> tuple[float, float]:
         lo, hi = self.lo[n], self.hi[n]
@@ -158,9 +233,40 @@ class _RangeStats:
             i_lo = int(np.searchsorted(cdf, tail, side="left"))
             i_hi = int(np.searchsorted(cdf, 1 - tail, side="left"))
             return max(lo, a + i_lo * width), min(hi, a + (i_hi + 1) * width)
+        if self.method == "mse":
+            return _mse_range(hist, a, b, self.zeros[n])
         # |x| gets all 256 levels when the tensor is non-negative, 128 when both signs share them
         t = _kl_threshold(hist, 256 if lo >= 0 else 128) * width
         return max(lo, -t), min(hi, t)
+
+
+MSE_STEPS = np.geomspace(0.05, 1.0, 61)  # candidate fractions of each side of the observed range
+
+
+def _mse_range(hist: np.ndarray, lo: float, hi: float, zeros: int = 0) -> tuple[float, float]:
+    """The clipping range [f_lo * lo, f_hi * hi] minimising the expected squared
+    error of 256-level quantization on the histogram (over [lo, hi]): clipping error
+    (x - clip(x))^2 outside the range, rounding error step^2 / 12 inside it (exact
+    zeros, which the grid always holds, excepted)."""
+    centers = lo + (np.arange(hist.size) + 0.5) * (hi - lo) / hist.size
+    inside_mass = hist.astype(np.float64).copy()
+    if zeros:
+        k = min(int((0.0 - lo) / (hi - lo) * hist.size), hist.size - 1) if hi > lo else 0
+        inside_mass[k] = max(inside_mass[k] - zeros, 0.0)
+    his = [f * hi for f in MSE_STEPS] if hi > 0 else [hi]
+    los = [f * lo for f in MSE_STEPS] if lo < 0 else [lo]
+    u = np.array(his)[:, None]  # candidate tops (rows) x bins
+    best, best_range = np.inf, (lo, hi)
+    for lower in los:
+        l_, u_ = min(lower, 0.0), np.maximum(u, 0.0)
+        step = (u_ - l_) / 255.0
+        outside = (centers < l_) | (centers > u_)
+        clip_err = (centers - np.clip(centers, l_, u_)) ** 2
+        err = np.where(outside, clip_err * hist, (step ** 2 / 12.0) * inside_mass).sum(axis=1)
+        i = int(np.argmin(err))
+        if err[i] < best:
+            best, best_range = float(err[i]), (float(lower), float(his[i]))
+    return best_range
 
 
 def _kl_threshold(hist: np.ndarray, levels: int = 128) -> int:
@@ -198,26 +304,79 @@ def _act_params(lo: float, hi: float, dtype: str) -> tuple[np.ndarray, np.ndarra
     return np.array(scale, np.float32), np.array(zp, np.uint8 if dtype == "uint8" else np.int8)
 
 
-def _weight_q(w: np.ndarray, axis: int | None, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+def _weight_grid(w: np.ndarray, axis: int | None, o: QuantizeStaticOptions, min_scale=None) -> Grid:
+    """The integer grid of one weight: per channel along `axis` (None: per tensor);
+    uint8 asymmetric (zero point per channel) or int8 symmetric (zero point 0).
+    Scales are at least `min_scale` (per channel or scalar)."""
     w64 = w.astype(np.float64)
     if axis is None:
-        amax = np.asarray(np.abs(w64).max())
-        full = amax
+        lo, hi = np.asarray(w64.min()), np.asarray(w64.max())
     else:
-        amax = np.abs(w64).max(axis=tuple(a for a in range(w.ndim) if a != axis))
-        full = amax.reshape([-1 if a == axis else 1 for a in range(w.ndim)])
-    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    full_s = np.where(full > 0, full / qmax, 1.0).astype(np.float32).astype(np.float64)
-    q = np.clip(np.rint(w64 / full_s), -qmax, qmax).astype(np.int8)
-    return q, scale
+        others = tuple(a for a in range(w.ndim) if a != axis)
+        lo, hi = w64.min(axis=others), w64.max(axis=others)
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # zero stays exact
+    if o.weights == "uint8":
+        qmin, qmax, qdtype = 0, 255, np.dtype(np.uint8)
+        scale = (hi - lo) / qmax
+    else:
+        qmax = 63 if o.reduce_range else 127
+        qmin, qdtype = -qmax, np.dtype(np.int8)
+        scale = np.maximum(-lo, hi) / qmax
+    if min_scale is not None:
+        scale = np.maximum(scale, np.max(min_scale) if axis is None else min_scale)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # stored; quantize with the stored value
+    s64 = scale.astype(np.float64)
+    zp = np.clip(np.rint(-lo / s64), qmin, qmax) if o.weights == "uint8" else np.zeros(scale.shape)
+    shape = tuple(-1 if a == axis else 1 for a in range(w.ndim)) if axis is not None else ()
+    return Grid(scale, zp, s64.reshape(shape), zp.reshape(shape), qmin, qmax, qdtype,
+                {"axis": axis} if axis is not None else {})
+
+
+def _bias_shift(delta: np.ndarray, layer: _Layer, mean: np.ndarray) -> np.ndarray:
+    """The mean change of each output channel caused by the weight change `delta`,
+    given the layer's mean input patch `mean` (groups, cols)."""
+    dm = to_matrix(delta, layer.op, layer.channel_axis)
+    groups = mean.shape[0]
+    rows = dm.shape[0] // groups
+    return np.einsum("gok,gk->go", dm.reshape(groups, rows, -1), mean).reshape(-1)
+
+
+class _InputMeans:
+    """Mean im2col patch (Conv) or mean input row (MatMul/Gemm) per HessianKey: the
+    first moment that bias correction needs, accumulated one sample at a time."""
+
+    def __init__(self, keys):
+        self.keys = list(dict.fromkeys(keys))
+        self.sums: dict[HessianKey, np.ndarray] = {}
+        self.counts = {k: 0 for k in self.keys}
+
+    def add(self, sample: dict[str, np.ndarray]) -> None:
+        for key in self.keys:
+            x = np.asarray(sample[key.value], dtype=np.float64)
+            if key.kind == "conv":  # the mean image; patches of it are the mean patches (im2col is linear)
+                s, n = x.sum(axis=0), x.shape[0]
+            else:
+                x2 = (x.T if key.kind == "linear-t" else x)
+                x2 = x2.reshape(-1, x2.shape[-1])
+                s, n = x2.sum(axis=0), x2.shape[0]
+            self.sums[key] = self.sums[key] + s if key in self.sums else s
+            self.counts[key] += n
+
+    def mean(self, key: HessianKey) -> np.ndarray:
+        """(groups, cols)."""
+        m = self.sums[key] / max(self.counts[key], 1)
+        if key.kind != "conv":
+            return m[None]
+        return im2col(m[None], *key.conv).mean(axis=0)
 
 
 # ------------------------------------------------------------------ the pass
 @register_pass("quantize-static")
 class QuantizeStatic(Pass):
     """QuantizeLinear/DequantizeLinear on the activations entering MatMul/Gemm/Conv
-    and int8 per-channel weights, from calibration statistics (min-max, percentile,
-    entropy), with a per-layer sensitivity report and max_loss auto-exclusion."""
+    and 8-bit per-channel weights (rounded or GPTQ, bias-corrected), from calibration
+    statistics (min-max, percentile, entropy, mse), with a per-layer sensitivity
+    report and max_loss auto-exclusion."""
 
     Options = QuantizeStaticOptions
     effect = Effect.LOSSY
@@ -243,11 +402,14 @@ class QuantizeStatic(Pass):
             chosen = [ly for ly in layers if ly.name not in excluded]
 
         acts = sorted({model.graph.nodes[ly.index].inputs[i].name for ly in layers for i in ly.acts})
-        ranges = self._ranges(model, cal_ranges, acts)
+        keys = self._keys(model, chosen)
+        ranges, hessians, means = self._statistics(model, cal_ranges, acts, keys)
         stats["calibration"] = f"{o.calibration} on {len(cal_ranges)} samples"
+        plans = self._plans(model, chosen, ranges, keys, hessians, means, stats)
+        del hessians
 
         if o.sensitivity or o.max_loss > 0:
-            evaluator = _Evaluator(model, cal.head(o.eval_samples), ranges, o)
+            evaluator = _Evaluator(model, cal.head(o.eval_samples), ranges, plans, o)
             sens = {ly.name: evaluator.error([ly]) for ly in chosen}
             stats["sensitivity"] = {k: float(f"{v:.4g}") for k, v in sorted(sens.items(), key=lambda kv: -kv[1])}
             error = evaluator.error(chosen)
@@ -266,7 +428,7 @@ class QuantizeStatic(Pass):
         if not chosen:
             stats["quantized"] = 0
             return PassResult(bool(bumped), stats)
-        counts = _apply(model, chosen, ranges, o)
+        counts = _apply(model, chosen, ranges, plans, o)
         stats.update(quantized=len(chosen), **counts)
         model.analyses.clear()
         return PassResult(True, stats)
@@ -318,7 +480,8 @@ class QuantizeStatic(Pass):
             if name in names:
                 name = f"{name}#{index}"
             names.add(name)
-            layers.append(_Layer(index, name, node.op_type, acts, weight, axis, bias))
+            fix = _bias_slot(node, model.opset_imports, w) if weight is not None and axis >= 0 else None
+            layers.append(_Layer(index, name, node.op_type, acts, weight, axis, bias, fix))
         return layers, skipped
 
     def _excluded(self, model: Model, layer: _Layer) -> bool:
@@ -326,11 +489,35 @@ class QuantizeStatic(Pass):
         keys = [layer.name, node.op_type, node.outputs[0].name]
         return any(fnmatch.fnmatchcase(k, pat) for pat in self.options.exclude for k in keys)
 
-    def _ranges(self, model: Model, cal: Calibration, acts: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _keys(self, model: Model, layers: list[_Layer]) -> dict[str, HessianKey]:
+        """How each layer reads its input, for GPTQ Hessians and bias-correction means
+        (layers without one keep round to nearest and their bias)."""
+        o = self.options
+        if o.method != "gptq" and not o.bias_correction:
+            return {}
+        keys = {}
+        for ly in layers:
+            if ly.weight is None or ly.channel_axis < 0:
+                continue
+            node = model.graph.nodes[ly.index]
+            key = hessian_key(node, model.opset_imports, np.shape(node.inputs[ly.weight].const_value()))
+            if key is not None:
+                keys[ly.name] = key
+        return keys
+
+    def _statistics(self, model: Model, cal: Calibration, acts: list[str], keys: dict[str, HessianKey]):
+        """Activation ranges (QuantizeLinear scale and zero point per value) and, from
+        the same sweep, GPTQ Hessians and mean inputs per key."""
         o = self.options
         st = _RangeStats(acts, o.calibration, o.bins)
+        hess = HessianAccumulator(keys.values()) if o.method == "gptq" else None
+        means = _InputMeans(keys.values()) if o.bias_correction else None
         for sample in iter_activations(model, cal, acts, description=f"{self.name}: ranges"):
             st.add_minmax(sample)
+            if hess is not None:
+                hess.add(sample)
+            if means is not None:
+                means.add(sample)
         if o.calibration != "minmax":
             for sample in iter_activations(model, cal, acts, description=f"{self.name}: histograms"):
                 st.add_hist(sample)
@@ -340,7 +527,54 @@ class QuantizeStatic(Pass):
             if not (np.isfinite(lo) and np.isfinite(hi)):
                 lo, hi = 0.0, 1.0  # never seen (empty tensors)
             out[n] = _act_params(lo, hi, o.activations)
-        return out
+        return out, hess, means
+
+    def _plans(self, model: Model, layers: list[_Layer], ranges, keys, hessians, means,
+               stats: dict) -> dict[str, _WeightPlan]:
+        """Quantize every layer's weight (round to nearest or GPTQ) and correct its bias."""
+        o = self.options
+        plans: dict[str, _WeightPlan] = {}
+        ratios: dict[str, float] = {}
+        corrected = 0
+        for ly in layers:
+            if ly.weight is None:
+                continue
+            node = model.graph.nodes[ly.index]
+            w = np.asarray(node.inputs[ly.weight].const_value())
+            axis = ly.channel_axis if (o.per_channel and ly.channel_axis >= 0) else None
+            grid = _weight_grid(w, axis, o, _bias_scale_floor(node, ly, ranges, model.opset_imports))
+            key = keys.get(ly.name)
+            ratio = None
+            ints = None
+            if hessians is not None and key is not None:
+                h = hessians.hessian(key)
+                if np.all(np.isfinite(h)):
+                    try:
+                        ints, err_q, err_r = gptq_ints(w, ly.op, ly.channel_axis, grid, h, o.damp, False)
+                        ratio = err_q / err_r if err_r > 0 else 1.0
+                        ratios[ly.name] = ratio
+                    except ValueError:
+                        ints = None
+            if ints is None:
+                ints = np.clip(np.rint(w.astype(np.float64) / grid.full_scale) + grid.full_zero, grid.qmin, grid.qmax)
+            bias = None
+            if means is not None and key is not None and ly.bias_fix is not None:
+                delta = (ints - grid.full_zero) * grid.full_scale - w.astype(np.float64)
+                shift = _bias_shift(delta, ly, means.mean(key))
+                if np.all(np.isfinite(shift)):
+                    bias = _current_bias(node, ly, model.opset_imports) - shift
+                    corrected += 1
+            zp = grid.zero_point.astype(np.int64).astype(grid.qdtype)
+            plans[ly.name] = _WeightPlan(ints.astype(np.int64).astype(grid.qdtype), grid.scale, zp, axis, bias, ratio)
+        stats["weight_format"] = f"{o.weights} {o.method}"
+        if o.method == "gptq":
+            stats["gptq"] = len(ratios)
+            if ratios:
+                # calibration output error ||X (W - W_q)||^2, GPTQ / round to nearest
+                stats["output_error_vs_rtn_mean"] = float(f"{np.mean(list(ratios.values())):.4g}")
+        if o.bias_correction:
+            stats["bias_corrected"] = corrected
+        return plans
 
 
 def _is_float_activation(v: Value) -> bool:
@@ -351,7 +585,90 @@ def _is_float_activation(v: Value) -> bool:
     return v.dtype in (None, onnx.TensorProto.FLOAT)
 
 
-def _apply(model: Model, layers: list[_Layer], ranges, o: QuantizeStaticOptions) -> dict:
+def _bias_scale_floor(node: Node, layer: _Layer, ranges, opsets) -> np.ndarray | None:
+    """The smallest weight scales (per output channel) that keep a Conv's int32 bias
+    (scale s_x * s_w) in range with a 2x margin. Channels a folded BatchNorm left
+    nearly dead (weights ~1e-8, output = bias) otherwise get scales so small that the
+    bias overflows int32: it would stay float, onnxruntime could not fuse the layer,
+    and its WeightBiasQuantization rewrite saturates such a bias. Their tiny weights
+    round to zero instead, an error far below the bias they carry."""
+    if node.op_type != "Conv" or node.inputs[0].name not in ranges:
+        return None
+    value, _ = _bias_value(node, layer, opsets)
+    if value is None or value.const_value() is None:
+        return None
+    x_scale = float(ranges[node.inputs[0].name][0])
+    return np.abs(_current_bias(node, layer, opsets)) / (x_scale * 2.0 ** 30)
+
+
+def _bias_slot(node: Node, opsets, w: np.ndarray) -> str | None:
+    """Where a bias correction of this layer can go (see _Layer.bias_fix)."""
+    def own_const(v: Value | None, size: int) -> bool:
+        c = None if v is None else v.const_value()
+        return (c is not None and np.asarray(c).dtype == np.float32 and np.asarray(c).size in (1, size)
+                and np.asarray(c).ndim <= 2 and (np.asarray(c).ndim < 2 or np.asarray(c).shape[0] == 1)
+                and len(v.uses) == 1 and not v.is_graph_output)
+
+    if node.op_type == "Conv":
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        return "input" if b is None or (own_const(b, w.shape[0]) and np.asarray(b.const_value()).ndim == 1) else None
+    if node.op_type == "Gemm":
+        if float(attribute(node, "beta", opsets, 1.0)) == 0.0:
+            return None
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        n = w.shape[0] if attribute(node, "transB", opsets, 0) else w.shape[1]
+        return "input" if c is None or own_const(c, n) else None
+    out = node.outputs[0]  # MatMul: a following Add of a constant bias
+    if w.ndim != 2 or out.is_graph_output or len(out.uses) != 1:
+        return None
+    add, index = out.uses[0]
+    if add.op_type != "Add" or not is_standard(add) or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1 - index]
+    return "add" if own_const(other, w.shape[1]) and np.asarray(other.const_value()).size == w.shape[1] else None
+
+
+def _bias_value(node: Node, layer: _Layer, opsets) -> tuple[Value | None, float]:
+    """The value holding the layer's bias (None: none yet) and its multiplier (Gemm beta)."""
+    if layer.bias_fix == "add":
+        add, index = node.outputs[0].uses[0]
+        return add.inputs[1 - index], 1.0
+    beta = float(attribute(node, "beta", opsets, 1.0)) if node.op_type == "Gemm" else 1.0
+    return (node.inputs[2] if len(node.inputs) > 2 else None), beta
+
+
+def _current_bias(node: Node, layer: _Layer, opsets) -> np.ndarray:
+    """What the layer adds to each output channel now, float64 (channels,)."""
+    w = np.asarray(node.inputs[layer.weight].const_value())
+    channels = w.shape[0] if layer.op == "Conv" else to_matrix(w, layer.op, layer.channel_axis).shape[0]
+    value, beta = _bias_value(node, layer, opsets)
+    if value is None:
+        return np.zeros(channels)
+    return np.broadcast_to(np.asarray(value.const_value(), np.float64).reshape(-1) * beta, (channels,)).copy()
+
+
+def _set_bias(model: Model, node: Node, layer: _Layer, bias: np.ndarray) -> None:
+    """Install a corrected bias (float32) where layer.bias_fix says."""
+    graph = model.graph
+    old, beta = _bias_value(node, layer, model.opset_imports)
+    array = (bias / beta).astype(np.float32)
+    if old is not None and old.is_initializer:  # its own (single use): keep the name
+        old.set_array(array)
+        return
+    new = graph.add_initializer(array, name=old.name if old is not None else f"{node.name or node.outputs[0].name}_bias")
+    if layer.bias_fix == "add":
+        add, index = node.outputs[0].uses[0]
+        add.set_input(1 - index, new)
+    elif len(node.inputs) > 2:
+        node.set_input(2, new)
+    else:
+        node.append_input(new)
+    if old is not None:
+        _drop_if_unused(old)
+
+
+def _apply(model: Model, layers: list[_Layer], ranges, plans: dict[str, _WeightPlan],
+           o: QuantizeStaticOptions) -> dict:
     """Insert the QDQ pairs and quantized weights of `layers` into `model` (in place)."""
     graph = model.graph
     nodes = {ly.index: graph.nodes[ly.index] for ly in layers}
@@ -363,7 +680,6 @@ def _apply(model: Model, layers: list[_Layer], ranges, o: QuantizeStaticOptions)
             v = node.inputs[i]
             consumers.setdefault(id(v), (v, []))[1].append((node, i))
     order = {id(n): k for k, n in enumerate(graph.nodes)}
-    dq_out: dict[str, Value] = {}
     for v, uses in consumers.values():
         first = min((n for n, _ in uses), key=lambda n: order[id(n)])
         scale, zp = ranges[v.name]
@@ -377,41 +693,40 @@ def _apply(model: Model, layers: list[_Layer], ranges, o: QuantizeStaticOptions)
         dq.outputs[0].dtype, dq.outputs[0].shape = onnx.TensorProto.FLOAT, v.shape
         for n, i in uses:
             n.set_input(i, dq.outputs[0])
-        dq_out[v.name] = dq.outputs[0]
-    qmax = 63 if o.reduce_range else 127
     weights = biases = 0
     for ly in layers:
         if ly.weight is None:
             continue
         node = nodes[ly.index]
+        plan = plans[ly.name]
+        if plan.bias is not None:
+            _set_bias(model, node, ly, plan.bias)
         wv = node.inputs[ly.weight]
-        w = np.asarray(wv.const_value())
-        axis = ly.channel_axis if (o.per_channel and ly.channel_axis >= 0) else None
-        q, scale = _weight_q(w, axis, qmax)
-        qi = graph.add_initializer(q, name=f"{wv.name}_quantized")
-        si = graph.add_initializer(scale, name=f"{wv.name}_scale")
-        zi = graph.add_initializer(np.zeros(scale.shape, np.int8), name=f"{wv.name}_zero_point")
-        attrs = {"axis": axis} if axis is not None else {}
+        qi = graph.add_initializer(plan.q, name=f"{wv.name}_quantized")
+        si = graph.add_initializer(plan.scale, name=f"{wv.name}_scale")
+        zi = graph.add_initializer(plan.zero_point, name=f"{wv.name}_zero_point")
+        attrs = {"axis": plan.axis} if plan.axis is not None else {}
         dq = graph.make_node("DequantizeLinear", [qi, si, zi], attrs, name=f"{wv.name}_dequantize",
                              output_names=[f"{wv.name}_dequantized"], before=node)
-        dq.outputs[0].dtype, dq.outputs[0].shape = onnx.TensorProto.FLOAT, tuple(w.shape)
+        dq.outputs[0].dtype, dq.outputs[0].shape = onnx.TensorProto.FLOAT, tuple(plan.q.shape)
         node.set_input(ly.weight, dq.outputs[0])
         _drop_if_unused(wv)
         weights += 1
-        if ly.bias is not None:
-            bv = node.inputs[ly.bias]
+        bv = node.inputs[2] if node.op_type == "Conv" and len(node.inputs) > 2 else None
+        if bv is not None and bv.const_value() is not None and len(bv.uses) == 1 and not bv.is_graph_output:
+            # int32 with scale s_x * s_w (what onnxruntime's QLinearConv wants), float when that overflows
             b = np.asarray(bv.const_value()).astype(np.float64)
             x_scale = _act_scale(node)
-            bscale = (x_scale * scale.astype(np.float64)) * np.ones(b.shape)
+            bscale = (x_scale * plan.scale.astype(np.float64)) * np.ones(b.shape)
             bq = np.rint(b / bscale)
             if b.ndim == 1 and np.all(np.abs(bq) < 2**31 - 1) and np.all(bscale.astype(np.float32) > 0):
                 bqi = graph.add_initializer(bq.astype(np.int32), name=f"{bv.name}_quantized")
                 bsi = graph.add_initializer(bscale.astype(np.float32), name=f"{bv.name}_scale")
-                bzi = graph.add_initializer(np.zeros(b.shape, np.int32), name=f"{bv.name}_zero_point")
-                bdq = graph.make_node("DequantizeLinear", [bqi, bsi, bzi], {"axis": 0}, name=f"{bv.name}_dequantize",
+                # no zero point: it defaults to 0, the only one an int32 bias has
+                bdq = graph.make_node("DequantizeLinear", [bqi, bsi], {"axis": 0}, name=f"{bv.name}_dequantize",
                                       output_names=[f"{bv.name}_dequantized"], before=node)
                 bdq.outputs[0].dtype, bdq.outputs[0].shape = onnx.TensorProto.FLOAT, tuple(b.shape)
-                node.set_input(ly.bias, bdq.outputs[0])
+                node.set_input(2, bdq.outputs[0])
                 _drop_if_unused(bv)
                 biases += 1
     return {"activations": len(consumers), "weights": weights, "int32_biases": biases}
@@ -436,10 +751,10 @@ class _Evaluator:
     """Relative L2 output error of the model with a subset of layers quantized, on a
     few calibration samples, against the float model."""
 
-    def __init__(self, model: Model, cal: Calibration, ranges, options: QuantizeStaticOptions):
+    def __init__(self, model: Model, cal: Calibration, ranges, plans, options: QuantizeStaticOptions):
         from ..check import ort_session
 
-        self.model, self.ranges, self.options = model, ranges, options
+        self.model, self.ranges, self.plans, self.options = model, ranges, plans, options
         self.feeds = list(cal)
         session = ort_session(model, optimize=True)
         names = [out.name for out in session.get_outputs()]
@@ -449,7 +764,7 @@ class _Evaluator:
         from ..check import ort_session
 
         work = self.model.clone()
-        _apply(work, layers, self.ranges, self.options)
+        _apply(work, layers, self.ranges, self.plans, self.options)
         session = ort_session(work, optimize=True)
         names = [out.name for out in session.get_outputs()]
         num = den = 0.0
