@@ -113,11 +113,6 @@ def tune(model, target: str = "x86", *, db: str | os.PathLike, trials: int | Non
     `time_budget`: seconds, checked after each measured batch. `rpc_tracker`
     ("host:port") with `rpc_key`: measure on the devices registered there."""
     _check_packages()
-    from tvm.s_tir import meta_schedule as ms
-
-    from .build import resolve_cpu_kernels
-    from .compiler import prepare
-
     resolved = _with_cores(resolve_target(target))
     if resolved.device != "cpu":
         raise BuildError(f"onnxforge tune tunes CPU targets; {resolved.name} uses TVM's default GPU schedules")
@@ -127,6 +122,34 @@ def tune(model, target: str = "x86", *, db: str | os.PathLike, trials: int | Non
         raise BuildError(f"the time budget must be positive, got {time_budget}")
     if resolved.linker and not rpc_tracker:
         raise BuildError(f"{resolved.name} code cannot run here: tune it on the device with --rpc-tracker HOST:PORT --rpc-key KEY")
+    with _measure_threads(None if rpc_tracker else resolved.tvm.get("num-cores")):
+        return _tune(model, resolved, db, trials, time_budget, pipeline, input_shapes, cpu_kernels, rpc_tracker,
+                     rpc_key, trials_per_iter, on_progress)
+
+
+@contextlib.contextmanager
+def _measure_threads(cores):
+    """TVM_NUM_THREADS for the local runner's worker processes (they inherit it), so that
+    kernels are timed on as many threads as the built module uses (runtime.set_threads):
+    TVM's own default is half the cores on x86, one on a 2-core machine."""
+    old = os.environ.get("TVM_NUM_THREADS")
+    if cores is None or old:
+        yield
+        return
+    os.environ["TVM_NUM_THREADS"] = str(int(cores))
+    try:
+        yield
+    finally:
+        os.environ.pop("TVM_NUM_THREADS", None)
+
+
+def _tune(model, resolved, db, trials, time_budget, pipeline, input_shapes, cpu_kernels, rpc_tracker, rpc_key,
+          trials_per_iter, on_progress) -> TuneResult:
+    from tvm.s_tir import meta_schedule as ms
+
+    from .build import resolve_cpu_kernels
+    from .compiler import prepare
+
     runner = _runner(rpc_tracker, rpc_key)
     t_start = time.perf_counter()
     mode, _ = resolve_cpu_kernels(cpu_kernels, resolved)
