@@ -49,7 +49,7 @@ def pow_(bb, node, inputs):
 def clip(bb, node, inputs):
     """Clip with constant bounds as one relax clip (which DispatchBLAS folds into the
     epilogue of the conv/matmul before it, e.g. ReLU6); the frontend's maximum /
-    minimum pair otherwise (bounds computed at run time, NaN bounds, integers)."""
+    minimum pair otherwise (bounds computed at run time, NaN or crossed bounds, integers)."""
     import math
 
     from tvm.relax.frontend.onnx.onnx_frontend import Clip
@@ -66,7 +66,8 @@ def clip(bb, node, inputs):
                 bounds = None
                 break
             bounds.append((-math.inf if i == 1 else math.inf) if bound is None else float(value.reshape(())))
-    if bounds is not None and not any(math.isnan(b) for b in bounds) and isinstance(x.ty, relax.TensorType) \
+    # min > max: ONNX gives max everywhere, relax's clip min
+    if bounds is not None and bounds[0] <= bounds[1] and isinstance(x.ty, relax.TensorType) \
             and str(x.ty.dtype.dtype) == "float32":
         return relax.op.clip(x, bounds[0], bounds[1])
     if "min" in node.attributes or "max" in node.attributes:

@@ -133,11 +133,12 @@ class _BlasRewriter(PyExprMutator):
         self._uses: dict = {}    # var -> number of uses
         self._value: dict = {}   # var -> the expression bound to it
         self._var: dict = {}     # bound expression -> its var
+        self._clamped: set = set()  # vars read by a clip / relu
 
     def analyze(self, func) -> None:
         """Bindings and use counts of `func`: an epilogue folds into the conv/matmul
         before it only through values nothing else reads."""
-        self._uses, self._value, self._var = {}, {}, {}
+        self._uses, self._value, self._var, self._clamped = {}, {}, {}, set()
 
         def count(e):
             if isinstance(e, relax.Var):
@@ -149,6 +150,8 @@ class _BlasRewriter(PyExprMutator):
                 if isinstance(binding, relax.VarBinding):
                     self._value[binding.var] = binding.value
                     self._var[binding.value] = binding.var
+                    if isinstance(binding.value, relax.Call) and self._is_clamp(binding.value):
+                        self._clamped.add(binding.value.args[0])
 
     def _producer(self, expr):
         if isinstance(expr, relax.Var):
@@ -202,20 +205,22 @@ class _BlasRewriter(PyExprMutator):
     def _clamp_follows(self, call) -> bool:
         """Whether the only reader of `call`'s value is a Relu/Clip (which takes the epilogue)."""
         var = self._var.get(call)
-        if var is None or self._uses.get(var, 0) != 1:
-            return False
-        return any(isinstance(v, relax.Call) and (v.op.same_as(self._clip) or v.op.same_as(self._relu))
-                   and v.args[0].same_as(var) for v in self._value.values())
+        return var is not None and self._uses.get(var, 0) == 1 and var in self._clamped
+
+    def _is_clamp(self, call) -> bool:
+        return call.op.same_as(self._clip) or call.op.same_as(self._relu)
 
     def _match_epilogue(self, call):
         """(Epilogue, core conv/matmul call) for an add/clip/relu of the original function, or None."""
         lo, hi, x = -math.inf, math.inf, call
-        clamped = call.op.same_as(self._clip) or call.op.same_as(self._relu)
+        clamped = self._is_clamp(call)
         if clamped:
             if _dtype(call) != "float32":
                 return None
             if call.op.same_as(self._clip):
                 lo, hi = float(call.args[1].value), float(call.args[2].value)
+                if not lo <= hi:  # ONNX gives max then, relax's clip min: leave it to TVM
+                    return None
             else:
                 lo = 0.0
             x = self._single_use(call.args[0])

@@ -263,3 +263,26 @@ def test_conv_and_matmul_epilogues_fold_into_kernels(tmp_path, opset):
     assert (ref[0] == 0).any()  # the relu clamps something
     for name, r in zip(("r3", "m4"), ref):
         np.testing.assert_allclose(out[name], r, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_clip_with_crossed_bounds_matches_onnxruntime(tmp_path):
+    """min > max: ONNX (and onnxruntime) give max everywhere; the clip is not folded."""
+    pytest.importorskip("scipy_openblas32")
+    import onnx
+
+    import onnxforge
+
+    w = numpy_helper.from_array(np.random.default_rng(7).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    bounds = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", 1.0), ("hi", -1.0))]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]),
+                               helper.make_node("Clip", ["c", "lo", "hi"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, *bounds])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "c.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(8).standard_normal((1, 3, 5, 5)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = onnxforge.compile(path, target="x86", pipeline="-O0", output=tmp_path / "c.ofpkg", cpu_kernels="blas")(x=x)
+    np.testing.assert_array_equal(out["y"], ref)
