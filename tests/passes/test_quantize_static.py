@@ -1,5 +1,5 @@
 """quantize-static: QDQ pairs on activations (uint8 / int8), per-channel weights
-(uint8 asymmetric by default, int8 symmetric), int32 Conv biases; outputs within 5%
+(int8 symmetric by default, uint8 asymmetric), int32 Conv biases; outputs within 5%
 relative L2 of fp32 in onnxruntime (with and without its graph optimizations, which
 fuse QDQ into integer kernels); minmax / percentile / entropy / mse ranges; bias
 correction; GPTQ weights; int32-safe scales for dead channels; sensitivity report,
@@ -55,7 +55,7 @@ TOLERANCE = {"minmax": 0.08, "percentile": 0.1, "entropy": 0.2}
 @pytest.mark.parametrize("method", list(TOLERANCE))
 def test_qdq_structure_and_accuracy(method):
     m, cal, held = cnn(), data(32), data(4, seed=100)
-    r = onnxforge.optimize(m, f"quantize-static{{calibration={method} percentile=99.9}}", calibration=cal)
+    r = onnxforge.optimize(m, f"quantize-static{{calibration={method} percentile=99.9 weights=uint8}}", calibration=cal)
     q = r.model
     onnxforge.verify(q)
     onnx.checker.check_model(to_proto(q), full_check=True)
@@ -144,7 +144,7 @@ def test_without_calibration_and_bad_options():
                         ("percentile=30", "percentile=30"), ("activations=int16", "activations=int16"),
                         ("ops=Add", "supported ops are MatMul\\+Gemm\\+Conv"), ("max_loss=-1", "max_loss"),
                         ("weights=int4", "weights=int4: expected uint8 or int8"),
-                        ("reduce_range=true", "reduce_range=true: 7-bit weights are for weights=int8"),
+                        ("weights=uint8 reduce_range=true", "reduce_range=true: 7-bit weights are for weights=int8"),
                         ("method=awq", "method=awq: expected one of rtn, gptq"), ("damp=2", "damp=2")]:
         with pytest.raises(PassOptionError, match=match):
             onnxforge.optimize(cnn(), f"quantize-static{{{text}}}", calibration=data(2))
@@ -241,7 +241,7 @@ def low_rank_mlp():
 
 def test_gptq_weights_lower_the_output_error_in_the_same_format():
     m, cal, held = low_rank_mlp()
-    runs = {meth: onnxforge.optimize(m, f"quantize-static{{method={meth} bias_correction=false sensitivity=false}}",
+    runs = {meth: onnxforge.optimize(m, f"quantize-static{{method={meth} weights=uint8 bias_correction=false sensitivity=false}}",
                                      calibration=cal) for meth in ("rtn", "gptq")}
     rtn, gptq = (inits(runs[k].model) for k in ("rtn", "gptq"))
     assert np.array_equal(rtn["w_scale"], gptq["w_scale"]) and np.array_equal(rtn["w_zero_point"], gptq["w_zero_point"])
@@ -296,8 +296,8 @@ def test_dead_channels_keep_an_int32_bias(weights):
 
 def test_uint8_weights_match_the_qdq_reference_in_fused_kernels():
     """onnxruntime's x86 u8 x s8 kernels saturate 16-bit pair sums on AVX2 CPUs without
-    VNNI; the default uint8 weights take its u8 x u8 kernels: the fused model computes
-    what the QDQ graph says on any CPU."""
+    VNNI; uint8 weights take its u8 x u8 kernels: the fused model computes what the QDQ
+    graph says on any CPU."""
     rng = np.random.default_rng(8)
     w = rng.uniform(0.5, 1.0, (16, 64, 1, 1)).astype(np.float32)  # same sign: pair sums at the top of the range
     m = onnxforge.load(model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
@@ -306,7 +306,7 @@ def test_uint8_weights_match_the_qdq_reference_in_fused_kernels():
                              [tensor("x", [1, 64, 4, 4])], [tensor("y", [1, 16, 4, 4])],
                              [init("w", w), init("w2", rng.standard_normal((16, 16, 1, 1)).astype(np.float32))]))
     cal = [{"x": rng.uniform(0, 6, (1, 64, 4, 4)).astype(np.float32)} for _ in range(8)]
-    q = onnxforge.optimize(m, "quantize-static{sensitivity=false}", calibration=cal).model
+    q = onnxforge.optimize(m, "quantize-static{weights=uint8 sensitivity=false}", calibration=cal).model
     assert inits(q)["w_quantized"].dtype == np.uint8
     for f in cal[:2]:
         assert rel(run_ort(q, f)["y"], ort_session(q, optimize=True).run(None, f)[0]) < 0.01
