@@ -55,7 +55,8 @@ def clip(bb, node, inputs):
     from tvm.relax.frontend.onnx.onnx_frontend import Clip
 
     x = inputs[0]
-    if "min" in node.attributes or "max" in node.attributes:  # opset < 11: attributes
+    legacy = "min" in node.attributes or "max" in node.attributes  # opset < 11: bounds are attributes
+    if legacy:
         bounds = [float(node.attributes.get("min", -math.inf)), float(node.attributes.get("max", math.inf))]
     else:
         bounds = []
@@ -70,6 +71,6 @@ def clip(bb, node, inputs):
     if bounds is not None and bounds[0] <= bounds[1] and isinstance(x.ty, relax.TensorType) \
             and str(x.ty.dtype.dtype) == "float32":
         return relax.op.clip(x, bounds[0], bounds[1])
-    if "min" in node.attributes or "max" in node.attributes:
+    if legacy:
         return Clip._impl_v1(bb, inputs, dict(node.attributes), {})
     return Clip._impl_v13(bb, list(inputs) + [None] * (3 - len(inputs)), {}, {})
