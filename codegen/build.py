@@ -58,6 +58,9 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     except Exception as exc:
         raise BuildError(f"TVM failed to compile the model for {target.name}: {_last_line(exc)}") from exc
     fcompile = tvm.support.cc.cross_compiler(linker) if linker else None
+    # -s: no debug info or static symbol table in the package (TVM's LLVM codegen
+    # emits DWARF: ~40% of a CPU library); the loader only needs dynamic symbols.
+    export_kwargs["options"] = [*export_kwargs.get("options", []), "-s"]
     try:
         with _quiet_stderr():  # export prints a "Scope Saving" warning per embedded constant
             executable.export_library(os.fspath(path), fcompile=fcompile, **export_kwargs)

@@ -20,7 +20,7 @@ from ..passes import PRESETS, NumericCheck, PrintAfterChange, Reproducer, optimi
 from ..passes.check import compare_outputs, load_inputs, run_ort, sample_inputs
 from ..passes.registry import option_text
 from .bench.command import bench_cmd
-from .codegen_cmds import compare_cmd, compile_cmd, run_cmd, targets_cmd
+from .codegen_cmds import _calibration, _pipeline_spec, compare_cmd, compile_cmd, run_cmd, targets_cmd
 from .tune_cmd import tune_cmd
 from .summary import human_bytes, human_count, summarize
 
@@ -58,11 +58,7 @@ def optimize_cmd(
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="use the first N calibration samples"),
 ):
     """Run a pass pipeline: ONNX in, ONNX out, with a before/after table."""
-    if pipeline is not None and level is not None:
-        raise typer.BadParameter("give --pipeline or -O, not both")
-    spec = pipeline if pipeline is not None else f"-O{1 if level is None else level}"
-    if spec.startswith("-O") and "," not in spec and spec not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {spec}; known: {', '.join(PRESETS)}")
+    spec = _pipeline_spec(pipeline, level)
     model = _load(model_path)
     feeds = load_inputs(inputs) if inputs else None
     instruments = []
@@ -72,13 +68,7 @@ def optimize_cmd(
         instruments.append(PrintAfterChange())
     if reproducer:
         instruments.append(Reproducer(reproducer))
-    calibration = None
-    if calib is not None:
-        from ..passes.calibration import Calibration
-
-        calibration = Calibration.from_source(calib, model=model, limit=calib_samples)
-    elif calib_samples is not None:
-        raise typer.BadParameter("--calib-samples needs --calib DIR")
+    calibration = _calibration(calib, calib_samples, model)
     result = optimize(model, spec, instruments=instruments, calibration=calibration)
     before, after = summarize(model), summarize(result.model)
     report = {

@@ -65,12 +65,25 @@ def sample_feeds(specs: list[TensorSpec], seed: int = 0, dims: dict[str, int] | 
 
 
 def _pipeline_spec(pipeline: Optional[str], level: Optional[int]) -> str:
+    """--pipeline or -O as pipeline text; a lone unknown preset fails here, before any
+    work ("-O2,quantize-weights" is pipeline text that starts with a preset)."""
     if pipeline is not None and level is not None:
         raise typer.BadParameter("give --pipeline or -O, not both")
     spec = pipeline if pipeline is not None else f"-O{1 if level is None else level}"
-    if spec.startswith("-O") and spec not in PRESETS:
+    if spec.startswith("-O") and "," not in spec and spec not in PRESETS:
         raise typer.BadParameter(f"unknown preset {spec}; known: {', '.join(PRESETS)}")
     return spec
+
+
+def _calibration(calib: Optional[str], calib_samples: Optional[int], model):
+    """--calib DIR [--calib-samples N] as a Calibration for passes that need data."""
+    if calib is None:
+        if calib_samples is not None:
+            raise typer.BadParameter("--calib-samples needs --calib DIR")
+        return None
+    from ..passes.calibration import Calibration
+
+    return Calibration.from_source(calib, model=model, limit=calib_samples)
 
 
 def _load_model(path: str):
@@ -92,6 +105,9 @@ def compile_cmd(
     cpu_kernels: Optional[str] = typer.Option(None, "--cpu-kernels",
                                               help="CPU code: auto (default: blas when OpenBLAS is at hand), blas, schedule, tvm"),
     db: Optional[str] = typer.Option(None, "--db", help="apply this tuning database's records for the target (onnxforge tune)"),
+    calib: Optional[str] = typer.Option(
+        None, "--calib", help="folder of calibration samples (.npz per sample, or .npy) for passes that need data"),
+    calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="use the first N calibration samples"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ):
     """Compile a model with TVM for a named target into one package file."""
@@ -102,10 +118,11 @@ def compile_cmd(
     resolved = resolve_target(target)  # fail on a bad target before loading anything
     out = Path(output) if output else Path("example" if model_path == "example" else model_path).with_suffix(SUFFIX)
     model = _load_model(model_path)
+    calibration = _calibration(calib, calib_samples, model)
     with err.status(f"compiling for {resolved.name}...", spinner="dots") if not as_json else _nothing():
         t0 = time.perf_counter()
         pkg = compile_model(model, target, spec, output=out, input_shapes=shapes or None, cpu_kernels=cpu_kernels,
-                            db=db)
+                            db=db, calibration=calibration)
         seconds = time.perf_counter() - t0
     files = pkg.manifest["files"]
     report = {

@@ -34,6 +34,19 @@ The result is standard ONNX that onnxruntime runs. Granularity:
   skipped: it would need about one scale per weight, and int4 per channel on 9
   weights per channel costs too much accuracy (measured on PP-OCRv4).
 
+scales=uint8 (granularity=block; "double quantization", as in QLoRA): a float32
+scale per block of 32-64 int4 weights is 0.5-1 bit per weight, so int4 files land
+at ~0.16x fp32 instead of 0.125x. With scales=uint8 the block scales are stored
+as uint8 times one float per output channel, rounded up (no block is clipped),
+and a second DequantizeLinear makes them:
+
+    DequantizeLinear(scales uint8, per-channel scale, axis=channel) -> DequantizeLinear(W_q, ., block_size) -> op
+
+Rounding (and GPTQ) then runs on the scales that second DequantizeLinear makes.
+The cost is speed in onnxruntime: it fuses DequantizeLinear + MatMul into its
+int4 kernel (MatMulNBits) only for constant scales, so it dequantizes these
+weights on every run. The compiled module does not care (codegen/quant.py).
+
 bits=4 needs int4 tensors and therefore opset 21; bits=8 with granularity=block
 is allowed too (opset 21 blocked int8). When a model imports an older default
 opset the pass raises it to what the chosen format needs, adapting the ops whose
@@ -80,6 +93,7 @@ SUPPORTED_OPS = ("MatMul", "Gemm", "Conv", "Attention", "Gather")
 DEFAULT_OPS = ("MatMul", "Gemm", "Conv", "Attention")
 GRANULARITIES = ("channel", "tensor", "block")
 METHODS = ("rtn", "gptq")
+SCALES = ("float", "uint8")
 
 
 def check_ops(where: str, ops, supported) -> None:
@@ -99,6 +113,9 @@ class QuantizeWeightsOptions:
     block: int = 32
     # Symmetric (signed, no zero point) or asymmetric (unsigned plus zero points).
     symmetric: bool = True
+    # granularity=block: block scales stored as float, or as uint8 with one float
+    # scale per output channel (a second DequantizeLinear makes the block scales).
+    scales: str = "float"
     # rtn = round to nearest; gptq = error compensation from calibration data
     # (optimize(..., calibration=...) / --calib DIR).
     method: str = "rtn"
@@ -122,6 +139,11 @@ class QuantizeWeightsOptions:
             raise PassOptionError(f"{where} granularity={self.granularity}: expected one of {', '.join(GRANULARITIES)}")
         if self.granularity == "block" and self.block < 1:
             raise PassOptionError(f"{where} block={self.block}: the block length must be a positive number of elements")
+        if self.scales not in SCALES:
+            raise PassOptionError(f"{where} scales={self.scales}: expected one of {', '.join(SCALES)}")
+        if self.scales == "uint8" and self.granularity != "block":
+            raise PassOptionError(f"{where} scales=uint8 needs granularity=block (per-channel and per-tensor scales "
+                                  f"are already a negligible share of the bytes)")
         if self.method not in METHODS:
             raise PassOptionError(f"{where} method={self.method}: expected one of {', '.join(METHODS)}")
         if not 0 < self.damp < 1:
@@ -143,16 +165,19 @@ class QuantizeWeightsOptions:
 @dataclasses.dataclass
 class Quantized:
     q: np.ndarray                 # int8 / uint8 / ml_dtypes int4 / uint4, same shape as the weight
-    scale: np.ndarray             # weight dtype; () / (C,) / blocked shape
+    scale: np.ndarray             # weight dtype (uint8 with scale_scale); () / (C,) / blocked shape
     zero_point: np.ndarray | None  # same dtype as q, same shape as scale; None when symmetric
     attributes: dict              # DequantizeLinear attributes (axis, block_size)
     dequantized: np.ndarray | None  # float64, what DequantizeLinear computes
+    scale_scale: np.ndarray | None = None  # scales=uint8: weight dtype, one per output channel
+    scale_axis: int = 0                    # ... along this axis of `scale`
 
     @property
     def nbytes(self) -> int:
         q_bytes = (self.q.size + 1) // 2 if self.q.dtype.itemsize == 1 and self.q.dtype.name in ("int4", "uint4") \
             else self.q.nbytes
-        return int(q_bytes + self.scale.nbytes + (0 if self.zero_point is None else self.zero_point.nbytes))
+        extra = sum(a.nbytes for a in (self.zero_point, self.scale_scale) if a is not None)
+        return int(q_bytes + self.scale.nbytes + extra)
 
 
 def _int_dtype(bits: int, symmetric: bool):
@@ -197,7 +222,7 @@ def _expand(s: np.ndarray, shape: tuple[int, ...], granularity: str, ch: int, re
 class Grid:
     """The integer grid of one weight: stored scales (and zero points) per group and
     the same expanded to the weight's shape (float64), for rounding."""
-    scale: np.ndarray              # stored dtype, per group
+    scale: np.ndarray              # stored dtype, per group (uint8 with scale_scale)
     zero_point: np.ndarray | None  # float64 per group; None when symmetric
     full_scale: np.ndarray         # float64, broadcastable to the weight
     full_zero: np.ndarray          # float64, broadcastable to the weight (0 when symmetric)
@@ -205,11 +230,29 @@ class Grid:
     qmax: int
     qdtype: np.dtype
     attributes: dict
+    scale_scale: np.ndarray | None = None  # scales=uint8: per output channel (weight dtype)
+    scale_axis: int = 0
+
+
+def _uint8_scales(scale: np.ndarray, channel_axis: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block scales (float64, 0 for an all-zero block) as uint8 times one float scale
+    per output channel: (uint8 scales, channel scales in `dtype`, the scales they
+    make, float64). Rounded up, so that no block's range is clipped."""
+    axes = tuple(a for a in range(scale.ndim) if a != channel_axis)
+    top = scale.max(axis=axes) / 255.0
+    top = np.where(top > 0, top, 1.0).astype(dtype)  # an all-zero channel: any scale reproduces it
+    shape = tuple(-1 if a == channel_axis else 1 for a in range(scale.ndim))
+    top64 = top.astype(np.float64).reshape(shape)
+    q = np.ceil(scale / top64 * (1 - 1e-9))  # the ratio of the largest block is 255 up to rounding
+    q = np.clip(q, 1, 255).astype(np.uint8)
+    made = (q.astype(dtype) * top.reshape(shape)).astype(np.float64)  # what DequantizeLinear computes
+    return q, top, made
 
 
 def quantize_grid(w: np.ndarray, bits: int = 8, granularity: str = "channel", *, channel_axis: int = 0,
-                  reduce_axis: int = 1, block: int = 32, symmetric: bool = True) -> Grid:
-    """Scales (and zero points) from the weight's ranges per group."""
+                  reduce_axis: int = 1, block: int = 32, symmetric: bool = True, scales: str = "float") -> Grid:
+    """Scales (and zero points) from the weight's ranges per group. scales=uint8
+    (granularity=block): the scales are stored as uint8 times a float per channel."""
     w = np.asarray(w)
     w64 = w.astype(np.float64)
     lo, hi = _ranges(w64, granularity, channel_axis, reduce_axis, block)
@@ -222,11 +265,17 @@ def quantize_grid(w: np.ndarray, bits: int = 8, granularity: str = "channel", *,
     else:
         qmin, qmax = 0, 2 ** bits - 1
         scale = (hi - lo) / qmax
-    scale = np.where(scale > 0, scale, 1.0)  # an all-zero group: any scale reproduces it
-    scale = scale.astype(w.dtype)  # what is stored; quantize with the stored value
-    if not np.all(np.isfinite(scale)) or np.any(scale == 0):  # float16 over/underflow
-        raise ValueError("the weight's range does not fit its float type's scales")
-    scale64 = scale.astype(np.float64)
+    scale_scale = None
+    if scales == "uint8":
+        scale, scale_scale, scale64 = _uint8_scales(scale, channel_axis, w.dtype)
+        if not np.all(np.isfinite(scale_scale)) or np.any(scale64 == 0):
+            raise ValueError("the weight's range does not fit its float type's scales")
+    else:
+        scale = np.where(scale > 0, scale, 1.0)  # an all-zero group: any scale reproduces it
+        scale = scale.astype(w.dtype)  # what is stored; quantize with the stored value
+        if not np.all(np.isfinite(scale)) or np.any(scale == 0):  # float16 over/underflow
+            raise ValueError("the weight's range does not fit its float type's scales")
+        scale64 = scale.astype(np.float64)
     full_scale = _expand(scale64, w.shape, granularity, channel_axis, reduce_axis, block)
     zp64 = None
     full_zero = np.zeros(())
@@ -239,7 +288,7 @@ def quantize_grid(w: np.ndarray, bits: int = 8, granularity: str = "channel", *,
     elif granularity == "block":
         attrs["axis"] = reduce_axis
         attrs["block_size"] = block
-    return Grid(scale, zp64, full_scale, full_zero, qmin, qmax, qdtype, attrs)
+    return Grid(scale, zp64, full_scale, full_zero, qmin, qmax, qdtype, attrs, scale_scale, channel_axis)
 
 
 def from_ints(ints: np.ndarray, grid: Grid) -> Quantized:
@@ -247,16 +296,17 @@ def from_ints(ints: np.ndarray, grid: Grid) -> Quantized:
     ints = np.asarray(ints, dtype=np.float64)
     deq = (ints - grid.full_zero) * grid.full_scale
     zp = None if grid.zero_point is None else grid.zero_point.astype(np.int64).astype(grid.qdtype)
-    return Quantized(ints.astype(np.int64).astype(grid.qdtype), grid.scale, zp, dict(grid.attributes), deq)
+    return Quantized(ints.astype(np.int64).astype(grid.qdtype), grid.scale, zp, dict(grid.attributes), deq,
+                     grid.scale_scale, grid.scale_axis)
 
 
 def quantize_array(w: np.ndarray, bits: int = 8, granularity: str = "channel", *, channel_axis: int = 0,
-                   reduce_axis: int = 1, block: int = 32, symmetric: bool = True) -> Quantized:
+                   reduce_axis: int = 1, block: int = 32, symmetric: bool = True, scales: str = "float") -> Quantized:
     """Round-to-nearest quantization of one weight. `channel_axis` indexes output
     channels (granularity=channel), `reduce_axis` is the axis blocks run along
     (granularity=block). Scales keep the weight's float dtype."""
     grid = quantize_grid(w, bits, granularity, channel_axis=channel_axis, reduce_axis=reduce_axis, block=block,
-                         symmetric=symmetric)
+                         symmetric=symmetric, scales=scales)
     w64 = np.asarray(w).astype(np.float64)
     ints = np.clip(np.rint(w64 / grid.full_scale) + grid.full_zero, grid.qmin, grid.qmax)
     return from_ints(ints, grid)
@@ -368,14 +418,16 @@ class QuantizeWeights(Pass):
             try:
                 if id(value) in hessians:
                     grid = quantize_grid(array, o.bits, o.granularity, channel_axis=first.channel_axis,
-                                         reduce_axis=first.reduce_axis, block=o.block, symmetric=o.symmetric)
+                                         reduce_axis=first.reduce_axis, block=o.block, symmetric=o.symmetric,
+                                         scales=o.scales)
                     ints, err_gptq, err_rtn = gptq_ints(array, first.node.op_type, first.channel_axis, grid,
                                                         hessians[id(value)], o.damp, o.act_order)
                     qz = from_ints(ints, grid)
                     gptq_errors[value.name] = err_gptq / err_rtn if err_rtn > 0 else 1.0
                 else:
                     qz = quantize_array(array, o.bits, o.granularity, channel_axis=first.channel_axis,
-                                        reduce_axis=first.reduce_axis, block=o.block, symmetric=o.symmetric)
+                                        reduce_axis=first.reduce_axis, block=o.block, symmetric=o.symmetric,
+                                        scales=o.scales)
             except ValueError as exc:
                 skip(str(exc))
                 continue
@@ -406,8 +458,7 @@ class QuantizeWeights(Pass):
         before = after = partial = 0
         for value, uses, qz, _ in plan:
             graph = value.graph
-            inits = [graph.add_initializer(qz.q, name=f"{value.name}_quantized"),
-                     graph.add_initializer(qz.scale, name=f"{value.name}_scale")]
+            inits = [graph.add_initializer(qz.q, name=f"{value.name}_quantized"), _scale_input(value, uses, qz)]
             if qz.zero_point is not None:
                 inits.append(graph.add_initializer(qz.zero_point, name=f"{value.name}_zero_point"))
             if uses[0].node.op_type == "Gather" and uses[0].channel_axis == 1:
@@ -476,16 +527,34 @@ class QuantizeWeights(Pass):
         return out
 
 
+def _scale_input(value: Value, uses: list[_Slot], qz: Quantized) -> Value:
+    """The scale initializer, or with uint8 scales DequantizeLinear(uint8 scales,
+    channel scales) placed before the weight's readers (_dequantize_before puts
+    the weight's DequantizeLinear after it)."""
+    graph = value.graph
+    if qz.scale_scale is None:
+        return graph.add_initializer(qz.scale, name=f"{value.name}_scale")
+    inits = [graph.add_initializer(qz.scale, name=f"{value.name}_scale_quantized"),
+             graph.add_initializer(qz.scale_scale, name=f"{value.name}_scale_scale")]
+    dq = graph.make_node("DequantizeLinear", inits, {"axis": qz.scale_axis}, name=f"{value.name}_scale_dequantize",
+                         output_names=[f"{value.name}_scale"], before=_first_reader(graph, uses))
+    out = dq.outputs[0]
+    out.dtype, out.shape = onnx.helper.np_dtype_to_tensor_dtype(qz.scale_scale.dtype), tuple(qz.scale.shape)
+    return out
+
+
+def _first_reader(graph, uses: list[_Slot]) -> Node | None:
+    readers = {id(s.node) for s in uses}
+    if all(s.node.graph is graph for s in uses):
+        return next(n for n in graph.nodes if id(n) in readers)
+    return graph.nodes[0] if graph.nodes else None  # read inside a subgraph: at the top of the graph that defines it
+
+
 def _dequantize_before(value: Value, uses: list[_Slot], inits: list[Value], qz: Quantized) -> None:
     """W -> DequantizeLinear(W_q, scale[, zero_point]) -> the op, placed before its first reader."""
     graph = value.graph
-    readers = {id(s.node) for s in uses}
-    if all(s.node.graph is graph for s in uses):
-        first_reader = next(n for n in graph.nodes if id(n) in readers)
-    else:  # read inside a subgraph: at the top of the graph that defines it
-        first_reader = graph.nodes[0] if graph.nodes else None
     dq = graph.make_node("DequantizeLinear", inits, dict(qz.attributes), name=f"{value.name}_dequantize",
-                         output_names=[f"{value.name}_dequantized"], before=first_reader)
+                         output_names=[f"{value.name}_dequantized"], before=_first_reader(graph, uses))
     out = dq.outputs[0]
     out.dtype, out.shape = value.dtype, tuple(int(d) for d in qz.q.shape)
     for s in uses:

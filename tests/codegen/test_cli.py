@@ -48,6 +48,22 @@ def test_compile_run_compare(tmp_path, mlp_file, capsys):
     assert "MISMATCH" in capsys.readouterr().out
 
 
+def test_compile_a_pipeline_that_starts_with_a_preset_and_needs_calibration(tmp_path, mlp_file, capsys):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        np.savez(calib / f"{i}.npz", x=np.random.default_rng(i).standard_normal((4, 32)).astype(np.float32))
+    pkg = tmp_path / "q.ofpkg"
+    pipeline = "-O2,quantize-weights{method=gptq min_elements=16}"
+    assert main(["compile", str(mlp_file), "-p", pipeline, "-o", str(pkg), "--json"]) == 4  # gptq needs data
+    assert "calibration" in capsys.readouterr().err
+    assert main(["compile", str(mlp_file), "-p", pipeline, "--calib", str(calib), "--calib-samples", "2",
+                 "-o", str(pkg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pipeline"] == pipeline and "quantize-weights" in report["passes"]
+    assert main(["compile", str(mlp_file), "--calib-samples", "2", "-o", str(pkg)]) == 2
+
+
 def test_default_output_next_to_the_model(mlp_file):
     assert main(["compile", str(mlp_file), "-O0", "--json"]) == 0
     assert mlp_file.with_suffix(".ofpkg").is_file()

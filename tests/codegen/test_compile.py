@@ -98,6 +98,7 @@ def test_manifest_describes_the_package(packages):
         assert m["files"][name]["sha256"] == hashlib.sha256(data[name]).hexdigest()
     assert data["manifest.sha256"].decode().strip() == hashlib.sha256(data[MANIFEST]).hexdigest()
     assert data[LIBRARY][:4] == b"\x7fELF"
+    assert b".debug_info" not in data[LIBRARY] and b".symtab" not in data[LIBRARY]  # linked with -s
 
 
 def test_compile_from_path_and_unknown_preset(tmp_path):

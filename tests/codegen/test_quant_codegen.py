@@ -25,6 +25,7 @@ PIPELINES = {
     "int8": "quantize-weights",
     "int4": "quantize-weights{bits=4 granularity=block block=32}",
     "uint4": "quantize-weights{bits=4 granularity=block block=16 symmetric=false}",
+    "int4-u8scales": "quantize-weights{bits=4 granularity=block block=32 scales=uint8}",
     "static": "quantize-static{sensitivity=false}",
     "dynamic": "quantize-dynamic",
 }
@@ -96,7 +97,7 @@ def test_quantized_model_matches_onnxruntime(name, quantized, compiled):
     model = quantized(name)
     ops = {n.op_type for n in model.graph.nodes}
     expected = {"int8": "DequantizeLinear", "int4": "DequantizeLinear", "uint4": "DequantizeLinear",
-                "static": "QuantizeLinear", "dynamic": "MatMulInteger"}[name]
+                "int4-u8scales": "DequantizeLinear", "static": "QuantizeLinear", "dynamic": "MatMulInteger"}[name]
     assert expected in ops, ops
     pkg = compiled(name)
     feeds = sample_inputs(model, seed=3)
@@ -105,12 +106,22 @@ def test_quantized_model_matches_onnxruntime(name, quantized, compiled):
     assert diff.ok, diff
 
 
-@pytest.mark.parametrize("name, ratio", [("int8", 0.30), ("int4", 0.20), ("uint4", 0.25), ("static", 0.30)])
+@pytest.mark.parametrize("name, ratio", [("int8", 0.30), ("int4", 0.20), ("uint4", 0.25), ("int4-u8scales", 0.17),
+                                         ("static", 0.30)])
 def test_package_weights_shrink(name, ratio, compiled):
     """weights.npz against the fp32 package's: int8 ~0.26x, int4 ~0.16x (packed
-    nibbles plus one fp32 scale per 32 weights; small tensors stay fp32)."""
+    nibbles plus one fp32 scale per 32 weights; small tensors stay fp32), ~0.14x
+    with uint8 block scales."""
     small, full = weights_bytes(compiled(name)), weights_bytes(compiled("fp32"))
     assert small < ratio * full, (small, full, small / full)
+
+
+def test_uint8_block_scales_stay_uint8_in_the_package(compiled):
+    """A quarter of the scale bytes: the scales' DequantizeLinear runs in the module."""
+    small, floats = weights_bytes(compiled("int4-u8scales")), weights_bytes(compiled("int4"))
+    assert small < 0.9 * floats, (small, floats)
+    assert any(p["dtype"] == "uint8" and "packed" not in p and p["name"].endswith("_scale_quantized")
+               for p in compiled("int4-u8scales").manifest["params"])
 
 
 def test_int4_weights_are_packed_in_the_package(compiled, quantized):

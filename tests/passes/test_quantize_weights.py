@@ -143,6 +143,56 @@ def test_int4_block32_ratio_includes_fp32_scales():
     assert rel_err(ref["y"], got["y"]) < 0.15
 
 
+@pytest.mark.parametrize("name, symmetric", [("matmul", True), ("matmul", False), ("conv", True), ("gemm-transB", True)])
+def test_uint8_scales_shrink_int4_blocks(name, symmetric):
+    proto = matmul_model(k=256, n=64) if name == "matmul" else MODELS[name]()
+    block = 8 if name == "conv" else 32
+    base = f"quantize-weights{{bits=4 granularity=block block={block} symmetric={str(symmetric).lower()}"
+    _, floats, ref, got_float = quantize(proto, base + "}")
+    _, result, _, got = quantize(proto, base + " scales=uint8}")
+    dqs = [n for n in result.model.graph.nodes if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == 2
+    scale_dq, weight_dq = dqs  # the scales' DequantizeLinear comes first and feeds the weight's
+    assert weight_dq.inputs[1] is scale_dq.outputs[0]
+    assert scale_dq.inputs[0].array.dtype == np.uint8 and scale_dq.inputs[1].array.dtype == np.float32
+    channel_axis = 1 if name == "matmul" else 0
+    assert scale_dq.attributes == {"axis": channel_axis}
+    assert scale_dq.inputs[1].shape == (weight_dq.inputs[0].shape[channel_axis],)
+    # every channel's largest block scale is stored as 255
+    top = scale_dq.inputs[0].array.max(axis=tuple(a for a in range(scale_dq.inputs[0].array.ndim) if a != channel_axis))
+    assert np.all(top == 255)
+    # a quarter of the scale bytes, and accuracy close to float scales
+    saved = result.records[0].stats["bytes_after"]
+    assert saved < floats.records[0].stats["bytes_after"]
+    n = weight_dq.inputs[0].shape
+    k_blocks = weight_dq.inputs[1].shape
+    expected = (int(np.prod(n)) + 1) // 2 + int(np.prod(k_blocks)) * (1 if symmetric else 2) + n[channel_axis] * 4
+    assert saved == expected
+    for k in ref:
+        assert rel_err(ref[k], got[k]) < 1.1 * rel_err(ref[k], got_float[k]) + 0.01
+
+
+def test_uint8_scales_with_gptq_and_a_zero_block():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((128, 16)).astype(np.float32)
+    w[32:64, 3] = 0  # an all-zero block gets the smallest stored scale
+    proto = model([helper.make_node("MatMul", ["x", "w"], ["y"])], [tensor("x", [4, 128])], [tensor("y", [4, 16])],
+                  [init("w", w)], opset=17)
+    m = onnxforge.load(proto)
+    calib = [{"x": rng.standard_normal((4, 128)).astype(np.float32)} for _ in range(4)]
+    feeds = {"x": calib[0]["x"]}
+    errors = {}
+    for method in ("rtn", "gptq"):
+        result = onnxforge.optimize(m, f"quantize-weights{{bits=4 granularity=block block=32 scales=uint8 "
+                                       f"method={method}}}", calibration=calib)
+        dq = next(n for n in result.model.graph.nodes if "block_size" in n.attributes)
+        assert dq.inputs[1].producer.inputs[0].array[1, 3] == 1  # block 1 of column 3
+        if method == "rtn":  # (gptq moves rounding error into later columns, zeros included)
+            assert np.all(dq.inputs[0].array[32:64, 3].astype(np.int8) == 0)
+        errors[method] = rel_err(run_ort(m, feeds)["y"], run_ort(result.model, feeds)["y"])
+    assert errors["gptq"] < errors["rtn"] < 0.15
+
+
 def test_block_that_does_not_divide_the_axis_gets_a_short_last_block():
     proto = matmul_model(k=80, n=16)  # 80 = 2 * 32 + 16
     m, result, ref, got = quantize(proto, "quantize-weights{bits=4 granularity=block block=32}")
@@ -209,6 +259,8 @@ def test_quantize_array_exact_levels():
     ("quantize-weights{granularity=block block=0}", "block=0"),
     ("quantize-weights{method=gptq damp=0}", "damp=0"),
     ("quantize-weights{method=awq}", "method=awq: expected one of rtn, gptq"),
+    ("quantize-weights{granularity=block scales=int4}", "scales=int4: expected one of float, uint8"),
+    ("quantize-weights{bits=4 scales=uint8}", "scales=uint8 needs granularity=block"),
     ("quantize-weights{ops=MatMul+Softmax}", "cannot quantize weights of Softmax; supported ops are MatMul\\+Gemm\\+Conv\\+Attention\\+Gather"),
     ("quantize-weights{ops=matmul}", "cannot quantize weights of matmul"),
     ("quantize-weights{bit=4}", "no option 'bit'.*bits"),
