@@ -20,9 +20,13 @@ from .targets import ResolvedTarget
 
 
 def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathLike,
-                  cpu_kernels: str | None = None, db: str | os.PathLike | None = None) -> dict:
+                  cpu_kernels: str | None = None, db: str | os.PathLike | None = None,
+                  dequantize: str = "run") -> dict:
     """Compile and link to `path` (a .so for target.arch). `db`: a tuning database
     folder (codegen.tune_db); only records tuned for this target are applied.
+    `dequantize="load"`: what main computes from the weights alone (dequantizing
+    them, reshapes) moves to a function "main_transform_params" that loaders run
+    once (relax.transform.LiftTransformParams); main then takes its results.
     Returns {"cpu_kernels": the mode used (see resolve_cpu_kernels; "tvm" for GPU
     targets)} plus, with `db`, "tuning": {"db", "target_key", "kernels", "kernels_tuned"}."""
     if getattr(tvm.base, "_RUNTIME_ONLY", False):
@@ -53,8 +57,11 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
 
             pipeline = cpu_pipeline(tvm_target, mode, database, stats)
             export_kwargs = cpu_export_kwargs(mode, blas_dir)
+    mod = lowered.mod
+    if dequantize == "load":
+        mod = _lift_params(mod, len(lowered.inputs))
     try:
-        executable = tvm.compile(lowered.mod, tvm_target, relax_pipeline=pipeline)
+        executable = tvm.compile(mod, tvm_target, relax_pipeline=pipeline)
     except Exception as exc:
         raise BuildError(f"TVM failed to compile the model for {target.name}: {_last_line(exc)}") from exc
     fcompile = tvm.support.cc.cross_compiler(linker) if linker else None
@@ -70,6 +77,14 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     if db is not None:
         info["tuning"].update(stats or {"kernels_tuned": 0})
     return info
+
+
+def _lift_params(mod, num_inputs: int):
+    """main's first `num_inputs` parameters are inputs, the rest weights (a copy of
+    the module: the caller's is left as it is)."""
+    main = mod.get_global_var("main")
+    funcs = {gv: (f.with_attr("num_input", num_inputs) if gv.same_as(main) else f) for gv, f in mod.functions.items()}
+    return relax.transform.LiftTransformParams()(tvm.IRModule(funcs, attrs=mod.attrs))
 
 
 def resolve_cpu_kernels(requested: str | None, target: ResolvedTarget) -> tuple[str, str | None]:

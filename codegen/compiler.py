@@ -25,6 +25,8 @@ from . import manifest as fmt
 from .cpu import CPU_KERNELS
 from .device.libs import OPENBLAS, OPENBLAS_PACKAGE
 from .manifest import TensorSpec
+
+DEQUANTIZE = ("run", "load")  # when quantized weights are dequantized: every run, or once at load
 from .targets import ResolvedTarget, resolve_target
 
 InputShapes = Mapping[str, Sequence[int]]
@@ -83,6 +85,7 @@ def compile(
     cpu_kernels: str | None = None,
     db: str | os.PathLike | None = None,
     calibration=None,
+    dequantize: str = "run",
 ) -> Package:
     """Optimize `model` with `pipeline`, lower it to TVM Relax, build it for the named
     `target` (see `onnxforge targets`) and write one package file to `output` (a
@@ -90,12 +93,18 @@ def compile(
     e.g. {"x": (1, 3, 48, 320)}. `db`: a tuning database folder written by
     `onnxforge tune` (codegen.tune); its records for this target are applied. `calibration`: samples for passes that
     need data (onnxforge.Calibration.from_source). `cpu_kernels` (CPU targets): "auto" (default, or
-    $ONNXFORGE_CPU_KERNELS), "blas", "schedule" or "tvm" (codegen.build.resolve_cpu_kernels)."""
+    $ONNXFORGE_CPU_KERNELS), "blas", "schedule" or "tvm" (codegen.build.resolve_cpu_kernels).
+    `dequantize`: "run" (default) dequantizes quantized weights inside every run, so
+    memory holds them quantized; "load" does it once when the package is loaded
+    (with every other computation on weights alone), so runs go at float speed and
+    memory holds float weights. The package file is the same size either way."""
     from .build import build_library  # imports tvm: only when compiling
 
     seconds: dict[str, float] = {}
     if cpu_kernels not in (None, *CPU_KERNELS):
         raise PipelineError(f"cpu_kernels must be one of {', '.join(CPU_KERNELS)}, got {cpu_kernels!r}")
+    if dequantize not in DEQUANTIZE:
+        raise PipelineError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, got {dequantize!r}")
     resolved = resolve_target(target)
     resolved.check_linker()  # before the slow part: a missing cross compiler fails at once
     model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds, calibration)
@@ -105,13 +114,14 @@ def compile(
     with tempfile.TemporaryDirectory(prefix="onnxforge-build-") as tmp:
         lib = Path(tmp) / fmt.LIBRARY
         t0 = time.perf_counter()
-        built = build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels, db=db)
+        built = build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels, db=db, dequantize=dequantize)
         cpu_kernels = built["cpu_kernels"]
         seconds["build"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         weights, param_specs = _weights_npz(lowered.params, lowered.packed)
         manifest = _manifest(model, source, lowered, param_specs, resolved, optimized.pipeline,
                              input_shapes)
+        manifest["dequantize"] = dequantize
         if resolved.device == "cpu":
             manifest["cpu_kernels"] = cpu_kernels
         if "tuning" in built:

@@ -114,6 +114,11 @@ class CompiledModel:
                 raise PackageError(f"{path}: TVM cannot load the compiled library: {_last_line(exc)}") from exc
         self._main = self._vm["main"]
         self._params = [tvm.runtime.tensor(a, self.device) for a in _read_weights(files[fmt.WEIGHTS], manifest, path)]
+        if manifest.get("dequantize") == "load":  # weights -> what main takes, once (codegen.build)
+            try:
+                self._params = list(self._vm["main_transform_params"](self._params))
+            except Exception as exc:
+                raise PackageError(f"{path}: preparing the weights failed: {_last_line(exc)}") from exc
         self._tvm = tvm
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 
 def compile(model, target: str = "x86", pipeline="-O1", *, output=None, input_shapes=None, cpu_kernels=None, db=None,
-            calibration=None):
+            calibration=None, dequantize="run"):
     """Compile a model with TVM into one package file for a named target:
 
         pkg = onnxforge.compile("model.onnx", target="x86", pipeline="-O2", output="model.ofpkg")
@@ -25,7 +25,7 @@ def compile(model, target: str = "x86", pipeline="-O1", *, output=None, input_sh
     from .codegen.compiler import compile as _compile
 
     return _compile(model, target, pipeline, output=output, input_shapes=input_shapes, cpu_kernels=cpu_kernels, db=db,
-                    calibration=calibration)
+                    calibration=calibration, dequantize=dequantize)
 
 
 def tune(model, target: str = "x86", *, db, trials=None, time_budget=None, pipeline="-O2", **options):

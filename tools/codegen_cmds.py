@@ -108,6 +108,9 @@ def compile_cmd(
     calib: Optional[str] = typer.Option(
         None, "--calib", help="folder of calibration samples (.npz per sample, or .npy) for passes that need data"),
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="use the first N calibration samples"),
+    dequantize: str = typer.Option("run", "--dequantize",
+                                   help="quantized weights: dequantize in every run (run: low memory) or once at load "
+                                        "(load: float speed, float weights in memory)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ):
     """Compile a model with TVM for a named target into one package file."""
@@ -122,7 +125,7 @@ def compile_cmd(
     with err.status(f"compiling for {resolved.name}...", spinner="dots") if not as_json else _nothing():
         t0 = time.perf_counter()
         pkg = compile_model(model, target, spec, output=out, input_shapes=shapes or None, cpu_kernels=cpu_kernels,
-                            db=db, calibration=calibration)
+                            db=db, calibration=calibration, dequantize=dequantize)
         seconds = time.perf_counter() - t0
     files = pkg.manifest["files"]
     report = {

@@ -374,6 +374,15 @@ static int Run(const Options& o) {
   // One CPU device with the pooled allocator (2), as tvm.runtime.vm.VirtualMachine does.
   (*vm)->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
   ConfigThreads(o.threads);
+  if (Str(manifest.Get("dequantize").value_or(nullptr)) == "load") {
+    // Built with dequantize=load: the weights -> what main takes, once (codegen/build.py).
+    size_t n_inputs = manifest.Get("inputs").value().cast<ffi::Array<ffi::Any>>().size();
+    ffi::Array<ffi::Tensor> weights(args.begin() + n_inputs, args.end());
+    ffi::Function transform = (*vm)->GetFunction("main_transform_params").value();
+    ffi::Array<ffi::Any> ready = transform(weights).cast<ffi::Array<ffi::Any>>();
+    args.resize(n_inputs);
+    for (const ffi::Any& w : ready) args.push_back(w.cast<ffi::Tensor>());
+  }
   ffi::Function main_fn = (*vm)->GetFunction("main").value();
 
   std::vector<ffi::AnyView> views(args.begin(), args.end());

@@ -72,6 +72,8 @@ def test_default_output_next_to_the_model(mlp_file):
 def test_exit_codes(tmp_path, mlp_file, capsys):
     assert main(["compile", str(mlp_file), "-O9"]) == 2  # unknown preset
     assert main(["compile", str(mlp_file), "--target", "x68"]) == 2  # unknown target
+    assert main(["compile", str(mlp_file), "--dequantize", "later", "-o", str(tmp_path / "d.ofpkg")]) == 2
+    assert "dequantize must be one of run, load" in capsys.readouterr().err.replace("\n", " ")
     custom = tmp_path / "custom.onnx"
     onnx.save(models.custom_op(), str(custom))
     assert main(["compile", str(custom), "-O0", "-o", str(tmp_path / "c.ofpkg")]) == 6  # no lowering

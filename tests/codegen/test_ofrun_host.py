@@ -22,3 +22,18 @@ def test_ofrun_on_this_machine_matches_the_python_loader(packages):
     diff = compare_outputs(pkg(**feeds), run.outputs, 1e-6, 1e-6)
     assert diff.ok, diff
     assert run.latency_ms is not None
+
+
+def test_ofrun_runs_a_package_that_dequantizes_at_load(tmp_path):
+    """dequantize="load": ofrun calls main_transform_params once, as the Python loader does."""
+    model = onnxforge.load(models.int8_weights())
+    feeds = sample_inputs(model, seed=2)
+    pkgs = {d: onnxforge.compile(model, target="x86", pipeline="-O2", output=tmp_path / f"{d}.ofpkg", dequantize=d)
+            for d in ("run", "load")}
+    assert pkgs["load"].manifest["dequantize"] == "load"
+    reference = pkgs["run"](**feeds)
+    for d, pkg in pkgs.items():
+        run = device.run_native(pkg.path, feeds, threads=1, repeat=2)
+        diff = compare_outputs(reference, run.outputs, 1e-5, 1e-5)
+        assert diff.ok, (d, diff)
+        assert compare_outputs(reference, pkg(**feeds), 1e-5, 1e-5).ok

@@ -216,3 +216,17 @@ def test_int4_package_runs_on_arm64(compiled, quantized):
     run = device.run_native(pkg.path, feeds, threads=1, repeat=1, loader=device.build_loader("aarch64"))
     diff = compare_outputs(ort_reference(model, feeds), run.outputs, 1e-4, 1e-4)
     assert diff.ok, diff
+
+
+def test_dequantize_at_load(quantized, compiled, tmp_path):
+    """dequantize="load": the same package bytes of weights, dequantized once when
+    loaded (main_transform_params), the same outputs."""
+    model = quantized("int4")
+    pkg = onnxforge.compile(model, target="x86", pipeline="-O2", output=tmp_path / "load.ofpkg", dequantize="load")
+    assert pkg.manifest["dequantize"] == "load" and compiled("int4").manifest["dequantize"] == "run"
+    assert weights_bytes(pkg) == weights_bytes(compiled("int4"))
+    loaded = onnxforge.runtime.load(pkg.path)
+    assert {str(p.dtype) for p in loaded._params} == {"float32"}  # the int4 weights, dequantized
+    feeds = sample_inputs(model, seed=3)
+    diff = compare_outputs(ort_reference(model, feeds), loaded(feeds), 1e-4, 1e-4)
+    assert diff.ok, diff

@@ -42,9 +42,10 @@ def parse_shapes(items: list[str]) -> dict[str, list[int]] | None:
     return shapes or None
 
 
-def with_compiled(pipelines: list[str], targets: list[str], db: str | None = None) -> list:
+def with_compiled(pipelines: list[str], targets: list[str], db: str | None = None, load: bool = False) -> list:
     """The pipelines (onnxruntime on their output), then each compiled for each target,
-    untuned and, with a tuning database `db`, also with its records for that target."""
+    untuned and, with a tuning database `db`, also with its records for that target;
+    `load`: also built with dequantize="load" (weights dequantized once at load)."""
     if not targets:
         return list(pipelines)
     from .compiled import compiled_variant
@@ -57,6 +58,8 @@ def with_compiled(pipelines: list[str], targets: list[str], db: str | None = Non
             compiled.append(compiled_variant(f"tvm-{target}:{name}", text, target))
             if db:
                 compiled.append(compiled_variant(f"tvm-{target}-tuned:{name}", text, target, db=db))
+            if load:
+                compiled.append(compiled_variant(f"tvm-{target}-load:{name}", text, target, dequantize="load"))
     return list(pipelines) + compiled
 
 
@@ -93,6 +96,9 @@ def bench_cmd(
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="evaluate outputs and metric on the first N samples"),
     target: List[str] = typer.Option([], "--target", help="also compile each pipeline with TVM for this target (repeatable)"),
     db: Optional[str] = typer.Option(None, "--db", help="with --target: also time each package built with this tuning database"),
+    dequantize_at_load: bool = typer.Option(False, "--dequantize-at-load",
+                                            help="with --target: also time each package built to dequantize its weights "
+                                                 "once at load (compile --dequantize load)"),
     suite: bool = typer.Option(False, "--suite", help="run the benchmark suite: the three BENCHMARKS.md models with their data"),
     models: Optional[str] = typer.Option(None, "--models", help="with --suite: which models, comma separated (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
@@ -109,7 +115,7 @@ def bench_cmd(
             raise typer.BadParameter("--suite picks models, data and metrics itself; give only --pipeline/--models/--out")
         from ..benchmarks.suite import default_pipelines, run_suite
 
-        results = run_suite(models.split(",") if models else None, with_compiled(pipeline or default_pipelines(), target, db),
+        results = run_suite(models.split(",") if models else None, with_compiled(pipeline or default_pipelines(), target, db, dequantize_at_load),
                             out, **common)
     else:
         if not model_path:
@@ -117,7 +123,7 @@ def bench_cmd(
         from .harness import bench
 
         feeds = load_inputs(timing_input) if timing_input else None
-        results = {Path(model_path).stem: bench(model_path, with_compiled(pipeline, target, db), data=data, metric=metric, out=out,
+        results = {Path(model_path).stem: bench(model_path, with_compiled(pipeline, target, db, dequantize_at_load), data=data, metric=metric, out=out,
                                                 timing_feeds=feeds, dims=parse_dims(dims),
                                                 shapes=parse_shapes(shape), **common)}
     for result in results.values():

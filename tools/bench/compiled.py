@@ -14,7 +14,8 @@ from .variants import BuildContext, Built, Skipped, Variant, _slug
 
 
 def compiled_variant(name: str, pipeline: str, target: str,
-                     input_shapes: Mapping[str, Sequence[int]] | None = None, db: str | None = None) -> Variant:
+                     input_shapes: Mapping[str, Sequence[int]] | None = None, db: str | None = None,
+                     dequantize: str = "run") -> Variant:
     def build(ctx: BuildContext) -> Built:
         from ...codegen import TargetMismatchError, resolve_target
         from ...codegen.compiler import compile as compile_model
@@ -31,7 +32,7 @@ def compiled_variant(name: str, pipeline: str, target: str,
         shapes = dict(input_shapes or ctx.pinned_shapes or {})
         try:
             pkg = compile_model(ctx.original, spec, pipeline, output=path, input_shapes=shapes or None, db=db,
-                                calibration=_samples_of_shape(ctx.calibration, shapes))
+                                calibration=_samples_of_shape(ctx.calibration, shapes), dequantize=dequantize)
         except (LoweringError, BuildError):
             if shapes or not (ctx.timing_feeds or ctx.calibration):
                 raise
@@ -39,7 +40,7 @@ def compiled_variant(name: str, pipeline: str, target: str,
             shapes = {k: tuple(v.shape) for k, v in (ctx.timing_feeds or ctx.calibration[0]).items()}
             ctx.pinned_shapes = shapes
             pkg = compile_model(ctx.original, spec, pipeline, output=path, input_shapes=shapes, db=db,
-                                calibration=_samples_of_shape(ctx.calibration, shapes))
+                                calibration=_samples_of_shape(ctx.calibration, shapes), dequantize=dequantize)
         try:
             model = load_package(path, threads=ctx.threads if resolved.device == "cpu" else None)
         except TargetMismatchError as exc:
@@ -51,12 +52,12 @@ def compiled_variant(name: str, pipeline: str, target: str,
         info = {"target": pkg.manifest["target"]["name"], "tvm_target": pkg.manifest["target"]["tvm"],
                 "pipeline": pkg.manifest["pipeline"], "passes": pkg.manifest["passes"],
                 "compile_seconds": pkg.seconds, "cpu_kernels": pkg.manifest.get("cpu_kernels"),
-                "tuning": pkg.manifest.get("tuning"), "bytes": {k: f["bytes"] for k, f in pkg.manifest["files"].items()}}
+                "tuning": pkg.manifest.get("tuning"), "dequantize": dequantize, "bytes": {k: f["bytes"] for k, f in pkg.manifest["files"].items()}}
         if shapes:
             info["pinned_input_shapes"] = {k: list(v) for k, v in shapes.items()}
         return Built(run, path, info, model=pkg.model)
 
-    how = f"tuned with {db}" if db else "untuned"
+    how = (f"tuned with {db}" if db else "untuned") + (", dequantized at load" if dequantize == "load" else "")
     return Variant(name, "compiled", f"TVM package for {target} ({how}) after `{pipeline}`", build)
 
 
