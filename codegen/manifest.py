@@ -1,4 +1,4 @@
-"""The package format: one uncompressed tar holding
+"""The package format: one gzip-compressed tar holding
 
     manifest.json     inputs/outputs/params (names, dtypes, shapes), target, pipeline,
                       versions, and the sha256 and size of every other file
@@ -6,17 +6,23 @@
     model.so          the compiled library (TVM Relax VM executable)
     weights.npz       the weights in their stored dtype (int8 stays int8), no pickle
 
+Compressed because quantized weights and code shrink by a quarter to a third
+(PP-OCRv4 int4: 2.26 MB -> 1.50 MB); float weights by about 7%. Uncompressed
+tars (packages written before) are read too.
+
 Standard library and numpy only: the runtime loader uses this module on devices.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
 import os
 import tarfile
+import zlib
 from typing import Any, Union
 
 from ..ir.errors import ModelLoadError
@@ -29,6 +35,7 @@ LIBRARY = "model.so"
 WEIGHTS = "weights.npz"
 MEMBERS = (MANIFEST, MANIFEST_SUM, LIBRARY, WEIGHTS)
 SUFFIX = ".ofpkg"
+COMPRESSLEVEL = 6  # level 9 saves 0.1% more on PP-OCRv4 and takes twice as long
 
 Dim = Union[int, str, None]  # static, symbolic (kept by name), unknown
 
@@ -72,7 +79,9 @@ def write_package(path: str | os.PathLike, manifest: dict[str, Any], files: dict
     members = {MANIFEST: text, MANIFEST_SUM: (sha256(text) + "\n").encode(), **files}
     tmp = f"{os.fspath(path)}.tmp"
     try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        # mtime=0 and no file name in the gzip header: the same build gives the same bytes.
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=COMPRESSLEVEL,
+                                                  mtime=0) as gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for name, data in members.items():
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
@@ -94,7 +103,7 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, byt
         raise PackageError(f"{path}: no such file")
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path, "r:*") as tar:  # gzip or (before) uncompressed
             for info in tar.getmembers():
                 if info.name not in MEMBERS:
                     raise PackageError(f"{path}: unexpected file {info.name!r} in the package")
@@ -105,7 +114,7 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, byt
                 members[info.name] = tar.extractfile(info).read()
     except PackageError:
         raise
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise PackageError(f"{path}: not a readable onnxforge package (corrupt or truncated archive): {exc}") from None
     for name in MEMBERS:
         if name not in members:

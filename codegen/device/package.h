@@ -1,5 +1,7 @@
-// Reading an onnxforge package (.ofpkg) without Python: the archive is an
-// uncompressed tar (ustar, with pax headers when Python's tarfile needs them) and
+// Reading an onnxforge package (.ofpkg) without Python: the archive is a tar
+// (ustar, with pax headers when Python's tarfile needs them), gzip-compressed
+// (quantized weights and code compress by a quarter to a third; uncompressed
+// packages are read too), and
 // every member is checked against the sha256 that manifest.json lists, as the
 // Python loader does (codegen/manifest.py).
 #pragma once
@@ -12,6 +14,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+
+#include "inflate.h"
 
 namespace pkg {
 
@@ -52,6 +56,13 @@ inline void Pax(const std::string& body, std::string* name, uint64_t* size) {
 // name -> bytes of every regular file; anything else in the archive is an error.
 inline std::map<std::string, std::string> ReadTar(const std::string& path) {
   std::string tar = ReadFile(path);
+  if (inflate::IsGzip(tar)) {
+    try {
+      tar = inflate::Gunzip(tar);
+    } catch (const inflate::Error& e) {
+      throw std::runtime_error(path + ": corrupt or truncated package (" + e.what() + ")");
+    }
+  }
   std::map<std::string, std::string> out;
   std::string pax_name;
   uint64_t pax_size = UINT64_MAX;

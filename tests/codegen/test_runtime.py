@@ -1,6 +1,7 @@
 """The runtime loader: checksums, manifest, target checks, input checks, and what
 it imports."""
 import ast
+import gzip
 import json
 import subprocess
 import sys
@@ -19,15 +20,26 @@ from onnxforge.ir import DataError
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def edit_tar(path: Path, edit) -> None:
+    """Apply `edit` to the package's tar (a file name) and compress it again: a
+    package altered after it was built, whose gzip layer is intact."""
+    tar_path = path.with_suffix(".tar")
+    tar_path.write_bytes(gzip.decompress(path.read_bytes()))
+    edit(tar_path)
+    path.write_bytes(gzip.compress(tar_path.read_bytes()))
+
+
 def flip_byte(path: Path, member: str, offset: int = 100) -> None:
-    """Change one byte inside `member`'s data, in place."""
-    with tarfile.open(path) as tar:
-        start = tar.getmember(member).offset_data
-    with open(path, "r+b") as f:
-        f.seek(start + offset)
-        byte = f.read(1)
-        f.seek(start + offset)
-        f.write(bytes([byte[0] ^ 0x01]))
+    """Change one byte inside `member`'s data."""
+    def flip(tar_path):
+        with tarfile.open(tar_path) as tar:
+            start = tar.getmember(member).offset_data
+        with open(tar_path, "r+b") as f:
+            f.seek(start + offset)
+            byte = f.read(1)
+            f.seek(start + offset)
+            f.write(bytes([byte[0] ^ 0x01]))
+    edit_tar(path, flip)
 
 
 def rewrite_manifest(src: Path, dest: Path, edit) -> Path:
@@ -69,10 +81,35 @@ def test_truncated_or_foreign_files_are_refused(packages, package_copy, tmp_path
         onnxforge.runtime.load(tmp_path / "missing.ofpkg")
 
 
+def test_a_flipped_byte_in_the_compressed_file_is_refused(packages, package_copy):
+    path = package_copy(packages.get("mlp"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="corrupt"):
+        onnxforge.runtime.load(path)
+
+
+def test_packages_are_compressed_and_uncompressed_ones_still_load(packages, package_copy):
+    """Packages are gzip-compressed tars; plain tars (the format before) load the same."""
+    pkg = packages.get("mlp")
+    assert pkg.path.read_bytes()[:2] == b"\x1f\x8b"
+    _, files = read_package(pkg.path)
+    plain = package_copy(pkg)
+    plain.write_bytes(gzip.decompress(plain.read_bytes()))
+    assert tarfile.open(plain, "r:").getnames()[0] == MANIFEST
+    x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    np.testing.assert_array_equal(onnxforge.runtime.load(plain)(x=x)["y"], pkg(x=x)["y"])
+    assert read_package(plain)[1] == files
+
+
 def test_extra_member_is_refused(packages, package_copy):
     path = package_copy(packages.get("mlp"))
-    with tarfile.open(path, "a") as tar:
-        tar.add(__file__, arcname="../evil.py")
+
+    def add(tar_path):
+        with tarfile.open(tar_path, "a") as tar:
+            tar.add(__file__, arcname="../evil.py")
+    edit_tar(path, add)
     with pytest.raises(PackageError, match="unexpected file '../evil.py'"):
         onnxforge.runtime.load(path)
 
