@@ -22,6 +22,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map, _tensor_to_shape_expr
 
 from ..ir import LoweringError, Model, Node, Value, from_proto, to_proto
+from ..passes import optimize
 from ..passes.constants import constants_to_initializers
 from . import lowerings, quant  # noqa: F401  (lowerings registers the built-in lowerings)
 from .manifest import TensorSpec
@@ -45,10 +46,18 @@ class Lowered:
     packed: dict[str, dict] = dataclasses.field(default_factory=dict)  # int4 param -> {"dtype", "shape"} unpacked
 
 
+def _fold_shape_arithmetic(model: Model) -> Model:
+    """Constant subgraphs evaluated before import, whatever the pipeline was: the
+    frontend does not evaluate all shape arithmetic (PP-OCRv4's Shape -> Slice ->
+    Cast -> Concat -> Reshape before a Squeeze fails to import under -O0). Small
+    results only, so no weight changes form (DequantizeLinear is never folded)."""
+    return optimize(model, "fold-constants{max_bytes=4096}").model
+
+
 def lower(model: Model) -> Lowered:
     """Lower a model (already optimized) to Relax; raises LoweringError naming the
     node and op that failed."""
-    model = model.clone()
+    model = _fold_shape_arithmetic(model)  # a copy
     constants_to_initializers(model.graph)  # Constant-node weights become parameters too
     if model.functions:  # the frontend does not know model-local functions
         model = from_proto(onnx.inliner.inline_local_functions(to_proto(model)), model.base_dir)

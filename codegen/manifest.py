@@ -102,8 +102,15 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, byt
     if not os.path.isfile(path):
         raise PackageError(f"{path}: no such file")
     members: dict[str, bytes] = {}
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":  # gzip; plain tars are packages written before compression
+        try:  # all at once, so that the CRC is checked: tarfile stops reading at a damaged header
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise PackageError(f"{path}: corrupt or truncated package (gzip: {exc})") from None
     try:
-        with tarfile.open(path, "r:*") as tar:  # gzip or (before) uncompressed
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar.getmembers():
                 if info.name not in MEMBERS:
                     raise PackageError(f"{path}: unexpected file {info.name!r} in the package")

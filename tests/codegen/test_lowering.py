@@ -124,3 +124,27 @@ def test_model_local_functions_are_inlined():
     pkg = onnxforge.compile(onnxforge.load(proto), pipeline="-O0")
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(pkg(x=x)["y"], x * x)
+
+
+def test_shape_arithmetic_the_frontend_cannot_evaluate_is_folded_first():
+    """PP-OCRv4's pattern: Reshape to [0, Shape(x)[1], 3, 4] built by Shape -> Cast
+    -> Slice -> Cast -> Concat, Transpose, Slice [0:1] and Squeeze of that axis.
+    TVM's frontend leaves the sliced extent symbolic and refuses the Squeeze;
+    lowering folds the shape arithmetic, whatever the pipeline, and the compiled
+    module matches onnxruntime."""
+    from onnxforge.passes.check import compare_outputs, run_ort
+    from tests.codegen.models import F, Graph
+
+    g = Graph(5)
+    x = g.op("MatMul", "x", g.weight(8, 12))
+    i32 = [g.op("Cast", g.const(np.array([v], np.int32)), to=TensorProto.INT64) for v in (0, 3, 4)]
+    n = g.op("Slice", g.op("Cast", g.op("Shape", x), to=TensorProto.INT32), *(g.const(np.array([v])) for v in (1, 2, 0, 1)))
+    shape = g.op("Concat", i32[0], g.op("Cast", n, to=TensorProto.INT64), i32[1], i32[2], axis=0)
+    y = g.op("Transpose", g.op("Reshape", x, shape), perm=[2, 0, 1, 3])
+    y = g.op("Slice", y, *(g.const(np.array([v])) for v in (0, 1, 0, 1)))
+    g.op("Squeeze", y, axes=[0], out="y")
+    model = onnxforge.load(g.model([("x", [1, 5, 8], F)], [("y", [1, 5, 4], F)], opset=12))
+    lower(model)  # raised LoweringError (Squeeze of a symbolic extent) before
+    pkg = onnxforge.compile(model, target="x86", pipeline="-O0")
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 5, 8)).astype(np.float32)}
+    assert compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-5, 1e-5).ok
