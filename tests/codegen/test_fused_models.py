@@ -36,3 +36,18 @@ def test_fused_model_compiles_and_matches(name, tmp_path):
         feeds = sample_inputs(model, dims=dims)
     diff = compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-4, 1e-4)
     assert diff.ok, f"{name}: {diff}"
+
+
+def test_fused_attention_compiles_with_symbolic_batch_and_sequence(tmp_path):
+    """Attention lowered by onnxforge (the frontend's converter needs static dims):
+    one package, unpinned, matches onnxruntime at several batch and sequence sizes,
+    padded keys masked per batch."""
+    model = onnxforge.load(fusion.attention(layers=2)[0])
+    optimized = onnxforge.optimize(model, "-O2").model
+    assert [n.op_type for n in optimized.graph.nodes].count("Attention") == 2
+    pkg = onnxforge.compile(optimized, "x86", "-O0", output=tmp_path / "m.ofpkg")
+    assert pkg.manifest["inputs"][0]["shape"][:2] == ["batch", "seq"]
+    for batch, seq in ((2, 5), (3, 9), (1, 4)):
+        feeds = fusion.attention_feeds(batch, seq, seed=batch)
+        diff = compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-4, 1e-4)
+        assert diff.ok, ((batch, seq), diff)

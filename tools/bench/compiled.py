@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from ...ir import BuildError, LoweringError
+from ...ir import BuildError, LoweringError, PassError
 from .variants import BuildContext, Built, Skipped, Variant, _slug
 
 
@@ -39,8 +39,15 @@ def compiled_variant(name: str, pipeline: str, target: str,
             # Pin to the timed inputs, so the module can at least be timed like the others.
             shapes = {k: tuple(v.shape) for k, v in (ctx.timing_feeds or ctx.calibration[0]).items()}
             ctx.pinned_shapes = shapes
-            pkg = compile_model(ctx.original, spec, pipeline, output=path, input_shapes=shapes, db=db,
-                                calibration=_samples_of_shape(ctx.calibration, shapes), dequantize=dequantize)
+            samples = _samples_of_shape(ctx.calibration, shapes)
+            try:
+                pkg = compile_model(ctx.original, spec, pipeline, output=path, input_shapes=shapes, db=db,
+                                    calibration=samples, dequantize=dequantize)
+            except PassError as exc:
+                if ctx.calibration and not samples:
+                    raise PassError(f"{exc} (the model compiles only pinned to {shapes}, and none of the "
+                                    f"{len(ctx.calibration)} calibration samples has those shapes)") from exc
+                raise
         try:
             model = load_package(path, threads=ctx.threads if resolved.device == "cpu" else None)
         except TargetMismatchError as exc:
