@@ -58,6 +58,14 @@ def static_shape(expr) -> list[int] | None:
     return dims if len(dims) == ty.ndim else None
 
 
+def shape_dims(expr) -> list | None:
+    """The dims of a tensor whose shape is known: ints, or PrimExprs where symbolic."""
+    ty = getattr(expr, "ty", None)
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    return [int(d.value) if isinstance(d, tirx.IntImm) else d for d in ty.shape.values]
+
+
 def _dtype(expr) -> str | None:
     ty = getattr(expr, "ty", None)
     return str(ty.dtype.dtype) if isinstance(ty, relax.TensorType) else None
@@ -95,14 +103,28 @@ def _sgemm_te(a, b, *rest, out_shape, batch, m, n, k, stride_a, stride_b, trans_
     (rest: the bias tensor, if any; see Epilogue)."""
 
     def body(ins, outs):
-        return tirx.call_extern("int32", "onnxforge_sgemm", tirx.const(batch, "int32"), tirx.const(m, "int32"),
-                                tirx.const(n, "int32"), tirx.const(k, "int32"), ins[0].data,
-                                tirx.const(stride_a, "int64"), tirx.const(int(trans_a), "int32"), ins[1].data,
-                                tirx.const(stride_b, "int64"), tirx.const(int(trans_b), "int32"), outs[0].data,
+        return tirx.call_extern("int32", "onnxforge_sgemm", _arg(batch, "int32"), _arg(m, "int32"),
+                                _arg(n, "int32"), _arg(k, "int32"), ins[0].data,
+                                _arg(stride_a, "int64"), tirx.const(int(trans_a), "int32"), ins[1].data,
+                                _arg(stride_b, "int64"), tirx.const(int(trans_b), "int32"), outs[0].data,
                                 *_epilogue_args(ins, outs, bias_kind, lo, hi))
 
     return te.extern([out_shape], [a, b, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
                      dtype="float32")
+
+
+def _same_dim(x, y) -> bool:
+    """Two dims known equal: equal ints, or the same symbolic expression."""
+    if isinstance(x, int) or isinstance(y, int):
+        return x == y if isinstance(x, int) and isinstance(y, int) else False
+    import tvm_ffi
+
+    return bool(tvm_ffi.structural_equal(x, y))
+
+
+def _arg(v, dtype: str):
+    """A constant, or a symbolic dim (product) evaluated at run time."""
+    return tirx.const(v, dtype) if isinstance(v, int) else tirx.Cast(dtype, v)
 
 
 def _is_swap_last_two(call) -> bool:
@@ -269,7 +291,9 @@ class _BlasRewriter(PyExprMutator):
         if _dtype(a) != "float32" or _dtype(b) != "float32" or _dtype(call) != "float32":
             return None
         sa, sb, so = static_shape(a), static_shape(b), static_shape(call)
-        if sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
+        if sa is None or so is None:
+            return self._rewrite_symbolic_matmul(call, epilogue)
+        if sb is None or len(sa) < 2 or len(sb) < 2:
             return None
         a_src, ta = self._operand(a)
         b_src, tb = self._operand(b)
@@ -299,6 +323,33 @@ class _BlasRewriter(PyExprMutator):
         bias, clamp = epilogue.te_args()
         return self.builder_.call_te(_sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m_eff, n=n, k=k,
                                      stride_a=stride_a, stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
+                                     bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
+
+    def _rewrite_symbolic_matmul(self, call, epilogue):
+        """Products with symbolic batch/sequence dims (MiniLM unpinned) through sgemm,
+        the sizes evaluated at run time: a layer (..., K) @ a static (K, N) weight as
+        one GEMM with M = the product of a's leading dims, or a batched product whose
+        operands have the same batch dims as the output (attention's two)."""
+        a, b = call.args
+        sa, sb, so = shape_dims(a), shape_dims(b), shape_dims(call)
+        if sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
+            return None
+        same = _same_dim
+        if not same(sa[-1], sb[-2]) or any(isinstance(d, int) and d == 0 for d in (*sa, *sb)):
+            return None
+        if len(sb) == 2 and all(isinstance(d, int) for d in sb):
+            b_src, tb = self._operand(b)
+            a_src, ta, batch, m, strides = a, False, 1, math.prod(sa[:-1]), (0, 0)
+        elif len(sa) == len(sb) == len(so) and all(same(x, y) and same(x, z) for x, y, z in zip(sa[:-2], sb[:-2], so[:-2])):
+            (a_src, ta), (b_src, tb) = (a, False), (b, False)
+            batch, m = math.prod(sa[:-2]), sa[-2]
+            strides = (sa[-2] * sa[-1], sb[-2] * sb[-1])
+        else:
+            return None
+        self.count += 1
+        bias, clamp = epilogue.te_args()
+        return self.builder_.call_te(_sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m, n=sb[-1], k=sa[-1],
+                                     stride_a=strides[0], stride_b=strides[1], trans_a=ta, trans_b=tb, name="blas_matmul",
                                      bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
 
     def _gemm(self, a, b):

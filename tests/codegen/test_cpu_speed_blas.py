@@ -286,3 +286,25 @@ def test_conv_clip_with_crossed_bounds_matches_onnxruntime(tmp_path):
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     out = onnxforge.compile(path, target="x86", pipeline="-O0", output=tmp_path / "c.ofpkg", cpu_kernels="blas")(x=x)
     np.testing.assert_array_equal(out["y"], ref)
+
+
+def test_products_with_symbolic_batch_and_sequence_go_to_sgemm(tmp_path):
+    """MiniLM unpinned: every product (the packed QKV and output projections with M =
+    batch * sequence, and attention's two batched products) calls sgemm with sizes
+    read at run time; relax's default matmul schedules took 1.2 s per sentence."""
+    pytest.importorskip("scipy_openblas32")
+    import onnxforge
+    from onnxforge.codegen.cpu.blas import DispatchBLAS
+    from onnxforge.codegen.lower import lower
+    from onnxforge.passes.check import compare_outputs, run_ort
+    from tests.models import fusion
+
+    model = onnxforge.load(fusion.attention(layers=2)[0])
+    optimized = onnxforge.optimize(model, "-O2").model
+    dispatch = DispatchBLAS()
+    text = dispatch(lower(optimized).mod)["main"].script(show_meta=False)
+    assert dispatch.count == 8 and "R.matmul(" not in text  # 2 layers x (QKV, Q@K^T, P@V, output)
+    pkg = onnxforge.compile(optimized, "x86", "-O0", output=tmp_path / "m.ofpkg", cpu_kernels="blas")
+    for batch, seq in ((2, 5), (1, 11)):
+        feeds = fusion.attention_feeds(batch, seq, seed=seq)
+        assert compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-4, 1e-4).ok

@@ -51,3 +51,33 @@ def test_fused_attention_compiles_with_symbolic_batch_and_sequence(tmp_path):
         feeds = fusion.attention_feeds(batch, seq, seed=batch)
         diff = compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-4, 1e-4)
         assert diff.ok, ((batch, seq), diff)
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_attention_with_a_raw_key_mask_and_scale_matches_onnxruntime(tmp_path, scale):
+    """com.microsoft Attention as onnxruntime's transformer optimizer writes it: a
+    2-D int32 mask_index (1 keeps a key), optionally a custom scale; symbolic dims."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(7)
+    hidden, heads = 16, 4
+    attrs = {"num_heads": heads} if scale is None else {"num_heads": heads, "scale": scale}
+    node = helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft", **attrs)
+    graph = helper.make_graph(
+        [node], "attn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", hidden]),
+         helper.make_tensor_value_info("mask", TensorProto.INT32, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((hidden, 3 * hidden)).astype(np.float32) * 0.3, "w"),
+         onnx.numpy_helper.from_array(rng.standard_normal(3 * hidden).astype(np.float32) * 0.1, "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = onnxforge.load(proto)
+    pkg = onnxforge.compile(model, "x86", "-O0", output=tmp_path / "m.ofpkg")
+    for batch, seq in ((2, 6), (3, 3)):
+        mask = np.ones((batch, seq), np.int32)
+        mask[-1, -2:] = 0
+        feeds = {"x": rng.standard_normal((batch, seq, hidden)).astype(np.float32), "mask": mask}
+        diff = compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-4, 1e-4)
+        assert diff.ok, ((batch, seq), diff)
