@@ -25,9 +25,9 @@ from . import manifest as fmt
 from .cpu import CPU_KERNELS
 from .device.libs import OPENBLAS, OPENBLAS_PACKAGE
 from .manifest import TensorSpec
+from .targets import ResolvedTarget, resolve_target
 
 DEQUANTIZE = ("run", "load")  # when quantized weights are dequantized: every run, or once at load
-from .targets import ResolvedTarget, resolve_target
 
 InputShapes = Mapping[str, Sequence[int]]
 

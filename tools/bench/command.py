@@ -123,7 +123,8 @@ def bench_cmd(
         from .harness import bench
 
         feeds = load_inputs(timing_input) if timing_input else None
-        results = {Path(model_path).stem: bench(model_path, with_compiled(pipeline, target, db, dequantize_at_load), data=data, metric=metric, out=out,
+        variants = with_compiled(pipeline, target, db, dequantize_at_load)
+        results = {Path(model_path).stem: bench(model_path, variants, data=data, metric=metric, out=out,
                                                 timing_feeds=feeds, dims=parse_dims(dims),
                                                 shapes=parse_shapes(shape), **common)}
     for result in results.values():
