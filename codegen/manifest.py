@@ -121,7 +121,7 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, byt
                 members[info.name] = tar.extractfile(info).read()
     except PackageError:
         raise
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise PackageError(f"{path}: not a readable onnxforge package (corrupt or truncated archive): {exc}") from None
     for name in MEMBERS:
         if name not in members:

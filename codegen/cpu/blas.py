@@ -334,22 +334,21 @@ class _BlasRewriter(PyExprMutator):
         sa, sb, so = shape_dims(a), shape_dims(b), shape_dims(call)
         if sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
             return None
-        same = _same_dim
-        if not same(sa[-1], sb[-2]) or any(isinstance(d, int) and d == 0 for d in (*sa, *sb)):
+        if not _same_dim(sa[-1], sb[-2]) or any(isinstance(d, int) and d == 0 for d in (*sa, *sb)):
             return None
         if len(sb) == 2 and all(isinstance(d, int) for d in sb):
             b_src, tb = self._operand(b)
-            a_src, ta, batch, m, strides = a, False, 1, math.prod(sa[:-1]), (0, 0)
-        elif len(sa) == len(sb) == len(so) and all(same(x, y) and same(x, z) for x, y, z in zip(sa[:-2], sb[:-2], so[:-2])):
-            (a_src, ta), (b_src, tb) = (a, False), (b, False)
+            batch, m, strides = 1, math.prod(sa[:-1]), (0, 0)
+        elif len(sa) == len(sb) == len(so) and all(_same_dim(x, y) and _same_dim(x, z) for x, y, z in zip(sa[:-2], sb[:-2], so[:-2])):
+            b_src, tb = b, False
             batch, m = math.prod(sa[:-2]), sa[-2]
             strides = (sa[-2] * sa[-1], sb[-2] * sb[-1])
         else:
             return None
         self.count += 1
         bias, clamp = epilogue.te_args()
-        return self.builder_.call_te(_sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m, n=sb[-1], k=sa[-1],
-                                     stride_a=strides[0], stride_b=strides[1], trans_a=ta, trans_b=tb, name="blas_matmul",
+        return self.builder_.call_te(_sgemm_te, a, b_src, *bias, out_shape=so, batch=batch, m=m, n=sb[-1], k=sa[-1],
+                                     stride_a=strides[0], stride_b=strides[1], trans_a=False, trans_b=tb, name="blas_matmul",
                                      bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
 
     def _gemm(self, a, b):
