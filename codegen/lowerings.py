@@ -2,9 +2,12 @@
 the signature). Each is small and written against Relax ops only."""
 from __future__ import annotations
 
+import math
+
 import tvm
 from tvm import relax
 
+from ..ir import LoweringError
 from . import quant  # noqa: F401  (DequantizeLinear with block_size; int4 unpacking)
 from .registry import register_lowering
 
@@ -51,8 +54,6 @@ def clip(bb, node, inputs):
     """Clip with constant bounds as one relax clip (which DispatchBLAS folds into the
     epilogue of the conv/matmul before it, e.g. ReLU6); the frontend's maximum /
     minimum pair otherwise (bounds computed at run time, NaN or crossed bounds, integers)."""
-    import math
-
     from tvm.relax.frontend.onnx.onnx_frontend import Clip
 
     x = inputs[0]
@@ -86,10 +87,6 @@ def attention(bb, node, inputs):
     relax's attention, with symbolic batch and sequence dims: the frontend's
     converter reads every dim as a constant, so MiniLM under -O2 compiled only
     pinned. A 2-D key mask (B, S) broadcasts per batch as (B, 1, 1, S)."""
-    import math
-
-    from ..ir import LoweringError
-
     attrs = dict(node.attributes)
     for name, default in _ATTENTION_DEFAULTS.items():
         if attrs.get(name, default) != default:
