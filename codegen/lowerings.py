@@ -9,6 +9,8 @@ from tvm import relax
 
 from ..ir import LoweringError
 from . import quant  # noqa: F401  (DequantizeLinear with block_size; int4 unpacking)
+from . import integer  # noqa: F401
+from . import recurrent  # noqa: F401  (RNN, GRU, LSTM, DynamicQuantizeLSTM)
 from .registry import register_lowering
 
 

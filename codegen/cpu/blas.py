@@ -33,6 +33,7 @@ from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
 
 KERNELS_C = Path(__file__).with_name("kernels.c")
+RECURRENT_C = Path(__file__).with_name("recurrent.c")  # RNN/GRU/LSTM recurrences (codegen/recurrent.py)
 BLAS_SONAME = OPENBLAS
 
 

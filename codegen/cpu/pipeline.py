@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tvm
 
-from .blas import KERNELS_C, DispatchBLAS, blas_lib_dir, link_options
+from .blas import KERNELS_C, RECURRENT_C, DispatchBLAS, blas_lib_dir, link_options
 from .fastmath import fast_math
 from .schedules import default_schedule_pass
 
@@ -48,8 +48,8 @@ def _scheduled(mod) -> int:
 
 
 def export_kwargs(mode: str, blas_dir: str | None = None) -> dict:
-    """Extra export_library arguments: the kernels.c addon and the BLAS link options
+    """Extra export_library arguments: the kernels.c and recurrent.c addons and the BLAS link options
     (`blas_dir`: the OpenBLAS folder for the target; default this machine's)."""
     if mode != "blas":
         return {}
-    return {"addons": [str(KERNELS_C)], "options": ["-O2", "-fPIC", *link_options(blas_dir or blas_lib_dir())]}
+    return {"addons": [str(KERNELS_C), str(RECURRENT_C)], "options": ["-O2", "-fPIC", *link_options(blas_dir or blas_lib_dir())]}
