@@ -62,7 +62,7 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
 
 
 def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
-    graph = _Importer(base_dir).graph(proto.graph, {}, "main graph")
+    graph = _Importer(base_dir).graph(proto.graph, {}, "main graph", _DimNamer(proto.graph))
     opsets: dict[str, int] = {}
     for entry in proto.opset_import:
         opsets[entry.domain] = entry.version
@@ -80,18 +80,60 @@ def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     return model
 
 
-def _read_type(value: Value, type_proto: onnx.TypeProto) -> None:
+def _read_type(value: Value, type_proto: onnx.TypeProto, namer: "_DimNamer | None" = None) -> None:
+    """Copy a declared type onto `value`. With `namer` (graph inputs), a dim the
+    model leaves open (-1 and 0 as Paddle and others write them, an empty or "?"
+    dim_param, no field at all) becomes a fresh symbolic dim (unk__0, ... as
+    onnxruntime names them) that can be pinned and is bound per run; elsewhere
+    such a dim is unknown (None)."""
     if type_proto.HasField("tensor_type"):
         tensor = type_proto.tensor_type
         if tensor.elem_type:
             value.dtype = tensor.elem_type
         if tensor.HasField("shape"):
-            value.shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None)
-                for d in tensor.shape.dim
-            )
+            value.shape = tuple(_read_dim(d, namer) for d in tensor.shape.dim)
     elif type_proto.WhichOneof("value") is not None:
         value.type_proto = type_proto  # sequence / map / optional / sparse: kept whole
+
+
+def _read_dim(dim: onnx.TensorShapeProto.Dimension, namer: "_DimNamer | None") -> int | str | None:
+    if dim.HasField("dim_value"):
+        size = dim.dim_value
+        if size > 0 or (size == 0 and namer is None):
+            return size
+    elif dim.HasField("dim_param") and dim.dim_param not in OPEN_DIM_PARAMS:
+        return dim.dim_param
+    return namer.fresh() if namer is not None else None
+
+
+# dim_params that name no dim: each such dim is its own unknown (Paddle writes "?"
+# for every open dim of an input, which would otherwise force them all equal)
+OPEN_DIM_PARAMS = ("", "?")
+
+
+class _DimNamer:
+    """Fresh symbolic dim names, unique among the dim_params the model already uses."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.used = set(_dim_params(graph))
+        self.count = 0
+
+    def fresh(self) -> str:
+        while f"unk__{self.count}" in self.used:
+            self.count += 1
+        name = f"unk__{self.count}"
+        self.used.add(name)
+        return name
+
+
+def _dim_params(graph: onnx.GraphProto):
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        if vi.type.HasField("tensor_type"):
+            yield from (d.dim_param for d in vi.type.tensor_type.shape.dim if d.HasField("dim_param"))
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.type == A.GRAPH else []), *attr.graphs):
+                yield from _dim_params(sub)
 
 
 class _Importer:
@@ -107,7 +149,8 @@ class _Importer:
         value._tensor = tensor
         return value
 
-    def graph(self, proto: onnx.GraphProto, outer: Mapping[str, Value], where: str) -> Graph:
+    def graph(self, proto: onnx.GraphProto, outer: Mapping[str, Value], where: str,
+              namer: _DimNamer | None = None) -> Graph:
         graph = Graph(proto.name)
         graph.doc_string = proto.doc_string
         graph.metadata_props = {p.key: p.value for p in getattr(proto, "metadata_props", [])}
@@ -124,7 +167,7 @@ class _Importer:
 
         for vi in proto.input:
             value = Value(vi.name)
-            _read_type(value, vi.type)
+            _read_type(value, vi.type, namer)
             value.doc_string = vi.doc_string
             define(value, "graph input")
             graph.inputs.append(value)

@@ -1,0 +1,80 @@
+"""Open dims in graph inputs: Paddle's -1, a 0, an empty or "?" dim_param, or no
+field at all are symbolic dims with fresh names (unk__N, as onnxruntime names
+them), never fixed sizes; scalar (0-d) inputs stay 0-d."""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+import onnxforge
+from onnxforge.ir import infer_shapes
+from onnxforge.passes.check import run_ort
+
+F = TensorProto.FLOAT
+
+
+def _input(name, dims, dtype=F):
+    """dims: int -> dim_value (even -1 / 0), str -> dim_param (even "" / "?"), None -> an empty dim."""
+    vi = helper.make_tensor_value_info(name, dtype, [])
+    shape = vi.type.tensor_type.shape
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif isinstance(d, str):
+            dim.dim_param = d
+    return vi
+
+
+def _model(inputs, outputs, nodes):
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _paddle_style():
+    """x [-1,3,?,?] (PP-OCR's cls model), s [0,4], t [,""], r int64 scalar; output [-1,3,?,?]."""
+    out = _input("y", [-1, 3, "?", "?"])
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Cast", ["r"], ["rf"], to=F),
+             helper.make_node("Mul", ["s", "rf"], ["z"]), helper.make_node("Identity", ["t"], ["w"])]
+    return _model([_input("x", [-1, 3, "?", "?"]), _input("s", [0, 4]), _input("t", [None, ""]),
+                   _input("r", [], TensorProto.INT64)],
+                  [out, helper.make_tensor_value_info("z", F, [0, 4]), helper.make_tensor_value_info("w", F, [None, None])],
+                  nodes)
+
+
+def test_open_input_dims_get_fresh_symbolic_names():
+    model = onnxforge.load(_paddle_style())
+    shapes = {v.name: v.shape for v in model.graph.inputs}
+    assert shapes == {"x": ("unk__0", 3, "unk__1", "unk__2"), "s": ("unk__3", 4), "t": ("unk__4", "unk__5"), "r": ()}
+    # outside the inputs, -1 and "?" are unknown (None), and a 0 is a real size
+    y, z, _ = model.graph.outputs
+    assert y.shape[0] is None and y.shape[2] is None and z.shape == (0, 4)
+
+
+def test_fresh_names_do_not_collide_with_the_models_own():
+    proto = _model([_input("a", ["unk__0", -1]), _input("b", ["unk__1", "?"])],
+                   [helper.make_tensor_value_info("c", F, None)], [helper.make_node("Add", ["a", "b"], ["c"])])
+    model = onnxforge.load(proto)
+    a, b = model.graph.inputs
+    assert a.shape == ("unk__0", "unk__2") and b.shape == ("unk__1", "unk__3")
+
+
+def test_saved_model_keeps_the_names_and_runs_at_any_size(tmp_path):
+    model = onnxforge.load(_paddle_style())
+    onnxforge.save(model, tmp_path / "m.onnx")
+    proto = onnx.load(tmp_path / "m.onnx")
+    onnx.checker.check_model(proto, full_check=True)
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["unk__0", 3, "unk__1", "unk__2"]
+    assert [v.shape for v in onnxforge.load(proto).graph.inputs] == [v.shape for v in model.graph.inputs]
+    feeds = {"x": np.ones((2, 3, 5, 7), np.float32), "s": np.ones((3, 4), np.float32),
+             "t": np.ones((1, 2), np.float32), "r": np.array(16000)}
+    out = run_ort(model, feeds)
+    assert out["y"].shape == (2, 3, 5, 7) and out["z"].shape == (3, 4) and float(out["z"][0, 0]) == 16000.0
+
+
+def test_scalar_input_stays_0d_through_shape_inference():
+    model = onnxforge.load(_paddle_style())
+    infer_shapes(model)
+    r = next(v for v in model.graph.inputs if v.name == "r")
+    assert r.shape == () and r.type_str() == "int64[]"
+    assert r.uses[0][0].outputs[0].shape == ()
