@@ -21,10 +21,10 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map, _tensor_to_shape_expr
 
-from ..ir import LoweringError, Model, Node, Value, from_proto, to_proto
+from ..ir import Graph, LoweringError, Model, Node, Value, from_proto, to_proto
 from ..passes import optimize
 from ..passes.constants import constants_to_initializers
-from . import lowerings, quant  # noqa: F401  (lowerings registers the built-in lowerings)
+from . import control_flow, lowerings, quant  # noqa: F401  (lowerings registers the built-in lowerings)
 from .manifest import TensorSpec
 from .registry import get_lowering
 
@@ -77,6 +77,10 @@ def lower(model: Model) -> Lowered:
             if isinstance(exc, LoweringError):
                 raise
             raise LoweringError(f"cannot build the Relax function: {_short(exc)}") from exc  # after the nodes
+    if importer.has_control_flow:
+        if importer.discarded_functions:  # kernels of loop bodies converted again with other types
+            mod = relax.transform.DeadCodeElimination()(mod)
+        mod = relax.transform.ConvertToDataflow()(mod)  # main has no dataflow block: give fusion its blocks back
     mod, detached = relax.frontend.detach_params(mod)
     params = [(name, tensor.numpy()) for name, tensor in zip(importer._params, detached.get("main", []))]
     inputs = [tensor_spec(v) for v in graph.inputs if not v.is_initializer]
@@ -124,13 +128,18 @@ class _OneNode:
 
 class _Importer(ONNXGraphImporter):
     """The TVM frontend importer with our converter table in front of its own, one
-    node at a time so that a failure names the node."""
+    node at a time so that a failure names the node. Nodes inside If/Loop/Scan
+    subgraphs go the same way (codegen.control_flow lowers the control flow)."""
 
     def __init__(self, model: Model, weight_names: set[str]):
         super().__init__(None, "float32", keep_params_in_input=True, sanitize=True)
         self._model = model
         self._weight_names = weight_names
         self._current: Node | None = None
+        self._scope: list[str] = []  # " in the then_branch of If node 'x'", outermost first
+        self.has_control_flow = any(control_flow.is_control_flow(n) and get_lowering(n.op_type, n.domain) is None
+                                    for n in model.graph.all_nodes())
+        self.discarded_functions = False
         self._packed: dict[str, tuple[tuple[int, ...], bool]] = {}  # int4 weight -> (shape, signed)
         self._unpacked: dict[str, relax.Expr] = {}
 
@@ -153,43 +162,96 @@ class _Importer(ONNXGraphImporter):
             else:
                 self._nodes[name] = relax.const(tvm.runtime.tensor(array))  # numpy int64 would become int32
 
+    def from_onnx(self, graph, opset):
+        """The frontend's from_onnx, except that with control flow anywhere (not only
+        a top-level If) main is built without a dataflow block: relax.If cannot sit
+        in one. lower() turns the plain stretches back into dataflow blocks."""
+        if not self.has_control_flow:
+            return super().from_onnx(graph, opset)
+        self.opset = opset
+        self._parse_graph_initializers(graph)
+        self._parse_graph_input(graph)
+        self._check_for_unsupported_ops(graph)
+        attrs = {"num_input": self._num_input}
+        params = [v for v in self._inputs.values() if isinstance(v, relax.Var)]
+        if self._params:
+            param_vars, param_values = map(list, zip(*self._params.values()))
+            params += param_vars
+            attrs["params"] = param_values
+        with self.bb.function("main", params=params):
+            self._construct_nodes(graph)
+            outputs = [self._nodes[o.name] for o in graph.output]
+            self.bb.emit_func_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
+        mod = self.bb.get()
+        mod["main"] = mod["main"].with_attrs(attrs)
+        return mod
+
     def _check_for_unsupported_ops(self, graph):
         frontend = _get_convert_map()
-        missing: dict[str, Node] = {}
-        for node in self._model.graph.nodes:
-            if node.op_type in ("Constant", "If") and node.domain in ("", "ai.onnx"):
+        missing: dict[str, tuple[Node, str]] = {}
+        for node, where in _walk(self._model.graph):
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 continue
-            if get_lowering(node.op_type, node.domain) is not None:
+            if get_lowering(node.op_type, node.domain) is not None or control_flow.is_control_flow(node):
                 continue
             if node.domain in FRONTEND_DOMAINS and node.op_type in frontend:
                 continue
-            missing.setdefault(_op(node), node)
+            missing.setdefault(_op(node), (node, where))
         if missing:
-            op, node = next(iter(missing.items()))
+            op, (node, where) = next(iter(missing.items()))
             others = f" (also without a lowering: {', '.join(list(missing)[1:])})" if len(missing) > 1 else ""
-            raise LoweringError(f"node {_node_name(node)}: no lowering for op {op}{others}; register one with "
+            raise LoweringError(f"node {_node_name(node)}{where}: no lowering for op {op}{others}; register one with "
                                 f"onnxforge.codegen.register_lowering({node.op_type!r}, domain={node.domain!r})")
 
     def _construct_nodes(self, graph):
-        nodes = self._model.graph.nodes
-        if len(nodes) != len(graph.node):
-            raise LoweringError(f"internal: {len(graph.node)} exported nodes for {len(nodes)} IR nodes")
-        for node, node_proto in zip(nodes, graph.node):
-            self._current = node
+        self._convert_graph(self._model.graph, graph)
+
+    def _convert_graph(self, graph: Graph, proto: onnx.GraphProto) -> None:
+        """Convert the nodes of `graph` (the IR) / `proto` (its export) into the current block."""
+        nodes = graph.nodes
+        if len(nodes) != len(proto.node):
+            raise LoweringError(f"internal: {len(proto.node)} exported nodes for {len(nodes)} IR nodes in graph "
+                                f"{graph.name!r}")
+        for node, node_proto in zip(nodes, proto.node):
+            previous, self._current = self._current, node
             try:
-                super()._construct_nodes(_OneNode(node_proto))
+                if control_flow.is_control_flow(node) and get_lowering(node.op_type, node.domain) is None:
+                    control_flow.lower_node(self, node, node_proto)
+                else:
+                    super()._construct_nodes(_OneNode(node_proto))
             except LoweringError:
                 raise
             except Exception as exc:
-                raise LoweringError(f"node {_node_name(node)} (op {_op(node)}): {_short(exc)}") from exc
+                where = "".join(reversed(self._scope))
+                raise LoweringError(f"node {_node_name(node)} (op {_op(node)}){where}: {_short(exc)}") from exc
             finally:
-                self._current = None
+                self._current = previous
+
+    def convert_subgraph(self, graph: Graph, proto: onnx.GraphProto, bindings: dict[str, relax.Expr],
+                         where: str) -> list[relax.Expr]:
+        """Convert a subgraph's nodes into the current block, its inputs bound to
+        `bindings` (name -> expression), enclosing values visible by name. Returns
+        the expressions of its outputs; names defined inside are forgotten after."""
+        saved_nodes, saved_unpacked = dict(self._nodes), dict(self._unpacked)
+        self._scope.append(where)
+        try:
+            self._nodes.update(bindings)
+            for name, value in graph.initializers.items():
+                if name not in bindings:
+                    self._nodes[name] = relax.const(tvm.runtime.tensor(value.array))
+            self._convert_graph(graph, proto)
+            missing = [v.name for v in graph.outputs if v.name not in self._nodes]
+            if missing:
+                raise LoweringError(f"output {missing[0]!r} of the subgraph{where} is not defined")
+            return [self._nodes[v.name] for v in graph.outputs]
+        finally:
+            self._nodes, self._unpacked = saved_nodes, saved_unpacked
+            self._scope.pop()
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
         node = self._current
         if self._packed:
             inputs = self._unpack_inputs(inputs)
-        # Inside an If branch the current node is the If: branch nodes go to the frontend.
         if node is not None and node.op_type == op_name:
             fn = get_lowering(node.op_type, node.domain)
             if fn is not None:
@@ -249,6 +311,20 @@ def _static_vector_length(expr) -> int | None:
     if not isinstance(ty.shape, relax.ShapeExpr) or not hasattr(ty.shape.values[0], "value"):
         return None
     return int(ty.shape.values[0].value)
+
+
+def _walk(graph: Graph, where: str = ""):
+    """(node, " in the <attr> of <op> node <name>..." or "") for every node,
+    subgraphs included (not below a control-flow node that our table lowers whole)."""
+    for node in graph.nodes:
+        yield node, where
+        if get_lowering(node.op_type, node.domain) is not None:
+            continue
+        for attr, value in node.attributes.items():
+            subs = [value] if isinstance(value, Graph) else [v for v in value if isinstance(v, Graph)] \
+                if isinstance(value, list) else []
+            for sub in subs:
+                yield from _walk(sub, f" in the {attr} of {node.op_type} node {_node_name(node)}{where}")
 
 
 def _op(node: Node) -> str:
