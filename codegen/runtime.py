@@ -163,7 +163,7 @@ class CompiledModel:
                 raise DataError(f"input {spec.name!r}: dtype {array.dtype.name}, expected {spec.dtype} "
                                 f"(convert it with .astype(np.{spec.dtype}))")
             _check_shape(spec, array.shape, bound)
-            arrays.append(np.ascontiguousarray(array))
+            arrays.append(np.require(array, requirements="C"))  # ascontiguousarray makes 0-d arrays 1-d
         return arrays
 
 

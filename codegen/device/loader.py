@@ -196,4 +196,4 @@ def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         for name, array in arrays.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+                np.lib.format.write_array(f, np.require(array, requirements="C"), allow_pickle=False)  # 0-d stays 0-d

@@ -129,7 +129,8 @@ inline std::map<std::string, std::string> ReadZip(const std::string& zip, const 
     out[name] = zip.substr(data, size);
     at = data + size;
   }
-  if (out.empty()) throw Error(where, "not an .npz (zip) file");
+  bool empty_zip = at + 22 <= zip.size() && Le(zip, at, 4) == 0x06054b50;  // end of central directory only
+  if (out.empty() && !empty_zip) throw Error(where, "not an .npz (zip) file");  // (a model without weights)
   return out;
 }
 
