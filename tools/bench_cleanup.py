@@ -45,8 +45,9 @@ def bench(path: str, pipeline: str, repeat: int) -> dict:
     t_ours, result = _median_time(lambda: optimize(load(path), pipeline), repeat)
     row["onnxforge_s"], row["onnxforge_nodes"] = t_ours, len(result.model.graph.nodes)
     model = load(path)
-    # symbolic dims: batch 1, others 48 (PP-OCR height) / 320 / 128 as the BENCHMARKS inputs use
-    feeds = sample_inputs(model, dims={"p2o.DynamicDimension.0": 1, "p2o.DynamicDimension.1": 320, "?": 48,
+    # symbolic dims: batch 1, others 48 (PP-OCR height: its "?" dim, which the loader names unk__0) / 320 / 128
+    # as the BENCHMARKS inputs use
+    feeds = sample_inputs(model, dims={"p2o.DynamicDimension.0": 1, "p2o.DynamicDimension.1": 320, "unk__0": 48,
                                        "batch": 1, "sequence": 128})
     try:
         ref = run_ort(model, feeds)

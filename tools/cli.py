@@ -1,8 +1,9 @@
 """The `onnxforge` command line.
 
-Exit codes: 0 success; 1 unexpected error; 2 bad usage, pipeline or option;
-3 the model cannot be loaded; 4 a pass or the verifier failed; 5 outputs differ
-beyond tolerance (--verify)."""
+Exit codes: 0 success; 1 unexpected error; 2 bad usage, pipeline, option or input
+data; 3 the model (or package) cannot be loaded; 4 a pass or the verifier failed;
+5 outputs differ beyond tolerance (--verify, compare); 6 lowering or building
+failed (compile, tune: LoweringError, BuildError)."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,8 @@ from rich.table import Table
 
 from ..ir import Model, NumericMismatchError, OnnxforgeError, load, save
 from ..passes import PRESETS, NumericCheck, PrintAfterChange, Reproducer, optimize, registered_passes
-from ..passes.check import compare_outputs, load_inputs, run_ort, sample_inputs
+from ..passes.check import compare_outputs, load_inputs, run_ort
+from ..passes.invent import invent_inputs
 from ..passes.registry import option_text
 from .bench.command import bench_cmd
 from .codegen_cmds import _calibration, _pipeline_spec, compare_cmd, compile_cmd, run_cmd, targets_cmd
@@ -61,6 +63,13 @@ def optimize_cmd(
     spec = _pipeline_spec(pipeline, level)
     model = _load(model_path)
     feeds = load_inputs(inputs) if inputs else None
+    invented = None
+    if feeds is None and (verify or check_each):  # sizes the model runs at, said so below
+        invented = invent_inputs(model)
+        feeds = invented.feeds
+        invented.reference()  # onnxruntime cannot run them: say so now, not after the pipeline
+        if not as_json:
+            err.print(escape(invented.note()), highlight=False)
     instruments = []
     if check_each:
         instruments.append(NumericCheck(feeds))
@@ -77,9 +86,11 @@ def optimize_cmd(
                     **({"max_abs_diff": r.diff.max_abs} if r.diff else {})} for r in result.records],
         "before": before.as_dict(), "after": after.as_dict(),
     }
+    if invented is not None:
+        report["invented_inputs"] = {"shapes": {k: list(v) for k, v in invented.shapes.items()}, "dims": invented.dims}
     if verify:
-        feeds = feeds or sample_inputs(model)
-        diff = compare_outputs(run_ort(model, feeds), run_ort(result.model, feeds), atol, rtol)
+        reference = invented.reference() if invented is not None else run_ort(model, feeds)
+        diff = compare_outputs(reference, run_ort(result.model, feeds), atol, rtol)
         report["verify"] = {"max_abs": diff.max_abs, "max_rel": diff.max_rel, "ok": diff.ok, "atol": atol, "rtol": rtol}
     if output:
         save(result.model, output, external_data=external_data)
@@ -101,7 +112,7 @@ def _print_optimize(report: dict) -> None:
     table.add_column("change", justify="right")
     for op in sorted(set(before["ops"]) | set(after["ops"]), key=lambda o: -before["ops"].get(o, 0)):
         b, a = before["ops"].get(op, 0), after["ops"].get(op, 0)
-        table.add_row(op, str(b), str(a), f"{a - b:+d}" if a != b else "")
+        table.add_row(escape(op), str(b), str(a), f"{a - b:+d}" if a != b else "")
     table.add_section()
     table.add_row("[b]nodes", str(before["nodes"]), str(after["nodes"]), f"{after['nodes'] - before['nodes']:+d}")
     table.add_row("[b]weight bytes", human_bytes(before["param_bytes"]), human_bytes(after["param_bytes"]),
@@ -111,8 +122,8 @@ def _print_optimize(report: dict) -> None:
     for col in ("pass", "changed", "ms", "statistics"):
         passes.add_column(col, justify="right" if col == "ms" else "left")
     for r in report["passes"]:
-        passes.add_row(r["pass"], "yes" if r["changed"] else "no", f"{r['ms']:.1f}",
-                       ", ".join(f"{k}={v}" for k, v in r["stats"].items()))
+        passes.add_row(escape(r["pass"]), "yes" if r["changed"] else "no", f"{r['ms']:.1f}",
+                       escape(", ".join(f"{k}={v}" for k, v in r["stats"].items())))
     console.print(passes)
     if "verify" in report:
         v = report["verify"]
@@ -120,7 +131,7 @@ def _print_optimize(report: dict) -> None:
         console.print(f"verify (onnxruntime): max abs diff {v['max_abs']:.3g}, max rel diff {v['max_rel']:.3g} "
                       f"(atol {v['atol']}, rtol {v['rtol']}): {status}")
     if "output" in report:
-        console.print(f"wrote {report['output']}")
+        console.print(f"wrote {escape(report['output'])}")
 
 
 @app.command("inspect")
@@ -143,19 +154,19 @@ def inspect_cmd(
     if as_json:
         print(json.dumps({**io, "opsets": opsets, **summary.as_dict()}, indent=2))
         return
-    table = Table(title=f"{model_path}  (opsets {', '.join(f'{d} {v}' for d, v in opsets.items())})")
+    table = Table(title=escape(f"{model_path}  (opsets {', '.join(f'{d} {v}' for d, v in opsets.items())})"))
     table.add_column("")
     table.add_column("name")
     table.add_column("type")
     for kind in ("inputs", "outputs"):
         for v in io[kind]:
-            table.add_row(kind[:-1], v["name"], v["type"])
+            table.add_row(kind[:-1], escape(v["name"]), escape(v["type"]))  # [batch,3,...] is not markup
     console.print(table)
     ops = Table(title="operators")
     ops.add_column("op type")
     ops.add_column("count", justify="right")
     for op, n in sorted(summary.ops.items(), key=lambda kv: -kv[1]):
-        ops.add_row(op, str(n))
+        ops.add_row(escape(op), str(n))
     console.print(ops)
     flops = "unknown" if summary.flops is None else human_count(summary.flops)
     note = f" ({summary.flops_unknown_nodes} nodes with unknown shapes not counted)" if summary.flops_unknown_nodes else ""
@@ -174,7 +185,7 @@ def _inspect_groups(model: Model, model_path: str, as_json: bool) -> None:
     def names(items: list) -> str:
         return ", ".join(items[:4]) + (f" (+{len(items) - 4})" if len(items) > 4 else "")
 
-    table = Table(title=f"{model_path}: channel dependency groups ({len(result.prunable)} of {len(result.groups)} prunable)")
+    table = Table(title=escape(model_path) + f": channel dependency groups ({len(result.prunable)} of {len(result.groups)} prunable)")
     for col in ("group", "size", "prunable", "produced by", "read by", "also", "why not"):
         table.add_column(col)
     for g in result.groups:
@@ -203,10 +214,11 @@ def passes_cmd(as_json: bool = typer.Option(False, "--json", help="print as JSON
     for col in ("pass", "effect", "options (defaults)", "what it does"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["effect"], " ".join(f"{o['name']}={o['default']}" for o in r["options"]), r["doc"])
+        table.add_row(escape(r["name"]), r["effect"], escape(" ".join(f"{o['name']}={o['default']}" for o in r["options"])),
+                      escape(r["doc"]))
     console.print(table)
     for name, text in PRESETS.items():
-        console.print(f"preset {name}: {text or '(nothing)'}")
+        console.print(escape(f"preset {name}: {text or '(nothing)'}"))
 
 
 app.command("bench")(bench_cmd)

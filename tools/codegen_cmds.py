@@ -15,6 +15,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..codegen import TARGETS, TargetError, TensorSpec, resolve_target
@@ -22,6 +23,7 @@ from ..codegen.manifest import SUFFIX
 from ..ir import DataError, NumericMismatchError, load
 from ..passes import PRESETS
 from ..passes.check import compare_outputs, load_inputs, run_ort
+from ..passes.invent import invent_inputs
 from .summary import human_bytes
 
 console = Console()
@@ -138,20 +140,20 @@ def compile_cmd(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    t = Table(title=f"{model_path} -> {pkg.path}")
+    t = Table(title=escape(f"{model_path} -> {pkg.path}"))
     t.add_column("")
     t.add_column("")
-    t.add_row("target", f"{resolved.name}  {json.dumps(resolved.tvm)}")
-    t.add_row("pipeline", f"{report['pipeline']} ({report['passes'] or 'no passes'})")
+    t.add_row("target", escape(f"{resolved.name}  {json.dumps(resolved.tvm)}"))
+    t.add_row("pipeline", escape(f"{report['pipeline']} ({report['passes'] or 'no passes'})"))
     for kind in ("inputs", "outputs"):
         for spec in map(TensorSpec.from_json, report[kind]):
-            t.add_row(kind[:-1], f"{spec.name}: {spec.dtype}{spec.shape_text()}")
+            t.add_row(kind[:-1], escape(f"{spec.name}: {spec.dtype}{spec.shape_text()}"))  # [batch,3,...] is not markup
     if report["cpu_kernels"]:
         t.add_row("cpu kernels", report["cpu_kernels"])
     if report["tuning"]:
         tuning = report["tuning"]
-        t.add_row("tuning", f"{tuning.get('kernels_tuned', 0)} of {tuning.get('kernels', '?')} kernels from {tuning['db']}"
-                  if tuning["has_records"] else f"{tuning['db']} has no records for {resolved.name} ({tuning['target_key']})")
+        t.add_row("tuning", escape(f"{tuning.get('kernels_tuned', 0)} of {tuning.get('kernels', '?')} kernels from {tuning['db']}"
+                  if tuning["has_records"] else f"{tuning['db']} has no records for {resolved.name} ({tuning['target_key']})"))
     t.add_row("sizes", ", ".join(f"{k} {human_bytes(v)}" for k, v in report["bytes"].items()))
     t.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
     console.print(t)
@@ -215,15 +217,15 @@ def run_cmd(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    t = Table(title=f"{package} ({pkg.target})")
+    t = Table(title=escape(f"{package} ({pkg.target})"))
     for col in ("output", "dtype", "shape", "min", "max", "mean"):
         t.add_column(col, justify="right" if col in ("min", "max", "mean") else "left")
     for name, s in report["outputs"].items():
-        t.add_row(name, s["dtype"], str(s["shape"]), *(f"{s[k]:.6g}" if s[k] is not None else "" for k in ("min", "max", "mean")))
+        t.add_row(escape(name), s["dtype"], str(s["shape"]), *(f"{s[k]:.6g}" if s[k] is not None else "" for k in ("min", "max", "mean")))
     console.print(t)
     lat = report["latency_ms"]
     console.print(f"latency: median {lat['median']:.2f} ms, min {lat['min']:.2f} ms over {repeat} run(s)"
-                  + (f"; outputs written to {output}" if output else ""))
+                  + (f"; outputs written to {escape(output)}" if output else ""))
 
 
 def _stats(array: np.ndarray) -> dict:
@@ -281,27 +283,38 @@ def compare_cmd(
 
     pkg = load_package(package)
     model = _load_model(model_path)
-    feeds = load_inputs(inputs_npz) if inputs_npz else sample_feeds(pkg.inputs)
-    t0 = time.perf_counter()
-    got = pkg(feeds)
-    compiled_ms = (time.perf_counter() - t0) * 1e3
+    invented = None
+    if inputs_npz:
+        feeds = load_inputs(inputs_npz)
+    else:  # sizes onnxruntime runs at; a package compiled pinned fixes its inputs' shapes
+        pinned = {t.name: t.shape for t in pkg.inputs if t.shape is not None and all(isinstance(d, int) for d in t.shape)}
+        invented = invent_inputs(model, shapes=pinned)
+        feeds = invented.feeds
+        invented.reference()  # raises, saying the inputs were invented, when onnxruntime cannot run them
+        if not as_json:
+            err.print(escape(invented.note()), highlight=False)
     t0 = time.perf_counter()
     ref = run_ort(model, feeds)
     ort_ms = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    got = pkg(feeds)
+    compiled_ms = (time.perf_counter() - t0) * 1e3
     diff = compare_outputs(ref, got, atol, rtol)
     per_output = {}
     for (name, a), b in zip(ref.items(), got.values()):
         d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
         per_output[name] = float(d.max()) if d.size else 0.0
     report = {"model": model_path, "package": package, "target": pkg.target, "atol": atol, "rtol": rtol,
+              **({"invented_inputs": {"shapes": {k: list(v) for k, v in invented.shapes.items()}, "dims": invented.dims}}
+                 if invented is not None else {}),
               "max_abs": diff.max_abs, "max_rel": diff.max_rel, "ok": diff.ok, "worst_output": diff.worst_output,
               "max_abs_by_output": per_output, "ms": {"compiled_first_run": compiled_ms, "onnxruntime": ort_ms}}
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         status = "[green]OK" if diff.ok else "[red]MISMATCH"
-        console.print(f"{model_path} vs {package} ({pkg.target}): max abs diff {diff.max_abs:.3g}, max rel diff "
-                      f"{diff.max_rel:.3g} (worst: {diff.worst_output}; atol {atol}, rtol {rtol}): {status}")
+        console.print(escape(f"{model_path} vs {package} ({pkg.target}): max abs diff {diff.max_abs:.3g}, max rel diff "
+                             f"{diff.max_rel:.3g} (worst: {diff.worst_output}; atol {atol}, rtol {rtol}): ") + status)
     if not diff.ok:
         raise NumericMismatchError(f"compiled outputs differ from onnxruntime beyond atol={atol} rtol={rtol}: {diff}")
 
