@@ -154,16 +154,19 @@ def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str
     try:
         lowered = lower(optimized.model)
     except LoweringError as exc:
-        raise LoweringError(f"{exc}{_pin_hint(optimized.model)}") from exc
+        raise LoweringError(f"{exc}{_pin_hint(model, optimized.model)}") from exc
     seconds["lower"] = time.perf_counter() - t0
     return model, source, optimized, lowered
 
 
 def pin_input_shapes(model: Model, shapes: InputShapes) -> Model:
     """A copy of `model` whose named inputs have the given static shapes (checked
-    against the declared rank and static dims), with shapes re-inferred."""
+    against the declared rank and static dims), with shapes re-inferred. A named
+    dim pinned in one input takes the same size in the other inputs that share it
+    (state [2,batch,128] follows input [batch,sequence])."""
     model = model.clone()
     inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer}
+    sizes: dict[str, tuple[int, str]] = {}  # symbolic dim -> (size, the input that pinned it)
     for name, shape in shapes.items():
         value = inputs.get(name)
         if value is None:
@@ -178,19 +181,39 @@ def pin_input_shapes(model: Model, shapes: InputShapes) -> Model:
             for axis, (old, new) in enumerate(zip(value.shape, shape)):
                 if isinstance(old, int) and old != new:
                     raise DataError(f"input {name!r}: dim {axis} is {old} in the model, cannot pin it to {new}")
+                if isinstance(old, str):
+                    if sizes.get(old, (new,))[0] != new:
+                        raise DataError(f"input {name!r}: dim {axis} ({old}) pinned to {new}, but input "
+                                        f"{sizes[old][1]!r} pins {old} to {sizes[old][0]}")
+                    sizes.setdefault(old, (new, name))
         value.shape = shape
+    for value in inputs.values():
+        if value.name not in shapes and value.shape is not None:
+            value.shape = tuple(sizes[d][0] if isinstance(d, str) and d in sizes else d for d in value.shape)
     infer_shapes(model)
     return model
 
 
-def _pin_hint(model: Model) -> str:
-    """TVM's frontend handles static shapes best: name the inputs to pin."""
-    dynamic = [v for v in model.graph.inputs if not v.is_initializer and not v.is_static_shape()]
-    if not dynamic:
+def _pin_hint(model: Model, optimized: Model) -> str:
+    """When lowering failed on a model with symbolic input dims: lower it again
+    with them pinned to sizes onnxruntime runs the model at (passes.invent), and
+    only if that succeeds, say so with the exact --input-shape. Pinning cannot
+    help a missing op or an unsupported construct: then no hint."""
+    from ..passes.invent import invent_inputs
+    from .lower import lower
+
+    dynamic = [v.name for v in optimized.graph.inputs if not v.is_initializer and not v.is_static_shape()]
+    if not dynamic or any(v.shape is None for v in optimized.graph.inputs if v.name in dynamic):
         return ""
-    names = ", ".join(f"{v.name}: {v.type_str()}" for v in dynamic)
-    return (f"\n  the model has inputs with symbolic dims ({names}); pinning them often helps: "
-            f"--input-shape {dynamic[0].name}=D0,D1,... (Python: input_shapes={{{dynamic[0].name!r}: (...)}})")
+    try:
+        shapes = {k: v for k, v in invent_inputs(model).shapes.items() if k in dynamic}
+        lower(pin_input_shapes(optimized, shapes))
+    except Exception:  # pinned, it fails too (or cannot be pinned): pinning is not the answer
+        return ""
+    flags = " ".join(f"--input-shape {k}={','.join(map(str, v))}" for k, v in shapes.items())
+    python = ", ".join(f"{k!r}: {v}" for k, v in shapes.items())
+    return (f"\n  it lowers with the symbolic input dims pinned: {flags} (Python: input_shapes={{{python}}}); "
+            "these sizes are examples onnxruntime runs: pin the sizes you will run the model at")
 
 
 def _weights_npz(params: list[tuple[str, np.ndarray]], packed: dict[str, dict] | None = None
@@ -201,7 +224,7 @@ def _weights_npz(params: list[tuple[str, np.ndarray]], packed: dict[str, dict] |
     spec says so under "packed" (the logical dtype and shape)."""
     arrays, specs = {}, []
     for i, (name, array) in enumerate(params):
-        array = np.ascontiguousarray(array)
+        array = np.require(array, requirements="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
         stored = array if _plain_dtype(array.dtype) else array.view(np.uint8)
         arrays[f"p{i}"] = stored
         specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape), "key": f"p{i}",

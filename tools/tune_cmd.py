@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from ..codegen import resolve_target
@@ -58,12 +59,12 @@ def tune_cmd(
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
-    table = Table(title=f"{model_path}: {result.trials} trials in {result.seconds:.0f} s (stopped: {result.stopped}), "
+    table = Table(title=escape(model_path) + f": {result.trials} trials in {result.seconds:.0f} s (stopped: {result.stopped}), "
                         f"{result.records_added} records -> {result.db}/{result.target_key}")
     for col in ("kernel", "calls", "MFLOP", "default ms", "tuned ms", "used", "GFLOP/s", "trials"):
         table.add_column(col, justify="left" if col == "kernel" else "right")
     for k in sorted(result.kernels, key=lambda k: -(k.build_ms or 0) * k.calls):
-        table.add_row(k.name, str(k.calls), f"{k.flops / 1e6:.2f}", _ms(k.default_ms), _ms(k.best_ms),
+        table.add_row(escape(k.name), str(k.calls), f"{k.flops / 1e6:.2f}", _ms(k.default_ms), _ms(k.best_ms),
                       "tuned" if k.kept else "default", f"{k.gflops:.1f}" if k.gflops else "-", str(k.trials))
     console.print(table)
     kept = sum(k.kept for k in result.kernels)

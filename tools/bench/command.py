@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ...ir import DataError
@@ -65,14 +66,14 @@ def with_compiled(pipelines: list[str], targets: list[str], db: str | None = Non
 
 def print_report(result: dict) -> None:
     rows = table(result)
-    t = Table(title=f"{result['model']['name']}: onnxforge bench", caption=machine_line(result))
+    t = Table(title=escape(f"{result['model']['name']}: onnxforge bench"), caption=escape(machine_line(result)))
     for i, col in enumerate(rows[0]):
         t.add_column(col, justify="left" if i < 2 else "right")
     for row in rows[1:]:
-        t.add_row(*row)
+        t.add_row(*(escape(str(cell)) for cell in row))
     console.print(t)
     for note in notes_of(result):
-        console.print(f"  {note}", highlight=False)
+        console.print(escape(f"  {note}"), highlight=False)
 
 
 def bench_cmd(
