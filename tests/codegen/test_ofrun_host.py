@@ -58,3 +58,17 @@ def test_ofrun_reads_plain_tars_and_refuses_a_damaged_compressed_package(package
     done = subprocess.run([str(ofrun), str(damaged), "-i", "x=/nonexistent.npy"], capture_output=True, text=True)
     assert done.returncode == 3, done.stderr
     assert "corrupt" in done.stderr and str(damaged) in done.stderr
+
+
+def test_ofrun_keeps_a_0d_input_0d(tmp_path):
+    """silero-vad's sr: an int64 scalar input reaches the module as a 0-d tensor
+    through ofrun's .npz reader, as through the Python loader."""
+    import numpy as np
+
+    from tests.codegen.test_symbolic_inputs import paddle_scalar_model
+
+    pkg = onnxforge.compile(onnxforge.load(paddle_scalar_model()), target="x86", pipeline="-O1", output=tmp_path / "s.ofpkg")
+    feeds = {"x": np.random.default_rng(4).standard_normal((2, 4)).astype(np.float32), "sr": np.array(16000)}
+    run = device.run_native(pkg.path, feeds, threads=1)
+    assert run.outputs["y"].shape == (2, 3)
+    assert compare_outputs(pkg(**feeds), run.outputs, 1e-6, 1e-6).ok
