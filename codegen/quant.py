@@ -110,31 +110,3 @@ def dequantize_linear(bb, node, inputs):
     return bb.emit_te(_dequant_block_te, x, scale, axis=axis, block=block, out_dtype=out_dtype,
                       primfunc_name_hint="dequantize_block", **extra)
 
-
-def _minus_zero_point(x, zp, row: bool):
-    """float32(x) - float32(zero point), the zero point per row of A ([M] -> [M, 1]) or
-    per column of B ([N] -> [1, N]) as MatMulInteger's spec says; other ranks broadcast."""
-    xf = relax.op.astype(x, "float32")
-    if zp is None:
-        return xf
-    zf = relax.op.astype(zp, "float32")
-    if zp.ty.ndim == 1:
-        zf = relax.op.expand_dims(zf, axis=-1 if row else 0)
-    return relax.op.subtract(xf, zf)
-
-
-@register_lowering("MatMulInteger")
-def matmul_integer(bb, node, inputs):
-    """(A - a_zero_point) @ (B - b_zero_point) in int32, computed as a float32 matmul
-    (so that the CPU build sends it to BLAS sgemm like any other matmul; TVM's own
-    int8 -> int32 matmul is a scalar-ish loop untuned) and rounded back to int32.
-    Exact while every partial sum stays below 2**24 (K <= 258 for full-range uint8 x
-    int8 operands); beyond that the relative error is float32's (~1e-7), far below
-    the quantization step of the result, which quantize-dynamic's graph scales to
-    float32 right after."""
-    a, b = inputs[0], inputs[1]
-    azp = inputs[2] if len(inputs) > 2 else None
-    bzp = inputs[3] if len(inputs) > 3 else None
-    prod = relax.op.matmul(_minus_zero_point(a, azp, row=True), _minus_zero_point(b, bzp, row=False),
-                           out_dtype="float32")
-    return relax.op.astype(relax.op.round(prod), "int32")
