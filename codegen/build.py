@@ -58,6 +58,7 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
             pipeline = cpu_pipeline(tvm_target, mode, database, stats)
             export_kwargs = cpu_export_kwargs(mode, blas_dir)
     mod = lowered.mod
+    _check_extern_kernels(mod, target, info["cpu_kernels"])
     if dequantize == "load":
         mod = _lift_params(mod, len(lowered.inputs))
     try:
@@ -77,6 +78,19 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     if db is not None:
         info["tuning"].update(stats or {"kernels_tuned": 0})
     return info
+
+
+def _check_extern_kernels(mod, target: ResolvedTarget, mode: str) -> None:
+    """Recurrent layers call onnxforge's C kernels (codegen/cpu/recurrent.c), which
+    only CPU builds with cpu_kernels="blas" link."""
+    from .recurrent import extern_kernels
+
+    names = extern_kernels(mod)
+    if names and (target.device != "cpu" or mode != "blas"):
+        where = f"target {target.name}" if target.device != "cpu" else f"cpu_kernels={mode!r}"
+        raise BuildError(f"{len(names)} recurrent layer(s) (RNN/GRU/LSTM) run on onnxforge's C kernels, which {where} "
+                         f"does not link; build for a CPU target with cpu_kernels='blas' (the default when OpenBLAS "
+                         f"for the target is installed: pip install scipy-openblas32)")
 
 
 def _lift_params(mod, num_inputs: int):

@@ -253,7 +253,7 @@ def dynamic_quantize_lstm(bb, node, inputs):
     def centered(q, zp):  # (q - zero_point) as float: exact small integers, [dirs, rows, 4H]
         qf = op.astype(q, "float32")
         if zp is not None:
-            zf = op.astype(zp, "float32")
+            zf = bb.normalize(op.astype(zp, "float32"))
             zf = op.reshape(zf, (dirs, 1, -1))
             qf = op.subtract(qf, zf)
         return bb.normalize(qf)
