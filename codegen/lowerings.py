@@ -153,3 +153,29 @@ def _unbroadcast(bb, bias):
             and binding.args[0].ty.ndim == 4:
         return binding.args[0]
     return bias
+
+
+@register_lowering("Squeeze")
+def squeeze(bb, node, inputs):
+    """Squeeze of an axis whose extent is symbolic (a run-time length that the model
+    guarantees is 1, e.g. silero-vad's encoder output under its If) as a reshape that
+    drops the axis: ONNX makes squeezing any other extent an error, so the shape
+    without it is exact. Static axes and the rest: the frontend's converter."""
+    from tvm.relax.frontend.onnx.onnx_frontend import Squeeze
+
+    data = bb.normalize(inputs[0])
+    axes = node.attributes.get("axes")
+    if axes is None and len(inputs) > 1 and inputs[1] is not None:
+        array = _constant_array(inputs[1])
+        axes = None if array is None else [int(a) for a in array.reshape(-1)]
+    ty = data.ty
+    if axes and isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr):
+        dims = list(ty.shape.values)
+        drop = {a + len(dims) if a < 0 else a for a in axes}
+        if all(0 <= a < len(dims) for a in drop) and any(not isinstance(dims[a], tvm.tirx.IntImm) for a in drop):
+            if any(isinstance(dims[a], tvm.tirx.IntImm) and int(dims[a].value) != 1 for a in drop):
+                raise LoweringError(f"Squeeze of axes {sorted(drop)}: an axis of size other than 1")
+            return relax.op.reshape(data, [d for i, d in enumerate(dims) if i not in drop])
+    if "axes" in node.attributes:
+        return Squeeze._impl_v1(bb, inputs, dict(node.attributes), {})
+    return Squeeze._impl_v13(bb, list(inputs) + [None] * (2 - len(inputs)), {}, {})

@@ -148,3 +148,21 @@ def test_shape_arithmetic_the_frontend_cannot_evaluate_is_folded_first():
     pkg = onnxforge.compile(model, target="x86", pipeline="-O0")
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 5, 8)).astype(np.float32)}
     assert compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-5, 1e-5).ok
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_squeeze_of_a_symbolic_axis_is_a_reshape(opset):
+    """ONNX lets a model squeeze an axis whose extent is only known at run time
+    (it must be 1 then); TVM's converter refuses any symbolic extent."""
+    import onnx
+    from onnx import helper as h
+
+    axes = [-1]
+    node = h.make_node("Squeeze", ["x", "axes"] if opset >= 13 else ["x"], ["y"], **({} if opset >= 13 else {"axes": axes}))
+    inits = [onnx.numpy_helper.from_array(np.array(axes, np.int64), "axes")] if opset >= 13 else []
+    graph = h.make_graph([node], "squeeze", [h.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "n"])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
+    out = onnxforge.compile(onnxforge.load(model), pipeline="-O0")(x=x)["y"]
+    np.testing.assert_array_equal(out, x[:, :, 0])
