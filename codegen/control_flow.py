@@ -75,8 +75,8 @@ def _lower_if(imp: _Importer, node: Node, proto: onnx.NodeProto) -> list[relax.E
     for attr, graph, graph_proto in branches:
         if not isinstance(graph, Graph) or graph_proto is None:
             raise LoweringError(f"If node {_name(node)} has no {attr} subgraph")
-    static = _constant_bool(cond)
-    if static is not None:  # a constant condition: only the branch it picks is lowered, inline
+    static = _static_bool(bb, cond)
+    if static is not None:  # known when compiling (constants, static shapes, ranks): only that branch, inline
         attr, graph, graph_proto = branches[0 if static else 1]
         return imp.convert_subgraph(graph, graph_proto, {}, _where(attr, node))
     cond = _scalar(bb, cond, "bool")
@@ -572,12 +572,82 @@ def _is_static(expr) -> bool:
     return False
 
 
-def _constant_bool(expr) -> bool | None:
+def _static_bool(bb, expr) -> bool | None:
+    """A one-element condition whose value is known when compiling: constants and
+    arithmetic on static shapes (torch exports test ranks and dims with If)."""
+    try:
+        array = _evaluate(bb, expr, [0])
+    except _NotStatic:
+        return None
+    return bool(array.reshape(())) if array.size == 1 else None
+
+
+class _NotStatic(Exception):
+    pass
+
+
+_COMPARE = {"relax.equal": np.equal, "relax.not_equal": np.not_equal, "relax.less": np.less,
+            "relax.less_equal": np.less_equal, "relax.greater": np.greater, "relax.greater_equal": np.greater_equal,
+            "relax.logical_and": np.logical_and, "relax.logical_or": np.logical_or, "relax.add": np.add,
+            "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.floor_divide": np.floor_divide,
+            "relax.maximum": np.maximum, "relax.minimum": np.minimum}
+
+
+def _evaluate(bb, expr, budget: list[int]):
+    """The value of a small expression on constants and static shapes (numpy);
+    _NotStatic where anything is unknown."""
+    budget[0] += 1
+    if budget[0] > 200:
+        raise _NotStatic
     if isinstance(expr, tvm.ir.Constant):
-        array = expr.value.numpy()
-        if array.size == 1:
-            return bool(array.reshape(()))
-    return None
+        return expr.value.numpy()
+    if isinstance(expr, relax.ShapeExpr):
+        if not all(map(_is_int, expr.values)):
+            raise _NotStatic
+        return np.array([int(d.value) for d in expr.values], np.int64)
+    if _is_int(expr):  # a prim value
+        return np.array(int(expr.value), np.int64)
+    if isinstance(expr, relax.Tuple):
+        return [_evaluate(bb, f, budget) for f in expr.fields]
+    if isinstance(expr, relax.Var):
+        bound = bb.lookup_binding(expr)
+        if bound is None:
+            raise _NotStatic
+        return _evaluate(bb, bound, budget)
+    if not isinstance(expr, relax.Call) or not hasattr(expr.op, "name"):
+        raise _NotStatic
+    op, args, attrs = expr.op.name, expr.args, expr.attrs
+    if op in ("relax.shape_of", "relax.size"):  # from the type: the values need not be known
+        dims = _dims(args[0].ty)
+        if dims is None or not all(map(_is_int, dims)):
+            raise _NotStatic
+        shape = np.array([int(d.value) for d in dims], np.int64)
+        return shape if op == "relax.shape_of" else np.array(int(np.prod(shape)), np.int64)
+    values = [_evaluate(bb, a, budget) for a in args]
+    if op in _COMPARE:
+        return _COMPARE[op](*values)
+    if op == "relax.shape_to_tensor":
+        return values[0]
+    if op == "relax.logical_not":
+        return np.logical_not(values[0])
+    if op == "relax.astype":
+        return values[0].astype(str(attrs.dtype))
+    if op == "relax.take":
+        mode = {"wrap": "wrap", "clip": "clip"}.get(str(attrs.mode), "raise")
+        return np.take(values[0], values[1].astype(np.int64), axis=None if attrs.axis is None else int(attrs.axis),
+                       mode=mode)
+    if op == "relax.where":
+        return np.where(*values)
+    if op == "relax.reshape":
+        return values[0].reshape(values[1])
+    if op == "relax.squeeze":
+        axis = None if attrs.axis is None else tuple(int(a) for a in attrs.axis)
+        return np.squeeze(values[0], axis=axis)
+    if op == "relax.expand_dims":
+        return np.expand_dims(values[0], tuple(int(a) for a in attrs.axis))
+    if op == "relax.concat":
+        return np.concatenate(values[0], axis=int(attrs.axis) if attrs.axis is not None else 0)
+    raise _NotStatic
 
 
 def _scalar(bb, expr: relax.Expr, dtype: str) -> relax.Expr:

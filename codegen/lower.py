@@ -34,6 +34,9 @@ FRONTEND_DOMAINS = ("", "ai.onnx", "com.microsoft")
 # Weights: float tensors and quantized integer tensors at least this large. Smaller
 # ones (scalars, Resize scales, Clip bounds) are constants, as converters expect.
 MIN_PARAM_ELEMENTS = 16
+# ops whose frontend converters take shape values (onnx_frontend's _construct_nodes)
+_SHAPE_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat", "Equal", "Where",
+              "Cast", "CastLike", "Squeeze"}
 _QUANT_DTYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
@@ -218,14 +221,37 @@ class _Importer(ONNXGraphImporter):
                 if control_flow.is_control_flow(node) and get_lowering(node.op_type, node.domain) is None:
                     control_flow.lower_node(self, node, node_proto)
                 else:
-                    super()._construct_nodes(_OneNode(node_proto))
-            except LoweringError:
-                raise
+                    with self._shapes_as_tensors(node, node_proto):
+                        super()._construct_nodes(_OneNode(node_proto))
+            except LoweringError as exc:
+                if _node_name(node) in str(exc):  # named already (nested nodes, control flow)
+                    raise
+                where = "".join(reversed(self._scope))  # a lowering's own message: say which node
+                raise LoweringError(f"node {_node_name(node)} (op {_op(node)}){where}: {exc}") from exc
             except Exception as exc:
                 where = "".join(reversed(self._scope))
                 raise LoweringError(f"node {_node_name(node)} (op {_op(node)}){where}: {_short(exc)}") from exc
             finally:
                 self._current = previous
+
+    @contextlib.contextmanager
+    def _shapes_as_tensors(self, node: Node, proto: onnx.NodeProto):
+        """The frontend keeps Shape results as shape values, which most of its
+        converters refuse ("cannot handle ShapeExpr inputs": Size(Shape(x)) in
+        torch's rank tests). Those get the shape as an int64 tensor, for this node."""
+        if node.op_type in _SHAPE_OPS or get_lowering(node.op_type, node.domain) is not None:
+            yield
+            return
+        saved = {}
+        for name in proto.input:
+            expr = self._nodes.get(name) if name else None
+            if isinstance(expr, relax.Expr) and isinstance(expr.ty, relax.ShapeType) and name not in saved:
+                saved[name] = expr
+                self._nodes[name] = self.bb.emit(relax.op.shape_to_tensor(expr))
+        try:
+            yield
+        finally:
+            self._nodes.update(saved)
 
     def convert_subgraph(self, graph: Graph, proto: onnx.GraphProto, bindings: dict[str, relax.Expr],
                          where: str) -> list[relax.Expr]:
