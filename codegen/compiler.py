@@ -196,24 +196,31 @@ def pin_input_shapes(model: Model, shapes: InputShapes) -> Model:
 
 def _pin_hint(model: Model, optimized: Model) -> str:
     """When lowering failed on a model with symbolic input dims: lower it again
-    with them pinned to sizes onnxruntime runs the model at (passes.invent), and
-    only if that succeeds, say so with the exact --input-shape. Pinning cannot
-    help a missing op or an unsupported construct: then no hint."""
-    from ..passes.invent import invent_inputs
+    with them pinned, at each set of sizes onnxruntime runs the model at
+    (passes.invent), and only if one lowers, say so with that exact --input-shape.
+    Pinning cannot help a missing op or an unsupported construct: then no hint."""
+    from ..passes.invent import iter_invented
     from .lower import lower
 
     dynamic = [v.name for v in optimized.graph.inputs if not v.is_initializer and not v.is_static_shape()]
     if not dynamic or any(v.shape is None for v in optimized.graph.inputs if v.name in dynamic):
         return ""
     try:
-        shapes = {k: v for k, v in invent_inputs(model).shapes.items() if k in dynamic}
-        lower(pin_input_shapes(optimized, shapes))
-    except Exception:  # pinned, it fails too (or cannot be pinned): pinning is not the answer
-        return ""
-    flags = " ".join(f"--input-shape {k}={','.join(map(str, v))}" for k, v in shapes.items())
-    python = ", ".join(f"{k!r}: {v}" for k, v in shapes.items())
-    return (f"\n  it lowers with the symbolic input dims pinned: {flags} (Python: input_shapes={{{python}}}); "
-            "these sizes are examples onnxruntime runs: pin the sizes you will run the model at")
+        for invented in iter_invented(model):
+            if invented.error is not None:
+                continue  # onnxruntime cannot run these sizes either
+            shapes = {k: v for k, v in invented.shapes.items() if k in dynamic}
+            try:
+                lower(pin_input_shapes(optimized, shapes))
+            except Exception:  # pinned at these sizes it fails too
+                continue
+            flags = " ".join(f"--input-shape {k}={','.join(map(str, v))}" for k, v in shapes.items())
+            python = ", ".join(f"{k!r}: {v}" for k, v in shapes.items())
+            return (f"\n  it lowers with the symbolic input dims pinned: {flags} (Python: input_shapes={{{python}}}); "
+                    "these sizes are examples onnxruntime runs: pin the sizes you will run the model at")
+    except Exception:  # no inputs can be invented (an input without a type): no hint
+        pass
+    return ""
 
 
 def _weights_npz(params: list[tuple[str, np.ndarray]], packed: dict[str, dict] | None = None

@@ -3,8 +3,9 @@ check.sample_inputs makes them) at sizes the model can run.
 
 Every symbolic dim gets a size by its role: axis 0 of a rank-2+ input is a batch
 (1), and so is the first open dim of a recurrent state [2,batch,128]; the dims
-past the channel axis of a rank-3+ input are spatial (32, 64, 224: multiples of
-the usual stride 32); the other open dims of rank-1..3 inputs are sequences (16,
+past the channel axis of a rank-3+ input are spatial (64, 224, 32: multiples of
+the usual stride 32; at 32, PP-OCR's classifier runs in onnxruntime but through an
+empty tensor); the other open dims of rank-1..3 inputs are sequences (16,
 128, 512: audio models need a few hundred samples).
 A dim the model itself fixes (an input reshaped to a constant shape) takes that
 size. onnxruntime then runs the model at the first sizes in turn until a run
@@ -12,7 +13,7 @@ succeeds; what was invented, and what was tried, is reported."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from .check import ort_session, sample_inputs
 # sizes to try per role, one column per attempt (the last: everything 1)
 CANDIDATES = {
     "batch": (1, 1, 1, 1),
-    "spatial": (32, 64, 224, 1),
+    "spatial": (64, 224, 32, 1),  # 64 first: at 32 a stride-32 net is down to 1x1, and one more pool makes it empty
     "sequence": (16, 128, 512, 1),
     "other": (1, 16, 64, 1),
 }
@@ -69,9 +70,24 @@ class InventedInputs:
 
 def invent_inputs(model: Model, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
                   run: bool = True) -> InventedInputs:
-    """Random inputs for `model` at sizes onnxruntime can run (see the module
-    docstring). `shapes` fixes the shapes of some inputs. run=False only picks the
-    first sizes, without onnxruntime."""
+    """Random inputs for `model` at the first sizes onnxruntime runs (see the module
+    docstring); when none runs, the first sizes tried with the error. `shapes`
+    fixes the shapes of some inputs. run=False only picks the first sizes, without
+    onnxruntime."""
+    first = None
+    for invented in iter_invented(model, seed, shapes, run):
+        if invented.outputs is not None or invented.load_error is not None or not run:
+            return invented
+        if first is None:
+            first = invented
+        first.tried = invented.tried
+    return first
+
+
+def iter_invented(model: Model, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
+                  run: bool = True) -> Iterator[InventedInputs]:
+    """Every candidate size set in turn, each with onnxruntime's outputs (or its
+    error); only the first when onnxruntime cannot load the model or run=False."""
     roles = symbolic_dims(model, shapes)
     fixed = _sizes_from_reshapes(model, roles)
     attempts: list[dict[str, int]] = []
@@ -79,25 +95,26 @@ def invent_inputs(model: Model, seed: int = 0, shapes: Mapping[str, Sequence[int
         dims = {sym: fixed.get(sym, CANDIDATES[role][min(k, len(CANDIDATES[role]) - 1)]) for sym, role in roles.items()}
         if dims not in attempts:
             attempts.append(dims)
-    first = InventedInputs(sample_inputs(model, seed, dims=attempts[0], shapes=shapes), attempts[0], tried=attempts[:1])
-    if not run:
-        return first
-    try:
-        session = ort_session(model)
-    except OnnxforgeError as exc:
-        first.load_error = str(exc)
-        return first
-    names = [o.name for o in session.get_outputs()]
-    for i, dims in enumerate(attempts):
-        feeds = first.feeds if i == 0 else sample_inputs(model, seed, dims=dims, shapes=shapes)
+    session = None
+    if run:
         try:
-            outputs = session.run(names, feeds)
+            session = ort_session(model)
+        except OnnxforgeError as exc:
+            invented = InventedInputs(sample_inputs(model, seed, dims=attempts[0], shapes=shapes), attempts[0],
+                                      load_error=str(exc), tried=attempts[:1])
+            yield invented
+            return
+    for i, dims in enumerate(attempts):
+        invented = InventedInputs(sample_inputs(model, seed, dims=dims, shapes=shapes), dims, tried=attempts[:i + 1])
+        if session is None:
+            yield invented
+            return
+        names = [o.name for o in session.get_outputs()]
+        try:
+            invented.outputs = dict(zip(names, session.run(names, invented.feeds)))
         except Exception as exc:  # onnxruntime raises its own types
-            first.error = first.error or _first_line(exc)
-            first.tried = attempts[:i + 1]
-            continue
-        return InventedInputs(feeds, dims, dict(zip(names, outputs)), tried=attempts[:i + 1])
-    return first
+            invented.error = _first_line(exc)
+        yield invented
 
 
 def symbolic_dims(model: Model, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, str]:

@@ -199,7 +199,9 @@ def run_cmd(
     pkg = load_package(package)
     feeds, random = _gather_inputs(pkg, input_items, inputs_npz)
     if random and not as_json:
-        err.print("no inputs given: random inputs (float: standard normal, integers: 0/1, symbolic dims: 1)")
+        shapes = ", ".join(f"{k}: {v.dtype.name}[{','.join(map(str, v.shape))}]" for k, v in feeds.items())
+        err.print(escape(f"no inputs given: invented random inputs {shapes} (float: standard normal, integers: 0/1, "
+                         "symbolic dims: 1); give real ones with --inputs file.npz or -i NAME=FILE.npy"), highlight=False)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()

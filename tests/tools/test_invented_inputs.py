@@ -29,8 +29,8 @@ def _audio():
 
 
 def _image():
-    """[N,3,H,W] through a 40x40 average pool: 32x32 fails, 64x64 runs."""
-    return _model(["N", 3, "H", "W"], [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[40, 40])])
+    """[N,3,H,W] through a 100x100 average pool: 64x64 fails, 224x224 runs."""
+    return _model(["N", 3, "H", "W"], [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[100, 100])])
 
 
 def _reshaped():
@@ -56,7 +56,7 @@ def test_roles_of_symbolic_dims():
                                                                 "hidden": "spatial"}
 
 
-@pytest.mark.parametrize("build, dims", [(_audio, {"n": 128}), (_image, {"N": 1, "H": 64, "W": 64}),
+@pytest.mark.parametrize("build, dims", [(_audio, {"n": 128}), (_image, {"N": 1, "H": 224, "W": 224}),
                                          (_reshaped, {"n": 12})])
 def test_sizes_the_model_runs_at(build, dims):
     invented = invent_inputs(onnxforge.load(build()))
@@ -97,7 +97,7 @@ def test_optimize_verify_paddle_style_model_runs(tmp_path, capsys):
     onnx.save(proto, tmp_path / "p.onnx")
     assert main(["optimize", str(tmp_path / "p.onnx"), "-O1", "--verify", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["invented_inputs"]["shapes"] == {"x": [1, 3, 32, 32]} and report["verify"]["ok"]
+    assert report["invented_inputs"]["shapes"] == {"x": [1, 3, 64, 64]} and report["verify"]["ok"]
 
 
 def test_optimize_verify_fails_naming_the_invented_inputs(tmp_path, capsys):
