@@ -176,6 +176,6 @@ def squeeze(bb, node, inputs):
             if any(isinstance(dims[a], tvm.tirx.IntImm) and int(dims[a].value) != 1 for a in drop):
                 raise LoweringError(f"Squeeze of axes {sorted(drop)}: an axis of size other than 1")
             return relax.op.reshape(data, [d for i, d in enumerate(dims) if i not in drop])
-    if "axes" in node.attributes:
-        return Squeeze._impl_v1(bb, inputs, dict(node.attributes), {})
-    return Squeeze._impl_v13(bb, list(inputs) + [None] * (2 - len(inputs)), {}, {})
+    if axes is None and len(inputs) > 1 and inputs[1] is not None:  # axes computed at run time
+        raise LoweringError("Squeeze with axes computed at run time is not supported (the output rank must be known)")
+    return Squeeze._squeeze(bb, data, None if axes is None else tuple(axes))

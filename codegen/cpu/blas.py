@@ -147,6 +147,7 @@ class _BlasRewriter(PyExprMutator):
         self.count = 0
         self._matmul = tvm.ir.Op.get("relax.matmul")
         self._conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+        self._conv1d = tvm.ir.Op.get("relax.nn.conv1d")
         self._attention = tvm.ir.Op.get("relax.nn.attention_bias")
         self._broadcast_to = tvm.ir.Op.get("relax.broadcast_to")
         self._add = tvm.ir.Op.get("relax.add")
@@ -193,6 +194,8 @@ class _BlasRewriter(PyExprMutator):
                 new = self._rewrite_matmul(call)
             elif call.op.same_as(self._conv2d):
                 new = self._rewrite_conv2d(call)
+            elif call.op.same_as(self._conv1d):
+                new = self._rewrite_conv1d(call)
             elif call.op.same_as(self._attention):
                 new = self._rewrite_attention(call)
             elif call.op.same_as(self._add) or call.op.same_as(self._clip) or call.op.same_as(self._relu):
@@ -398,10 +401,13 @@ class _BlasRewriter(PyExprMutator):
             return None
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
             return None
-        sx, sw, so = static_shape(x), static_shape(w), static_shape(call)
-        if sx is None or sw is None or so is None:
+        # batch and spatial dims may be symbolic (sizes read at run time); the weight is static
+        sx, sw, so = shape_dims(x), static_shape(w), shape_dims(call)
+        if sx is None or sw is None or so is None or len(sx) != 4 or len(so) != 4:
             return None
         if int(attrs.groups) != 1:
+            if not all(isinstance(d, int) for d in (*sx, *so)):
+                return None
             return self._rewrite_depthwise(call, sx, sw, so, epilogue)
         nb, ci, h, wd = sx
         co, _, kh, kw = sw
@@ -423,6 +429,27 @@ class _BlasRewriter(PyExprMutator):
         return bb.call_te(_sgemm_te, w, col, *bias, out_shape=so, batch=nb, m=co, n=oh * ow, k=ci * kh * kw,
                           stride_a=0, stride_b=ci * kh * kw * oh * ow, trans_a=False, trans_b=False, name="blas_conv",
                           bias_kind=2, **clamp, primfunc_name_hint="blas_conv")
+
+    def _rewrite_conv1d(self, call):
+        """conv1d (NCW) as a conv2d of height 1, so it takes the same BLAS path
+        (silero-vad's front end is conv1d: 5-10x slower on TVM's default schedule)."""
+        x, w = call.args
+        attrs = call.attrs
+        if attrs.data_layout != "NCW" or attrs.kernel_layout != "OIW" or int(attrs.groups) != 1:
+            return None
+        sx, sw, so = shape_dims(x), static_shape(w), shape_dims(call)
+        if sx is None or sw is None or so is None or len(sx) != 3 or _dtype(x) != "float32":
+            return None
+        bb, op = self.builder_, relax.op
+        x4 = bb.emit(op.reshape(x, [sx[0], sx[1], 1, sx[2]]))
+        w4 = bb.emit(op.reshape(w, [sw[0], sw[1], 1, sw[2]]))
+        pad = [int(p) for p in attrs.padding]
+        conv = bb.normalize(op.nn.conv2d(x4, w4, strides=[1, int(attrs.strides[0])], padding=[0, pad[0], 0, pad[1]],
+                                         dilation=[1, int(attrs.dilation[0])], groups=1, out_dtype="float32"))
+        new = self._rewrite_conv2d(conv)
+        if new is None:
+            return None
+        return op.reshape(bb.emit(new), so)
 
     def _rewrite_depthwise(self, call, sx, sw, so, epilogue=NO_EPILOGUE):
         """Depthwise conv2d (groups == channels, one filter per channel, 3x3 or 5x5,
@@ -478,7 +505,7 @@ def _dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, lo=-math.inf,
 
 
 def _im2col_te(x, *, kh, kw, strides, pad, dil, oh, ow):
-    n, ci, h, w = (int(d) for d in x.shape)
+    n, ci, h, w = x.shape  # ints, or symbolic sizes
     sh, sw = strides
     dh, dw = dil
     pt, pl = pad[0], pad[1]

@@ -308,3 +308,43 @@ def test_products_with_symbolic_batch_and_sequence_go_to_sgemm(tmp_path):
     for batch, seq in ((2, 5), (1, 11)):
         feeds = fusion.attention_feeds(batch, seq, seed=seq)
         assert compare_outputs(run_ort(model, feeds), pkg(**feeds), 1e-4, 1e-4).ok
+
+
+def _conv_model(x_dims, convs):
+    """Chained Convs (weight shape, attributes) on input x with the given (symbolic) dims."""
+    rng = np.random.default_rng(3)
+    nodes, inits, prev = [], [], "x"
+    for i, (wshape, attrs) in enumerate(convs):
+        inits.append(numpy_helper.from_array(rng.standard_normal(wshape).astype(np.float32) * 0.3, f"w{i}"))
+        inits.append(numpy_helper.from_array(rng.standard_normal(wshape[0]).astype(np.float32), f"b{i}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], **attrs),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("x_dims,convs,shapes", [
+    # 2-D with symbolic batch, height and width: im2col and sgemm sizes read at run time
+    (["n", 3, "h", "w"], [((8, 3, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])), ((16, 8, 1, 1), {}),
+                          ((4, 16, 3, 1), dict(pads=[1, 0, 1, 0], dilations=[2, 1]))], [(1, 3, 9, 12), (2, 3, 16, 7)]),
+    # 1-D (silero-vad's front end) as a conv2d of height 1, static and symbolic length
+    ([1, 4, 40], [((8, 4, 5), dict(pads=[2, 2], strides=[2])), ((8, 8, 1), {})], [(1, 4, 40)]),
+    (["n", 4, "t"], [((8, 4, 3), dict(pads=[1, 1], dilations=[2])), ((6, 8, 1), {})], [(2, 4, 33), (1, 4, 8)]),
+])
+def test_convs_with_symbolic_dims_and_conv1d_go_to_sgemm(tmp_path, x_dims, convs, shapes):
+    pytest.importorskip("scipy_openblas32")
+    import onnxforge
+    from onnxforge.codegen.cpu.blas import DispatchBLAS
+    from onnxforge.codegen.lower import lower
+
+    model = _conv_model(x_dims, convs)
+    dispatch = DispatchBLAS()
+    text = dispatch(lower(onnxforge.load(model)).mod)["main"].script(show_meta=False)
+    assert "R.nn.conv" not in text and dispatch.count >= len(convs)
+    pkg = onnxforge.compile(onnxforge.load(model), "x86", "-O2", output=tmp_path / "c.ofpkg", cpu_kernels="blas")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shape in shapes:
+        x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(pkg(x=x)[model.graph.output[0].name], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
