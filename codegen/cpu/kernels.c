@@ -35,13 +35,19 @@ enum { RowMajor = 101, NoTrans = 111, Trans = 112 };
 void scipy_cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                        const float *b, int ldb, float beta, float *c, int ldc);
 void scipy_openblas_set_num_threads(int n);
+void scipy_cblas_sgemv(int order, int ta, int m, int n, float alpha, const float *a, int lda, const float *x,
+                       int incx, float beta, float *y, int incy);
 #define SGEMM scipy_cblas_sgemm
+#define SGEMV scipy_cblas_sgemv
 #define BLAS_SET_THREADS scipy_openblas_set_num_threads
 #else
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                  const float *b, int ldb, float beta, float *c, int ldc);
 void openblas_set_num_threads(int n);
+void cblas_sgemv(int order, int ta, int m, int n, float alpha, const float *a, int lda, const float *x, int incx,
+                 float beta, float *y, int incy);
 #define SGEMM cblas_sgemm
+#define SGEMV cblas_sgemv
 #define BLAS_SET_THREADS openblas_set_num_threads
 #endif
 
@@ -159,6 +165,34 @@ int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const fl
     return 0;
   }
   return TVMBackendParallelLaunch(sgemm_task, &job, 0);
+}
+
+/* ---- matrix-vector products (the recurrence of RNN/GRU/LSTM at batch 1, recurrent.c) ----
+ * y = A x (trans 0: A is m x n, y has m entries) or y = A^T x (trans 1: y has n entries),
+ * A row-major with leading dimension lda. sgemm with one row packs the whole matrix on
+ * every call; sgemv streams it once. Stripes of y over TVM's thread pool when large. */
+typedef struct { int32_t trans, m, n, lda; const float *a, *x; float *y; } SgemvJob;
+
+static int sgemv_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
+  const SgemvJob *j = (const SgemvJob *)cdata;
+  int32_t tasks = penv ? penv->num_task : 1;
+  int32_t len = j->trans ? j->n : j->m;
+  int32_t lo = (int32_t)((int64_t)len * task_id / tasks), hi = (int32_t)((int64_t)len * (task_id + 1) / tasks);
+  if (hi <= lo) return 0;
+  if (j->trans)
+    SGEMV(RowMajor, Trans, j->m, hi - lo, 1.0f, j->a + lo, j->lda, j->x, 1, 0.0f, j->y + lo, 1);
+  else
+    SGEMV(RowMajor, NoTrans, hi - lo, j->n, 1.0f, j->a + (int64_t)lo * j->lda, j->lda, j->x, 1, 0.0f, j->y + lo, 1);
+  return 0;
+}
+
+int32_t onnxforge_sgemv(int32_t trans, int32_t m, int32_t n, const float *a, int32_t lda, const float *x, float *y) {
+  SgemvJob job = {trans, m, n, lda, a, x, y};
+  if ((int64_t)m * n < (1 << 16)) {  /* a few microseconds: not worth waking the pool */
+    sgemv_task(0, NULL, &job);
+    return 0;
+  }
+  return TVMBackendParallelLaunch(sgemv_task, &job, 0);
 }
 
 /* ---- depthwise conv2d (NCHW, groups == channels, depth multiplier 1, dilation 1) ----

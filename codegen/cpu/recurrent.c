@@ -23,6 +23,8 @@ int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const fl
                         int32_t trans_a, const float *b, int64_t stride_b, int32_t trans_b, float *c,
                         const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi);
 
+int32_t onnxforge_sgemv(int32_t trans, int32_t m, int32_t n, const float *a, int32_t lda, const float *x, float *y);
+
 /* Activation codes: the order of codegen/recurrent.py's ACTIVATIONS. */
 enum {
   ACT_SIGMOID, ACT_TANH, ACT_RELU, ACT_HARDSIGMOID, ACT_AFFINE, ACT_LEAKYRELU,
@@ -101,7 +103,16 @@ static void recurrent_gemm(const RnnArgs *p, int32_t d, const float *h, float *q
     scale = quantize_u8(h, (int64_t)p->batch * H, qbuf);
     a = qbuf;
   }
-  if (p->r_trans) {
+  if (p->batch <= 2) {  /* a row or two: matrix-vector products (sgemm would repack R every step) */
+    for (int32_t b = 0; b < p->batch; ++b) {
+      if (p->r_trans)
+        onnxforge_sgemv(0, n, H, p->r + (int64_t)d * G * H * H + (int64_t)first * H, H, a + (int64_t)b * H,
+                        gates + (int64_t)b * n);
+      else
+        onnxforge_sgemv(1, H, n, p->r + (int64_t)d * H * G * H + first, G * H, a + (int64_t)b * H,
+                        gates + (int64_t)b * n);
+    }
+  } else if (p->r_trans) {
     const float *rd = p->r + (int64_t)d * G * H * H + (int64_t)first * H;
     onnxforge_sgemm(1, p->batch, n, H, a, 0, 0, rd, 0, 1, gates, NULL, 0, 0, 0.0f, 0.0f);
   } else {
