@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import onnx
 import tvm
-from tvm import relax, tirx
+from tvm import relax, te, tirx
 
 from ..ir import LoweringError, Node
 from ..ir.graph import Graph, outer_reads
@@ -52,21 +52,45 @@ def is_control_flow(node: Node) -> bool:
     return node.op_type in OPS and node.domain in ("", "ai.onnx")
 
 
-def lower_node(imp: _Importer, node: Node, proto: onnx.NodeProto) -> None:
-    """Lower one If/Loop/Scan node: binds its outputs in imp._nodes."""
+def lower_node(imp: _Importer, node: Node, proto: onnx.NodeProto, rest: Callable[[], None] | None = None,
+               graph_outputs: list | None = None) -> bool:
+    """Lower one If/Loop/Scan node: binds its outputs in imp._nodes. `rest`
+    converts the nodes after it in its graph, whose outputs are `graph_outputs`:
+    an If whose branches differ in rank lowers them inside each branch (see
+    _lower_if) and binds the graph's outputs. Returns whether it did."""
     if imp.bb.current_block_is_dataflow():
         raise LoweringError(f"internal: {node.op_type} node {_name(node)} inside a dataflow block")
-    outputs = {"If": _lower_if, "Loop": _lower_loop, "Scan": _lower_scan}[node.op_type](imp, node, proto)
-    if len(outputs) < len(node.outputs):
+    if node.op_type == "If":
+        outputs, consumed = _lower_if(imp, node, proto, rest, graph_outputs)
+        if consumed:
+            return True
+    else:
+        outputs = {"Loop": _lower_loop, "Scan": _lower_scan}[node.op_type](imp, node, proto)
+    _bind_outputs(imp, node, proto, outputs)
+    return False
+
+
+def _bind_outputs(imp: _Importer, node: Node, proto: onnx.NodeProto, outputs: list) -> None:
+    if len(outputs) < len(proto.output):
         raise LoweringError(f"{node.op_type} node {_name(node)}: the subgraph gives {len(outputs)} outputs "
-                            f"for the node's {len(node.outputs)}")
+                            f"for the node's {len(proto.output)}")
     for name, expr in zip(proto.output, outputs):
         if name:
             imp._nodes[name] = expr
 
 
 # -- If ------------------------------------------------------------------------
-def _lower_if(imp: _Importer, node: Node, proto: onnx.NodeProto) -> list[relax.Expr]:
+def _lower_if(imp: _Importer, node: Node, proto: onnx.NodeProto, rest=None, graph_outputs=None):
+    """(outputs, whether the rest of the graph was lowered too).
+
+    A condition known when compiling lowers only its branch, inline. Otherwise a
+    relax.If holds both branches, except that:
+    - a branch that cannot be compiled (for these shapes: silero-vad's 8 kHz branch
+      with a 16 kHz input length) becomes a run-time error with the reason, as
+      onnxruntime fails only when it runs it; lower() warns about it;
+    - branches whose outputs differ in rank (torch's squeeze(dim) of a run-time
+      dim) each get their own copy of the rest of the graph, up to its outputs,
+      so every value keeps a known rank."""
     bb = imp.bb
     cond = _input(imp, proto, 0)
     if cond is None:
@@ -78,33 +102,146 @@ def _lower_if(imp: _Importer, node: Node, proto: onnx.NodeProto) -> list[relax.E
     static = _static_bool(bb, cond)
     if static is not None:  # known when compiling (constants, static shapes, ranks): only that branch, inline
         attr, graph, graph_proto = branches[0 if static else 1]
-        return imp.convert_subgraph(graph, graph_proto, {}, _where(attr, node))
+        return imp.convert_subgraph(graph, graph_proto, {}, _where(attr, node)), False
     cond = _scalar(bb, cond, "bool")
-    seqs, types = [], []
-    for attr, graph, graph_proto in branches:
-        def build(attr=attr, graph=graph, graph_proto=graph_proto):
-            outs = [_as_tensor(bb, o, node, f"{attr} output {i}")
-                    for i, o in enumerate(imp.convert_subgraph(graph, graph_proto, {}, _where(attr, node)))]
-            types.append([o.ty for o in outs])
-            return outs[0] if len(outs) == 1 else relax.Tuple(outs)
-        seqs.append(_block(bb, build))
-    then_tys, else_tys = types
-    if len(then_tys) != len(else_tys):
-        raise LoweringError(f"If node {_name(node)}: then_branch has {len(then_tys)} outputs, "
-                            f"else_branch {len(else_tys)}")
-    for i, (a, b) in enumerate(zip(then_tys, else_tys)):
-        what = f"If node {_name(node)}: output {i} ({_out_name(node, i)})"
+
+    def branch_only(attr, graph, graph_proto):
+        return imp.convert_subgraph(graph, graph_proto, {}, _where(attr, node))
+
+    arms = [_arm(imp, node, attr, lambda a=attr, g=graph, gp=graph_proto: branch_only(a, g, gp))
+            for attr, graph, graph_proto in branches]
+    mismatch = _mismatch(node, arms, node.outputs)
+    if mismatch is None or not mismatch[1] or rest is None:
+        if mismatch is not None:
+            raise LoweringError(mismatch[0])
+        return _emit_if(imp, node, cond, arms), False
+    # ranks differ: each branch continues with its own copy of the rest of the graph
+    imp.discarded_functions = True
+
+    names = [v.name for v in graph_outputs]
+
+    def with_rest(attr, graph, graph_proto):
+        _bind_outputs(imp, node, proto, branch_only(attr, graph, graph_proto))
+        rest()
+        missing = [name for name in names if name not in imp._nodes]
+        if missing:
+            raise LoweringError(f"output {missing[0]!r} is not defined")
+        return [imp._nodes[name] for name in names]
+
+    arms = [_arm(imp, node, attr, lambda a=attr, g=graph, gp=graph_proto: with_rest(a, g, gp))
+            for attr, graph, graph_proto in branches]
+    mismatch = _mismatch(node, arms, graph_outputs, after=True)
+    if mismatch is not None:
+        raise LoweringError(mismatch[0])
+    outs = _emit_if(imp, node, cond, arms)
+    imp._nodes.update(zip(names, outs))
+    return outs, True
+
+
+@dataclasses.dataclass
+class _Arm:
+    attr: str
+    seq: relax.SeqExpr | None = None
+    types: list | None = None
+    error: LoweringError | None = None
+
+
+def _arm(imp: _Importer, node: Node, attr: str, build: Callable[[], list]) -> _Arm:
+    """One branch of an If as a SeqExpr (or the LoweringError that stopped it);
+    imp's names are as before afterwards."""
+    bb = imp.bb
+    saved_nodes, saved_unpacked = dict(imp._nodes), dict(imp._unpacked)
+    arm = _Arm(attr)
+
+    def body():
+        outs = [_as_tensor(bb, o, node, f"{attr} output {i}") for i, o in enumerate(build())]
+        arm.types = [o.ty for o in outs]
+        return outs[0] if len(outs) == 1 else relax.Tuple(outs)
+
+    try:
+        arm.seq = _block(bb, body)
+    except LoweringError as exc:
+        arm.error = exc
+        imp.discarded_functions = True  # kernels the arm emitted before it failed
+    finally:
+        imp._nodes, imp._unpacked = saved_nodes, saved_unpacked
+    return arm
+
+
+def _mismatch(node: Node, arms: list[_Arm], values: list, after: bool = False) -> tuple[str, bool] | None:
+    """(message, whether only ranks differ) when the arms' outputs (`values`: the IR
+    values they stand for) cannot join; a LoweringError when neither arm can be
+    compiled. Where ranks differ and the model declares the value's rank, the arm
+    that disagrees with it becomes a failed arm (onnxruntime would fail there too,
+    or give what the model says it never gives)."""
+    first, second = arms
+    if first.error is not None and second.error is not None:
+        raise LoweringError(f"If node {_name(node)}: neither branch can be compiled; then_branch: {first.error}; "
+                            f"else_branch: {second.error}") from first.error
+    if first.error is not None or second.error is not None:
+        return None
+    if len(first.types) != len(second.types):
+        return f"If node {_name(node)}: then_branch has {len(first.types)} outputs, else_branch {len(second.types)}", False
+    for i, (a, b) in enumerate(zip(first.types, second.types)):
+        value = values[i] if i < len(values) else None
+        label = repr(value.name) if value is not None else f"#{i}"
+        what = f"If node {_name(node)}: " + (f"graph output {label} (after it)" if after else f"output {i} ({label})")
         if str(a.dtype.dtype) != str(b.dtype.dtype):
-            raise LoweringError(f"{what} is {a.dtype.dtype} in then_branch and {b.dtype.dtype} in else_branch")
+            return f"{what} is {a.dtype.dtype} in then_branch and {b.dtype.dtype} in else_branch", False
         if a.ndim < 0 or b.ndim < 0 or a.ndim != b.ndim:
+            declared = len(value.shape) if value is not None and value.shape is not None else None
+            if declared is not None and (a.ndim == declared) != (b.ndim == declared):
+                wrong = second if a.ndim == declared else first
+                got = b.ndim if a.ndim == declared else a.ndim
+                wrong.error = LoweringError(f"{label} would have rank {got} where the model declares rank {declared}")
+                return None
             rank = lambda t: "unknown" if t.ndim < 0 else str(t.ndim)  # noqa: E731
-            raise LoweringError(f"{what} has rank {rank(a)} in then_branch and {rank(b)} in else_branch; "
-                                f"branches that differ in rank cannot be lowered (the compiled code needs "
-                                f"each value's rank)")
+            return (f"{what} has rank {rank(a)} in then_branch and {rank(b)} in else_branch, and the condition is "
+                    f"only known at run time; the compiled code needs each value's rank (when the condition depends "
+                    f"only on input shapes, pinning them makes it known: --input-shape)"), True
+    return None
+
+
+def _emit_if(imp: _Importer, node: Node, cond: relax.Expr, arms: list[_Arm]) -> list[relax.Expr]:
+    """The relax.If of two arms; an arm that failed becomes a run-time error."""
+    bb = imp.bb
+    good = next(arm for arm in arms if arm.error is None)
+    seqs = []
+    for arm in arms:
+        if arm.error is None:
+            seqs.append(arm.seq)
+            continue
+        reason = f"If node {_name(node)}: its {arm.attr} cannot be compiled ({arm.error})"
+        imp.notes.append(f"{reason}; the compiled model raises an error if the condition selects it at run time")
+        seqs.append(_block(bb, lambda: _trap(bb, cond, f"{reason}; the condition selected it", good.types)))
+    types = good.types
     result = bb.emit(relax.If(cond, *seqs))
-    outs = [result] if len(then_tys) == 1 else [bb.emit(relax.TupleGetItem(result, i)) for i in range(len(then_tys))]
+    outs = [result] if len(types) == 1 else [bb.emit(relax.TupleGetItem(result, i)) for i in range(len(types))]
+    then_tys, else_tys = (arm.types if arm.error is None else types for arm in arms)
     # dims the branches disagree on (or TVM lost) become symbolic, so later converters see a shape
     return [_with_shape(bb, o, _joined_dims(a, b), str(a.dtype.dtype)) for o, a, b in zip(outs, then_tys, else_tys)]
+
+
+def _trap(bb, cond: relax.Expr, message: str, types: list) -> relax.Expr:
+    """Values of `types` that are never computed: a kernel that raises
+    RuntimeError(message) runs first (and feeds them, so nothing removes it)."""
+    def kernel(x):
+        def body(ins, outs):
+            false, kind, parts = tirx.const(False, "bool"), tvm.ir.StringImm("RuntimeError"), [tvm.ir.StringImm(message)]
+            try:
+                check = tirx.AssertStmt(false, kind, parts)  # the constructor's order (its Python signature differs)
+            except TypeError:
+                check = tirx.AssertStmt(kind, false, parts)
+            return tirx.SeqStmt([check, tirx.Evaluate(0)])
+        return te.extern([(1,)], [x], body, name="onnxforge_trap", dtype="int64")
+
+    raised = bb.emit(relax.op.reshape(bb.emit_te(kernel, cond), []))
+    outs = []
+    for ty in types:
+        dims = _dims(ty)
+        shape = [int(d.value) if _is_int(d) else 0 for d in dims] if dims is not None else [0] * ty.ndim
+        outs.append(bb.emit(relax.op.full(shape, relax.op.astype(raised, str(ty.dtype.dtype)), str(ty.dtype.dtype))))
+    return outs[0] if len(outs) == 1 else relax.Tuple(outs)
 
 
 def _joined_dims(a: relax.TensorType, b: relax.TensorType) -> list:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import warnings
 
@@ -37,6 +38,7 @@ MIN_PARAM_ELEMENTS = 16
 # ops whose frontend converters take shape values (onnx_frontend's _construct_nodes)
 _SHAPE_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat", "Equal", "Where",
               "Cast", "CastLike", "Squeeze"}
+_COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 _QUANT_DTYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
@@ -47,6 +49,7 @@ class Lowered:
     outputs: list[TensorSpec]
     params: list[tuple[str, np.ndarray]]  # name, array in its stored dtype
     packed: dict[str, dict] = dataclasses.field(default_factory=dict)  # int4 param -> {"dtype", "shape"} unpacked
+    notes: list[str] = dataclasses.field(default_factory=list)  # warned about: e.g. If branches that raise when taken
 
 
 def _fold_shape_arithmetic(model: Model) -> Model:
@@ -91,7 +94,9 @@ def lower(model: Model) -> Lowered:
     _fill_output_types(outputs, mod["main"])
     packed = {name: {"dtype": "int4" if signed else "uint4", "shape": list(shape), "packing": "2 per byte, low nibble first"}
               for name, (shape, signed) in importer._packed.items()}
-    return Lowered(mod, inputs, outputs, params, packed)
+    for note in importer.notes:
+        warnings.warn(note, stacklevel=2)
+    return Lowered(mod, inputs, outputs, params, packed, list(importer.notes))
 
 
 def tensor_spec(value: Value) -> TensorSpec:
@@ -143,6 +148,7 @@ class _Importer(ONNXGraphImporter):
         self.has_control_flow = any(control_flow.is_control_flow(n) and get_lowering(n.op_type, n.domain) is None
                                     for n in model.graph.all_nodes())
         self.discarded_functions = False
+        self.notes: list[str] = []  # what the compiled model does differently from onnxruntime's
         self._packed: dict[str, tuple[tuple[int, ...], bool]] = {}  # int4 weight -> (shape, signed)
         self._unpacked: dict[str, relax.Expr] = {}
 
@@ -209,17 +215,21 @@ class _Importer(ONNXGraphImporter):
     def _construct_nodes(self, graph):
         self._convert_graph(self._model.graph, graph)
 
-    def _convert_graph(self, graph: Graph, proto: onnx.GraphProto) -> None:
-        """Convert the nodes of `graph` (the IR) / `proto` (its export) into the current block."""
+    def _convert_graph(self, graph: Graph, proto: onnx.GraphProto, start: int = 0) -> None:
+        """Convert the nodes of `graph` (the IR) / `proto` (its export) from index
+        `start` on into the current block; the graph's outputs end up bound by name."""
         nodes = graph.nodes
         if len(nodes) != len(proto.node):
             raise LoweringError(f"internal: {len(proto.node)} exported nodes for {len(nodes)} IR nodes in graph "
                                 f"{graph.name!r}")
-        for node, node_proto in zip(nodes, proto.node):
+        for index in range(start, len(nodes)):
+            node, node_proto = nodes[index], proto.node[index]
             previous, self._current = self._current, node
             try:
                 if control_flow.is_control_flow(node) and get_lowering(node.op_type, node.domain) is None:
-                    control_flow.lower_node(self, node, node_proto)
+                    rest = functools.partial(self._convert_graph, graph, proto, index + 1)
+                    if control_flow.lower_node(self, node, node_proto, rest, list(graph.outputs)):
+                        return  # the If lowered the rest of the graph inside its branches
                 else:
                     with self._shapes_as_tensors(node, node_proto):
                         super()._construct_nodes(_OneNode(node_proto))
@@ -238,16 +248,24 @@ class _Importer(ONNXGraphImporter):
     def _shapes_as_tensors(self, node: Node, proto: onnx.NodeProto):
         """The frontend keeps Shape results as shape values, which most of its
         converters refuse ("cannot handle ShapeExpr inputs": Size(Shape(x)) in
-        torch's rank tests). Those get the shape as an int64 tensor, for this node."""
-        if node.op_type in _SHAPE_OPS or get_lowering(node.op_type, node.domain) is not None:
+        torch's rank tests). Those get the shape as an int64 tensor, for this node;
+        so do dims (prim values) compared by Equal and the like."""
+        if get_lowering(node.op_type, node.domain) is not None:
             yield
             return
         saved = {}
         for name in proto.input:
             expr = self._nodes.get(name) if name else None
-            if isinstance(expr, relax.Expr) and isinstance(expr.ty, relax.ShapeType) and name not in saved:
+            if not isinstance(expr, relax.Expr) or name in saved:
+                continue
+            if isinstance(expr.ty, relax.ShapeType) and node.op_type not in _SHAPE_OPS:
                 saved[name] = expr
                 self._nodes[name] = self.bb.emit(relax.op.shape_to_tensor(expr))
+            elif node.op_type in _COMPARISONS and tvm.ir.is_prim_expr(expr) and str(expr.ty.dtype) == "int64":
+                # a dim taken from a shape (Gather(Shape(x), k)): R.equal(n, 1) does not legalize
+                saved[name] = expr
+                as_tensor = relax.op.shape_to_tensor(relax.ShapeExpr([expr]))
+                self._nodes[name] = self.bb.emit(relax.op.reshape(as_tensor, []))
         try:
             yield
         finally:

@@ -117,16 +117,52 @@ def test_if_branches_with_different_shapes():
     _check(model, _feeds_both_signs())
 
 
-def test_if_branches_of_different_rank_is_a_clear_error():
+def _rank_differs_model(declared_rank=True):
     then = h.make_graph([h.make_node("Identity", ["x"], ["t"])], "then", [], [_info("t", shape=[2, 3])])
     els = h.make_graph([h.make_node("Unsqueeze", ["x", "ax"], ["e"])], "else", [], [_info("e", shape=[1, 2, 3])])
     nodes = [h.make_node("ReduceSum", ["x"], ["s"], keepdims=0), h.make_node("Greater", ["s", "zero"], ["c"]),
              h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els, name="if0")]
-    model = _model(nodes, [_info("x", shape=[2, 3])], [_info("y", shape=[2, 3])],
-                   [_const("zero", np.float32(0)), _const("ax", np.array([0], np.int64))])
-    with pytest.raises(LoweringError, match=r"If node 'if0': output 0 \('y'\) has rank 2 in then_branch and 3 in "
-                                            r"else_branch"):
-        lower(onnxforge.load(model))
+    graph = h.make_graph(nodes, "g", [_info("x", shape=[2, 3])], [_info("y", shape=[2, 3])],
+                         initializer=[_const("zero", np.float32(0)), _const("ax", np.array([0], np.int64))])
+    if not declared_rank:
+        graph.output[0].type.tensor_type.ClearField("shape")
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)])
+
+
+def test_if_branches_of_different_rank_without_a_declared_rank_is_a_clear_error():
+    with pytest.raises(LoweringError, match=r"If node 'if0': graph output 'y' \(after it\) has rank 2 in then_branch "
+                                            r"and 3 in else_branch, and the condition is only known at run time"):
+        lower(onnxforge.load(_rank_differs_model(declared_rank=False)))
+
+
+def test_branch_that_disagrees_with_the_declared_rank_raises_when_taken():
+    """The model says y has rank 2: the else_branch (rank 3) becomes a run-time
+    error, as onnxruntime would fail on it or give what the model says it never gives."""
+    model = _rank_differs_model()
+    with pytest.warns(UserWarning, match=r"If node 'if0': its else_branch cannot be compiled \('y' would have rank 3 "
+                                         r"where the model declares rank 2\)"):
+        pkg = onnxforge.compile(onnxforge.load(model), target="x86", pipeline="-O0")
+    positive, negative = _feeds_both_signs()
+    _check(model, [positive], pkg)
+    with pytest.raises(onnxforge.OnnxforgeError, match=r"If node 'if0': its else_branch cannot be compiled .*the "
+                                                       r"condition selected it"):
+        pkg(negative)
+
+
+def test_branches_of_different_rank_continue_separately():
+    """torch's squeeze(dim) of a run-time dim: If(x.shape[1] == 1, Squeeze, Identity).
+    Each branch gets its own copy of what follows, where the ranks meet again."""
+    then = h.make_graph([h.make_node("Squeeze", ["x", "ax1"], ["t"], name="squeeze")], "then", [],
+                        [_info("t", shape=[2])])
+    els = h.make_graph([h.make_node("Identity", ["x"], ["e"])], "else", [], [_info("e", shape=[2, "n"])])
+    nodes = [h.make_node("Shape", ["x"], ["shape"]), h.make_node("Gather", ["shape", "one"], ["n"]),
+             h.make_node("Equal", ["n", "one"], ["c"]),
+             h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=els, name="squeeze_if"),
+             h.make_node("Mul", ["y", "two"], ["y2"]), h.make_node("ReduceSum", ["y2"], ["z"], keepdims=0)]
+    model = _model(nodes, [_info("x", shape=[2, "n"])], [_info("z", shape=[])],
+                   [_const("one", np.int64(1)), _const("ax1", np.array([1], np.int64)), _const("two", np.float32(2))])
+    rng = _rng(5)
+    _check(model, [{"x": rng.standard_normal((2, n)).astype(np.float32)} for n in (1, 3)])
 
 
 def test_if_condition_known_when_compiling_picks_one_branch():
