@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .cpu import CPU_KERNELS
 from .device.libs import OPENBLAS, OPENBLAS_PACKAGE
 from .manifest import TensorSpec
 from .targets import ResolvedTarget, resolve_target
+
+if TYPE_CHECKING:
+    import onnx
 
 DEQUANTIZE = ("run", "load")  # when quantized weights are dequantized: every run, or once at load
 
@@ -76,7 +79,7 @@ class Package:
 
 
 def compile(
-    model: "Model | str | os.PathLike",
+    model: "Model | str | os.PathLike | onnx.ModelProto | bytes",
     target: str = "x86",
     pipeline: "str | Pipeline" = "-O1",
     *,
@@ -107,7 +110,8 @@ def compile(
         raise PipelineError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, got {dequantize!r}")
     resolved = resolve_target(target)
     resolved.check_linker()  # before the slow part: a missing cross compiler fails at once
-    model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds, calibration)
+    with _recurrent_lowering(resolved, cpu_kernels):
+        model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds, calibration)
     out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="onnxforge-")) / "model.ofpkg"
     if out.parent and not out.parent.exists():
         raise OnnxforgeError(f"cannot write {out}: folder {out.parent} does not exist")
@@ -134,6 +138,16 @@ def compile(
     return Package(out, manifest, seconds, model=optimized.model)
 
 
+def _recurrent_lowering(target: ResolvedTarget, cpu_kernels: str | None):
+    """RNN/GRU/LSTM call onnxforge's C kernels where the build links them (CPU, "blas"),
+    else they are unrolled into Relax ops (codegen/recurrent.py)."""
+    from .build import resolve_cpu_kernels
+    from .recurrent import use_extern_kernels
+
+    linked = target.device == "cpu" and resolve_cpu_kernels(cpu_kernels, target)[0] == "blas"
+    return use_extern_kernels(linked)
+
+
 def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str, float], calibration=None):
     """Load, pin, optimize and lower: (model as loaded, its path or None, the
     OptimizeResult, the Lowered module). Shared by compile and tune."""
@@ -142,9 +156,11 @@ def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str
     pipeline = resolve_pipeline(pipeline)
     pipeline.validate()
     source = None
-    if not isinstance(model, Model):
+    if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
         model = load(source)
+    elif not isinstance(model, Model):
+        model = load(model)  # a ModelProto or serialized bytes
     t0 = time.perf_counter()
     if input_shapes:
         model = pin_input_shapes(model, input_shapes)

@@ -34,8 +34,8 @@ def paddle_scalar_model() -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def paddle_package(tmp_path_factory):
-    model = onnxforge.load(paddle_scalar_model())
-    return onnxforge.compile(model, "x86", "-O1", output=tmp_path_factory.mktemp("pkg") / "paddle.ofpkg")
+    # a ModelProto straight in (compile loads it)
+    return onnxforge.compile(paddle_scalar_model(), "x86", "-O1", output=tmp_path_factory.mktemp("pkg") / "paddle.ofpkg")
 
 
 def test_minus_one_dims_compile_unpinned_and_scalars_stay_0d(paddle_package):
