@@ -291,7 +291,7 @@ def qlinear_matmul(bb, node, inputs):
     prod = bb.normalize(prod if is_float else relax.op.astype(prod, _F32))
     sa = _scalar(bb, sa)
     if _ndim(sa) == 1:
-        sa = relax.op.expand_dims(sa, -1)
+        sa = bb.normalize(relax.op.expand_dims(sa, -1))
     multiplier = relax.op.divide(relax.op.multiply(_f32(sa), _f32(_scalar(bb, sb))), _f32(_scalar(bb, sy)))
     return _requantize(bb, prod, multiplier, yzp, _out_dtype(node, yzp, _dtype(a)))
 

@@ -284,6 +284,23 @@ def test_qlinear_matmul_matches_onnxruntime(pipeline, tmp_path):
     assert_same(run_ort(model, feeds), run_compiled(model, feeds, pipeline, tmp_path))
 
 
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_qlinear_matmul_per_row_a(pipeline, tmp_path):
+    """Per-row a_scale / a_zero_point (the spec allows them; onnxruntime and onnx's
+    reference refuse them) against numpy computing the same float32 requantization."""
+    rng = np.random.default_rng(12)
+    f = np.float32
+    inits = {"as": rng.uniform(0.01, 0.05, 4).astype(f), "az": q(rng, np.uint8, 4), "w": q(rng, np.uint8, (16, 3)),
+             "ws": rng.uniform(0.01, 0.05, 3).astype(f), "wz": q(rng, np.uint8, 3), "ys": f(0.05), "yz": np.uint8(9)}
+    node = helper.make_node("QLinearMatMul", ["a", "as", "az", "w", "ws", "wz", "ys", "yz"], ["y"])
+    feeds = {"a": q(rng, np.uint8, (2, 4, 16))}
+    model = make_model([node], [("a", U8, [2, 4, 16])], [("y", U8, None)], inits, opset=10)
+    acc = mmi_ref(feeds["a"], inits["w"], inits["az"], inits["wz"], arow=True).astype(f)
+    multiplier = (inits["as"][:, None] * inits["ws"]) / inits["ys"]
+    expected = np.clip(np.round(acc * multiplier) + 9, 0, 255).astype(np.uint8)
+    assert_same({"y": expected}, run_compiled(model, feeds, pipeline, tmp_path))
+
+
 # --------------------------------------------------------- com.microsoft QLinear element-wise
 
 
