@@ -110,7 +110,8 @@ def compile(
         raise PipelineError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, got {dequantize!r}")
     resolved = resolve_target(target)
     resolved.check_linker()  # before the slow part: a missing cross compiler fails at once
-    model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds, calibration)
+    with _recurrent_lowering(resolved, cpu_kernels):
+        model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds, calibration)
     out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="onnxforge-")) / "model.ofpkg"
     if out.parent and not out.parent.exists():
         raise OnnxforgeError(f"cannot write {out}: folder {out.parent} does not exist")
@@ -135,6 +136,16 @@ def compile(
         seconds["package"] = time.perf_counter() - t0
     manifest, _ = fmt.read_package(out)  # what a loader will see, checksums included
     return Package(out, manifest, seconds, model=optimized.model)
+
+
+def _recurrent_lowering(target: ResolvedTarget, cpu_kernels: str | None):
+    """RNN/GRU/LSTM call onnxforge's C kernels where the build links them (CPU, "blas"),
+    else they are unrolled into Relax ops (codegen/recurrent.py)."""
+    from .build import resolve_cpu_kernels
+    from .recurrent import use_extern_kernels
+
+    linked = target.device == "cpu" and resolve_cpu_kernels(cpu_kernels, target)[0] == "blas"
+    return use_extern_kernels(linked)
 
 
 def prepare(model, pipeline, input_shapes: InputShapes | None, seconds: dict[str, float], calibration=None):

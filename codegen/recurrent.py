@@ -7,14 +7,20 @@ TVM 0.27's ONNX frontend has none of them. Each becomes
   and batch;
 - one call of `onnxforge_rnn` (codegen/cpu/recurrent.c) for the recurrence: per
   timestep a GEMM of the hidden state with R through the same sgemm path, then the
-  gates. It needs the CPU kernels (cpu_kernels="blas", the default on x86/arm64);
-  builds without them say so (codegen/build.py checks EXTERN_ATTR).
+  gates. It needs the CPU kernels (cpu_kernels="blas", the default on x86/arm64).
+  Builds without them (GPU targets, cpu_kernels="schedule"/"tvm": compile() says so
+  through `use_extern_kernels`) get the recurrence unrolled into Relax ops instead,
+  which needs a sequence length known at compile time; codegen/build.py refuses a
+  module that calls the C kernels but will not link them (EXTERN_ATTR).
 
 DynamicQuantizeLSTM computes as onnxruntime does: X and, at every step, the hidden
 state quantized to uint8 over the whole tensor; products of (q - zero_point) are
 exact in float32; per-column scales applied to the sums.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import numpy as np
 import tvm
@@ -32,6 +38,17 @@ _DEFAULTS = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0
 _KINDS = {"RNN": (0, 1, ("Tanh",)), "GRU": (1, 3, ("Sigmoid", "Tanh")), "LSTM": (2, 4, ("Sigmoid", "Tanh", "Tanh"))}
 # PrimFunc attribute marking kernels that call recurrent.c (only CPU builds with the C kernels link it)
 EXTERN_ATTR = "onnxforge.extern_kernel"
+_EXTERN = contextvars.ContextVar("onnxforge_recurrent_extern", default=True)
+
+
+@contextlib.contextmanager
+def use_extern_kernels(enabled: bool):
+    """Lower recurrences to recurrent.c (True, the default) or unrolled Relax ops (False)."""
+    token = _EXTERN.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _EXTERN.reset(token)
 
 
 def _text(value) -> str:
@@ -208,6 +225,10 @@ def _standard(kind):
         lbr = int(node.attributes.get("linear_before_reset", 0))
         bias, rbh = _gate_biases(bb, None if b is None else bb.normalize(b), dirs, gates, hidden, kind, lbr)
         x_proj = _projection(bb, x, w, bias, dirs, gates * hidden)
+        if not _EXTERN.get():
+            return _unrolled(bb, node, kind, x_proj=x_proj, r=r, rbh=rbh, peep=peep, lens=lens, h0=_batch_layout(bb, node, h0),
+                             c0=_batch_layout(bb, node, c0), acts=_activation_table(node, kind, dirs), dirs=dirs,
+                             hidden=hidden, reverse=reverse)
         return _run(bb, node, kind, x_proj=x_proj, r=r, r_trans=1, r_scale=None, rbh=rbh, peep=peep,
                     lens=_lens(bb, lens), h0=_batch_layout(bb, node, h0), c0=_batch_layout(bb, node, c0),
                     acts=_activation_table(node, kind, dirs), dirs=dirs, hidden=hidden, reverse=reverse)
@@ -262,6 +283,9 @@ def dynamic_quantize_lstm(bb, node, inputs):
         s = bb.normalize(op.astype(s, "float32"))
         return bb.normalize(op.reshape(s, (dirs, -1)))
 
+    if not _EXTERN.get():
+        raise LoweringError("DynamicQuantizeLSTM runs on onnxforge's C kernels only: compile for a CPU target with "
+                            "cpu_kernels='blas' (the default when OpenBLAS for the target is installed)")
     wf, rf = centered(w, w_zp), centered(r, r_zp)
     ws = scales(w_scale)
     width = 4 * hidden
@@ -293,6 +317,126 @@ def _dq_gemm_te(x, w, scale, *bias, n_scale, width):
             ins[2].data, i32(n_scale), ins[3].data if bias else ins[2].data, i32(bool(bias)), outs[0].data))
 
     return te.extern([(seq, batch, width)], [x, w, scale, *bias], body, name="onnxforge_dq_gemm", dtype="float32")
+
+
+def _apply(op, x, code: int, alpha: float, beta: float):
+    """ACTIVATIONS[code] on x, as relax ops (the unrolled form)."""
+    name, dtype = ACTIVATIONS[code], "float32"
+    c = lambda v: relax.const(float(v), dtype)  # noqa: E731
+    if name == "sigmoid":
+        return op.sigmoid(x)
+    if name == "tanh":
+        return op.tanh(x)
+    if name == "relu":
+        return op.nn.relu(x)
+    if name == "hardsigmoid":
+        return op.clip(op.add(op.multiply(x, c(alpha)), c(beta)), 0.0, 1.0)
+    if name == "affine":
+        return op.add(op.multiply(x, c(alpha)), c(beta))
+    if name == "leakyrelu":
+        return op.where(op.greater_equal(x, c(0)), x, op.multiply(x, c(alpha)))
+    if name == "thresholdedrelu":
+        return op.where(op.greater(x, c(alpha)), x, op.zeros_like(x))
+    if name == "scaledtanh":
+        return op.multiply(op.tanh(op.multiply(x, c(beta))), c(alpha))
+    if name == "elu":
+        return op.where(op.greater_equal(x, c(0)), x, op.multiply(op.subtract(op.exp(x), c(1)), c(alpha)))
+    if name == "softsign":
+        return op.divide(x, op.add(op.abs(x), c(1)))
+    return op.log(op.add(op.exp(x), c(1)))  # softplus
+
+
+def _unrolled(bb, node, kind, *, x_proj, r, rbh, peep, lens, h0, c0, acts, dirs, hidden, reverse):
+    """The recurrence as relax ops, one set per timestep (any target; static sequence length)."""
+    op = relax.op
+    attrs = node.attributes
+    clip = float(attrs["clip"]) if "clip" in attrs else 0.0
+    lbr, input_forget = int(attrs.get("linear_before_reset", 0)), int(attrs.get("input_forget", 0))
+    _, steps_dims = _shape(bb, x_proj[0])
+    seq, batch = steps_dims[0], steps_dims[1]
+    if not isinstance(seq, int):
+        raise LoweringError(f"{kind} with a sequence length known only at run time needs onnxforge's C kernels "
+                            f"(a CPU target with cpu_kernels='blas'); for other builds pin the sequence dim")
+    H = hidden
+    zeros = bb.normalize(op.zeros((batch, H), "float32"))
+    lens32 = None if lens is None else bb.normalize(op.reshape(_lens(bb, lens), (batch, 1)))
+
+    def gate(x, d, which):  # activation f/g/h of direction d, after clip
+        x = bb.normalize(x)
+        if clip > 0:
+            x = bb.normalize(op.clip(x, -clip, clip))
+        code, alpha, beta = acts[d, which]
+        return bb.normalize(_apply(op, x, int(code), float(alpha), float(beta)))
+
+    def cols(x, lo, hi):
+        return bb.normalize(op.strided_slice(bb.normalize(x), axes=[1], begin=[lo], end=[hi]))
+
+    ys, yhs, ycs = [], [], []
+    for d in range(dirs):
+        rd = bb.normalize(op.permute_dims(_slice(bb, r, d), [1, 0]))  # [H, G*H]
+        h = zeros if h0 is None else _slice(bb, h0, d)
+        c = zeros if c0 is None else _slice(bb, c0, d)
+        p = None if peep is None else bb.normalize(op.reshape(_slice(bb, peep, d), (1, 3 * H)))
+        outs = [None] * seq
+        backwards = reverse or d == 1
+        for t in (range(seq - 1, -1, -1) if backwards else range(seq)):
+            xt = bb.normalize(op.strided_slice(x_proj[d], axes=[0], begin=[t], end=[t + 1]))
+            xt = bb.normalize(op.reshape(xt, (batch, int(steps_dims[2]))))
+            if kind == "GRU" and not lbr:
+                zr = bb.normalize(op.add(op.matmul(h, op.strided_slice(rd, axes=[1], begin=[0], end=[2 * H])), cols(xt, 0, 2 * H)))
+                z, rr = gate(cols(zr, 0, H), d, 0), gate(cols(zr, H, 2 * H), d, 0)
+                n = op.add(op.matmul(op.multiply(rr, h), op.strided_slice(rd, axes=[1], begin=[2 * H], end=[3 * H])),
+                           cols(xt, 2 * H, 3 * H))
+                new_h = op.add(op.multiply(op.subtract(relax.const(1.0), z), gate(n, d, 1)), op.multiply(z, h))
+            else:
+                hr = bb.normalize(op.matmul(h, rd))  # h @ R^T, all gates
+                g = bb.normalize(op.add(hr, xt))
+                if kind == "RNN":
+                    new_h = gate(g, d, 0)
+                elif kind == "GRU":  # linear_before_reset: r * (h @ Rh^T + Rbh)
+                    z, rr = gate(cols(g, 0, H), d, 0), gate(cols(g, H, 2 * H), d, 0)
+                    rh = cols(hr, 2 * H, 3 * H)
+                    if rbh is not None:
+                        rh = op.add(rh, _slice(bb, rbh, d))
+                    n = op.add(op.multiply(rr, rh), cols(xt, 2 * H, 3 * H))
+                    new_h = op.add(op.multiply(op.subtract(relax.const(1.0), z), gate(n, d, 1)), op.multiply(z, h))
+                else:  # LSTM: i, o, f, c
+                    gi, go, gf, gc = (cols(g, k * H, (k + 1) * H) for k in range(4))
+                    if p is not None:
+                        gi = op.add(gi, op.multiply(cols(p, 0, H), c))
+                    i = gate(gi, d, 0)
+                    if input_forget:
+                        f = op.subtract(relax.const(1.0), i)
+                    else:
+                        if p is not None:
+                            gf = op.add(gf, op.multiply(cols(p, 2 * H, 3 * H), c))
+                        f = gate(gf, d, 0)
+                    new_c = bb.normalize(op.add(op.multiply(f, c), op.multiply(i, gate(gc, d, 1))))
+                    if p is not None:
+                        go = op.add(go, op.multiply(cols(p, H, 2 * H), new_c))
+                    new_h = op.multiply(gate(go, d, 0), gate(new_c, d, 2))
+            new_h = bb.normalize(new_h)
+            if lens32 is not None:
+                active = bb.normalize(op.less(relax.const(t, "int32"), lens32))
+                if kind == "LSTM":
+                    new_c = bb.normalize(op.where(active, new_c, c))
+                outs[t] = bb.normalize(op.where(active, new_h, zeros))
+                new_h = bb.normalize(op.where(active, new_h, h))
+            else:
+                outs[t] = new_h
+            h = new_h
+            if kind == "LSTM":
+                c = new_c
+        ys.append(bb.normalize(op.concat([op.reshape(o, (1, 1, batch, H)) for o in outs], axis=0)))
+        yhs.append(op.reshape(h, (1, batch, H)))
+        ycs.append(op.reshape(c, (1, batch, H)))
+    y = bb.normalize(op.concat(ys, axis=1) if dirs == 2 else ys[0])
+    yh, yc = (bb.normalize(op.concat(v, axis=0)) for v in (yhs, ycs))
+    if int(attrs.get("layout", 0)) == 1:
+        y = op.permute_dims(y, [2, 0, 1, 3])
+        yh, yc = (op.permute_dims(v, [1, 0, 2]) for v in (yh, yc))
+    results = [y, yh, yc][:len(node.outputs)]
+    return results if len(results) > 1 else results[0]
 
 
 def extern_kernels(mod: tvm.IRModule) -> list[str]:

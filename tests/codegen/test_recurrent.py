@@ -10,7 +10,6 @@ from onnx import TensorProto as TP
 from onnx import helper as h
 
 import onnxforge
-from onnxforge.ir import BuildError
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
@@ -131,8 +130,26 @@ def test_dynamic_quantize_lstm_from_onnxruntime_quantizer(tmp_path):
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
 
 
-def test_builds_without_the_c_kernels_say_so():
-    model = onnxforge.load(rnn_model("GRU"))
-    with pytest.raises(BuildError, match=r"recurrent layer\(s\) \(RNN/GRU/LSTM\) run on onnxforge's C kernels, which "
-                                         r"cpu_kernels='schedule' does not link"):
-        onnxforge.compile(model, target="x86", pipeline="-O0", cpu_kernels="schedule")
+@pytest.mark.parametrize("kind,options", [
+    ("LSTM", dict(direction="bidirectional", lens=True, peepholes=True, batch=3)),
+    ("GRU", dict(direction="reverse", linear_before_reset=1)),
+    ("GRU", dict(clip=0.7, activations=["HardSigmoid", "Softsign"], activation_alpha=[0.3], activation_beta=[0.4])),
+    ("RNN", dict(direction="bidirectional", activations=["Relu", "LeakyRelu"], activation_alpha=[0.2])),
+])
+def test_unrolled_recurrence_without_the_c_kernels(kind, options):
+    """Builds that do not link recurrent.c (GPU targets, cpu_kernels='schedule') get the
+    recurrence unrolled into Relax ops: it needs a sequence length known at compile time."""
+    model = rnn_model(kind, seq=5, **options)
+    batch = options.get("batch", 2)
+    feeds = feeds_for(model, T=5, batch=batch)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    out = onnxforge.compile(onnxforge.load(model), target="x86", pipeline="-O0", cpu_kernels="schedule")(**feeds)
+    for o, expected in zip(model.graph.output, ref):
+        np.testing.assert_allclose(out[o.name], expected, atol=1e-5, rtol=0, err_msg=o.name)
+
+
+def test_unrolled_recurrence_needs_a_static_sequence_length():
+    from onnxforge.ir import LoweringError
+
+    with pytest.raises(LoweringError, match=r"sequence length known only at run time needs onnxforge's C kernels"):
+        onnxforge.compile(onnxforge.load(rnn_model("LSTM")), target="x86", pipeline="-O0", cpu_kernels="schedule")
