@@ -147,25 +147,119 @@ class _Arm:
 
 
 def _arm(imp: _Importer, node: Node, attr: str, build: Callable[[], list]) -> _Arm:
-    """One branch of an If as a SeqExpr (or the LoweringError that stopped it);
-    imp's names are as before afterwards."""
+    """One branch of an If (or the LoweringError that stopped it), as a call of a
+    private function of its own: TVM's memory planner reuses storage allocated in
+    a branch after the If, also when the other branch ran (a null storage and a
+    crash at run time; silero-vad unpinned). The branch is converted twice: once
+    in place to learn which enclosing values it reads, then as the function, with
+    those as its parameters. imp's names are as before afterwards."""
     bb = imp.bb
     saved_nodes, saved_unpacked = dict(imp._nodes), dict(imp._unpacked)
     arm = _Arm(attr)
-
-    def body():
-        outs = [_as_tensor(bb, o, node, f"{attr} output {i}") for i, o in enumerate(build())]
-        arm.types = [o.ty for o in outs]
-        return outs[0] if len(outs) == 1 else relax.Tuple(outs)
-
+    recorder = _Recorder(saved_nodes)
+    outer, imp._nodes = imp._nodes, recorder
     try:
-        arm.seq = _block(bb, body)
+        _block(bb, lambda: _tensors(bb, node, attr, build()))
     except LoweringError as exc:
         arm.error = exc
-        imp.discarded_functions = True  # kernels the arm emitted before it failed
     finally:
-        imp._nodes, imp._unpacked = saved_nodes, saved_unpacked
+        imp._nodes = outer
+        _restore(imp._nodes, saved_nodes)
+        _restore(imp._unpacked, saved_unpacked)
+    imp.discarded_functions = True  # the kernels of that first conversion
+    if arm.error is not None:
+        return arm
+    params, args, bindings = _arm_params(imp, recorder.read)
+    try:
+        bb.begin_scope(params)
+        try:
+            bb._begin_binding_block()
+            try:
+                imp._nodes.update(bindings)
+                result = _tensors(bb, node, attr, build())
+            finally:
+                block = bb._end_block()
+            body = bb.normalize(relax.SeqExpr([block], result))
+        finally:
+            bb.end_scope()
+    except LoweringError as exc:  # as the first time, in principle
+        arm.error = exc
+        return arm
+    finally:
+        _restore(imp._nodes, saved_nodes)
+        _restore(imp._unpacked, saved_unpacked)
+    gv = bb.add_func(relax.Function(params, body, is_pure=True), f"{_ident(node.name or 'if')}_{attr}")
+
+    def call():
+        out = bb.emit(relax.Call(gv, args))
+        fields = [bb.emit(relax.TupleGetItem(out, k)) for k in range(len(body.ty.fields))]
+        arm.types = [f.ty for f in fields]
+        return fields[0] if len(fields) == 1 else relax.Tuple(fields)
+
+    arm.seq = _block(bb, call)
     return arm
+
+
+class _Recorder(dict):
+    """Names read from `outer` (the values bound before a branch) while it is converted."""
+
+    def __init__(self, outer: dict):
+        super().__init__(outer)
+        self.outer = outer
+        self.read: dict[str, relax.Expr] = {}
+
+    def _note(self, name, value):
+        if name in self.outer and self.outer[name] is value:
+            self.read.setdefault(name, value)
+        return value
+
+    def __getitem__(self, name):
+        return self._note(name, super().__getitem__(name))
+
+    def get(self, name, default=None):
+        return self._note(name, super().get(name, default)) if name in self else default
+
+
+def _tensors(bb, node: Node, attr: str, outs: list) -> relax.Tuple:
+    return relax.Tuple([_as_tensor(bb, o, node, f"{attr} output {i}") for i, o in enumerate(outs)])
+
+
+def _arm_params(imp: _Importer, read: dict):
+    """(params, caller arguments, name -> expression inside) for the enclosing
+    values a branch reads: values known when compiling stay constants; symbolic
+    dims map to the parameters' own."""
+    bb = imp.bb
+    params, args, bindings, varmap, prims = [], [], {}, {}, []
+    for name, expr in read.items():
+        if expr is None or _is_static(expr):
+            continue
+        if tvm.ir.is_prim_expr(expr):
+            prims.append((name, expr))
+            continue
+        try:
+            value = _evaluate(bb, expr, [0])
+            if isinstance(value, np.ndarray) and value.size <= 64:  # shape arithmetic: stays foldable inside
+                bindings[name] = relax.const(tvm.runtime.tensor(np.ascontiguousarray(value)))
+                continue
+        except _NotStatic:
+            pass
+        if imp._packed:
+            expr = imp._unpack_inputs([expr])[0]
+        if not isinstance(expr, relax.Var):
+            expr = bb.emit(expr)
+        var = relax.Var(_ident(name), _freshen(_shaped(expr.ty), varmap))
+        params.append(var)
+        args.append(expr)
+        bindings[name] = _rebuild(var)
+    for name, expr in prims:  # dims taken from shapes (Gather(Shape(x), k)): the parameters' own dims
+        if isinstance(expr, tirx.Var) and expr in varmap:
+            bindings[name] = varmap[expr]
+        else:
+            var = relax.Var(_ident(name), tvm.ir.PrimType(str(expr.ty.dtype)))
+            params.append(var)
+            args.append(expr)
+            bindings[name] = var
+    return params, args, bindings
 
 
 def _mismatch(node: Node, arms: list[_Arm], values: list, after: bool = False) -> tuple[str, bool] | None:
@@ -449,7 +543,7 @@ def _build_step(imp: _Importer, rec: _Recurrence, carried_tys: list, captures: l
         try:
             cond_out, outs, elems = rec.body(imp, i, limit, cond, carried, fixed)
         finally:
-            imp._nodes = saved
+            _restore(imp._nodes, saved)
         if len(outs) != len(carried) or len(elems) != len(accs):
             raise LoweringError(f"{node.op_type} node {_name(node)}: the body gives {len(outs)} loop-carried values "
                                 f"and {len(elems)} scan outputs, expected {len(carried)} and {len(accs)}")
@@ -851,6 +945,11 @@ def _name(node: Node) -> str:
 
 def _out_name(node: Node, index: int) -> str:
     return repr(node.outputs[index].name) if index < len(node.outputs) else f"#{index}"
+
+
+def _restore(mapping: dict, saved: dict) -> None:
+    mapping.clear()
+    mapping.update(saved)
 
 
 def _where(attr: str, node: Node) -> str:

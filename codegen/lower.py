@@ -289,7 +289,8 @@ class _Importer(ONNXGraphImporter):
                 raise LoweringError(f"output {missing[0]!r} of the subgraph{where} is not defined")
             return [self._nodes[v.name] for v in graph.outputs]
         finally:
-            self._nodes, self._unpacked = saved_nodes, saved_unpacked
+            _restore(self._nodes, saved_nodes)  # in place: the mapping may be control_flow's recorder
+            _restore(self._unpacked, saved_unpacked)
             self._scope.pop()
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
@@ -355,6 +356,11 @@ def _static_vector_length(expr) -> int | None:
     if not isinstance(ty.shape, relax.ShapeExpr) or not hasattr(ty.shape.values[0], "value"):
         return None
     return int(ty.shape.values[0].value)
+
+
+def _restore(mapping: dict, saved: dict) -> None:
+    mapping.clear()
+    mapping.update(saved)
 
 
 def _walk(graph: Graph, where: str = ""):
