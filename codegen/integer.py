@@ -150,19 +150,31 @@ def _weight_abs_sum(node, w_index: int, zp_index: int, reduce_axes, zp_axis: int
     return int(np.max(np.sum(np.abs(w - zp), axis=axes), initial=0))
 
 
-def _product_is_exact_in_float(node, x_index, x_zp_index, w_index, w_zp_index, reduce_axes, w_zp_axis,
-                               x_dtype, w_dtype, depth) -> bool:
+def _product_is_exact_in_float(node, x_zp_index, w_index, w_zp_index, reduce_axes, w_zp_axis, x_dtype, w_dtype,
+                               depth, bias_index=None) -> bool:
     """Whether every partial sum of the integer product is below 2**24 (see the
-    module docstring). `depth` is the reduction length (None when unknown)."""
-    x_zp_given = x_zp_index < len(node.inputs) and node.inputs[x_zp_index] is not None
-    x_max = _max_centered(x_dtype, _const(node, x_zp_index) if x_zp_given else None, x_zp_given)
+    module docstring): then float32 computes it exactly. `depth` is the reduction
+    length (None when unknown); x_zp_index None: a zero point known only at run
+    time. With `bias_index`, the constant int32 bias added to the sums must fit too,
+    so that float(acc) + float(bias) is float(acc + bias) as onnxruntime computes it."""
+    if x_zp_index is None:
+        x_max = _max_centered(x_dtype, None, True)
+    else:
+        x_zp_given = x_zp_index < len(node.inputs) and node.inputs[x_zp_index] is not None
+        x_max = _max_centered(x_dtype, _const(node, x_zp_index) if x_zp_given else None, x_zp_given)
     w_sum = _weight_abs_sum(node, w_index, w_zp_index, reduce_axes, w_zp_axis)
     if w_sum is None:
         if depth is None:
             return False
         w_zp_given = w_zp_index < len(node.inputs) and node.inputs[w_zp_index] is not None
         w_sum = depth * _max_centered(w_dtype, _const(node, w_zp_index) if w_zp_given else None, w_zp_given)
-    return x_max * w_sum < EXACT_FLOAT32
+    bound = x_max * w_sum
+    if bias_index is not None and bias_index < len(node.inputs) and node.inputs[bias_index] is not None:
+        bias = _const(node, bias_index)
+        if bias is None:
+            return False
+        bound += int(np.max(np.abs(bias.astype(np.int64)), initial=0))
+    return bound < EXACT_FLOAT32
 
 
 def _static_dim(expr, axis: int) -> int | None:
@@ -204,14 +216,14 @@ def _out_dtype(node, zp, default: str) -> str:
 # integer products
 
 
-def _integer_matmul(bb, node, a, b, azp, bzp, ids):
-    """(A - a_zp) @ (B - b_zp): (expr, is_float). `ids` are the node's input indices
-    of (A, a_zp, B, b_zp). Zero points: scalar, per row of A ([M] -> [M, 1]) or per
-    column of B ([N]), or N-D forms that broadcast as they are."""
+def _integer_matmul(bb, node, a, b, azp, bzp, ids, bias_index=None):
+    """(A - a_zp) @ (B - b_zp): (expr, is_float). `ids` are the node's input indices of
+    (a_zp, B, b_zp); see _product_is_exact_in_float for `bias_index`. Zero points:
+    scalar, per row of A ([M] -> [M, 1]) or per column of B ([N]), or N-D forms
+    that broadcast as they are."""
     a, b = bb.normalize(a), bb.normalize(b)
     depth = _static_dim(a, -1)
-    exact = _product_is_exact_in_float(node, ids[0], ids[1], ids[2], ids[3], (-2,), -1,
-                                       _dtype(a), _dtype(b), depth)
+    exact = _product_is_exact_in_float(node, *ids, (-2,), -1, _dtype(a), _dtype(b), depth, bias_index)
     if exact:
         prod = relax.op.matmul(_centered(bb, a, azp, -2), _centered(bb, b, bzp, -1), out_dtype=_F32)
         return prod, True
@@ -234,14 +246,14 @@ def _conv(bb, node, x, w):
     return Conv._impl_v11(bb, [x, w, None], attrs, {})
 
 
-def _integer_conv(bb, node, x, w, xzp, wzp, ids):
+def _integer_conv(bb, node, x, w, xzp, wzp, ids, bias_index=None):
     """conv(x - x_zp, w - w_zp) (zero padding of the centered input = padding x with its
     zero point, as onnxruntime does): (expr, is_float). w_zp: scalar or per output channel."""
     x, w = bb.normalize(x), bb.normalize(w)
     wshape = static_shape(w)
     depth = None if wshape is None else int(np.prod(wshape[1:], dtype=np.int64))
-    exact = _product_is_exact_in_float(node, ids[0], ids[1], ids[2], ids[3], tuple(range(1, _ndim(w))), 0,
-                                       _dtype(x), _dtype(w), depth)
+    exact = _product_is_exact_in_float(node, *ids, tuple(range(1, _ndim(w))), 0, _dtype(x), _dtype(w), depth,
+                                       bias_index)
     if exact:
         return _conv(bb, node, _centered(bb, x, xzp, None), _centered(bb, w, wzp, 0)), True
     return _conv(bb, node, _centered_int(bb, x, xzp, None), _centered_int(bb, w, wzp, 0)), False
@@ -253,7 +265,7 @@ def matmul_integer(bb, node, inputs):
     float32 product (BLAS sgemm on CPU) when it is exact, else an int32 matmul. (TVM's
     own converter is right in every zero-point form but always takes the slow int32 path.)"""
     a, b = inputs[0], inputs[1]
-    prod, is_float = _integer_matmul(bb, node, a, b, _input(inputs, 2), _input(inputs, 3), (0, 2, 1, 3))
+    prod, is_float = _integer_matmul(bb, node, a, b, _input(inputs, 2), _input(inputs, 3), (2, 1, 3))
     return relax.op.astype(prod, "int32") if is_float else prod
 
 
@@ -262,23 +274,30 @@ def conv_integer(bb, node, inputs):
     """int32 conv(x - x_zero_point, w - w_zero_point); w_zero_point per tensor or per
     output channel; every Conv attribute form (see _conv)."""
     x, w = inputs[0], inputs[1]
-    acc, is_float = _integer_conv(bb, node, x, w, _input(inputs, 2), _input(inputs, 3), (0, 2, 1, 3))
+    acc, is_float = _integer_conv(bb, node, x, w, _input(inputs, 2), _input(inputs, 3), (2, 1, 3))
     return relax.op.astype(acc, "int32") if is_float else acc
 
 
-@register_lowering("DynamicQuantizeLinear")
-def dynamic_quantize_linear(bb, node, inputs):
-    """uint8 y, float scale, uint8 zero point, computed as onnxruntime does (module docstring)."""
-    x = bb.normalize(_f32(inputs[0]))
+def _dynamic_quantize(bb, x):
+    """uint8 y, float32 scale, float32 and uint8 zero point of x, as onnxruntime's
+    DynamicQuantizeLinear and DynamicQuantizeMatMul compute them (module docstring)."""
+    x = bb.normalize(_f32(x))
     op = relax.op
     zero = relax.const(0.0, _F32)
     lo = bb.normalize(op.minimum(op.min(x), zero))
     hi = bb.normalize(op.maximum(op.max(x), zero))
     scale = op.divide(op.subtract(hi, lo), relax.const(255.0, _F32))
     scale = bb.normalize(op.where(op.equal(hi, lo), relax.const(1.0, _F32), scale))
-    zp_float = op.round(op.clip(op.subtract(zero, op.divide(lo, scale)), 0, 255))
-    zp = bb.normalize(op.astype(zp_float, "uint8"))
-    y = op.astype(op.clip(op.add(op.round(op.divide(x, scale)), zp_float), 0, 255), "uint8")
+    zp_float = bb.normalize(op.round(op.clip(op.subtract(zero, op.divide(lo, scale)), 0, 255)))
+    y = bb.normalize(op.astype(op.clip(op.add(op.round(op.divide(x, scale)), zp_float), 0, 255), "uint8"))
+    return y, scale, zp_float, bb.normalize(op.astype(zp_float, "uint8"))
+
+
+@register_lowering("DynamicQuantizeLinear")
+def dynamic_quantize_linear(bb, node, inputs):
+    """uint8 y, float scale, uint8 zero point, computed as onnxruntime does. (TVM's
+    converter gives scale 0, zero point 255 and y = 255 for an all-zero input.)"""
+    y, scale, _, zp = _dynamic_quantize(bb, inputs[0])
     return [y, scale, zp]
 
 
@@ -287,7 +306,7 @@ def qlinear_matmul(bb, node, inputs):
     """saturate(round((A - a_zp) @ (B - b_zp) * (a_scale * b_scale / y_scale)) + y_zp);
     a_scale/a_zp per tensor or per row, b_scale/b_zp per tensor or per column."""
     a, sa, azp, b, sb, bzp, sy, yzp = (list(inputs) + [None] * 8)[:8]
-    prod, is_float = _integer_matmul(bb, node, a, b, azp, bzp, (0, 2, 3, 5))
+    prod, is_float = _integer_matmul(bb, node, a, b, azp, bzp, (2, 3, 5))
     prod = bb.normalize(prod if is_float else relax.op.astype(prod, _F32))
     sa = _scalar(bb, sa)
     if _ndim(sa) == 1:
@@ -301,7 +320,7 @@ def qlinear_conv(bb, node, inputs):
     """saturate(round((conv(x - x_zp, w - w_zp) + B) * (x_scale * w_scale / y_scale)) + y_zp);
     w_scale / w_zp per tensor or per output channel; B int32 (optional)."""
     x, sx, xzp, w, sw, wzp, sy, yzp, bias = (list(inputs) + [None] * 9)[:9]
-    acc, is_float = _integer_conv(bb, node, x, w, xzp, wzp, (0, 2, 3, 5))
+    acc, is_float = _integer_conv(bb, node, x, w, xzp, wzp, (2, 3, 5), bias_index=8)
     ndim = _ndim(bb.normalize(x))
     if bias is not None:
         shape = [1, -1] + [1] * (ndim - 2)
@@ -313,6 +332,81 @@ def qlinear_conv(bb, node, inputs):
     multiplier = relax.op.divide(relax.op.multiply(_f32(_scalar(bb, sx)), _f32(_per_axis(bb, sw, 1, ndim))),
                                  _f32(_scalar(bb, sy)))
     return _requantize(bb, acc, multiplier, yzp, _out_dtype(node, yzp, _dtype(x)))
+
+
+# ---------------------------------------------------------------------------------------
+# com.microsoft integer products with float outputs (what onnxruntime's optimizer fuses to)
+
+
+def _scale_columns(bb, prod, multiplier, bias):
+    """float32 product * multiplier (scalar or per column) + bias (per column)."""
+    y = relax.op.multiply(prod, _f32(_scalar(bb, multiplier)))
+    return y if bias is None else relax.op.add(y, _f32(bias))
+
+
+def _float_product(bb, prod, is_float):
+    return bb.normalize(prod if is_float else relax.op.astype(prod, _F32))
+
+
+@register_lowering("MatMulIntegerToFloat", domain="com.microsoft")
+def matmul_integer_to_float(bb, node, inputs):
+    """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) + bias, in float32."""
+    a, b, sa, sb, azp, bzp, bias = (list(inputs) + [None] * 7)[:7]
+    prod, is_float = _integer_matmul(bb, node, a, b, azp, bzp, (4, 1, 5))
+    multiplier = relax.op.multiply(_f32(_scalar(bb, sa)), _f32(_scalar(bb, sb)))
+    return _scale_columns(bb, _float_product(bb, prod, is_float), bb.normalize(multiplier), bias)
+
+
+@register_lowering("DynamicQuantizeMatMul", domain="com.microsoft")
+def dynamic_quantize_matmul(bb, node, inputs):
+    """A quantized to uint8 as DynamicQuantizeLinear does, then
+    (A_q - a_zp) @ (B - b_zp) * (a_scale * b_scale) + bias, in float32."""
+    a, b, sb, bzp, bias = (list(inputs) + [None] * 5)[:5]
+    a_q, sa, _, azp = _dynamic_quantize(bb, a)
+    b = bb.normalize(b)
+    exact = _product_is_exact_in_float(node, None, 1, 3, (-2,), -1, "uint8", _dtype(b), _static_dim(b, -2))
+    if exact:
+        prod = _float_product(bb, relax.op.matmul(_centered(bb, a_q, azp, None), _centered(bb, b, bzp, -1),
+                                                  out_dtype=_F32), True)
+    else:
+        prod = _float_product(bb, relax.op.matmul(_centered_int(bb, a_q, azp, None), _centered_int(bb, b, bzp, -1),
+                                                  out_dtype="int32"), False)
+    multiplier = relax.op.multiply(sa, _f32(_scalar(bb, sb)))
+    return _scale_columns(bb, prod, bb.normalize(multiplier), bias)
+
+
+@register_lowering("QGemm", domain="com.microsoft")
+def qgemm(bb, node, inputs):
+    """acc = (A - a_zp) @ (B - b_zp) (transA / transB) + C (int32); times
+    alpha * a_scale * b_scale (per tensor or per column), divided by y_scale and
+    requantized when y_scale is given, else the float32 result."""
+    a, sa, azp, b, sb, bzp, c, sy, yzp = (list(inputs) + [None] * 9)[:9]
+    attrs = node.attributes
+    a, b = bb.normalize(a), bb.normalize(b)
+    if attrs.get("transA", 0):
+        a = bb.normalize(relax.op.permute_dims(a, [1, 0]))
+    if attrs.get("transB", 0):
+        b = bb.normalize(relax.op.permute_dims(b, [1, 0]))
+    transposed = bool(attrs.get("transB", 0))
+    reduce_axis = -1 if transposed else -2
+    zp_axis = -2 if transposed else -1
+    exact = _product_is_exact_in_float(node, 2, 3, 5, (reduce_axis,), zp_axis, _dtype(a), _dtype(b),
+                                       _static_dim(a, -1), bias_index=6)
+    if exact:
+        acc = relax.op.matmul(_centered(bb, a, azp, None), _centered(bb, b, bzp, -1), out_dtype=_F32)
+        if c is not None:
+            acc = relax.op.add(acc, _f32(c))
+    else:
+        acc = relax.op.matmul(_centered_int(bb, a, azp, None), _centered_int(bb, b, bzp, -1), out_dtype="int32")
+        if c is not None:
+            acc = relax.op.add(acc, relax.op.astype(c, "int32"))
+    acc = _float_product(bb, acc, exact)
+    alpha = relax.const(float(attrs.get("alpha", 1.0)), _F32)
+    scale = relax.op.multiply(relax.op.multiply(alpha, _f32(_scalar(bb, sa))), _f32(_scalar(bb, sb)))
+    if sy is None:
+        return relax.op.multiply(acc, scale)
+    multiplier = relax.op.divide(scale, _f32(_scalar(bb, sy)))
+    return _requantize(bb, acc, multiplier, yzp, _out_dtype(node, yzp, _dtype(a)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -334,6 +334,36 @@ def test_com_microsoft_qlinear_ops_match_onnxruntime(pipeline, tmp_path):
     assert_same(expected, got, ["sig"], units=1)
 
 
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_com_microsoft_integer_products_match_onnxruntime(pipeline, tmp_path):
+    """DynamicQuantizeMatMul (what onnxruntime's optimizer makes of quantize_dynamic's
+    MatMuls), MatMulIntegerToFloat and QGemm (transB, alpha, int32 C; requantized to
+    uint8 bit-exactly, or float32 without y_scale). Float outputs within 1e-6
+    relative (onnxruntime's epilogue may fuse the scale and bias into one FMA)."""
+    rng = np.random.default_rng(13)
+    f = np.float32
+    inits = {"w1": q(rng, np.uint8, (24, 10)), "s1": f(0.02), "z1": np.uint8(128),
+             "w2": q(rng, np.int8, (24, 10), -64, 63), "s2": f(0.03), "bias": rng.standard_normal(10).astype(f),
+             "as": f(0.05), "az": np.uint8(100),
+             "gw": q(rng, np.uint8, (10, 24)), "gs": f(0.01), "gz": np.uint8(120), "gc": rng.integers(-500, 500, 10).astype(np.int32),
+             "ys": f(0.4), "yz": np.uint8(110),
+             "gw8": q(rng, np.int8, (24, 10), -64, 63), "gs8": rng.uniform(0.01, 0.03, 10).astype(f),
+             "gz8": np.zeros(10, np.int8)}
+    nodes = [helper.make_node("DynamicQuantizeMatMul", ["x", "w1", "s1", "z1"], ["dq1"], domain=MS),
+             helper.make_node("DynamicQuantizeMatMul", ["x", "w2", "s2", "", "bias"], ["dq2"], domain=MS),
+             helper.make_node("MatMulIntegerToFloat", ["a", "w1", "as", "s1", "az", "z1", "bias"], ["mf"], domain=MS),
+             helper.make_node("QGemm", ["a2", "as", "az", "gw", "gs", "gz", "gc", "ys", "yz"], ["qg"], domain=MS,
+                              transB=1, alpha=0.5),
+             helper.make_node("QGemm", ["a2", "as", "az", "gw8", "gs8", "gz8"], ["qgf"], domain=MS)]
+    feeds = {"x": rng.standard_normal((2, 3, 24)).astype(f), "a": q(rng, np.uint8, (3, 24)), "a2": q(rng, np.uint8, (5, 24))}
+    model = make_model(nodes, [("x", F, [2, 3, 24]), ("a", U8, [3, 24]), ("a2", U8, [5, 24])],
+                       [("dq1", F, None), ("dq2", F, None), ("mf", F, None), ("qg", U8, None), ("qgf", F, None)], inits)
+    expected, got = run_ort(model, feeds), run_compiled(model, feeds, pipeline, tmp_path)
+    assert_same(expected, got, ["qg"])
+    for name in ("dq1", "dq2", "mf", "qgf"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-6 * np.abs(expected[name]).max())
+
+
 # -------------------------------------------------------------------------- MatMulNBits
 
 
@@ -455,6 +485,10 @@ def ort_quantized(tmp_path_factory):
     quantize_dynamic(folder / "fp32.onnx", folder / "dynamic.onnx", weight_type=QuantType.QUInt8)
     quantize_dynamic(folder / "fp32.onnx", folder / "dynamic_s8.onnx", weight_type=QuantType.QInt8,
                      reduce_range=True, per_channel=True)
+    options = ort.SessionOptions()  # onnxruntime's own fusions saved: com.microsoft DynamicQuantizeMatMul
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(folder / "dynamic_ort_optimized.onnx")
+    ort.InferenceSession(str(folder / "dynamic.onnx"), options, providers=["CPUExecutionProvider"])
     quantize_static(folder / "fp32.onnx", folder / "static.onnx", _Reader(), quant_format=QuantFormat.QOperator,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
     quantize_static(folder / "fp32.onnx", folder / "static_s8.onnx", _Reader(), quant_format=QuantFormat.QOperator,
@@ -463,6 +497,7 @@ def ort_quantized(tmp_path_factory):
 
 
 QUANTIZED = {"dynamic": {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"},
+             "dynamic_ort_optimized": {"DynamicQuantizeMatMul", "ConvInteger"},
              "dynamic_s8": {"DynamicQuantizeLinear", "MatMulInteger"},
              "static": {"QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"},
              "static_s8": {"QLinearConv", "QLinearMatMul"}}
