@@ -243,7 +243,32 @@ def _conv(bb, node, x, w):
     x, w = bb.normalize(x), bb.normalize(w)
     if _ndim(x) not in (3, 4, 5):
         raise LoweringError(f"{node.op_type} needs a 3-D to 5-D input, got rank {_ndim(x)}")
+    pads = _same_pads(attrs, static_shape(x), static_shape(w))
+    if pads is not None:  # explicit pads: no separate pad kernel (which broke CUDA's grouped-conv schedule)
+        attrs.pop("auto_pad")
+        attrs["pads"] = pads
     return Conv._impl_v11(bb, [x, w, None], attrs, {})
+
+
+def _same_pads(attrs, xshape, wshape) -> list[int] | None:
+    """ONNX's SAME_UPPER / SAME_LOWER padding as explicit pads when the spatial dims
+    are static (output = ceil(input / stride)); None otherwise."""
+    mode = attrs.get("auto_pad", b"NOTSET")
+    if mode not in (b"SAME_UPPER", b"SAME_LOWER") or xshape is None:
+        return None
+    spatial = xshape[2:]
+    kernel = list(attrs.get("kernel_shape") or (wshape[2:] if wshape is not None else []))
+    if len(kernel) != len(spatial):
+        return None
+    strides = list(attrs.get("strides") or [1] * len(spatial))
+    dilations = list(attrs.get("dilations") or [1] * len(spatial))
+    begins, ends = [], []
+    for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+        total = max(0, (-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size)
+        small = total // 2
+        begins.append(small if mode == b"SAME_UPPER" else total - small)
+        ends.append(total - begins[-1])
+    return begins + ends
 
 
 def _integer_conv(bb, node, x, w, xzp, wzp, ids, bias_index=None):
