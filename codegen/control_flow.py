@@ -3,10 +3,16 @@
 The nodes inside branches and bodies go through the importer one at a time, like
 top-level nodes: our converter table first, then TVM's frontend (codegen.lower).
 
-- If: a relax.If whose branches hold their own nodes (nothing of a branch runs
-  unless it is taken). A constant condition inlines the branch it picks. Outputs
-  whose shapes differ between the branches get symbolic dims; different ranks or
-  dtypes are a LoweringError.
+- If: a relax.If whose branches each call a private function holding the
+  branch's nodes (nothing of a branch runs unless it is taken; the function
+  boundary keeps TVM's memory planner from sharing storage across branches).
+  A condition known when compiling (constants, static shapes, ranks) inlines the
+  branch it picks. Outputs whose shapes differ between the branches get symbolic
+  dims. Branches whose ranks differ each continue with their own copy of the
+  rest of the graph (torch's squeeze(dim) of a run-time dim), or defer to the
+  rank the model declares; a branch that cannot be compiled for these shapes
+  raises its reason at run time, when taken (onnxruntime fails there too), and
+  lower() warns about it. Different dtypes are a LoweringError.
 - Loop and Scan: the body is one private Relax function, `step`, doing one
   iteration (when the loop has not finished; else it returns its state as it got
   it). The VM has no loop instruction, and each nested call costs C stack (a
@@ -156,7 +162,7 @@ def _arm(imp: _Importer, node: Node, attr: str, build: Callable[[], list]) -> _A
     bb = imp.bb
     saved_nodes, saved_unpacked = dict(imp._nodes), dict(imp._unpacked)
     arm = _Arm(attr)
-    recorder = _Recorder(saved_nodes)
+    recorder = _Recorder(saved_nodes, imp._nodes if isinstance(imp._nodes, _Recorder) else None)
     outer, imp._nodes = imp._nodes, recorder
     try:
         _block(bb, lambda: _tensors(bb, node, attr, build()))
@@ -201,16 +207,20 @@ def _arm(imp: _Importer, node: Node, attr: str, build: Callable[[], list]) -> _A
 
 
 class _Recorder(dict):
-    """Names read from `outer` (the values bound before a branch) while it is converted."""
+    """Names read from `outer` (the values bound before a branch) while it is
+    converted; reads of nested branches count for the enclosing one (`parent`)."""
 
-    def __init__(self, outer: dict):
+    def __init__(self, outer: dict, parent: _Recorder | None = None):
         super().__init__(outer)
         self.outer = outer
+        self.parent = parent
         self.read: dict[str, relax.Expr] = {}
 
     def _note(self, name, value):
         if name in self.outer and self.outer[name] is value:
             self.read.setdefault(name, value)
+            if self.parent is not None:
+                self.parent._note(name, value)
         return value
 
     def __getitem__(self, name):

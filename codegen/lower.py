@@ -86,6 +86,10 @@ def lower(model: Model) -> Lowered:
     if importer.has_control_flow:
         if importer.discarded_functions:  # kernels of loop bodies converted again with other types
             mod = relax.transform.DeadCodeElimination()(mod)
+        try:  # branches and loop bodies are built by hand: check what the build would trip over later
+            relax.analysis.well_formed(mod)
+        except Exception as exc:
+            raise LoweringError(f"internal: the lowered control flow is not well formed: {_short(exc)}") from exc
         mod = relax.transform.ConvertToDataflow()(mod)  # main has no dataflow block: give fusion its blocks back
     mod, detached = relax.frontend.detach_params(mod)
     params = [(name, tensor.numpy()) for name, tensor in zip(importer._params, detached.get("main", []))]

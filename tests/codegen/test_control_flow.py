@@ -107,6 +107,29 @@ def test_nested_if_reads_values_two_scopes_out():
     _check(model, [{"x": x}, {"x": x * 10}, {"x": -x}])  # inner else, inner then, outer else
 
 
+def test_weight_read_only_by_a_nested_branch():
+    """The outer branch becomes a function whose parameters include what its
+    nested branches read (a weight, a parameter of main)."""
+    w = _rng(6).standard_normal((4, 8)).astype(np.float32)
+    inner_then = h.make_graph([h.make_node("MatMul", ["x", "w"], ["it"])], "inner_then", [], [_info("it", shape=[2, 8])])
+    inner_else = h.make_graph([h.make_node("MatMul", ["x", "w"], ["m"]), h.make_node("Neg", ["m"], ["ie"])],
+                              "inner_else", [], [_info("ie", shape=[2, 8])])
+    outer_then = h.make_graph([h.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
+                               h.make_node("Greater", ["mx", "one"], ["c2"]),
+                               h.make_node("If", ["c2"], ["r"], then_branch=inner_then, else_branch=inner_else)],
+                              "outer_then", [], [_info("r", shape=[2, 8])])
+    outer_else = h.make_graph([h.make_node("ConstantOfShape", ["shape"], ["oe"], value=h.make_tensor("v", T.FLOAT, [1], [0.5]))],
+                              "outer_else", [], [_info("oe", shape=[2, 8])])
+    nodes = [h.make_node("ReduceSum", ["x"], ["s"], keepdims=0), h.make_node("Greater", ["s", "zero"], ["c"]),
+             h.make_node("If", ["c"], ["y"], then_branch=outer_then, else_branch=outer_else)]
+    model = _model(nodes, [_info("x", shape=[2, 4])], [_info("y", shape=[2, 8])],
+                   [_const("zero", np.float32(0)), _const("one", np.float32(1.0)), _const("w", w),
+                    _const("shape", np.array([2, 8], np.int64))])
+    assert "w" in dict(lower(onnxforge.load(model)).params)
+    x = np.abs(_rng(7).standard_normal((2, 4)).astype(np.float32))
+    _check(model, [{"x": x}, {"x": x * 0.01}, {"x": -x}])
+
+
 def test_if_branches_with_different_shapes():
     then = h.make_graph([h.make_node("Identity", ["x"], ["t"])], "then", [], [_info("t", shape=[2, 3])])
     els = h.make_graph([h.make_node("Concat", ["x", "x"], ["e"], axis=0)], "else", [], [_info("e", shape=[4, 3])])
