@@ -1,9 +1,12 @@
 """Lowerings for the integer ops of pre-quantized models: ConvInteger, MatMulInteger,
-DynamicQuantizeLinear, QLinearConv, QLinearMatMul, the com.microsoft QLinear*
-element-wise ops, and com.microsoft MatMulNBits (onnxruntime's blocked int2/4/8 weights).
+DynamicQuantizeLinear, QLinearConv, QLinearMatMul; the com.microsoft ops that
+onnxruntime's quantizer and optimizer write (QLinearAdd / Mul / Sigmoid / LeakyRelu /
+GlobalAveragePool / Concat, DynamicQuantizeMatMul, MatMulIntegerToFloat, QGemm);
+and com.microsoft MatMulNBits (onnxruntime's blocked int2/4/8 weights).
 
 Correct first: everything computes in float32, arranged to give onnxruntime's
-results bit for bit where onnxruntime is exact.
+results bit for bit where onnxruntime is exact (the integer-kernel work makes them
+fast).
 
 - Integer products. (x - x_zero_point) and (w - w_zero_point) are small integers,
   so a float32 matmul / conv of them is exact while every partial sum stays below
