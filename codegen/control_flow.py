@@ -369,6 +369,7 @@ class _Recurrence:
     scan_reverse: list[bool]  # per scan output: prepend instead of append
     # (imp, i, limit, cond, carried, fixed) -> (cond_out or None, carried_out, scan elements), in step's scope
     body: Callable
+    declared: list = dataclasses.field(default_factory=list)  # per carried output: its shape in the body graph
 
 
 def _lower_loop(imp: _Importer, node: Node, proto: onnx.NodeProto) -> list[relax.Expr]:
@@ -397,7 +398,7 @@ def _lower_loop(imp: _Importer, node: Node, proto: onnx.NodeProto) -> list[relax
         return cond_out, outs[1:1 + n_carried], outs[1 + n_carried:]
 
     rec = _Recurrence(node, limit, cond, [_as_tensor(bb, c, node, f"loop-carried value {i}") for i, c in enumerate(carried)],
-                      [], [False] * n_scans, run_body)
+                      [], [False] * n_scans, run_body, [v.shape for v in body.outputs[1:1 + n_carried]])
     finals, scans = _lower_recurrence(imp, rec)
     return finals + scans
 
@@ -443,7 +444,8 @@ def _lower_scan(imp: _Importer, node: Node, proto: onnx.NodeProto) -> list[relax
         return None, outs[:n_state], outs[n_state:]
 
     states = [_as_tensor(bb, s, node, f"state {i}") for i, s in enumerate(inputs[:n_state])]
-    rec = _Recurrence(node, limit, None, states, xs, [bool(d) for d in out_dirs], run_body)
+    rec = _Recurrence(node, limit, None, states, xs, [bool(d) for d in out_dirs], run_body,
+                      [v.shape for v in body.outputs[:n_state]])
     finals, scans = _lower_recurrence(imp, rec)
     moved = []
     for k, (y, axis) in enumerate(zip(scans, out_axes)):
@@ -567,6 +569,12 @@ def _build_step(imp: _Importer, rec: _Recurrence, carried_tys: list, captures: l
                                     f"{_ty_str(got)}; its dtype and rank must stay the same")
             wd, gd = _dims(want), _dims(got)
             changed = {p for p in range(want.ndim) if gd is None or not _same_dim(wd[p], gd[p])}
+            declared = rec.declared[k] if k < len(rec.declared) else None
+            if changed and declared is not None and all(isinstance(d, int) for d in declared) and \
+                    all(_is_int(d) for d in wd) and [int(d.value) for d in wd] == list(declared):
+                # the body says this output keeps the static shape it entered with (TVM lost it, e.g. after a
+                # Slice with run-time bounds): hold it to that, checked at run time
+                out, changed = bb.match_cast(out, want), set()
             if changed:
                 info["unstable"][k] = changed
             elif not all(_equal(a, b) for a, b in zip(wd, gd)):
@@ -903,9 +911,11 @@ def _scalar(bb, expr: relax.Expr, dtype: str) -> relax.Expr:
 
 
 def _as_tensor(bb, expr: relax.Expr, node: Node, what: str) -> relax.Expr:
+    """A subgraph's output as a bound tensor: converters return unbound calls, which
+    would be computed again at every use."""
     ty = expr.ty
     if isinstance(ty, relax.TensorType):
-        return expr
+        return expr if isinstance(expr, (relax.Var, tvm.ir.Constant)) else bb.emit(expr)
     if isinstance(ty, relax.ShapeType):
         return bb.emit(relax.op.shape_to_tensor(expr))
     raise LoweringError(f"{node.op_type} node {_name(node)}: {what} is a {ty}, not a tensor; control flow over "

@@ -90,7 +90,7 @@ def lower(model: Model) -> Lowered:
             relax.analysis.well_formed(mod)
         except Exception as exc:
             raise LoweringError(f"internal: the lowered control flow is not well formed: {_short(exc)}") from exc
-        mod = relax.transform.ConvertToDataflow()(mod)  # main has no dataflow block: give fusion its blocks back
+        mod = _to_dataflow(mod)  # main has no dataflow block: give fusion its blocks back
     mod, detached = relax.frontend.detach_params(mod)
     params = [(name, tensor.numpy()) for name, tensor in zip(importer._params, detached.get("main", []))]
     inputs = [tensor_spec(v) for v in graph.inputs if not v.is_initializer]
@@ -101,6 +101,27 @@ def lower(model: Model) -> Lowered:
     for note in importer.notes:
         warnings.warn(note, stacklevel=2)
     return Lowered(mod, inputs, outputs, params, packed, list(importer.notes))
+
+
+def _to_dataflow(mod: tvm.IRModule) -> tvm.IRModule:
+    """relax.transform.ConvertToDataflow, per function where it keeps every shape:
+    it infers the types of the calls it moves again, and for some a converter's
+    symbolic shape ((d,) + (n,) annotated (d,)) becomes rank-only, which TVM then
+    cannot legalize. Such functions stay without dataflow blocks (no fusion)."""
+    converted = relax.transform.ConvertToDataflow()(mod)
+    funcs = {}
+    for gv, func in converted.functions_items():
+        before = mod[gv.name_hint] if gv.name_hint in [g.name_hint for g in mod.get_global_vars()] else None
+        if isinstance(func, relax.Function) and before is not None and _rank_only(func) - _rank_only(before):
+            func = before
+        funcs[gv] = func
+    return tvm.IRModule(funcs, attrs=converted.attrs)
+
+
+def _rank_only(func: relax.Function) -> set[str]:
+    """The function's variables that are tensors of known rank but unknown shape."""
+    return {v.name for v in relax.analysis.all_vars(func)
+            if isinstance(v.ty, relax.TensorType) and v.ty.ndim > 0 and not isinstance(v.ty.shape, relax.ShapeExpr)}
 
 
 def tensor_spec(value: Value) -> TensorSpec:
@@ -237,6 +258,7 @@ class _Importer(ONNXGraphImporter):
                 else:
                     with self._shapes_as_tensors(node, node_proto):
                         super()._construct_nodes(_OneNode(node_proto))
+                    self._give_shapes(node_proto)
             except LoweringError as exc:
                 if _node_name(node) in str(exc):  # named already (nested nodes, control flow)
                     raise
@@ -247,6 +269,18 @@ class _Importer(ONNXGraphImporter):
                 raise LoweringError(f"node {_node_name(node)} (op {_op(node)}){where}: {_short(exc)}") from exc
             finally:
                 self._current = previous
+
+    def _give_shapes(self, proto: onnx.NodeProto) -> None:
+        """Outputs of known rank but unknown shape (a Slice with run-time bounds, as
+        loop bodies have) get symbolic dims: TVM cannot legalize ops on them
+        otherwise ("R.add(v0, alloc)" at build)."""
+        for name in proto.output:
+            expr = self._nodes.get(name) if name else None
+            ty = getattr(expr, "ty", None)
+            if not isinstance(ty, relax.TensorType) or ty.ndim <= 0 or isinstance(ty.shape, relax.ShapeExpr):
+                continue
+            dims = [tvm.tirx.Var(f"{_ident(name)}_{k}", "int64") for k in range(ty.ndim)]
+            self._nodes[name] = self.bb.match_cast(expr, relax.TensorType(dims, str(ty.dtype.dtype)))
 
     @contextlib.contextmanager
     def _shapes_as_tensors(self, node: Node, proto: onnx.NodeProto):
@@ -291,7 +325,19 @@ class _Importer(ONNXGraphImporter):
             missing = [v.name for v in graph.outputs if v.name not in self._nodes]
             if missing:
                 raise LoweringError(f"output {missing[0]!r} of the subgraph{where} is not defined")
-            return [self._nodes[v.name] for v in graph.outputs]
+            # converters return unbound calls: bind each once (an output used twice is not computed twice)
+            bound: list[tuple[relax.Expr, relax.Var]] = []
+            outputs = []
+            for value in graph.outputs:
+                expr = self._nodes[value.name]
+                if isinstance(expr, relax.Call) and isinstance(expr.ty, relax.TensorType):
+                    var = next((v for call, v in bound if call.same_as(expr)), None)
+                    if var is None:
+                        var = self.bb.emit(expr)
+                        bound.append((expr, var))
+                    expr = var
+                outputs.append(expr)
+            return outputs
         finally:
             _restore(self._nodes, saved_nodes)  # in place: the mapping may be control_flow's recorder
             _restore(self._unpacked, saved_unpacked)
@@ -360,6 +406,10 @@ def _static_vector_length(expr) -> int | None:
     if not isinstance(ty.shape, relax.ShapeExpr) or not hasattr(ty.shape.values[0], "value"):
         return None
     return int(ty.shape.values[0].value)
+
+
+def _ident(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name) or "d"
 
 
 def _restore(mapping: dict, saved: dict) -> None:

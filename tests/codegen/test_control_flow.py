@@ -355,6 +355,24 @@ def test_loop_without_scan_outputs_runs_many_iterations():
     np.testing.assert_allclose(got, 1 + np.array([[1.0, 2.0, 3.0]]) * (n * (n - 1) / 2), rtol=1e-3)  # float32 sums
 
 
+def test_loop_body_slicing_at_the_iteration_number():
+    """x[i:i+1] inside the body (onnx's test_loop11): the slice has a run-time
+    length; the body's declared output shape keeps the loop-carried value static."""
+    body = h.make_graph([
+        h.make_node("Identity", ["c_in"], ["c_out"]),
+        h.make_node("Add", ["i", "one"], ["end"]),
+        h.make_node("Unsqueeze", ["i", "axis0"], ["start1"]), h.make_node("Unsqueeze", ["end", "axis0"], ["end1"]),
+        h.make_node("Slice", ["table", "start1", "end1"], ["row"]),
+        h.make_node("Add", ["y_in", "row"], ["y_out"]), h.make_node("Identity", ["y_out"], ["scan_out"])],
+        "body", [_info("i", T.INT64, []), _info("c_in", T.BOOL, []), _info("y_in", shape=[1])],
+        [_info("c_out", T.BOOL, []), _info("y_out", shape=[1]), _info("scan_out", shape=[1])],
+        initializer=[_const("one", np.int64(1)), _const("axis0", np.array([0], np.int64))])
+    model = _model([h.make_node("Loop", ["trip", "", "y0"], ["y", "ys"], body=body, name="loop0")],
+                   [_info("y0", shape=[1]), _info("trip", T.INT64, [1])], [_info("y", shape=[1]), _info("ys", shape=["n", 1])],
+                   [_const("table", np.arange(1, 6, dtype=np.float32))])
+    _check(model, [{"y0": np.zeros(1, np.float32), "trip": np.array([n], np.int64)} for n in (1, 5)])
+
+
 def test_if_inside_a_loop_body_with_run_time_condition():
     then = h.make_graph([h.make_node("Add", ["v_in", "x"], ["t"])], "then", [], [_info("t", shape=[1, 3])])
     els = h.make_graph([h.make_node("Sub", ["v_in", "x"], ["e"])], "else", [], [_info("e", shape=[1, 3])])
