@@ -92,14 +92,11 @@ def _shape(bb, expr):
     return expr, [int(d.value) if isinstance(d, tirx.IntImm) else d for d in ty.shape.values]
 
 
-def _slice(bb, x, d: int, rows: tuple[int, int] | None = None, axis: int = 1):
-    """x[d] (first axis dropped), optionally rows[0]:rows[1] along `axis` of the result."""
+def _slice(bb, x, d: int):
+    """x[d]: the first axis dropped (a direction's weights or state)."""
     op = relax.op
-    _, dims = _shape(bb, x)
-    part = op.reshape(op.strided_slice(x, axes=[0], begin=[d], end=[d + 1]), dims[1:])
-    if rows is not None:
-        part = op.strided_slice(part, axes=[axis - 1], begin=[rows[0]], end=[rows[1]])
-    return bb.normalize(part)
+    x, dims = _shape(bb, x)
+    return bb.normalize(op.reshape(bb.normalize(op.strided_slice(x, axes=[0], begin=[d], end=[d + 1])), dims[1:]))
 
 
 def _check_float(kind, *exprs):
@@ -124,7 +121,7 @@ def _common(node, kind, inputs, bb):
 
 def _run(bb, node, kind, *, x_proj, r, r_trans, r_scale, rbh, peep, lens, h0, c0, acts, dirs, hidden, reverse):
     """The onnxforge_rnn call; returns the node's outputs (Y, Y_h[, Y_c]) in its layout."""
-    code, gates, _ = _KINDS["LSTM" if kind == "DynamicQuantizeLSTM" else kind]
+    code = _KINDS["LSTM" if kind == "DynamicQuantizeLSTM" else kind][0]
     attrs = node.attributes
     clip = float(attrs["clip"]) if "clip" in attrs else 0.0
     optional = {"r_scale": r_scale, "rbh": rbh, "peep": peep, "lens": lens, "h0": h0, "c0": c0}
@@ -176,7 +173,7 @@ def _mark_extern(bb):
             bb.update_func(gv, func.with_attr(EXTERN_ATTR, "onnxforge_rnn"))
 
 
-def _projection(bb, x, w, bias, dirs, gate_rows):
+def _projection(bb, x, w, bias, dirs):
     """Per direction: X [seq, batch, input] @ W[d]^T + bias[d] -> [seq, batch, gates]."""
     op = relax.op
     out = []
@@ -215,7 +212,7 @@ def _gate_biases(bb, b, dirs, gates, hidden, kind, lbr):
 def _standard(kind):
     def lower(bb, node, inputs):
         x, dirs, reverse = _common(node, kind, inputs, bb)
-        code, gates, _ = _KINDS[kind]
+        gates = _KINDS[kind][1]
         w, r, b = bb.normalize(inputs[1]), bb.normalize(inputs[2]), _input(inputs, 3)
         lens, h0 = _input(inputs, 4), _input(inputs, 5)
         c0 = _input(inputs, 6) if kind == "LSTM" else None
@@ -224,7 +221,7 @@ def _standard(kind):
         hidden = int(node.attributes.get("hidden_size") or _shape(bb, r)[1][-1])
         lbr = int(node.attributes.get("linear_before_reset", 0))
         bias, rbh = _gate_biases(bb, None if b is None else bb.normalize(b), dirs, gates, hidden, kind, lbr)
-        x_proj = _projection(bb, x, w, bias, dirs, gates * hidden)
+        x_proj = _projection(bb, x, w, bias, dirs)
         if not _EXTERN.get():
             return _unrolled(bb, node, kind, x_proj=x_proj, r=r, rbh=rbh, peep=peep, lens=lens, h0=_batch_layout(bb, node, h0),
                              c0=_batch_layout(bb, node, c0), acts=_activation_table(node, kind, dirs), dirs=dirs,
