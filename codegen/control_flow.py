@@ -913,7 +913,10 @@ def _scalar(bb, expr: relax.Expr, dtype: str) -> relax.Expr:
 def _as_tensor(bb, expr: relax.Expr, node: Node, what: str) -> relax.Expr:
     """A subgraph's output as a bound tensor: converters return unbound calls, which
     would be computed again at every use."""
-    ty = expr.ty
+    ty = getattr(expr, "ty", None)
+    if ty is None:  # the frontend's empty optional and the like
+        raise LoweringError(f"{node.op_type} node {_name(node)}: {what} is an empty optional ({type(expr).__name__}); "
+                            f"control flow over sequences and optionals is not supported")
     if isinstance(ty, relax.TensorType):
         return expr if isinstance(expr, (relax.Var, tvm.ir.Constant)) else bb.emit(expr)
     if isinstance(ty, relax.ShapeType):
