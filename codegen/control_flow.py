@@ -18,7 +18,7 @@ top-level nodes: our converter table first, then TVM's frontend (codegen.lower).
   it). The VM has no loop instruction, and each nested call costs C stack (a
   plain tail-recursive loop overflows an 8 MB stack after about 2,500
   iterations), so the driver is layered: `rep1` calls `step` UNROLL times, `rep2`
-  calls `rep1` UNROLL times, and so on for LEVELS levels; the top function calls
+  calls `rep1` UNROLL times, and so on for LEVELS levels; the top function (`run`) calls
   the last level, then itself until the loop ends. That is UNROLL**LEVELS
   iterations per nested call of the top function (65,536 with 16 and 4), with no
   unrolled copies of the body. Trip counts and conditions are run-time values.
@@ -33,7 +33,6 @@ Values of enclosing graphs read inside a body become parameters of its functions
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -51,7 +50,6 @@ OPS = ("If", "Loop", "Scan")
 UNROLL = 16  # calls per level of the loop driver
 LEVELS = 4  # levels under the top function: UNROLL**LEVELS iterations per nested top call
 INT64_MAX = np.iinfo(np.int64).max
-_names = itertools.count()
 
 
 def is_control_flow(node: Node) -> bool:
@@ -466,7 +464,7 @@ def _lower_recurrence(imp: _Importer, rec: _Recurrence) -> tuple[list[relax.Expr
     scope. Returns (final loop-carried values, scan outputs)."""
     bb = imp.bb
     node = rec.node
-    base = f"{node.op_type.lower()}{next(_names)}"
+    base = bb.get_unique_name(node.op_type.lower())  # loop, loop1, ... per module
     captures = _captures(imp, node)
     fixed_exprs = [rec.limit, *rec.fixed, *[expr for _, expr, is_param in captures if is_param]]
     has_cond = rec.cond is not None
@@ -496,7 +494,7 @@ def _lower_recurrence(imp: _Importer, rec: _Recurrence) -> tuple[list[relax.Expr
     callee, callee_fn = bb.add_func(step, f"{base}_step"), step
     for level in range(1, LEVELS + 1):
         callee, callee_fn = _driver(imp, f"{base}_rep{level}", callee, callee_fn, has_cond, n_state, recursive=False)
-    top, top_fn = _driver(imp, f"{base}_loop", callee, callee_fn, has_cond, n_state, recursive=True)
+    top, top_fn = _driver(imp, f"{base}_run", callee, callee_fn, has_cond, n_state, recursive=True)
     # Scan accumulators start empty (static element shape) or as a placeholder that
     # the first iteration replaces (see _append).
     accs = []
