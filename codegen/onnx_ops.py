@@ -45,8 +45,6 @@ def _const(value, dtype: str):
 
 def _constant_array(expr):
     """The numpy value of a Relax constant, else None."""
-    if not isinstance(expr, relax.Constant):
-        return None
     data = getattr(expr, "value", None)
     if data is None:
         data = getattr(expr, "data", None)
@@ -228,3 +226,229 @@ def attention(bb, node, inputs):
         y = op.reshape(op.permute_dims(y, [0, 2, 1, 3]), (yd[0], yd[2], hq * _static(yd[3], "Attention's V head size")))
     outs = [y, present_key, present_value, qk_out]
     return outs[:max(1, len(node.outputs))]
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def _stash(expr, stash_type) -> str:
+    import onnx.helper
+
+    stash = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(stash_type))).name
+    return stash
+
+
+@register_lowering("LayerNormalization")
+def layer_normalization(bb, node, inputs):
+    """LayerNormalization with its optional Mean and InvStdDev outputs (the
+    frontend's converter returns placeholders for them and misreads a negative
+    axis of a scale of rank > 1). Y alone in float32: relax's layer_norm; otherwise
+    spelled out in the stash type (float32 by default), as ONNX's function body."""
+    x = bb.normalize(inputs[0])
+    scale, bias = bb.normalize(inputs[1]), _input(inputs, 2)
+    rank = x.ty.ndim
+    if rank < 0:
+        raise LoweringError("LayerNormalization needs an input of known rank")
+    axis = int(node.attributes.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank:
+        raise LoweringError(f"LayerNormalization axis {node.attributes.get('axis')} is out of range for rank {rank}")
+    axes = list(range(axis, rank))
+    eps = float(node.attributes.get("epsilon", 1e-5))
+    dtype = _dtype(x)
+    stash = _stash(x, node.attributes.get("stash_type", 1))
+    extra = _want(node, 1) or _want(node, 2)
+    if not extra and dtype == "float32" and stash == "float32" and scale.ty.ndim == len(axes) \
+            and (bias is None or bias.ty.ndim == len(axes)):
+        b = bb.normalize(op.zeros_like(scale)) if bias is None else bias
+        return [op.nn.layer_norm(x, scale, b, axes, eps)] + [x] * (len(node.outputs) - 1)
+    xs = x if stash == dtype else bb.normalize(op.astype(x, stash))
+    mean = bb.normalize(op.mean(xs, axis=axes, keepdims=True))
+    d = bb.normalize(op.subtract(xs, mean))
+    var = op.mean(op.multiply(d, d), axis=axes, keepdims=True)
+    inv = bb.normalize(op.divide(_const(1, stash), op.sqrt(op.add(var, _const(eps, stash)))))
+    normalized = op.multiply(d, inv)
+    if stash != dtype:
+        normalized = op.astype(normalized, dtype)
+    y = op.multiply(normalized, scale)
+    if bias is not None:
+        y = op.add(y, bias)
+    return [y, mean, inv][:len(node.outputs)]
+
+
+@register_lowering("RMSNormalization")
+def rms_normalization(bb, node, inputs):
+    """RMSNormalization (opset 23): x / sqrt(mean(x^2 over axis..) + eps) * scale,
+    in the stash type (the frontend's converter failed to build, a rank mismatch)."""
+    x = bb.normalize(inputs[0])
+    scale = inputs[1]
+    rank = x.ty.ndim
+    if rank < 0:
+        raise LoweringError("RMSNormalization needs an input of known rank")
+    axis = int(node.attributes.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    axes = list(range(axis, rank))
+    eps = float(node.attributes.get("epsilon", 1e-5))
+    dtype = _dtype(x)
+    stash = _stash(x, node.attributes.get("stash_type", 1))
+    xs = x if stash == dtype else bb.normalize(op.astype(x, stash))
+    ms = op.mean(op.multiply(xs, xs), axis=axes, keepdims=True)
+    inv = op.divide(_const(1, stash), op.sqrt(op.add(ms, _const(eps, stash))))
+    normalized = op.multiply(xs, inv)
+    if stash != dtype:
+        normalized = op.astype(normalized, dtype)
+    return op.multiply(normalized, scale)
+
+
+@register_lowering("LpNormalization")
+def lp_normalization(bb, node, inputs):
+    """x / ||x||_p along one axis, p in {1, 2}; a zero vector stays zero (onnx's reference)."""
+    x = bb.normalize(inputs[0])
+    axis = int(node.attributes.get("axis", -1))
+    p = int(node.attributes.get("p", 2))
+    if p == 1:
+        norm = op.sum(op.abs(x), axis=[axis], keepdims=True)
+    elif p == 2:
+        norm = op.sqrt(op.sum(op.multiply(x, x), axis=[axis], keepdims=True))
+    else:
+        raise LoweringError(f"LpNormalization with p={p}: ONNX allows only 1 and 2")
+    norm = bb.normalize(norm)
+    zero = _const(0, _dtype(x))
+    return op.divide(x, op.where(op.equal(norm, zero), _const(1, _dtype(x)), norm))  # a zero vector stays zero
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _nll(bb, node, logp, target, weight):
+    """NegativeLogLikelihoodLoss on log-probabilities (N, C, d1..): the loss per
+    element, then the reduction; ignore_index counts neither loss nor weight."""
+    dtype = _dtype(logp)
+    reduction = node.attributes.get("reduction", "mean")
+    if isinstance(reduction, bytes):
+        reduction = reduction.decode()
+    ignore = node.attributes.get("ignore_index")
+    target = bb.normalize(target)
+    tdtype = _dtype(target)
+    safe = target
+    keep = None
+    if ignore is not None:
+        is_ignored = bb.normalize(op.equal(target, _const(int(ignore), tdtype)))
+        safe = bb.normalize(op.where(is_ignored, _const(0, tdtype), target))
+        keep = bb.normalize(op.astype(op.logical_not(is_ignored), dtype))
+    picked = op.gather_elements(logp, op.expand_dims(safe, 1), axis=1)
+    loss = bb.normalize(op.negative(op.squeeze(bb.normalize(picked), [1])))
+    w = None
+    if weight is not None:
+        w = bb.normalize(op.take(weight, safe, axis=0))
+        if keep is not None:
+            w = bb.normalize(op.multiply(w, keep))
+    elif keep is not None:
+        w = keep
+    if w is not None:
+        loss = bb.normalize(op.multiply(loss, w))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return op.sum(loss)
+    if reduction != "mean":
+        raise LoweringError(f"{node.op_type} reduction {reduction!r} is not one of none, sum, mean")
+    if w is None:
+        return op.mean(loss)
+    return op.divide(op.sum(loss), op.sum(w))
+
+
+@register_lowering("NegativeLogLikelihoodLoss")
+def negative_log_likelihood_loss(bb, node, inputs):
+    x = bb.normalize(inputs[0])
+    if x.ty.ndim < 2:
+        raise LoweringError("NegativeLogLikelihoodLoss needs an input of rank >= 2 (N, C, ...)")
+    return _nll(bb, node, x, inputs[1], _input(inputs, 2))
+
+
+@register_lowering("SoftmaxCrossEntropyLoss")
+def softmax_cross_entropy_loss(bb, node, inputs):
+    """log_softmax over the class axis (1), then NegativeLogLikelihoodLoss; the
+    optional second output is the log-probabilities."""
+    x = bb.normalize(inputs[0])
+    if x.ty.ndim < 2:
+        raise LoweringError("SoftmaxCrossEntropyLoss needs scores of rank >= 2 (N, C, ...)")
+    logp = bb.normalize(op.nn.log_softmax(x, axis=1))
+    loss = _nll(bb, node, logp, inputs[1], _input(inputs, 2))
+    return [loss, logp][:max(1, len(node.outputs))]
+
+
+# --------------------------------------------------------------------------- elementwise and scans
+
+
+@register_lowering("Celu")
+def celu(bb, node, inputs):
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
+    x = inputs[0]
+    dtype = _dtype(x)
+    alpha = _const(float(node.attributes.get("alpha", 1.0)), dtype)
+    zero = _const(0, dtype)
+    neg = op.multiply(alpha, op.subtract(op.exp(op.divide(x, alpha)), _const(1, dtype)))
+    return op.add(op.maximum(x, zero), op.minimum(neg, zero))
+
+
+def _constant_axis(expr, what: str) -> int:
+    value = _constant_array(expr)
+    if value is None or value.size != 1:
+        raise LoweringError(f"{what}: the axis must be a constant (it decides the computation), "
+                            "but it is computed at run time")
+    return int(value.reshape(()))
+
+
+@register_lowering("CumProd")
+def cum_prod(bb, node, inputs):
+    """Cumulative product along an axis; exclusive and reverse. An axis given at
+    run time (the output shape does not depend on it): the product along every
+    axis of the input, the one asked for selected with where."""
+    x = bb.normalize(inputs[0])
+    rank = x.ty.ndim
+    if rank < 1:
+        raise LoweringError("CumProd needs an input of known rank >= 1")
+    reverse = bool(node.attributes.get("reverse", 0))
+    exclusive = bool(node.attributes.get("exclusive", 0))
+
+    def along(axis):
+        data = bb.normalize(op.flip(x, axis)) if reverse else x
+        out = bb.normalize(op.cumprod(data, axis=axis, exclusive=exclusive))
+        return bb.normalize(op.flip(out, axis)) if reverse else out
+
+    value = _constant_array(inputs[1])
+    if value is not None:
+        axis = int(value.reshape(()))
+        if not -rank <= axis < rank:
+            raise LoweringError(f"CumProd axis {axis} is out of range for rank {rank}")
+        return along(axis + rank if axis < 0 else axis)
+    axis = bb.normalize(op.reshape(inputs[1], ()))
+    adt = _dtype(axis)
+    out = along(rank - 1)
+    for a in range(rank - 2, -1, -1):
+        hit = op.logical_or(op.equal(axis, _const(a, adt)), op.equal(axis, _const(a - rank, adt)))
+        out = bb.normalize(op.where(hit, along(a), out))
+    return out
+
+
+@register_lowering("ReverseSequence")
+def reverse_sequence(bb, node, inputs):
+    """Reverse the first sequence_lens[b] steps of each batch entry along the time
+    axis, as a gather along that axis (static time and batch extents)."""
+    x = bb.normalize(inputs[0])
+    lens = bb.normalize(op.astype(inputs[1], "int64"))
+    time_axis = int(node.attributes.get("time_axis", 0))
+    batch_axis = int(node.attributes.get("batch_axis", 1))
+    dims = _dims(x)
+    steps = _static(dims[time_axis], "ReverseSequence's time extent")
+    t = _const(np.arange(steps, dtype=np.int64).reshape(1, steps), "int64")  # (1, T)
+    length = bb.normalize(op.reshape(lens, (-1, 1)))  # (B, 1)
+    reversed_ = op.subtract(op.subtract(length, _const(1, "int64")), t)
+    index = bb.normalize(op.where(op.less(t, length), reversed_, t))  # (B, T)
+    if time_axis < batch_axis:
+        index = bb.normalize(op.permute_dims(index, [1, 0]))  # (T, B)
+    shape = [1] * len(dims)
+    shape[time_axis], shape[batch_axis] = dims[time_axis], dims[batch_axis]
+    index = bb.normalize(op.broadcast_to(op.reshape(index, shape), dims))
+    return op.gather_elements(x, index, axis=time_axis)
