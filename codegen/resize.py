@@ -241,7 +241,15 @@ def _emit(bb, x, plan, *, method: str, coord_mode: str, nearest_mode: str,
 
         return te.compute(out_shape, body, name="resize")
 
-    return bb.emit_te(compute, x, *[slot["expr"] for slot in extra], primfunc_name_hint="onnx_resize")
+    out = bb.emit_te(compute, x, *[slot["expr"] for slot in extra], primfunc_name_hint="onnx_resize")
+    call = bb.lookup_binding(out)
+    if isinstance(call, relax.Call) and len(call.args) > 2:  # symbolic dims passed as extra arguments
+        # TVM's FuseTIR crashes fusing such a call with the elementwise op after it
+        # (an upsampled map added to a lateral one): keep it a kernel of its own
+        gv = call.args[0]
+        func = bb.get()[gv]
+        bb.update_func(gv, func.with_attr("op_pattern", 8))  # kOpaque
+    return out
 
 
 def _to_dtype(value, dtype: str):
@@ -409,13 +417,79 @@ def _lower(bb, node, x, roi, scales, sizes, *, opset10: bool):
     if not resized:
         return x
 
+    # the dims of the tensors the output is added to / concatenated with, where Relax
+    # cannot prove them equal to ours (stated equal, checked when the model runs)
+    ours = [out_of[a](in_shape) if a in resized else in_shape[a] for a in range(rank)]
+    fixed = _consumer_dims(node, ours)
+    if fixed:
+        # the check, as the run-time difference of the two read back as a shape that must
+        # be all zeros (a match_cast between the two shape values crashes TVM's FuseTIR)
+        ks = sorted(fixed)
+        diff = relax.op.subtract(relax.op.shape_to_tensor(relax.ShapeExpr([ours[k] for k in ks])),
+                                 relax.op.shape_to_tensor(relax.ShapeExpr([fixed[k] for k in ks])))
+        shape = bb.emit(relax.op.tensor_to_shape(bb.normalize(diff)))
+        bb.match_cast(shape, relax.ShapeType([0] * len(ks)))
+
     def plan(dims):
         dims = [d if _dt(d) == "int64" else tirx.Cast("int64", d) for d in dims]
-        ax = [_Axis(a, dims[a], out_of[a](dims), scale_of[a](dims), roi_of.get(a)) for a in resized]
-        return ax, [out_of[a](dims) if a in resized else dims[a] for a in range(rank)]
+        outs = {a: fixed.get(a, out_of[a](dims)) for a in resized}
+        ax = [_Axis(a, dims[a], outs[a], scale_of[a](dims), roi_of.get(a)) for a in resized]
+        return ax, [outs[a] if a in resized else dims[a] for a in range(rank)]
 
     return _emit(bb, x, plan, method=mode, coord_mode=coord_mode, nearest_mode=nearest_mode,
                  cubic_a=cubic_a, exclude_outside=exclude_outside, extrapolation=extrapolation, extra=extra)
+
+
+# ops whose inputs ONNX requires to have equal dims (off the concat axis) when neither is 1
+_SAME_DIMS_OPS = {"Add", "Sub", "Mul", "Div", "Concat", "Sum", "Max", "Min", "Mean"}
+
+
+def _importer_nodes():
+    """The importer's name -> expression map (the lowering calling us runs inside it)."""
+    import inspect
+
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ONNXGraphImporter):
+            return owner._nodes
+        frame = frame.f_back
+    return None
+
+
+def _consumer_dims(node, dims: list) -> dict:
+    """axis -> the dim of a tensor this output is added to / concatenated with, where
+    both are symbolic and Relax cannot prove them equal: an FPN adds the upsampled
+    2 * ((h - 1) // 32 + 1) to a lateral (h - 1) // 16 + 1, which ONNX requires
+    equal. Relax gives such an Add an unknown shape, which it cannot legalize; so the
+    resize writes the lateral's dims, after a match_cast of the two shape values
+    (checked when the model runs: sizes that break it fail there, as they do in
+    onnxruntime). A match_cast of the tensor itself crashes TVM's FuseTIR."""
+    value = node.outputs[0] if node.outputs else None
+    nodes = _importer_nodes() if value is not None else None
+    if nodes is None:
+        return {}
+    rank, fixed = len(dims), {}
+    for consumer, index in value.uses:
+        if consumer.op_type not in _SAME_DIMS_OPS or consumer.domain not in ("", "ai.onnx"):
+            continue
+        axis = None
+        if consumer.op_type == "Concat":
+            axis = int(consumer.attributes.get("axis", 0))
+            axis = axis + rank if axis < 0 else axis
+        for j, other_value in enumerate(consumer.inputs):
+            other = nodes.get(other_value.name) if other_value is not None and j != index else None
+            oty = getattr(other, "ty", None)
+            if not isinstance(oty, relax.TensorType) or not isinstance(oty.shape, relax.ShapeExpr) or oty.ndim != rank:
+                continue
+            for k, (d, o) in enumerate(zip(dims, oty.shape.values)):
+                if k == axis or k in fixed or hasattr(d, "value") or hasattr(o, "value") or _same(d, o):
+                    continue
+                fixed[k] = o
+            break
+    return fixed
 
 
 def _same(a, b) -> bool:

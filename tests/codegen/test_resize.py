@@ -107,3 +107,21 @@ def test_antialias_downsampling_is_a_clear_error(tmp_path):
     model = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
     with pytest.raises(onnxforge.OnnxforgeError, match="antialias"):
         onnxforge.compile(onnxforge.ir.from_proto(model), target="x86", pipeline="-O0", output=tmp_path / "m.ofpkg")
+
+
+def test_fpn_sizes_that_break_the_stated_equality_fail_at_run_time(tmp_path):
+    """h = 9: the upsampled map is 10 high, the lateral 9; onnxruntime refuses the
+    Add, and so does the compiled model (never a result of the wrong size)."""
+    rng = np.random.RandomState(0)
+    w = nh.from_array(rng.randn(3, 3, 3, 3).astype(np.float32) * 0.2, "w")
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             h.make_node("Resize", ["c", "", "s"], ["u"], mode="nearest"),
+             h.make_node("Add", ["u", "x"], ["y"])]
+    g = h.make_graph(nodes, "neck", [h.make_tensor_value_info("x", T.FLOAT, ["n", 3, "h", "w"])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 3, "h", "w"])],
+                     [w, nh.from_array(np.array([1, 1, 2, 2], np.float32), "s")])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    _check(model, [{"x": _x(1, 3, 8, 6)}], tmp_path, atol=1e-4)
+    pkg = onnxforge.runtime.load(tmp_path / "m.ofpkg")
+    with pytest.raises(Exception):
+        pkg({"x": _x(1, 3, 9, 6)})
