@@ -166,13 +166,13 @@ def _benchmark(fn_name: str) -> Callable[[], Path]:
         if out_name and not (fetch_models.MODELS_DIR / out_name).exists() and not os.environ.get("ONNXFORGE_SWEEP_EXPORT"):
             venv = Path(fetch_models.EXPORT_PYTHON)
             if not venv.exists():
-                raise NotFetched(f"not fetched: needs a torch export ({fetch_models.EXPORT_VENV} does not exist); "
+                raise NotFetched(f"needs a torch export ({fetch_models.EXPORT_VENV} does not exist); "
                                  f"run `python -m onnxforge.tools.fetch_models {'minilm' if 'minilm' in fn_name else 'effnet'}` "
                                  f"or set ONNXFORGE_SWEEP_EXPORT=1")
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001
-            raise NotFetched(f"not fetched: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise NotFetched(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
     return fetch
 
@@ -434,7 +434,7 @@ def format_table(rows: list[dict[str, Any]], quantized: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m onnxforge.tools.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", metavar="NAME",
-                   help="models to run (names as --list prints, or a unique part of one)")
+                   help="models to run (names as --list prints, or a part of them: 'silero' runs all six)")
     p.add_argument("--quantized", action="store_true", help="also compile and run -O2,quantize-weights")
     p.add_argument("--json", help="write the rows to this file")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per model (default %(default)s)")
@@ -455,9 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         names = []
         for want in args.models:
             hits = [n for n in known if n == want] or [n for n in known if want.lower() in n.lower()]
-            if len(hits) != 1 and want not in known:
-                print(f"error: {want!r} matches {len(hits)} models ({', '.join(hits) or 'none'}); see --list",
-                      file=sys.stderr)
+            if not hits:
+                print(f"error: {want!r} matches no model; see --list", file=sys.stderr)
                 return 2
             names.extend(h for h in hits if h not in names)
     rows = []
