@@ -554,3 +554,234 @@ def _reduce(bb, node, inputs):
 
 for _name in _REDUCE:
     register_lowering(_name)(_reduce)
+
+
+# --------------------------------------------------------------------------- small ops
+
+
+def _onnx_dtype(code: int) -> str:
+    import onnx.helper
+
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(code))).name
+
+
+@register_lowering("BitCast")
+def bit_cast(bb, node, inputs):
+    """Reinterpret the bits as another type of the same width (opset 26)."""
+    from tvm import topi
+
+    x = bb.normalize(inputs[0])
+    to = _onnx_dtype(node.attributes["to"])
+    if np.dtype(to).itemsize != np.dtype(_dtype(x)).itemsize:
+        raise LoweringError(f"BitCast from {_dtype(x)} to {to}: the widths differ")
+    if to == _dtype(x):
+        return x
+    return bb.emit_te(topi.reinterpret, x, to)
+
+
+@register_lowering("BitShift")
+def bit_shift(bb, node, inputs):
+    """x << s / x >> s with ONNX's rule for shifts outside [0, width): 0 (a right
+    shift of a negative signed value: -1), where C and LLVM leave it undefined."""
+    x, s = bb.normalize(inputs[0]), bb.normalize(inputs[1])
+    dtype = _dtype(x)
+    width = np.iinfo(dtype).bits
+    out_of_range = bb.normalize(op.logical_or(op.less(s, _const(0, _dtype(s))), op.greater_equal(s, _const(width, _dtype(s)))))
+    safe = bb.normalize(op.where(out_of_range, _const(0, _dtype(s)), s))
+    direction = node.attributes.get("direction", "")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction == "LEFT":
+        shifted, fill = op.left_shift(x, safe), _const(0, dtype)
+    elif direction == "RIGHT":
+        shifted = op.right_shift(x, safe)
+        fill = _const(0, dtype) if np.dtype(dtype).kind == "u" else \
+            op.where(op.less(x, _const(0, dtype)), _const(-1, dtype), _const(0, dtype))
+    else:
+        raise LoweringError(f"BitShift direction {direction!r} is not LEFT or RIGHT")
+    return op.where(out_of_range, fill, shifted)
+
+
+@register_lowering("IsInf")
+def is_inf(bb, node, inputs):
+    """isinf restricted by detect_positive / detect_negative (the frontend ignored them)."""
+    x = bb.normalize(inputs[0])
+    pos = bool(node.attributes.get("detect_positive", 1))
+    neg = bool(node.attributes.get("detect_negative", 1))
+    inf = bb.normalize(op.isinf(x))
+    if pos and neg:
+        return inf
+    if not pos and not neg:
+        return op.zeros(_dims(x), "bool")
+    sign = op.greater(x, _const(0, _dtype(x))) if pos else op.less(x, _const(0, _dtype(x)))
+    return op.logical_and(inf, sign)
+
+
+def _fmod(bb, a, b):
+    """C's fmod elementwise (exact, unlike a - trunc(a / b) * b), broadcasting a and
+    b; half precision through float32 (the remainder of two halves is a half)."""
+    from tvm import te
+
+    dtype = _dtype(a)
+    wide = "float64" if dtype == "float64" else "float32"
+    func = "fmod" if wide == "float64" else "fmodf"
+    shape = bb.normalize(op.add(a, b)).ty.shape
+    a, b = (bb.normalize(op.broadcast_to(v if dtype == wide else op.astype(v, wide), shape)) for v in (a, b))
+    r = bb.emit_te(lambda x, y: te.compute(x.shape, lambda *i: tvm.tirx.call_pure_extern(wide, func, x(*i), y(*i)),
+                                           name="fmod"), a, b)
+    return r if dtype == wide else bb.normalize(op.astype(r, dtype))
+
+
+@register_lowering("Mod")
+def mod(bb, node, inputs):
+    """Float Mod from C's fmod: fmod=1 is fmod, fmod=0 numpy's mod (the remainder
+    takes the divisor's sign); x mod inf and x mod 0 as numpy gives them. Integers:
+    the frontend's converter."""
+    a, b = bb.normalize(inputs[0]), bb.normalize(inputs[1])
+    dtype = _dtype(a)
+    if np.dtype(dtype).kind != "f":
+        from tvm.relax.frontend.onnx.onnx_frontend import Mod
+
+        return Mod._impl_v10(bb, [a, b], dict(node.attributes), {})
+    r = _fmod(bb, a, b)
+    if node.attributes.get("fmod", 0):
+        return r
+    zero = _const(0, dtype)
+    fix = op.logical_and(op.not_equal(r, zero), op.logical_xor(op.less(r, zero), op.less(b, zero)))
+    return op.where(fix, op.add(r, b), r)
+
+
+@register_lowering("Dropout")
+def dropout(bb, node, inputs):
+    """Dropout at inference: the input, and an all-true bool mask. training_mode
+    true (or computed at run time) draws random numbers: not lowered."""
+    x = bb.normalize(inputs[0])
+    training = _input(inputs, 2)
+    if training is not None:
+        value = _constant_array(training)
+        if value is None or bool(value.reshape(())):
+            raise LoweringError("Dropout with training_mode true or computed at run time (random masks) is not supported")
+    if len(node.outputs) < 2:
+        return x
+    return [x, op.ones(_dims(x), "bool")]
+
+
+@register_lowering("SpaceToDepth")
+def space_to_depth(bb, node, inputs):
+    """SpaceToDepth in DCR (the default) and CRD modes."""
+    x = bb.normalize(inputs[0])
+    n, c, h, w = _dims(x)
+    bs = int(node.attributes["blocksize"])
+    mode = node.attributes.get("mode", "DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    perm = {"DCR": [0, 3, 5, 1, 2, 4], "CRD": [0, 1, 3, 5, 2, 4]}.get(mode)
+    if perm is None:
+        raise LoweringError(f"SpaceToDepth mode {mode!r} is not DCR or CRD")
+    t = op.permute_dims(op.reshape(x, (n, c, h // bs, bs, w // bs, bs)), perm)
+    return op.reshape(t, (n, c * bs * bs, h // bs, w // bs))
+
+
+@register_lowering("EyeLike")
+def eye_like(bb, node, inputs):
+    """Ones on the k-th diagonal of a 2-D tensor of the input's (static) shape, in
+    `dtype` (the input's when absent)."""
+    x = inputs[0]
+    rows, cols = (_static(d, "EyeLike's dims") for d in _dims(x))
+    dtype = _onnx_dtype(node.attributes["dtype"]) if "dtype" in node.attributes else _dtype(x)
+    return _const(np.eye(rows, cols, int(node.attributes.get("k", 0))), dtype)
+
+
+@register_lowering("Expand")
+def expand(bb, node, inputs):
+    """Expand with a constant shape broadcast both ways (a target dim of 1 keeps
+    the input's: (3, 1) to (2, 1, 6) is (2, 3, 6)); shapes given at run time: the
+    frontend's converter."""
+    from tvm.relax.frontend.onnx.onnx_frontend import Expand
+
+    x = bb.normalize(inputs[0])
+    shape = _constant_array(inputs[1])
+    if shape is None or not isinstance(x.ty.shape, relax.ShapeExpr):
+        return Expand._impl_v13(bb, list(inputs), dict(node.attributes), {})
+    dims = _dims(x)
+    target = [int(d) for d in shape.reshape(-1)]
+    rank = max(len(dims), len(target))
+    dims = [1] * (rank - len(dims)) + dims
+    target = [1] * (rank - len(target)) + target
+    out = []
+    for d, t in zip(dims, target):
+        if t == 1:
+            out.append(d)
+        elif isinstance(d, int) and d not in (1, t):
+            raise LoweringError(f"Expand of dims {_dims(x)} to {shape.tolist()}: {d} does not broadcast to {t}")
+        else:
+            out.append(t)
+    return op.broadcast_to(x, out)
+
+
+# --------------------------------------------------------------------------- run-time sizes
+
+
+def _slice_along(bb, x, axis, begin, end):
+    """x[..., begin:end, ...] along `axis`, begin/end int64 scalars computed at run
+    time (the output's extent there is then a run-time dim)."""
+    dims = _dims(x)
+    rank = len(dims)
+    full = bb.normalize(op.shape_to_tensor(op.shape_of(x)))
+    onehot = _const(np.eye(rank, dtype=np.int64)[axis], "int64")
+    begins = bb.normalize(op.multiply(onehot, begin))
+    ends = bb.normalize(op.add(op.multiply(op.subtract(_const(1, "int64"), onehot), full), op.multiply(onehot, end)))
+    return bb.normalize(op.dynamic_strided_slice(x, begins, ends, _const(np.ones(rank), "int64")))
+
+
+@register_lowering("TopK")
+def top_k(bb, node, inputs):
+    """TopK; a k computed at run time: the whole axis sorted, then the first k
+    (the output's extent on that axis is a run-time dim)."""
+    x = bb.normalize(inputs[0])
+    rank = x.ty.ndim
+    axis = int(node.attributes.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    largest = bool(node.attributes.get("largest", 1))
+    k_value = _constant_array(inputs[1])
+    dims = _dims(x)
+    if k_value is not None:
+        k = int(k_value.reshape(-1)[0])
+        return _topk_pair(bb, x, k, axis, largest)
+    full = _static(dims[axis], "TopK's extent on its axis")
+    values, indices = _topk_pair(bb, x, full, axis, largest)
+    k = bb.normalize(op.reshape(op.astype(inputs[1], "int64"), ()))
+    zero = _const(0, "int64")
+    return [_slice_along(bb, values, axis, zero, k), _slice_along(bb, indices, axis, zero, k)]
+
+
+def _topk_pair(bb, x, k, axis, largest):
+    pair = bb.normalize(op.topk(x, k, axis, "both", largest, "int64"))
+    return [bb.normalize(relax.TupleGetItem(pair, 0)), bb.normalize(relax.TupleGetItem(pair, 1))]
+
+
+@register_lowering("Split")
+def split(bb, node, inputs):
+    """Split; split sizes computed at run time: each output sliced between the
+    running sums of the sizes (their extents on the axis are run-time dims).
+    Constant or absent sizes: the frontend's converter."""
+    from tvm.relax.frontend.onnx.onnx_frontend import Split
+
+    x = bb.normalize(inputs[0])
+    sizes = _input(inputs, 1)
+    if sizes is None or _constant_array(sizes) is not None or "split" in node.attributes:
+        attrs = dict(node.attributes)
+        attrs["tvm_custom"] = {"name": node.name, "num_outputs": len(node.outputs)}  # what the frontend adds
+        impl = Split._impl_v1 if "split" in node.attributes else Split._impl_v13
+        return impl(bb, list(inputs) + [None] * (2 - len(inputs)), attrs, ({}, {}))
+    rank = x.ty.ndim
+    axis = int(node.attributes.get("axis", 0))
+    axis = axis + rank if axis < 0 else axis
+    count = len(node.outputs)
+    sizes = bb.normalize(op.astype(sizes, "int64"))
+    ends = bb.normalize(op.cumsum(sizes, axis=0))
+    outs = []
+    for i in range(count):
+        end = bb.normalize(op.reshape(op.strided_slice(ends, [0], [i], [i + 1]), ()))
+        begin = _const(0, "int64") if i == 0 else \
+            bb.normalize(op.reshape(op.strided_slice(ends, [0], [i - 1], [i]), ()))
+        outs.append(_slice_along(bb, x, axis, begin, end))
+    return outs
