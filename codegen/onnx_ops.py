@@ -456,12 +456,32 @@ def reverse_sequence(bb, node, inputs):
 
 # --------------------------------------------------------------------------- reductions
 
+
+def _extreme(reduce, inf: float):
+    """relax max / min, with numpy's answers where TVM's differ: TVM starts max
+    from the lowest finite value (so a max over only -inf gave -3.4e38: a fully
+    masked attention row became a uniform one, not zeros) and may drop NaNs."""
+
+    def fn(y, axes, keepdims):
+        out = reduce(y, axes, keepdims)
+        dtype = str(y.ty.dtype.dtype)
+        if np.dtype(dtype).kind != "f":
+            return out
+        bound = _const(inf, dtype)
+        beyond = op.max(op.astype(op.not_equal(y, bound), "int8"), axes, keepdims)  # any value not at the bound
+        out = op.where(op.equal(beyond, _const(0, "int8")), bound, out)
+        has_nan = op.max(op.astype(op.isnan(y), "int8"), axes, keepdims)
+        return op.where(op.equal(has_nan, _const(1, "int8")), _const(np.nan, dtype), out)
+
+    return fn
+
+
 # op -> (applied before, relax reduction per axis, applied after)
 _REDUCE = {
     "ReduceSum": (None, op.sum, None),
     "ReduceMean": (None, op.mean, None),
-    "ReduceMax": (None, op.max, None),
-    "ReduceMin": (None, op.min, None),
+    "ReduceMax": (None, _extreme(op.max, -np.inf), None),
+    "ReduceMin": (None, _extreme(op.min, np.inf), None),
     "ReduceProd": (None, op.prod, None),
     "ReduceL1": (op.abs, op.sum, None),
     "ReduceL2": (lambda x: op.multiply(x, x), op.sum, op.sqrt),
