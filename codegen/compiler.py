@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..ir import DataError, LoweringError, Model, OnnxforgeError, PipelineError, infer_shapes, load
+from ..ir import BuildError, DataError, LoweringError, Model, OnnxforgeError, PipelineError, infer_shapes, load
 from ..passes import Pipeline, optimize
 from ..passes.pipeline import resolve_pipeline
 from . import manifest as fmt
@@ -118,7 +118,19 @@ def compile(
     with tempfile.TemporaryDirectory(prefix="onnxforge-build-") as tmp:
         lib = Path(tmp) / fmt.LIBRARY
         t0 = time.perf_counter()
-        built = build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels, db=db, dequantize=dequantize)
+        try:
+            built = build_library(lowered, resolved, lib, cpu_kernels=cpu_kernels, db=db, dequantize=dequantize)
+        except BuildError as exc:
+            def builds(pinned: Model) -> bool:  # the same build at pinned sizes, into a scratch file
+                from .lower import lower
+
+                with _recurrent_lowering(resolved, cpu_kernels):
+                    low = lower(pinned)
+                build_library(low, resolved, Path(tmp) / "pinned.so", cpu_kernels=cpu_kernels, db=db,
+                              dequantize=dequantize)
+                return True
+
+            raise BuildError(f"{exc}{_pin_hint(model, optimized.model, builds, tries=1)}") from exc
         cpu_kernels = built["cpu_kernels"]
         seconds["build"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -210,29 +222,34 @@ def pin_input_shapes(model: Model, shapes: InputShapes) -> Model:
     return model
 
 
-def _pin_hint(model: Model, optimized: Model) -> str:
-    """When lowering failed on a model with symbolic input dims: lower it again
-    with them pinned, at each set of sizes onnxruntime runs the model at
-    (passes.invent), and only if one lowers, say so with that exact --input-shape.
+def _pin_hint(model: Model, optimized: Model, works=None, tries: int | None = None) -> str:
+    """When lowering (or, with `works`, building) failed on a model with symbolic
+    input dims: lower it again with them pinned, at each set of sizes onnxruntime
+    runs the model at (passes.invent; the first `tries` of them), and only if
+    `works` (default: it lowers) say so with that exact --input-shape.
     Pinning cannot help a missing op or an unsupported construct: then no hint."""
     from ..passes.invent import iter_invented
     from .lower import lower
 
+    works = works or lower
+
     dynamic = [v.name for v in optimized.graph.inputs if not v.is_initializer and not v.is_static_shape()]
     if not dynamic or any(v.shape is None for v in optimized.graph.inputs if v.name in dynamic):
         return ""
+    verb = "lowers" if works is lower else "builds"
     try:
-        for invented in iter_invented(model):
-            if invented.error is not None:
-                continue  # onnxruntime cannot run these sizes either
+        runnable = (inv for inv in iter_invented(model) if inv.error is None)  # sizes onnxruntime runs
+        for i, invented in enumerate(runnable):
+            if tries is not None and i >= tries:
+                break
             shapes = {k: v for k, v in invented.shapes.items() if k in dynamic}
             try:
-                lower(pin_input_shapes(optimized, shapes))
+                works(pin_input_shapes(optimized, shapes))
             except Exception:  # pinned at these sizes it fails too
                 continue
             flags = " ".join(f"--input-shape {k}={','.join(map(str, v))}" for k, v in shapes.items())
             python = ", ".join(f"{k!r}: {v}" for k, v in shapes.items())
-            return (f"\n  it lowers with the symbolic input dims pinned: {flags} (Python: input_shapes={{{python}}}); "
+            return (f"\n  it {verb} with the symbolic input dims pinned: {flags} (Python: input_shapes={{{python}}}); "
                     "these sizes are examples onnxruntime runs: pin the sizes you will run the model at")
     except Exception:  # no inputs can be invented (an input without a type): no hint
         pass
