@@ -32,6 +32,9 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     if getattr(tvm.base, "_RUNTIME_ONLY", False):
         raise BuildError("tvm was imported runtime-only (TVM_USE_RUNTIME_LIB=1 or no libtvm_compiler): "
                          "compiling needs the full apache-tvm package; unset TVM_USE_RUNTIME_LIB")
+    from .runtime import quiet_pool_workers
+
+    quiet_pool_workers()  # before TVM's thread pool starts (compiling may start it): see runtime.py
     linker = target.check_linker()
     try:
         tvm_target = tvm.target.Target(target.tvm)

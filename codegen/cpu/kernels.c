@@ -188,7 +188,7 @@ static int sgemv_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
 
 int32_t onnxforge_sgemv(int32_t trans, int32_t m, int32_t n, const float *a, int32_t lda, const float *x, float *y) {
   SgemvJob job = {trans, m, n, lda, a, x, y};
-  if ((int64_t)m * n < (1 << 16)) {  /* a few microseconds: not worth waking the pool */
+  if ((int64_t)m * n < (1 << 18)) {  /* up to 1 MiB of matrix: not worth waking the pool */
     sgemv_task(0, NULL, &job);
     return 0;
   }

@@ -72,6 +72,10 @@ struct Options {
  * sizes the pool to half the cores on x86, and config_threadpool's "big cores" mode (1)
  * pins the calling thread to core 0 (codegen/runtime.py's set_threads measures both). */
 static void ConfigThreads(int threads) {
+  /* pool workers sleep when out of work instead of spinning on sched_yield(), unless
+     the user says otherwise (codegen/runtime.py quiet_pool_workers: on a loaded
+     machine the spinning made every kernel barrier wait for other processes) */
+  setenv("TVM_THREAD_POOL_SPIN_COUNT", "0", /*overwrite=*/0);
   cpu_set_t set;
   std::vector<ffi::String> cores;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {

@@ -3,6 +3,7 @@ it imports."""
 import ast
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -232,3 +233,17 @@ def test_thread_pool_leaves_every_core_to_every_thread(packages, threads):
     assert run.returncode == 0, run.stderr[-2000:]
     allowed, pinned = map(int, run.stdout.split()[-2:])
     assert allowed >= 1 and pinned == 0
+
+
+def test_pool_workers_sleep_unless_the_user_says_otherwise(monkeypatch):
+    """TVM's workers spin on sched_yield() for new work (300000 times by default),
+    which on a loaded machine stalls every kernel barrier: the loader sets
+    TVM_THREAD_POOL_SPIN_COUNT=0 before the pool starts, keeping a user's value."""
+    from onnxforge.codegen import runtime
+
+    monkeypatch.delenv("TVM_THREAD_POOL_SPIN_COUNT", raising=False)
+    runtime.quiet_pool_workers()
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "0"
+    monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", "1000")
+    runtime.quiet_pool_workers()
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "1000"
