@@ -351,6 +351,8 @@ class _Importer(ONNXGraphImporter):
             fn = get_lowering(node.op_type, node.domain)
             if fn is not None:
                 out = fn(self.bb, node, list(inputs))
+                if isinstance(out, (list, tuple)) and len(out) == 1:  # one output: the tensor, not a 1-tuple
+                    out = out[0]
                 if isinstance(out, (list, tuple)):
                     out = relax.Tuple([self.bb.normalize(o) for o in out])
                 return self.bb.normalize(out)
