@@ -11,8 +11,8 @@ from ..ir import LoweringError
 from . import quant  # noqa: F401  (DequantizeLinear with block_size; int4 unpacking)
 from . import integer  # noqa: F401
 from . import recurrent  # noqa: F401  (RNN, GRU, LSTM, DynamicQuantizeLSTM)
-from . import onnx_ops  # noqa: F401
 from . import resize  # noqa: F401
+from . import onnx_ops  # noqa: F401
 from .registry import register_lowering
 
 
