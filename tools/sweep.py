@@ -232,16 +232,10 @@ def model_inputs(path: str | os.PathLike) -> dict[str, tuple[str, list]]:
     """name -> (dtype name, dims) of the graph inputs that are not initializers."""
     import onnx
 
+    from .bench.harness import graph_inputs
+
     proto = onnx.load(os.fspath(path), load_external_data=False)
-    inits = {i.name for i in proto.graph.initializer}
-    out = {}
-    for vi in proto.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim]
-        out[vi.name] = (onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name, dims)
-    return out
+    return {name: (dtype.name, dims or []) for name, (dtype, dims) in graph_inputs(proto).items()}
 
 
 def run_calls(run: Callable[[dict], dict], calls: Calls, output_names: list[str]) -> list[dict[str, np.ndarray]]:

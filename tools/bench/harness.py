@@ -56,7 +56,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     work_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or os.cpu_count() or 1
     proto = onnx.load(str(original), load_external_data=False)
-    inputs = _model_inputs(proto)
+    inputs = graph_inputs(proto)
     dataset = as_dataset(data)
     if dataset is not None:
         check_inputs(dataset, inputs)
@@ -129,7 +129,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     return result
 
 
-def _model_inputs(proto: onnx.ModelProto) -> dict[str, tuple[np.dtype, list | None]]:
+def graph_inputs(proto: onnx.ModelProto) -> dict[str, tuple[np.dtype, list | None]]:
     inits = {i.name for i in proto.graph.initializer}
     out = {}
     for vi in proto.graph.input:
