@@ -13,6 +13,7 @@ from . import integer  # noqa: F401
 from . import recurrent  # noqa: F401  (RNN, GRU, LSTM, DynamicQuantizeLSTM)
 from . import resize  # noqa: F401
 from . import onnx_ops  # noqa: F401
+from . import onnx_attention  # noqa: F401  (ONNX-domain Attention)
 from .registry import register_lowering
 
 
