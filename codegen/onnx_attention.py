@@ -9,7 +9,7 @@ import numpy as np
 from tvm import relax
 
 from ..ir import LoweringError
-from .onnx_ops import _dtype, _dims, _static, _const, _input
+from .op_helpers import _const, _dims, _dtype, _input, _static
 from .registry import register_lowering
 
 op = relax.op

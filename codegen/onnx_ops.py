@@ -11,52 +11,11 @@ import tvm
 from tvm import relax
 
 from ..ir import LoweringError
+from . import reduce_ops  # noqa: F401  (the Reduce* ops)
+from .op_helpers import _const, _constant_array, _dims, _dtype, _input, _onnx_dtype, _static, _want
 from .registry import register_lowering
 
 op = relax.op
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _dtype(expr) -> str:
-    return str(expr.ty.dtype.dtype)
-
-
-def _dims(expr) -> list:
-    """The dims of a tensor expression (ints where static, PrimExprs where not);
-    a LoweringError for unknown rank or shape."""
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.ndim < 0 or not isinstance(ty.shape, relax.ShapeExpr):
-        raise LoweringError("an input of unknown shape (rank and dims must be known here)")
-    return [int(d.value) if isinstance(d, tvm.tirx.IntImm) else d for d in ty.shape.values]
-
-
-def _static(dim, what: str) -> int:
-    if not isinstance(dim, int):
-        raise LoweringError(f"{what} must be static here, got the symbolic dim {dim}")
-    return dim
-
-
-def _const(value, dtype: str):
-    return relax.const(np.asarray(value, dtype=dtype), dtype)
-
-
-def _constant_array(expr):
-    """The numpy value of a Relax constant, else None."""
-    data = getattr(expr, "value", None)
-    if data is None:
-        data = getattr(expr, "data", None)
-    return data.numpy() if hasattr(data, "numpy") else None
-
-
-def _input(inputs, i):
-    return inputs[i] if len(inputs) > i else None
-
-
-def _want(node, i: int) -> bool:
-    """Whether output i of the node is used (present and named)."""
-    return len(node.outputs) > i and node.outputs[i] is not None and bool(getattr(node.outputs[i], "name", ""))
 
 
 # --------------------------------------------------------------------------- normalization
@@ -285,135 +244,7 @@ def reverse_sequence(bb, node, inputs):
     return op.gather_elements(x, index, axis=time_axis)
 
 
-# --------------------------------------------------------------------------- reductions
-
-
-def _extreme(reduce, inf: float):
-    """relax max / min, with numpy's answers where TVM's differ: TVM starts max
-    from the lowest finite value (so a max over only -inf gave -3.4e38: a fully
-    masked attention row became a uniform one, not zeros) and may drop NaNs."""
-
-    def fn(y, axes, keepdims):
-        out = reduce(y, axes, keepdims)
-        dtype = str(y.ty.dtype.dtype)
-        if np.dtype(dtype).kind != "f":
-            return out
-        bound = _const(inf, dtype)
-        beyond = op.max(op.astype(op.not_equal(y, bound), "int8"), axes, keepdims)  # any value not at the bound
-        out = op.where(op.equal(beyond, _const(0, "int8")), bound, out)
-        has_nan = op.max(op.astype(op.isnan(y), "int8"), axes, keepdims)
-        return op.where(op.equal(has_nan, _const(1, "int8")), _const(np.nan, dtype), out)
-
-    return fn
-
-
-# op -> (applied before, relax reduction per axis, applied after)
-_REDUCE = {
-    "ReduceSum": (None, op.sum, None),
-    "ReduceMean": (None, op.mean, None),
-    "ReduceMax": (None, _extreme(op.max, -np.inf), None),
-    "ReduceMin": (None, _extreme(op.min, np.inf), None),
-    "ReduceProd": (None, op.prod, None),
-    "ReduceL1": (op.abs, op.sum, None),
-    "ReduceL2": (lambda x: op.multiply(x, x), op.sum, op.sqrt),
-    "ReduceSumSquare": (lambda x: op.multiply(x, x), op.sum, None),
-    "ReduceLogSum": (None, op.sum, op.log),
-    "ReduceLogSumExp": (op.exp, op.sum, op.log),
-}
-
-
-def _reduce(bb, node, inputs):
-    """The ONNX reductions, axes as an attribute (older opsets), a constant input,
-    or an input computed at run time. Run-time axes (the frontend takes constants
-    only) need an axes tensor of static length, so that the output rank is known:
-    each axis is reduced or not by a where on whether the axes name it (the shape
-    kept), then a dynamic slice keeps one entry of each reduced axis, and without
-    keepdims a reshape to the shape computed at run time drops them."""
-    pre, reduce_fn, post = _REDUCE[node.op_type]
-    x = bb.normalize(inputs[0])
-    rank = x.ty.ndim
-    if rank < 0:
-        raise LoweringError(f"{node.op_type} needs an input of known rank")
-    keepdims = bool(node.attributes.get("keepdims", 1))
-    noop = bool(node.attributes.get("noop_with_empty_axes", 0))
-    dtype = _dtype(x)
-    as_int8 = dtype == "bool"
-    if as_int8:  # max / min of booleans
-        x = bb.normalize(op.astype(x, "int8"))
-    axes_input = _input(inputs, 1)
-    axes = node.attributes.get("axes")
-    dynamic = None
-    if axes is None and axes_input is not None:
-        value = _constant_array(axes_input)
-        if value is not None:
-            axes = [int(a) for a in value.reshape(-1)]
-        else:
-            length = _dims(axes_input)
-            if len(length) != 1 or not isinstance(length[0], int):
-                raise LoweringError(f"{node.op_type} with axes computed at run time needs an axes tensor of static "
-                                    "length (the output rank depends on it)")
-            axes = [] if length[0] == 0 else None
-            dynamic = bb.normalize(op.astype(axes_input, "int64")) if length[0] else None
-            count = length[0]
-    if dynamic is None:
-        axes = list(axes or [])
-        if not axes and noop:
-            out = x
-        else:
-            axes = [a + rank if a < 0 else a for a in axes] or list(range(rank))
-            y = bb.normalize(pre(x)) if pre else x
-            out = bb.normalize(reduce_fn(y, axes, keepdims))
-            out = post(out) if post else out
-        return op.astype(out, "bool") if as_int8 else out
-
-    dims = _dims(x)
-    y = bb.normalize(pre(x)) if pre else x
-    chosen = []
-    for i in range(rank):
-        hit = op.sum(op.astype(op.logical_or(op.equal(dynamic, _const(i, "int64")),
-                                             op.equal(dynamic, _const(i - rank, "int64"))), "int64"))
-        chosen.append(bb.normalize(op.greater(hit, _const(0, "int64"))))
-    if any(d == 0 for d in dims):
-        # an empty input: every entry of the output is the reduction of nothing; the
-        # slice below cuts that to extent 1 on reduced axes, 0 on kept empty ones
-        nothing = bb.normalize(reduce_fn(y, list(range(rank)), True))
-        y = bb.normalize(op.broadcast_to(nothing, [1 if d == 0 else d for d in dims]))
-    else:
-        for i, sel in enumerate(chosen):
-            reduced = bb.normalize(reduce_fn(y, [i], True))
-            y = bb.normalize(op.where(sel, bb.normalize(op.broadcast_to(reduced, dims)), y))
-    if post:
-        y = bb.normalize(post(y))
-    sel = bb.normalize(op.concat([op.reshape(c, (1,)) for c in chosen], axis=0))  # (rank,) bool
-    full = _const(np.array(dims, dtype=np.int64), "int64") if all(isinstance(d, int) for d in dims) else \
-        bb.normalize(op.shape_to_tensor(op.shape_of(x)))
-    ends = bb.normalize(op.where(sel, _const(np.ones(rank), "int64"), full))
-    out = bb.normalize(op.dynamic_strided_slice(y, _const(np.zeros(rank), "int64"), ends,
-                                                _const(np.ones(rank), "int64")))
-    if not keepdims:
-        from tvm.relax.frontend.onnx.onnx_frontend import _tensor_to_shape_expr
-
-        kept = rank - count
-        keep = bb.normalize(op.astype(op.logical_not(sel), "int64"))
-        pos = bb.normalize(op.subtract(op.cumsum(keep, axis=0), _const(1, "int64")))  # slot of each kept dim
-        onehot = op.logical_and(op.equal(op.reshape(pos, (rank, 1)), _const(np.arange(kept).reshape(1, kept), "int64")),
-                                op.reshape(op.astype(keep, "bool"), (rank, 1)))
-        target = bb.normalize(op.sum(op.multiply(op.astype(onehot, "int64"), op.reshape(full, (rank, 1))), axis=[0]))
-        out = bb.normalize(op.reshape(out, _tensor_to_shape_expr(bb, target, kept, f"{node.op_type.lower()}_dim")))
-    return op.astype(out, "bool") if as_int8 else out
-
-
-for _name in _REDUCE:
-    register_lowering(_name)(_reduce)
-
-
 # --------------------------------------------------------------------------- small ops
-
-
-def _onnx_dtype(code: int) -> str:
-    import onnx.helper
-
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(code))).name
 
 
 @register_lowering("BitCast")
