@@ -14,6 +14,8 @@ from . import recurrent  # noqa: F401  (RNN, GRU, LSTM, DynamicQuantizeLSTM)
 from . import resize  # noqa: F401
 from . import onnx_ops  # noqa: F401
 from . import onnx_attention  # noqa: F401  (ONNX-domain Attention)
+from . import shape_ops  # noqa: F401  (ConstantOfShape, Expand, Squeeze, Pad, CenterCropPad)
+from . import elementwise_ops  # noqa: F401  (Pow)
 from .registry import register_lowering
 
 
@@ -33,25 +35,6 @@ def _constant_array(expr):
     if data is None:
         data = getattr(expr, "data", None)
     return data.numpy() if hasattr(data, "numpy") else None
-
-
-@register_lowering("Pow")
-def pow_(bb, node, inputs):
-    """x ** k for a constant integer k in 1..4 as multiplications: TVM's CUDA modules
-    are compiled with --use_fast_math, where powf(x, 2.0f) is exp2f(2 * log2f(x)),
-    NaN for every negative x (a decomposed LayerNorm's (x - mean) ** 2 made
-    PP-OCRv4's outputs all NaN on an H100). Other exponents: the frontend's Pow."""
-    from tvm.relax.frontend.onnx.onnx_frontend import Pow
-
-    x, y = inputs
-    k = _constant_array(y)
-    if k is not None and k.size == 1 and isinstance(x.ty, relax.TensorType) and x.ty.ndim >= k.ndim \
-            and float(k.reshape(())) in (1.0, 2.0, 3.0, 4.0):
-        out = x
-        for _ in range(int(k.reshape(())) - 1):
-            out = relax.op.multiply(out, x)
-        return out
-    return Pow.base_impl(bb, inputs, {}, {})
 
 
 @register_lowering("Clip")
@@ -156,29 +139,3 @@ def _unbroadcast(bb, bias):
             and binding.args[0].ty.ndim == 4:
         return binding.args[0]
     return bias
-
-
-@register_lowering("Squeeze")
-def squeeze(bb, node, inputs):
-    """Squeeze of an axis whose extent is symbolic (a run-time length that the model
-    guarantees is 1, e.g. silero-vad's encoder output under its If) as a reshape that
-    drops the axis: ONNX makes squeezing any other extent an error, so the shape
-    without it is exact. Static axes and the rest: the frontend's converter."""
-    from tvm.relax.frontend.onnx.onnx_frontend import Squeeze
-
-    data = bb.normalize(inputs[0])
-    axes = node.attributes.get("axes")
-    if axes is None and len(inputs) > 1 and inputs[1] is not None:
-        array = _constant_array(inputs[1])
-        axes = None if array is None else [int(a) for a in array.reshape(-1)]
-    ty = data.ty
-    if axes and isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr):
-        dims = list(ty.shape.values)
-        drop = {a + len(dims) if a < 0 else a for a in axes}
-        if all(0 <= a < len(dims) for a in drop) and any(not isinstance(dims[a], tvm.tirx.IntImm) for a in drop):
-            if any(isinstance(dims[a], tvm.tirx.IntImm) and int(dims[a].value) != 1 for a in drop):
-                raise LoweringError(f"Squeeze of axes {sorted(drop)}: an axis of size other than 1")
-            return relax.op.reshape(data, [d for i, d in enumerate(dims) if i not in drop])
-    if axes is None and len(inputs) > 1 and inputs[1] is not None:  # axes computed at run time
-        raise LoweringError("Squeeze with axes computed at run time is not supported (the output rank must be known)")
-    return Squeeze._squeeze(bb, data, None if axes is None else tuple(axes))

@@ -372,33 +372,6 @@ def eye_like(bb, node, inputs):
     return _const(np.eye(rows, cols, int(node.attributes.get("k", 0))), dtype)
 
 
-@register_lowering("Expand")
-def expand(bb, node, inputs):
-    """Expand with a constant shape broadcast both ways (a target dim of 1 keeps
-    the input's: (3, 1) to (2, 1, 6) is (2, 3, 6)); shapes given at run time: the
-    frontend's converter."""
-    from tvm.relax.frontend.onnx.onnx_frontend import Expand
-
-    x = bb.normalize(inputs[0])
-    shape = _constant_array(inputs[1])
-    if shape is None or not isinstance(x.ty.shape, relax.ShapeExpr):
-        return Expand._impl_v13(bb, list(inputs), dict(node.attributes), {})
-    dims = _dims(x)
-    target = [int(d) for d in shape.reshape(-1)]
-    rank = max(len(dims), len(target))
-    dims = [1] * (rank - len(dims)) + dims
-    target = [1] * (rank - len(target)) + target
-    out = []
-    for d, t in zip(dims, target):
-        if t == 1:
-            out.append(d)
-        elif isinstance(d, int) and d not in (1, t):
-            raise LoweringError(f"Expand of dims {_dims(x)} to {shape.tolist()}: {d} does not broadcast to {t}")
-        else:
-            out.append(t)
-    return op.broadcast_to(x, out)
-
-
 # --------------------------------------------------------------------------- run-time sizes
 
 
