@@ -16,6 +16,7 @@ from . import onnx_ops  # noqa: F401
 from . import onnx_attention  # noqa: F401  (ONNX-domain Attention)
 from . import shape_ops  # noqa: F401  (ConstantOfShape, Expand, Squeeze, Pad, CenterCropPad)
 from . import elementwise_ops  # noqa: F401  (Pow)
+from . import llm_ops  # noqa: F401  (RotaryEmbedding, TensorScatter, CausalConvWithState, LinearAttention)
 from .registry import register_lowering
 
 
