@@ -17,6 +17,7 @@ from . import onnx_attention  # noqa: F401  (ONNX-domain Attention)
 from . import shape_ops  # noqa: F401  (ConstantOfShape, Expand, Squeeze, Pad, CenterCropPad)
 from . import elementwise_ops  # noqa: F401  (Pow)
 from . import llm_ops  # noqa: F401  (RotaryEmbedding, TensorScatter, CausalConvWithState, LinearAttention)
+from . import ml_ops  # noqa: F401  (TfIdfVectorizer, ai.onnx.ml Binarizer / ArrayFeatureExtractor)
 from .registry import register_lowering
 
 
