@@ -56,7 +56,12 @@ def constant_of_shape(bb, node, inputs):
     value = node.attributes.get("value")
     array = np.zeros((1,), np.float32) if value is None else np.asarray(value)
     dtype = array.dtype.name
-    shape = _shape_of_values(bb, node, 0, inputs[0], "constant_of_shape_dim")
+    try:
+        shape = _shape_of_values(bb, node, 0, inputs[0], "constant_of_shape_dim")
+    except LoweringError:  # a shape tensor of unknown length: the frontend's converter
+        from tvm.relax.frontend.onnx.onnx_frontend import ConstantOfShape
+
+        return ConstantOfShape._impl_v9(bb, list(inputs), dict(node.attributes), {})
     if all(isinstance(d, tirx.IntImm) for d in shape.values):
         return relax.const(np.full([int(d) for d in shape.values], array.reshape(-1)[0], dtype), dtype)
     return op.broadcast_to(relax.const(array.reshape(()), dtype), shape)

@@ -1,0 +1,102 @@
+"""Neural-network ONNX ops lowered by onnxforge: BatchNormalization in training
+mode (batch statistics and updated running statistics), Elu in any float type,
+AffineGrid (sizes given at run time). See registry.py for the lowering signature."""
+from __future__ import annotations
+
+from tvm import relax, te, tirx
+from tvm.relax.frontend.onnx.onnx_frontend import _tensor_to_shape_expr
+
+from ..ir import LoweringError
+from .op_helpers import _const, _constant_array, _dims, _dtype
+from .registry import register_lowering
+
+op = relax.op
+
+
+@register_lowering("BatchNormalization")
+def batch_normalization(bb, node, inputs):
+    """training_mode=1 (opset 14+): normalized with the batch's mean and (population)
+    variance over every axis but 1; running_mean / running_var outputs are
+    momentum-weighted updates of the given ones. Inference: the frontend's converter."""
+    from tvm.relax.frontend.onnx.onnx_frontend import BatchNormalization
+
+    if not int(node.attributes.get("training_mode", 0)):
+        return BatchNormalization._impl_v15(bb, list(inputs), dict(node.attributes), {})
+    x, scale, bias, mean, var = (bb.normalize(inputs[i]) for i in range(5))
+    rank = x.ty.ndim
+    if rank < 2:
+        raise LoweringError("BatchNormalization needs an input of rank >= 2")
+    dtype = _dtype(x)
+    eps = float(node.attributes.get("epsilon", 1e-5))
+    momentum = float(node.attributes.get("momentum", 0.9))
+    axes = [a for a in range(rank) if a != 1]
+    shape = [1, -1] + [1] * (rank - 2)
+    batch_mean = bb.normalize(op.mean(x, axis=axes, keepdims=True))
+    d = bb.normalize(op.subtract(x, batch_mean))
+    batch_var = bb.normalize(op.mean(op.multiply(d, d), axis=axes, keepdims=True))
+    y = op.add(op.multiply(op.divide(d, op.sqrt(op.add(batch_var, _const(eps, dtype)))), op.reshape(scale, shape)),
+               op.reshape(bias, shape))
+    c = _dims(x)[1]
+    flat_mean, flat_var = op.reshape(batch_mean, (c,)), op.reshape(batch_var, (c,))
+    m, keep = _const(momentum, dtype), _const(1.0 - momentum, dtype)
+    running_mean = op.add(op.multiply(mean, m), op.multiply(flat_mean, keep))
+    running_var = op.add(op.multiply(var, m), op.multiply(flat_var, keep))
+    return [y, running_mean, running_var][:max(1, len(node.outputs))]
+
+
+@register_lowering("Elu")
+def elu(bb, node, inputs):
+    """x where x > 0, alpha * (exp(x) - 1) elsewhere, in x's type (the frontend's
+    float32 constants broke half inputs)."""
+    x = bb.normalize(inputs[0])
+    dtype = _dtype(x)
+    alpha = _const(float(node.attributes.get("alpha", 1.0)), dtype)
+    neg = op.multiply(alpha, op.subtract(op.exp(x), _const(1.0, dtype)))
+    return op.where(op.greater(x, _const(0.0, dtype)), x, neg)
+
+
+@register_lowering("AffineGrid")
+def affine_grid(bb, node, inputs):
+    """The sampling grid of theta (N, 2, 3) / (N, 3, 4) over an output of size
+    (N, C, H, W) / (N, C, D, H, W), the size constant or computed at run time:
+    out[n, ..., i] = theta[n, i, :] . (x, y[, z], 1) with normalized coordinates
+    -1 + 2 k / (L - 1) (align_corners) or -1 + (2 k + 1) / L."""
+    theta = bb.normalize(inputs[0])
+    align = bool(node.attributes.get("align_corners", 0))
+    size = inputs[1]
+    value = _constant_array(size)
+    n_sp = _dims(theta)[1]
+    if n_sp not in (2, 3):
+        raise LoweringError(f"AffineGrid theta of shape {_dims(theta)}: (N, 2, 3) or (N, 3, 4) expected")
+    if value is not None:
+        spatial = [tirx.const(int(v), "int64") for v in value.reshape(-1)[2:]]
+    else:
+        size64 = bb.normalize(op.astype(size, "int64") if _dtype(size) != "int64" else size)
+        spatial = list(_tensor_to_shape_expr(bb, size64, n_sp + 2, "affine_grid_dim").values)[2:]
+    dtype = _dtype(theta)
+
+    def compute(t):
+        def coord(k, length):
+            kf, lf = tirx.Cast("float32", k), tirx.Cast("float32", length)
+            one = tirx.const(1.0, "float32")
+            if align:
+                return tirx.Select(length > 1, -one + kf * tirx.const(2.0, "float32") / (lf - one), -one)
+            return -one + (tirx.const(2.0, "float32") * kf + one) / lf
+
+        def body(*index):
+            n, pos, i = index[0], index[1:-1], index[-1]
+            coords = [coord(k, length) for k, length in zip(pos, spatial)][::-1]  # x (last axis) first
+            acc = tirx.Cast("float32", t(n, i, n_sp))
+            for j, c in enumerate(coords):
+                acc = acc + tirx.Cast("float32", t(n, i, j)) * c
+            return acc if dtype == "float32" else tirx.Cast(dtype, acc)
+
+        return te.compute([t.shape[0], *spatial, n_sp], body, name="affine_grid")
+
+    out = bb.emit_te(compute, theta, primfunc_name_hint="onnx_affine_grid")
+    call = bb.lookup_binding(out)
+    if isinstance(call, relax.Call) and len(call.args) > 2:  # symbolic dims as extra arguments: see resize.py
+        gv = call.args[0]
+        bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", 8))
+    return out
+
