@@ -19,6 +19,27 @@ from .lower import Lowered
 from .targets import ResolvedTarget
 
 
+def _default_pipeline(tvm_target):
+    """TVM's default Relax pipeline for the target's backend, with the dims that
+    fusion may have reordered put back in order after it (shape_reads.py)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    from .shape_reads import order_dim_reads
+
+    backend = cuda if tvm_target.kind.name == "cuda" else cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="onnxforge.DefaultPipeline")
+    def _pipeline(mod, _ctx):
+        with tvm_target:
+            passes = (backend.library_dispatch_passes(tvm_target) + backend.legalize_passes(tvm_target)
+                      + [order_dim_reads] + backend.dataflow_lower_passes(tvm_target)
+                      + backend.finalize_passes(tvm_target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
 def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathLike,
                   cpu_kernels: str | None = None, db: str | os.PathLike | None = None,
                   dequantize: str = "run") -> dict:
@@ -40,7 +61,7 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
         tvm_target = tvm.target.Target(target.tvm)
     except Exception as exc:
         raise BuildError(f"target {target.name}: TVM rejects the target {target.tvm}: {exc}") from exc
-    pipeline = relax.get_default_pipeline(tvm_target) if target.device == "cuda" else "default"
+    pipeline = _default_pipeline(tvm_target)
     export_kwargs = {}
     info: dict = {"cpu_kernels": "tvm"}
     database, stats = None, {}

@@ -28,6 +28,7 @@ from ..passes.constants import constants_to_initializers
 from . import control_flow, lowerings, quant  # noqa: F401  (lowerings registers the built-in lowerings)
 from .manifest import TensorSpec
 from .registry import get_lowering
+from .shape_values import reshape_target
 
 # Domains whose ops the TVM frontend may convert (it ignores domains: a custom
 # domain's "Relu" must not silently become the standard one).
@@ -39,6 +40,9 @@ MIN_PARAM_ELEMENTS = 16
 _SHAPE_OPS = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat", "Equal", "Where",
               "Cast", "CastLike", "Squeeze"}
 _COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+# elementwise ops with numpy broadcasting: their output shape follows from the inputs'
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "And", "Or",
+                 "Xor", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", *_COMPARISONS}
 _QUANT_DTYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
@@ -239,6 +243,13 @@ class _Importer(ONNXGraphImporter):
 
     def _construct_nodes(self, graph):
         self._convert_graph(self._model.graph, graph)
+        for out in graph.output:  # the frontend keeps Shape results as shape values; outputs are tensors
+            expr = self._nodes.get(out.name)
+            if isinstance(getattr(expr, "ty", None), relax.ShapeType):
+                self._nodes[out.name] = self.bb.emit(relax.op.shape_to_tensor(expr))
+            elif isinstance(expr, relax.Expr) and tvm.ir.is_prim_expr(expr) and str(expr.ty.dtype) == "int64":
+                as_tensor = relax.op.shape_to_tensor(relax.ShapeExpr([expr]))
+                self._nodes[out.name] = self.bb.emit(relax.op.reshape(as_tensor, []))
 
     def _convert_graph(self, graph: Graph, proto: onnx.GraphProto, start: int = 0) -> None:
         """Convert the nodes of `graph` (the IR) / `proto` (its export) from index
@@ -279,8 +290,49 @@ class _Importer(ONNXGraphImporter):
             ty = getattr(expr, "ty", None)
             if not isinstance(ty, relax.TensorType) or ty.ndim <= 0 or isinstance(ty.shape, relax.ShapeExpr):
                 continue
-            dims = [tvm.tirx.Var(f"{_ident(name)}_{k}", "int64") for k in range(ty.ndim)]
+            dims = _broadcast_dims(self._input_shapes(proto), ty.ndim) if proto.op_type in _BROADCASTING else None
+            explicit = self._broadcast_explicitly(expr, dims) if dims is not None else None
+            if explicit is not None:
+                self._nodes[name] = explicit
+                continue
+            if dims is None:
+                dims = [tvm.tirx.Var(f"{_ident(name)}_{k}", "int64") for k in range(ty.ndim)]
             self._nodes[name] = self.bb.match_cast(expr, relax.TensorType(dims, str(ty.dtype.dtype)))
+
+    def _broadcast_explicitly(self, expr, dims: list):
+        """The elementwise call `expr` again, its operands broadcast_to `dims` first:
+        Relax then knows the output shape, and LegalizeOps can lower the op (it
+        cannot with a rank-only output). FuseOps folds the broadcasts into the op."""
+        call = expr
+        if isinstance(expr, relax.Var):
+            with contextlib.suppress(Exception):
+                call = self.bb.lookup_binding(expr)
+        if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+            return None
+        target = relax.ShapeExpr(dims)
+        args = []
+        for arg in call.args:
+            ty = getattr(arg, "ty", None)
+            if not isinstance(ty, relax.TensorType) or (ty.ndim > 0 and not isinstance(ty.shape, relax.ShapeExpr)):
+                return None
+            args.append(arg if ty.ndim == 0 else relax.op.broadcast_to(arg, target))
+        new = self.bb.normalize(relax.Call(call.op, args, call.attrs, call.ty_args))
+        if not isinstance(getattr(new.ty, "shape", None), relax.ShapeExpr):
+            return None
+        return self.bb.emit(new)
+
+    def _input_shapes(self, proto: onnx.NodeProto) -> list | None:
+        """The static-or-symbolic shapes of the node's inputs, or None if one is not known."""
+        shapes = []
+        for name in proto.input:
+            ty = getattr(self._nodes.get(name), "ty", None) if name else None
+            if isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr):
+                shapes.append(list(ty.shape.values))
+            elif isinstance(ty, relax.TensorType) and ty.ndim == 0:
+                shapes.append([])
+            else:
+                return None
+        return shapes
 
     @contextlib.contextmanager
     def _shapes_as_tensors(self, node: Node, proto: onnx.NodeProto):
@@ -384,6 +436,9 @@ class _Importer(ONNXGraphImporter):
         n = _static_vector_length(target)
         if n is None or isinstance(target, tvm.ir.GenericConst) or not isinstance(data.ty, relax.TensorType):
             return inputs
+        shape = reshape_target(self.bb, data, target, bool(node.attributes.get("allowzero", 0)))
+        if shape is not None:  # computed from the input's own dims: keep them (shape_values.py)
+            return type(inputs)([data, shape, *inputs[2:]])
         op, bb = relax.op, self.bb
         i64 = lambda v: relax.const(v, "int64")  # noqa: E731
         t = bb.normalize(target if str(target.ty.dtype.dtype) == "int64" else op.astype(target, "int64"))
@@ -398,6 +453,32 @@ class _Importer(ONNXGraphImporter):
         known = op.prod(op.where(op.equal(t, i64(-1)), i64(1), t))
         t = bb.normalize(op.where(op.equal(t, i64(-1)), op.floor_divide(op.prod(dims), known), t))
         return type(inputs)([data, _tensor_to_shape_expr(bb, t, n, "reshape_dim"), *inputs[2:]])
+
+
+def _broadcast_dims(shapes: list | None, ndim: int) -> list | None:
+    """The output dims of a numpy-broadcasting op from its inputs' dims, where Relax
+    gives up (a symbolic dim against a static one, or two different symbolic dims).
+    In a valid broadcast every non-1 dim of a column is the same size, so the result
+    is the static size if there is one, the symbolic dim if there is only one, else
+    their max: expressions over dims already known, so no new symbolic variable is
+    introduced (fresh ones, bound mid-block by match_cast, can be read before they
+    are bound once FuseOps reorders a dataflow block)."""
+    if not shapes or max(len(s) for s in shapes) != ndim:
+        return None
+    dims, analyzer = [], tvm.sym.Analyzer()
+    for k in range(ndim):
+        column = [s[len(s) - ndim + k] for s in shapes if len(s) - ndim + k >= 0]
+        static = [int(d) for d in column if isinstance(d, tvm.tirx.IntImm)]
+        if any(d != 1 for d in static):
+            dims.append(tvm.tirx.IntImm("int64", next(d for d in static if d != 1)))
+            continue
+        symbolic = []
+        for d in column:
+            if not isinstance(d, tvm.tirx.IntImm) and not any(analyzer.can_prove_equal(d, e) for e in symbolic):
+                symbolic.append(d)
+        dim = tvm.tirx.IntImm("int64", 1) if not symbolic else functools.reduce(tvm.tirx.max, symbolic)
+        dims.append(dim)
+    return dims
 
 
 def _static_vector_length(expr) -> int | None:

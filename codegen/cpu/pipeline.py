@@ -9,6 +9,7 @@ import tvm
 
 from .blas import KERNELS_C, RECURRENT_C, DispatchBLAS, blas_lib_dir, link_options
 from .fastmath import fast_math
+from ..shape_reads import order_dim_reads
 from .schedules import default_schedule_pass
 
 
@@ -36,7 +37,9 @@ def cpu_pipeline(target: tvm.target.Target, mode: str, database=None, stats: dic
                 if stats is not None:
                     stats["kernels"] = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
                     stats["kernels_tuned"] = _scheduled(mod) - before
-            rest = [default_schedule_pass(), *cpu.dataflow_lower_passes(target), *cpu.finalize_passes(target)]
+            # after fusion: dims bound mid-function are read after their match_cast again
+            rest = [order_dim_reads, default_schedule_pass(), *cpu.dataflow_lower_passes(target),
+                    *cpu.finalize_passes(target)]
             return tvm.transform.Sequential(rest)(mod)
 
     return _pipeline
