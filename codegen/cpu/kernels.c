@@ -144,14 +144,25 @@ static int sgemm_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
   return 0;
 }
 
+/* Inside a task of TVM's pool (recurrent.c runs the two directions of a layer side by
+ * side), products run on the calling thread: a nested launch would wait on the pool
+ * it runs in. Per thread, so other threads' calls are not affected. */
+static __thread int32_t serial_depth = 0;
+void onnxforge_serial_begin(void) { ++serial_depth; }
+void onnxforge_serial_end(void) { --serial_depth; }
+
+static void blas_single_threaded(void) {
+  static int done = 0;
+  if (!done) {  /* benign race: every caller sets the same value */
+    BLAS_SET_THREADS(1);
+    done = 1;
+  }
+}
+
 int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const float *a, int64_t stride_a,
                         int32_t trans_a, const float *b, int64_t stride_b, int32_t trans_b, float *c,
                         const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi) {
-  static int single_threaded = 0;
-  if (!single_threaded) {  /* benign race: every caller sets the same value */
-    BLAS_SET_THREADS(1);
-    single_threaded = 1;
-  }
+  blas_single_threaded();
   SgemmJob job = {batch, m, n, k, a, b, bias, stride_a, stride_b, trans_a, trans_b, bias_kind, c, clamp, lo, hi,
                   0, batch};
   /* whole batches when there are several, else stripes along the longer side of C */
@@ -160,7 +171,7 @@ int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const fl
   }
   int64_t flops = 2LL * batch * m * n * k;
   int32_t min_parts = job.split == 0 ? 2 : 32;  /* stripes of >= 16 rows/columns for 2 threads */
-  if (flops < (1 << 18) || job.parts < min_parts) {  /* too small to be worth a second thread */
+  if (serial_depth || flops < (1 << 18) || job.parts < min_parts) {  /* too small to be worth a second thread */
     sgemm_task(0, NULL, &job);
     return 0;
   }
@@ -188,7 +199,8 @@ static int sgemv_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
 
 int32_t onnxforge_sgemv(int32_t trans, int32_t m, int32_t n, const float *a, int32_t lda, const float *x, float *y) {
   SgemvJob job = {trans, m, n, lda, a, x, y};
-  if ((int64_t)m * n < (1 << 18)) {  /* up to 1 MiB of matrix: not worth waking the pool */
+  blas_single_threaded();
+  if (serial_depth || (int64_t)m * n < (1 << 18)) {  /* up to 1 MiB of matrix: not worth waking the pool */
     sgemv_task(0, NULL, &job);
     return 0;
   }

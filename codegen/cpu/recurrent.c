@@ -24,6 +24,13 @@ int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const fl
                         const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi);
 
 int32_t onnxforge_sgemv(int32_t trans, int32_t m, int32_t n, const float *a, int32_t lda, const float *x, float *y);
+void onnxforge_serial_begin(void);
+void onnxforge_serial_end(void);
+
+/* TVM's thread pool (libtvm_runtime's C backend API). */
+typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
+typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
+int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
 
 /* Activation codes: the order of codegen/recurrent.py's ACTIVATIONS. */
 enum {
@@ -34,10 +41,53 @@ enum { KIND_RNN = 0, KIND_GRU = 1, KIND_LSTM = 2 };
 
 typedef struct { int32_t code; float alpha, beta; } Act;
 
+/* The gate loops run 4*H activations per row and step: libm's expf/tanhf are calls the
+ * compiler cannot vectorize. exp_gate is 2^k * p(r), r = x - k ln2 (two-part ln2),
+ * p the degree-7 Taylor polynomial (relative error < 1e-7 on |r| <= ln2/2), the
+ * power of two built in the exponent bits: plain arithmetic, so the loops vectorize
+ * (an AVX2/FMA clone picked at load time on x86-64 gcc, as in kernels.c). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GATE_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define GATE_CLONES
+#endif
+#if defined(__GNUC__) && !defined(__clang__)
+#define GATE_OPT __attribute__((optimize("O3", "no-trapping-math")))
+#else
+#define GATE_OPT
+#endif
+
+static inline __attribute__((always_inline)) float exp_gate(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+  float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666668e-2f + r * (8.3333338e-3f
+            + r * (1.3888889e-3f + r * 1.9841270e-4f))))));
+  int32_t bits = ((int32_t)k + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+static GATE_CLONES GATE_OPT void sigmoid_gate(float *__restrict x, int32_t n) {
+  for (int32_t i = 0; i < n; ++i) x[i] = 1.0f / (1.0f + exp_gate(-x[i]));
+}
+
+/* tanh(x) = 1 - 2 / (e^2x + 1); near 0 (|x| < 1/4) its series, which keeps the
+ * relative error small where the difference would cancel. */
+static GATE_CLONES GATE_OPT void tanh_gate(float *__restrict x, int32_t n, float alpha, float beta) {
+  for (int32_t i = 0; i < n; ++i) {
+    float v = beta * x[i], v2 = v * v;
+    float big = 1.0f - 2.0f / (exp_gate(2.0f * v) + 1.0f);
+    float small = v * (1.0f + v2 * (-0.33333333f + v2 * (0.13333333f + v2 * (-0.053968254f + v2 * 0.021869489f))));
+    x[i] = alpha * (v2 < 0.0625f ? small : big);
+  }
+}
+
 static void activate(float *x, int32_t n, Act a) {
   switch (a.code) {
-    case ACT_SIGMOID: for (int32_t i = 0; i < n; ++i) x[i] = 1.0f / (1.0f + expf(-x[i])); break;
-    case ACT_TANH: for (int32_t i = 0; i < n; ++i) x[i] = tanhf(x[i]); break;
+    case ACT_SIGMOID: sigmoid_gate(x, n); break;
+    case ACT_TANH: tanh_gate(x, n, 1.0f, 1.0f); break;
     case ACT_RELU: for (int32_t i = 0; i < n; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f; break;
     case ACT_HARDSIGMOID:
       for (int32_t i = 0; i < n; ++i) { float v = a.alpha * x[i] + a.beta; x[i] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v); }
@@ -45,7 +95,7 @@ static void activate(float *x, int32_t n, Act a) {
     case ACT_AFFINE: for (int32_t i = 0; i < n; ++i) x[i] = a.alpha * x[i] + a.beta; break;
     case ACT_LEAKYRELU: for (int32_t i = 0; i < n; ++i) x[i] = x[i] >= 0.0f ? x[i] : a.alpha * x[i]; break;
     case ACT_THRESHOLDEDRELU: for (int32_t i = 0; i < n; ++i) x[i] = x[i] > a.alpha ? x[i] : 0.0f; break;
-    case ACT_SCALEDTANH: for (int32_t i = 0; i < n; ++i) x[i] = a.alpha * tanhf(a.beta * x[i]); break;
+    case ACT_SCALEDTANH: tanh_gate(x, n, a.alpha, a.beta); break;
     case ACT_ELU: for (int32_t i = 0; i < n; ++i) x[i] = x[i] >= 0.0f ? x[i] : a.alpha * (expf(x[i]) - 1.0f); break;
     case ACT_SOFTSIGN: for (int32_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + fabsf(x[i])); break;
     case ACT_SOFTPLUS: for (int32_t i = 0; i < n; ++i) x[i] = log1pf(expf(x[i])); break;
@@ -225,6 +275,18 @@ static int32_t run_direction(const RnnArgs *p, int32_t d, const float *xw) {
   return 0;
 }
 
+typedef struct { const RnnArgs *p; const float *xw0, *xw1; int32_t status; } DirectionsJob;
+
+static int directions_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
+  DirectionsJob *j = (DirectionsJob *)cdata;
+  int32_t tasks = penv ? penv->num_task : 1;
+  onnxforge_serial_begin();
+  for (int32_t d = task_id; d < j->p->dirs; d += tasks)
+    if (run_direction(j->p, d, d == 0 ? j->xw0 : j->xw1) != 0) j->status = -1;
+  onnxforge_serial_end();
+  return 0;
+}
+
 /* One recurrent layer, all directions (reverse: a single direction run backwards). xw0 / xw1: [seq, batch, G*H] input projections
  * (with every bias that adds outside the recurrence) of direction 0 / 1. Optional
  * tensors come with a flag (has_*): when 0 the pointer is not read. Returns 0, or -1
@@ -246,9 +308,12 @@ int32_t onnxforge_rnn(int32_t kind, int32_t seq, int32_t batch, int32_t hidden, 
     if (p.c0) memcpy(yc, p.c0, sizeof(float) * (size_t)n); else memset(yc, 0, sizeof(float) * (size_t)n);
     return 0;
   }
-  for (int32_t d = 0; d < dirs; ++d)
-    if (run_direction(&p, d, d == 0 ? xw0 : xw1) != 0) return -1;
-  return 0;
+  if (dirs == 2) {  /* the directions are independent: one per thread, each product on it */
+    DirectionsJob job = {&p, xw0, xw1, 0};
+    TVMBackendParallelLaunch(directions_task, &job, 0);
+    return job.status;
+  }
+  return run_direction(&p, 0, xw0);
 }
 
 /* out [m, n] = dq(a) @ b [k, n] * (a_scale * scale[col]) (+ bias[col]), where dq(a) is a

@@ -87,7 +87,11 @@ class Fallback(ScheduleRule):
                 vec = spatial[-1]
         elif last and last >= VECTOR_LANES:
             vec = spatial[-1]
-        outer = spatial[:-1] if vec is not None else spatial
+        # the innermost spatial loop stays a loop of its own when it is vectorized or its
+        # extent is symbolic: fusing it into the parallel loop would cost a div/mod by a
+        # run-time extent per element, and a serial inner loop over contiguous data is
+        # one LLVM vectorizes by itself (with a tail) when the extent is not known
+        outer = spatial[:-1] if vec is not None or (last is None and kinds[-1] == "S") else spatial
         # keep only leading outer spatial loops (before any reduction loop)
         loops_now = sch.get_loops(block)
         lead = []
