@@ -243,3 +243,21 @@ def test_flops_of_a_model_whose_shapes_need_folding(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     _, flops = _graph_stats(path, {"x": np.zeros((2, 8), np.float32)})
     assert flops == 2 * 2 * 8 * 4
+
+
+def test_reports_name_the_hosts_vector_isa(monkeypatch, tmp_path):
+    """Rows from hosts with different ISAs must not read as comparable: the report
+    line carries the CPU model and its AVX2 / AVX-512 / AMX / NEON flags."""
+    import builtins
+
+    from onnxforge.tools.bench import harness
+    from onnxforge.tools.bench.report import machine_line
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Some Xeon\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni amx_tile\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(cpuinfo if p == "/proc/cpuinfo" else p, *a, **k))
+    m = harness.machine_info(2)
+    assert m["cpu"] == "Some Xeon" and m["isa"] == ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
+    line = machine_line({"date": "2026-12-06", "machine": m, "timing": {"threads": 2}})
+    assert "Some Xeon (avx2 fma avx512f avx512_vnni amx_tile)" in line

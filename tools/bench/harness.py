@@ -311,18 +311,27 @@ def _size(path: Path) -> int:
     return size
 
 
+# the vector ISA flags that decide kernel speed (x86 /proc/cpuinfo "flags", arm64 "Features"):
+# reports name them, so rows from different hosts are never read as comparable
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "asimd",
+             "asimddp", "sve", "bf16", "i8mm")
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     import onnxruntime
 
     from ... import __version__
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            info = f.read().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+        have = next((line.split(":", 1)[1].split() for line in info if line.startswith(("flags", "Features"))), [])
+        flags = [f for f in ISA_FLAGS if f in have]
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
+    return {"cpu": cpu, "isa": flags, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "onnxforge": __version__, "onnxruntime": onnxruntime.__version__,
             "onnx": onnx.__version__, "numpy": np.__version__,
             "onnxsim": _version("onnxsim")}

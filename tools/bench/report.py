@@ -28,7 +28,8 @@ def _jsonable(obj):
 
 def machine_line(result: dict) -> str:
     m, t, peak = result["machine"], result["timing"], result.get("peak")
-    line = (f"{result['date'][:10]}, {m['cpu']}, {m['cores']} cores, {t['threads']} threads for every engine, "
+    isa = f" ({' '.join(m['isa']) or 'no AVX2/AVX-512/NEON flags'})" if "isa" in m else ""
+    line = (f"{result['date'][:10]}, {m['cpu']}{isa}, {m['cores']} cores, {t['threads']} threads for every engine, "
             f"onnxruntime {m['onnxruntime']}")
     if peak:
         line += f", fp32 sgemm peak {peak['gflops']:.1f} GFLOP/s ({peak['blas']}, n={peak['n']})"
