@@ -19,6 +19,7 @@ from . import elementwise_ops  # noqa: F401  (Pow)
 from . import llm_ops  # noqa: F401  (RotaryEmbedding, TensorScatter, CausalConvWithState, LinearAttention)
 from . import ml_ops  # noqa: F401  (TfIdfVectorizer, ai.onnx.ml Binarizer / ArrayFeatureExtractor)
 from . import nn_ops  # noqa: F401  (BatchNormalization training mode, Elu, AffineGrid)
+from . import detection_ops  # noqa: F401  (NonMaxSuppression)
 from .registry import register_lowering
 
 

@@ -91,3 +91,20 @@ def test_binarizer_and_array_feature_extractor(tmp_path):
     nodes = [helper.make_node("Binarizer", ["x"], ["b"], domain="ai.onnx.ml", threshold=0.2),
              helper.make_node("ArrayFeatureExtractor", ["x", "i"], ["f"], domain="ai.onnx.ml")]
     check_against_onnxruntime(tmp_path, nodes, feeds, ["b", "f"], opset=13, domains={"ai.onnx.ml": 1})
+
+
+@pytest.mark.parametrize("center", [0, 1])
+def test_non_max_suppression_random_boxes(tmp_path, center):
+    """Two batches, two classes, 12 boxes with score and IoU thresholds and a cap
+    of 4 per class: the selected (batch, class, box) rows against onnxruntime."""
+    r = np.random.default_rng(3)
+    if center:
+        boxes = np.concatenate([r.random((2, 12, 2)) * 4, r.random((2, 12, 2)) * 2 + 0.5], axis=2).astype(np.float32)
+    else:
+        corner = r.random((2, 12, 2)) * 4
+        boxes = np.concatenate([corner, corner + r.random((2, 12, 2)) * 2 + 0.5], axis=2).astype(np.float32)
+    feeds = {"boxes": boxes, "scores": r.random((2, 2, 12)).astype(np.float32), "max": np.array([4], np.int64),
+             "iou": np.array([0.3], np.float32), "score": np.array([0.2], np.float32)}
+    node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max", "iou", "score"], ["sel"],
+                            center_point_box=center)
+    check_against_onnxruntime(tmp_path, [node], feeds, ["sel"], opset=11)
