@@ -247,3 +247,49 @@ def test_pool_workers_sleep_unless_the_user_says_otherwise(monkeypatch):
     monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", "1000")
     runtime.quiet_pool_workers()
     assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "1000"
+
+
+def _passthrough_model():
+    """y = x (Identity), z = the weight w, n = Not(b), q = int8 + 1, e = Relu of an empty input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(4, 5), "w")
+    one = numpy_helper.from_array(np.array(1, np.int8), "one")
+    nodes = [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["w"], ["z"]),
+             helper.make_node("Not", ["b"], ["n"]), helper.make_node("Add", ["i8", "one"], ["q"]),
+             helper.make_node("Relu", ["empty"], ["e"])]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "passthrough", [
+        helper.make_tensor_value_info("x", f, [3, 7]), helper.make_tensor_value_info("b", TensorProto.BOOL, [5]),
+        helper.make_tensor_value_info("i8", TensorProto.INT8, [9]), helper.make_tensor_value_info("empty", f, [0, 3])],
+        [helper.make_tensor_value_info(n, t, None) for n, t in
+         (("y", f), ("z", f), ("n", TensorProto.BOOL), ("q", TensorProto.INT8), ("e", f))], [w, one])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_outputs_never_share_memory_with_inputs_or_weights_and_any_dtype_passes(tmp_path):
+    """Arrays cross into and out of the module without copies on the CPU (DLPack), but
+    an output that is an input or a weight comes back as its own array, odd-sized and
+    unaligned inputs (bool, int8, empty, slices) are taken as they are."""
+    import onnxforge
+
+    pkg = onnxforge.compile(_passthrough_model(), "x86", "-O0", output=tmp_path / "p.ofpkg")
+    model = onnxforge.runtime.load(pkg.path)
+    base = np.arange(30, dtype=np.float32)
+    x = base[1:22].reshape(3, 7)  # unaligned view
+    feeds = {"x": x, "b": np.array([1, 0, 1, 1, 0], bool), "i8": np.arange(-4, 5, dtype=np.int8),
+             "empty": np.zeros((0, 3), np.float32)}
+    for _ in range(2):
+        out = model(**feeds)
+        np.testing.assert_array_equal(out["y"], x)
+        np.testing.assert_array_equal(out["z"], np.arange(20, dtype=np.float32).reshape(4, 5))
+        np.testing.assert_array_equal(out["n"], ~feeds["b"])
+        np.testing.assert_array_equal(out["q"], feeds["i8"] + 1)
+        assert out["e"].shape == (0, 3)
+        assert not np.shares_memory(out["y"], x)
+        out["y"][...] = -1
+        out["z"][...] = -1  # must not reach the weights
+    aligned = np.zeros((3, 7), np.float32)
+    again = model(**{**feeds, "x": aligned})
+    assert not np.shares_memory(again["y"], aligned)
+    np.testing.assert_array_equal(model(**feeds)["z"], np.arange(20, dtype=np.float32).reshape(4, 5))
