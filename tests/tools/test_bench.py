@@ -261,3 +261,26 @@ def test_reports_name_the_hosts_vector_isa(monkeypatch, tmp_path):
     assert m["cpu"] == "Some Xeon" and m["isa"] == ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
     line = machine_line({"date": "2026-12-06", "machine": m, "timing": {"threads": 2}})
     assert "Some Xeon (avx2 fma avx512f avx512_vnni amx_tile)" in line
+
+
+def test_openvino_comparators_run_the_original_model(tmp_path):
+    """OpenVINO (installed with the bench extra) reads the ONNX file itself; the fp32
+    variant must agree with onnxruntime, and reports the precision it ran at."""
+    import onnx
+
+    from onnxforge.tools.bench.variants import BuildContext, COMPARATORS, DEFAULT_COMPARATORS, ort_runner
+    from onnxforge.tools.example import build_example
+
+    assert {"openvino", "openvino-default"} <= set(DEFAULT_COMPARATORS)
+    path = tmp_path / "ex.onnx"
+    onnx.save(build_example(), str(path))
+    ctx = BuildContext(original=path, work_dir=tmp_path, threads=2, calibration=None)
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    want = ort_runner(path, 2)(feeds)
+    built = COMPARATORS["openvino"]().build(ctx)
+    got = built.runner(feeds)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+    assert built.info["inference_precision"] == "f32"
+    assert built.info["settings"]["INFERENCE_NUM_THREADS"] == 2

@@ -1,6 +1,7 @@
 """What a benchmark compares: the original model in onnxruntime (the baseline), the
 output of each onnxforge pipeline, and the other tools' answers to the same job
-(onnxruntime's own int8 quantizers, onnxsim). Each variant builds an artifact on
+(OpenVINO in fp32 and at its default precision, onnxruntime's own int8 quantizers,
+onnxsim). Each variant builds an artifact on
 disk and a runner (feeds -> outputs); building may fail without stopping the rest."""
 from __future__ import annotations
 
@@ -170,7 +171,47 @@ def onnxsim_variant() -> Variant:
     return Variant("onnxsim", "comparator", "onnxruntime on onnxsim's output", build)
 
 
+def openvino_variant(precision: str | None) -> Variant:
+    """OpenVINO's CPU plugin on the ONNX file itself (it reads ONNX directly): the
+    harness's thread count, latency hint, one stream; `precision` "f32" forces fp32
+    (INFERENCE_PRECISION_HINT), None keeps OpenVINO's default (bf16 where the CPU has
+    AMX / AVX512-BF16, else f32). Symbolic dims stay symbolic, as for every variant."""
+    def build(ctx: BuildContext) -> Built:
+        try:
+            import openvino
+        except ImportError:
+            raise Skipped("openvino is not installed (pip install 'onnxforge[bench]' or pip install openvino)") from None
+        core = openvino.Core()
+        config = {"INFERENCE_NUM_THREADS": ctx.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        compiled = core.compile_model(core.read_model(str(ctx.original)), "CPU", config)
+        request = compiled.create_infer_request()
+        wanted = [o.name for o in onnx.load(str(ctx.original), load_external_data=False).graph.output]
+        ports = []
+        for name in wanted:  # OpenVINO keeps the ONNX tensor names among each output's names
+            port = next((p for p in compiled.outputs if name in p.get_names()), None)
+            if port is None:
+                raise RuntimeError(f"OpenVINO's compiled model has no output named {name!r}")
+            ports.append(port)
+
+        def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            result = request.infer(dict(feeds))
+            return {name: np.asarray(result[port]) for name, port in zip(wanted, ports)}
+
+        used = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type: "f32", "bf16"
+        used = used.to_string() if hasattr(used, "to_string") else str(used)
+        return Built(run, ctx.original, {"openvino": openvino.__version__, "inference_precision": used,
+                                         "settings": config})
+
+    name = "openvino" if precision == "f32" else "openvino-default"
+    what = "fp32" if precision == "f32" else "its default precision (bf16 on AMX / AVX512-BF16 hosts)"
+    return Variant(name, "comparator", f"OpenVINO CPU on the original model, {what}", build)
+
+
 COMPARATORS: dict[str, Callable[[], Variant]] = {
+    "openvino": lambda: openvino_variant("f32"),
+    "openvino-default": lambda: openvino_variant(None),
     "ort-quantize-dynamic": ort_quantize_dynamic,
     "ort-quantize-dynamic-s8": lambda: ort_quantize_dynamic("QInt8"),
     "ort-quantize-static": ort_quantize_static,
@@ -179,7 +220,7 @@ COMPARATORS: dict[str, Callable[[], Variant]] = {
 
 
 # What runs when the user names none: the s8 dynamic variant only on request (see above).
-DEFAULT_COMPARATORS = ("ort-quantize-dynamic", "ort-quantize-static", "onnxsim")
+DEFAULT_COMPARATORS = ("openvino", "openvino-default", "ort-quantize-dynamic", "ort-quantize-static", "onnxsim")
 
 
 def split_pipeline_arg(arg: str) -> tuple[str, str]:
