@@ -3,11 +3,12 @@ mode (batch statistics and updated running statistics), Elu in any float type,
 AffineGrid (sizes given at run time). See registry.py for the lowering signature."""
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax, te, tirx
 from tvm.relax.frontend.onnx.onnx_frontend import _tensor_to_shape_expr
 
 from ..ir import LoweringError
-from .op_helpers import _const, _constant_array, _dims, _dtype
+from .op_helpers import _const, _constant_array, _dims, _dtype, frontend_attrs
 from .registry import register_lowering
 
 op = relax.op
@@ -21,7 +22,7 @@ def batch_normalization(bb, node, inputs):
     from tvm.relax.frontend.onnx.onnx_frontend import BatchNormalization
 
     if not int(node.attributes.get("training_mode", 0)):
-        return BatchNormalization._impl_v15(bb, list(inputs), dict(node.attributes), {})
+        return BatchNormalization._impl_v15(bb, list(inputs), frontend_attrs(node), {})
     x, scale, bias, mean, var = (bb.normalize(inputs[i]) for i in range(5))
     rank = x.ty.ndim
     if rank < 2:
@@ -100,3 +101,68 @@ def affine_grid(bb, node, inputs):
         bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", 8))
     return out
 
+
+
+@register_lowering("MaxPool")
+def max_pool(bb, node, inputs):
+    """MaxPool; with its Indices output, the indices of each window's first
+    maximum (in scan order) into the flattened input, row-major or, with
+    storage_order=1, column-major over the spatial dims. Y alone: the frontend's
+    converter."""
+    from tvm.relax.frontend.onnx.onnx_frontend import MaxPool
+
+    attrs = frontend_attrs(node)
+    y = bb.normalize(MaxPool._impl_v1(bb, [inputs[0]], attrs, {}))
+    if len(node.outputs) < 2 or not node.outputs[1] or not getattr(node.outputs[1], "name", ""):
+        return y
+    x = bb.normalize(inputs[0])
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "VALID"):
+        raise LoweringError(f"MaxPool's Indices output with auto_pad={auto_pad} is not supported")
+    dims = [_static_dim(d) for d in _dims(x)]
+    n_sp = len(dims) - 2
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    strides = [int(s) for s in attrs.get("strides", [1] * n_sp)]
+    dilations = [int(d) for d in attrs.get("dilations", [1] * n_sp)]
+    pads = [int(p) for p in attrs.get("pads", [0] * (2 * n_sp))] if auto_pad == "NOTSET" else [0] * (2 * n_sp)
+    column_major = bool(attrs.get("storage_order", 0))
+    spatial = dims[2:]
+
+    def compute(data, out):
+        axes = [te.reduce_axis((0, k), name=f"k{i}") for i, k in enumerate(kernel)]
+        big = tirx.const(np.iinfo(np.int64).max, "int64")
+
+        def body(*index):
+            pos = [index[2 + i] * strides[i] - pads[i] + axes[i] * dilations[i] for i in range(n_sp)]
+            inside = tirx.all(*[tirx.all(p >= 0, p < spatial[i]) for i, p in enumerate(pos)])
+            safe = [tirx.max(tirx.min(p, spatial[i] - 1), 0) for i, p in enumerate(pos)]
+            flat = tirx.Cast("int64", index[0] * dims[1] + index[1])
+            for i in range(n_sp):
+                flat = flat * spatial[i] + tirx.Cast("int64", safe[i])
+            hit = tirx.all(inside, data(index[0], index[1], *safe) == out(*index))
+            return te.min(tirx.Select(hit, flat, big), axis=axes)
+
+        return te.compute(out.shape, body, name="max_pool_indices")
+
+    first = bb.emit_te(compute, x, y, primfunc_name_hint="onnx_max_pool_indices")
+    if column_major and n_sp > 1:  # re-spell the flat row-major index column-major over the spatial dims
+        plane = int(np.prod(spatial))
+        rest, coords = op.floor_mod(first, _const(plane, "int64")), []
+        for extent in reversed(spatial):
+            coords.append(op.floor_mod(rest, _const(extent, "int64")))
+            rest = op.floor_divide(rest, _const(extent, "int64"))
+        coords = coords[::-1]  # per spatial dim, outermost first
+        col, stride = None, 1
+        for c, extent in zip(coords, spatial):
+            term = op.multiply(c, _const(stride, "int64"))
+            col = term if col is None else op.add(col, term)
+            stride *= extent
+        first = op.add(op.multiply(op.floor_divide(first, _const(plane, "int64")), _const(plane, "int64")), col)
+    return [y, first]
+
+
+def _static_dim(d):
+    if not isinstance(d, int):
+        raise LoweringError("MaxPool's Indices output needs static input dims")
+    return d

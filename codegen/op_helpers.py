@@ -109,3 +109,9 @@ def axis_flags(bb, axes, rank: int):
                                              op.equal(axes, _const(i - rank, "int64"))), "int64"))
         flags.append(bb.normalize(op.greater(hit, _const(0, "int64"))))
     return flags
+
+
+def frontend_attrs(node) -> dict:
+    """The node's attributes the way TVM's frontend converters read them (strings
+    as bytes, as onnx's protobuf gives them: they call .decode())."""
+    return {k: v.encode() if isinstance(v, str) else v for k, v in node.attributes.items()}

@@ -12,7 +12,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import _tensor_to_shape_expr
 
 from ..ir import LoweringError
 from .op_helpers import _attr_str, _const, _constant_array, _dims, _dtype, _input, axis_flags, kept_dims_shape, \
-    shape_tensor, with_ir_shape
+    frontend_attrs, shape_tensor, with_ir_shape
 from .registry import register_lowering
 
 op = relax.op
@@ -61,7 +61,7 @@ def constant_of_shape(bb, node, inputs):
     except LoweringError:  # a shape tensor of unknown length: the frontend's converter
         from tvm.relax.frontend.onnx.onnx_frontend import ConstantOfShape
 
-        return ConstantOfShape._impl_v9(bb, list(inputs), dict(node.attributes), {})
+        return ConstantOfShape._impl_v9(bb, list(inputs), frontend_attrs(node), {})
     if all(isinstance(d, tirx.IntImm) for d in shape.values):
         return relax.const(np.full([int(d) for d in shape.values], array.reshape(-1)[0], dtype), dtype)
     return op.broadcast_to(relax.const(array.reshape(()), dtype), shape)
@@ -219,7 +219,7 @@ def pad(bb, node, inputs):
     value_const = None if value_expr is None else _constant_array(value_expr)
     if (pads_const is not None and (axes_expr is None or axes_const is not None) and mode != "wrap"
             and (value_expr is None or value_const is not None) and (pads_const >= 0).all() and not legacy):
-        return Pad._impl_v18(bb, list(inputs) + [None] * (4 - len(inputs)), dict(node.attributes), {})
+        return Pad._impl_v18(bb, list(inputs) + [None] * (4 - len(inputs)), frontend_attrs(node), {})
     if axes_expr is None:
         axes = list(range(rank))
     elif axes_const is not None:

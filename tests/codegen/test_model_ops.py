@@ -108,3 +108,19 @@ def test_non_max_suppression_random_boxes(tmp_path, center):
     node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max", "iou", "score"], ["sel"],
                             center_point_box=center)
     check_against_onnxruntime(tmp_path, [node], feeds, ["sel"], opset=11)
+
+
+@pytest.mark.parametrize("storage_order", [0, 1])
+def test_max_pool_indices(tmp_path, storage_order):
+    x = rng.standard_normal((2, 3, 5, 6), np.float32)
+    x[0, 0, 0, :2] = 9.0  # a tie inside one window: the first in scan order wins
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 3], strides=[2, 2], pads=[1, 1, 0, 1],
+                            storage_order=storage_order)
+    check_against_onnxruntime(tmp_path, [node], {"x": x}, ["y", "i"], opset=12)
+
+
+def test_det_of_a_batch_of_matrices(tmp_path):
+    x = rng.standard_normal((2, 3, 4, 4), np.float32)
+    x[1, 2] = 0.0  # singular
+    check_against_onnxruntime(tmp_path, [helper.make_node("Det", ["x"], ["d"])], {"x": x}, ["d"], opset=11,
+                              rtol=1e-4, atol=1e-5)
