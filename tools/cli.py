@@ -23,6 +23,7 @@ from ..passes.invent import invent_inputs
 from ..passes.registry import option_text
 from .bench.command import bench_cmd
 from .codegen_cmds import _calibration, _pipeline_spec, compare_cmd, compile_cmd, run_cmd, targets_cmd
+from .profile_cmd import profile_cmd
 from .tune_cmd import tune_cmd
 from .summary import human_bytes, human_count, summarize
 
@@ -227,6 +228,7 @@ app.command("run")(run_cmd)
 app.command("targets")(targets_cmd)
 app.command("compare")(compare_cmd)
 app.command("tune")(tune_cmd)
+app.command("profile")(profile_cmd)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -28,10 +28,13 @@ def _kernel_module(mod, target, mode, database=None):
 
     with target:
         mod = tvm.transform.Sequential(front_passes(target, mode))(mod)
+        tuned = set()
         if database is not None:
             with database:
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-        return default_schedule_pass()(mod) if mode != "tvm" else mod
+            tuned = {gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+                     and f.attrs and f.attrs.get("tirx.is_scheduled", False)}
+        return (default_schedule_pass()(mod) if mode != "tvm" else mod), tuned
 
 
 def _flops(func) -> float:
@@ -54,9 +57,21 @@ def _flops(func) -> float:
         return float("nan")
 
 
+def kernel_path(func) -> str:
+    """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm), one of
+    onnxforge's C kernels (kernels.c / recurrent.c), or onnxforge's default schedule
+    of TVM's TIR (kernel_table says "tuned" for those a tuning database scheduled)."""
+    text = func.script(show_meta=False)
+    if "onnxforge_sgemm" in text or "onnxforge_sgemv" in text:
+        return "BLAS"
+    if "call_extern" in text or "call_packed" in text:
+        return "C kernel"
+    return "TVM schedule"
+
+
 def kernel_table(mod, target_dict, mode="blas", number=None, repeat=5, database=None):
     target = tvm.target.Target(target_dict)
-    mod = _kernel_module(mod, target, mode, database)
+    mod, tuned = _kernel_module(mod, target, mode, database)
     calls = collections.Counter()
     signature = {}
     call_tir = tvm.ir.Op.get("relax.call_tir")
@@ -97,12 +112,13 @@ def kernel_table(mod, target_dict, mode="blas", number=None, repeat=5, database=
             a = rng.standard_normal(shape).astype(dt) if dt.startswith("float") else np.zeros(shape, dt)
             args.append(tvm.runtime.tensor(a, dev))
         flops = _flops(f)
+        path = "tuned" if name in tuned else kernel_path(f)
         try:
             n = number or 1
             t = lib.time_evaluator(name, dev, number=n, repeat=repeat, min_repeat_ms=20)(*args).median
         except Exception:  # noqa: BLE001
             t = float("nan")
-        rows.append(dict(kernel=name, calls=count, flops=flops, ms=t * 1e3, total_ms=t * 1e3 * count,
+        rows.append(dict(kernel=name, path=path, calls=count, flops=flops, ms=t * 1e3, total_ms=t * 1e3 * count,
                          gflops=flops / t / 1e9 if t == t and t > 0 else float("nan")))
     rows.sort(key=lambda r: -r["total_ms"] if r["total_ms"] == r["total_ms"] else 0)
     return rows
@@ -110,12 +126,14 @@ def kernel_table(mod, target_dict, mode="blas", number=None, repeat=5, database=
 
 def format_table(rows, top=25) -> str:
     total = sum(r["total_ms"] for r in rows if r["total_ms"] == r["total_ms"])
-    lines = [f"{'kernel':48s} {'calls':>5s} {'MFLOP':>9s} {'ms/call':>9s} {'ms total':>9s} {'%':>5s} {'GFLOP/s':>8s}"]
+    lines = [f"{'kernel':44s} {'path':12s} {'calls':>5s} {'MFLOP':>9s} {'ms/call':>9s} {'ms total':>9s} {'%':>5s} "
+             f"{'GFLOP/s':>8s}"]
     for r in rows[:top]:
-        lines.append(f"{r['kernel'][:48]:48s} {r['calls']:5d} {r['flops'] / 1e6:9.2f} {r['ms']:9.3f} "
-                     f"{r['total_ms']:9.2f} {100 * r['total_ms'] / total:5.1f} {r['gflops']:8.2f}")
+        lines.append(f"{r['kernel'][:44]:44s} {r.get('path', ''):12s} {r['calls']:5d} {r['flops'] / 1e6:9.2f} "
+                     f"{r['ms']:9.3f} {r['total_ms']:9.2f} {100 * r['total_ms'] / (total or 1):5.1f} {r['gflops']:8.2f}")
     flops = sum(r["flops"] * r["calls"] for r in rows if r["flops"] == r["flops"])
-    lines.append(f"{'TOTAL (' + str(len(rows)) + ' kernels)':48s} {'':5s} {flops / 1e6:9.1f} {'':9s} {total:9.2f}")
+    lines.append(f"{'TOTAL (' + str(len(rows)) + ' kernels)':44s} {'':12s} {'':5s} {flops / 1e6:9.1f} {'':9s} "
+                 f"{total:9.2f}")
     return "\n".join(lines)
 
 

@@ -52,3 +52,25 @@ def test_exit_codes(example, tmp_path):
     assert main(["optimize", str(example), "-O", "7"]) == 2
     assert main(["optimize", str(tmp_path / "nope.onnx")]) == 3
     assert main(["inspect"]) == 2
+
+
+def test_profile_names_each_kernels_time_and_code_path(example, capsys):
+    assert main(["profile", str(example), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["kernels"]
+    assert rows and {"kernel", "path", "calls", "ms", "total_ms", "gflops"} <= set(rows[0])
+    paths = {r["path"] for r in rows}
+    assert "BLAS" in paths and "TVM schedule" in paths  # the convs go to sgemm, im2col / pooling are TIR
+    assert all(r["ms"] > 0 for r in rows)
+
+
+def test_profile_asks_for_static_shapes(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    path = tmp_path / "sym.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert main(["profile", str(path)]) != 0
+    assert "--shape" in capsys.readouterr().err
+    assert main(["profile", str(path), "--shape", "x=2,4"]) == 0
