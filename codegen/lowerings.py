@@ -18,7 +18,7 @@ from . import shape_ops  # noqa: F401  (ConstantOfShape, Expand, Squeeze, Pad, C
 from . import elementwise_ops  # noqa: F401  (Pow)
 from . import llm_ops  # noqa: F401  (RotaryEmbedding, TensorScatter, CausalConvWithState, LinearAttention)
 from . import ml_ops  # noqa: F401  (TfIdfVectorizer, ai.onnx.ml Binarizer / ArrayFeatureExtractor)
-from . import nn_ops  # noqa: F401  (BatchNormalization training mode, Elu, AffineGrid, MaxPool indices)
+from . import nn_ops  # noqa: F401  (BatchNormalization training mode, Elu, AffineGrid, MaxPool indices, ConvTranspose output_shape)
 from . import detection_ops  # noqa: F401  (NonMaxSuppression)
 from . import linalg_ops  # noqa: F401  (Det)
 from .registry import register_lowering

@@ -166,3 +166,38 @@ def _static_dim(d):
     if not isinstance(d, int):
         raise LoweringError("MaxPool's Indices output needs static input dims")
     return d
+
+
+@register_lowering("ConvTranspose")
+def conv_transpose(bb, node, inputs):
+    """ConvTranspose; an output_shape attribute (which the frontend's converter
+    ignores) becomes pads and output_padding as onnxruntime derives them: total
+    padding max(0, stride (in - 1) + output_padding + (k - 1) dilation + 1 - out),
+    split head-heavy unless SAME_UPPER; what the output still lacks is output padding."""
+    from tvm.relax.frontend.onnx.onnx_frontend import ConvTranspose
+
+    attrs = frontend_attrs(node)
+    if "output_shape" not in attrs:
+        return ConvTranspose._impl_v1(bb, list(inputs) + [None] * (3 - len(inputs)), attrs, {})
+    x, w = bb.normalize(inputs[0]), bb.normalize(inputs[1])
+    spatial = [d for d in _dims(x)[2:]]
+    if not all(isinstance(d, int) for d in spatial):
+        raise LoweringError("ConvTranspose with output_shape needs static spatial input dims")
+    n = len(spatial)
+    out_shape = [int(v) for v in attrs.pop("output_shape")][-n:]
+    kernel = [int(k) for k in attrs.get("kernel_shape", _dims(w)[2:])]
+    strides = [int(s) for s in attrs.get("strides", [1] * n)]
+    dilations = [int(d) for d in attrs.get("dilations", [1] * n)]
+    adjust = [int(a) for a in attrs.get("output_padding", [0] * n)]
+    auto_pad = attrs.pop("auto_pad", b"NOTSET")
+    heads, tails, pads_out = [], [], []
+    for i in range(n):
+        full = strides[i] * (spatial[i] - 1) + adjust[i] + (kernel[i] - 1) * dilations[i] + 1
+        total = max(0, full - out_shape[i])
+        head = total // 2 if auto_pad == b"SAME_UPPER" else total - total // 2
+        heads.append(head)
+        tails.append(total - head)
+        pads_out.append(adjust[i] + out_shape[i] - (full - total))
+    attrs["pads"] = heads + tails
+    attrs["output_padding"] = pads_out
+    return ConvTranspose._impl_v1(bb, list(inputs) + [None] * (3 - len(inputs)), attrs, {})

@@ -124,3 +124,10 @@ def test_det_of_a_batch_of_matrices(tmp_path):
     x[1, 2] = 0.0  # singular
     check_against_onnxruntime(tmp_path, [helper.make_node("Det", ["x"], ["d"])], {"x": x}, ["d"], opset=11,
                               rtol=1e-4, atol=1e-5)
+
+
+def test_conv_transpose_with_output_shape(tmp_path):
+    feeds = {"x": rng.standard_normal((1, 1, 3, 3), np.float32), "w": rng.standard_normal((1, 2, 3, 3), np.float32),
+             "b": rng.standard_normal(2).astype(np.float32)}
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[3, 2], output_shape=[10, 8])
+    check_against_onnxruntime(tmp_path, [node], feeds, ["y"], opset=11, rtol=1e-5, atol=1e-5)
