@@ -219,7 +219,7 @@ def pad(bb, node, inputs):
     value_const = None if value_expr is None else _constant_array(value_expr)
     if (pads_const is not None and (axes_expr is None or axes_const is not None) and mode != "wrap"
             and (value_expr is None or value_const is not None) and (pads_const >= 0).all() and not legacy):
-        return Pad._impl_v18(bb, list(inputs) + [None] * (4 - len(inputs)), frontend_attrs(node), {})
+        return Pad._impl_v18(bb, list(inputs) + [None] * (4 - len(inputs)), frontend_attrs(node), ({}, {}))
     if axes_expr is None:
         axes = list(range(rank))
     elif axes_const is not None:

@@ -70,3 +70,13 @@ def test_pow_with_mixed_and_integer_dtypes(tmp_path, base, exponent):
     x = np.array([1, 2, 3, -2], base)
     y = np.array([3, 2, 1, 3], exponent)
     check_against_onnxruntime(tmp_path, [helper.make_node("Pow", ["x", "y"], ["z"])], {"x": x, "y": y}, ["z"], opset=15)
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect"])
+def test_pad_with_constant_pads_goes_through_the_frontend(tmp_path, mode):
+    from onnx import numpy_helper
+
+    x = rng.standard_normal((2, 3, 4), np.float32)
+    pads = numpy_helper.from_array(np.array([0, 1, 2, 0, 1, 1], np.int64), "pads")
+    check_against_onnxruntime(tmp_path, [helper.make_node("Pad", ["x", "pads"], ["y"], mode=mode)], {"x": x}, ["y"],
+                              opset=18, initializers=[pads])
