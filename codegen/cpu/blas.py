@@ -405,8 +405,8 @@ class _BlasRewriter(PyExprMutator):
         sx, sw, so = shape_dims(x), static_shape(w), shape_dims(call)
         if sx is None or sw is None or so is None or len(sx) != 4 or len(so) != 4:
             return None
-        if int(attrs.groups) != 1:
-            if not all(isinstance(d, int) for d in (*sx, *so)):
+        if int(attrs.groups) != 1:  # batch and spatial dims may be symbolic here too
+            if not isinstance(sx[1], int) or not isinstance(so[1], int):
                 return None
             return self._rewrite_depthwise(call, sx, sw, so, epilogue)
         nb, ci, h, wd = sx
@@ -466,9 +466,13 @@ class _BlasRewriter(PyExprMutator):
         if (kh, kw) not in ((3, 3), (5, 5)) or strides not in ([1, 1], [2, 2]) or dil != [1, 1] or len(pad) != 4:
             return None
         _, _, oh, ow = so
-        if (oh, ow) != ((h + pad[0] + pad[2] - kh) // strides[0] + 1, (wd + pad[1] + pad[3] - kw) // strides[1] + 1):
+        want = ((h + pad[0] + pad[2] - kh) // strides[0] + 1, (wd + pad[1] + pad[3] - kw) // strides[1] + 1)
+        analyzer = tvm.sym.Analyzer()
+        if not all(analyzer.can_prove_equal(tirx.const(o, "int64") if isinstance(o, int) else o,
+                                            tirx.const(e, "int64") if isinstance(e, int) else e)
+                   for o, e in zip((oh, ow), want)):
             return None
-        if min(pad) < 0 or nb * ci * oh * ow == 0:
+        if min(pad) < 0 or any(isinstance(d, int) and d == 0 for d in (nb, ci, oh, ow)):
             return None
         self.count += 1
         bias, clamp = epilogue.te_args()
@@ -487,9 +491,11 @@ _DW_PARALLEL = True
 def _dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, lo=-math.inf, hi=math.inf):
     """te.extern: one onnxforge_dwconv2d_plane call per (image, channel), in a loop
     (serial, or over TVM's thread pool when _DW_PARALLEL); rest: the epilogue's bias."""
-    nb, c, h, wd = (int(d) for d in x.shape)
+    nb, c, h, wd = x.shape  # ints, or symbolic sizes read at run time
     _, _, oh, ow = out_shape
-    i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
+
+    def i32(v):
+        return tirx.const(int(v), "int32") if isinstance(v, (int, tirx.IntImm)) else tirx.Cast("int32", v)
 
     def body(ins, outs):
         plane = tirx.Var("plane", "int64")
@@ -498,8 +504,8 @@ def _dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, lo=-math.inf,
                                 i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
                                 *_epilogue_args(ins, outs, 1, lo, hi), outs[0].data)
         kind = tirx.ForKind.PARALLEL if _DW_PARALLEL else tirx.ForKind.SERIAL
-        return tirx.For(plane, tirx.const(0, "int64"), tirx.const(nb * c, "int64"), kind,
-                        tirx.Evaluate(call))
+        planes = tirx.Cast("int64", nb) * tirx.Cast("int64", c)
+        return tirx.For(plane, tirx.const(0, "int64"), planes, kind, tirx.Evaluate(call))
 
     return te.extern([out_shape], [x, w, *rest], body, name=name, dtype="float32")
 

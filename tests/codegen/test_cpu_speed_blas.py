@@ -348,3 +348,30 @@ def test_convs_with_symbolic_dims_and_conv1d_go_to_sgemm(tmp_path, x_dims, convs
     for shape in shapes:
         x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(pkg(x=x)[model.graph.output[0].name], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,s,p", [((3, 3), (1, 1), [1, 1, 1, 1]), ((5, 5), (2, 2), [2, 1, 2, 1])])
+def test_depthwise_conv_with_symbolic_dims_goes_to_the_plane_kernel(tmp_path, k, s, p):
+    """One package for every batch and image size (PP-OCRv4 rec unpinned: its depthwise
+    convs fell to TVM's generic conv schedule, 9x slower than onnxruntime): the plane
+    kernel takes the sizes at run time."""
+    pytest.importorskip("scipy_openblas32")
+    import onnx
+
+    import onnxforge
+    from onnxforge.codegen.cpu.blas import DispatchBLAS
+    from onnxforge.codegen.lower import lower
+
+    model = _dw_model(k, s, p, True, ("h", "w"), n="n")
+    path = tmp_path / "dw_sym.onnx"
+    onnx.save(model, path)
+    mod = DispatchBLAS()(lower(onnxforge.load(path)).mod)
+    assert "onnxforge_dwconv2d_plane" in mod.script(show_meta=False)
+    pkg = onnxforge.compile(path, target="x86", pipeline="-O1", output=tmp_path / "dw.ofpkg", cpu_kernels="blas")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 12, 9, 40), (3, 12, 17, 6)]:
+        x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+        ref = session.run(None, {"x": x})[0]
+        out = list(pkg(x=x).values())[0]
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
