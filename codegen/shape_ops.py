@@ -61,7 +61,7 @@ def constant_of_shape(bb, node, inputs):
     except LoweringError:  # a shape tensor of unknown length: the frontend's converter
         from tvm.relax.frontend.onnx.onnx_frontend import ConstantOfShape
 
-        return ConstantOfShape._impl_v9(bb, list(inputs), frontend_attrs(node), {})
+        return ConstantOfShape._impl_v9(bb, list(inputs), frontend_attrs(node), ({}, {}))
     if all(isinstance(d, tirx.IntImm) for d in shape.values):
         return relax.const(np.full([int(d) for d in shape.values], array.reshape(-1)[0], dtype), dtype)
     return op.broadcast_to(relax.const(array.reshape(()), dtype), shape)
