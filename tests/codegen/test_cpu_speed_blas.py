@@ -350,7 +350,8 @@ def test_convs_with_symbolic_dims_and_conv1d_go_to_sgemm(tmp_path, x_dims, convs
         np.testing.assert_allclose(pkg(x=x)[model.graph.output[0].name], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("k,s,p", [((3, 3), (1, 1), [1, 1, 1, 1]), ((5, 5), (2, 2), [2, 1, 2, 1])])
+@pytest.mark.parametrize("k,s,p", [((3, 3), (1, 1), [1, 1, 1, 1]), ((5, 5), (2, 2), [2, 1, 2, 1]),
+                                   ((3, 3), (2, 1), [1, 1, 1, 1]), ((1, 7), (1, 1), [0, 3, 0, 3])])
 def test_depthwise_conv_with_symbolic_dims_goes_to_the_plane_kernel(tmp_path, k, s, p):
     """One package for every batch and image size (PP-OCRv4 rec unpinned: its depthwise
     convs fell to TVM's generic conv schedule, 9x slower than onnxruntime): the plane
