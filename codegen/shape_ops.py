@@ -164,7 +164,6 @@ def _pad_source(mode: str, i, before, length):
 def _emit_window(bb, x, out_shape, starts, mode: str, fill, extra=(), name="pad"):
     """out[i] = x[i - starts[a](...)] per axis (mode decides what lies outside x).
     `starts[a]`: an int64 PrimExpr or a callable of the extra TE tensors."""
-    dtype = _dtype(x)
 
     def compute(data, *tensors):
         def body(*index):
