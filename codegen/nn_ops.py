@@ -8,7 +8,7 @@ from tvm import relax, te, tirx
 from tvm.relax.frontend.onnx.onnx_frontend import _tensor_to_shape_expr
 
 from ..ir import LoweringError
-from .op_helpers import _const, _constant_array, _dims, _dtype, frontend_attrs
+from .op_helpers import _const, _constant_array, _dims, _dtype, emit_opaque_when_symbolic, frontend_attrs
 from .registry import register_lowering
 
 op = relax.op
@@ -94,12 +94,7 @@ def affine_grid(bb, node, inputs):
 
         return te.compute([t.shape[0], *spatial, n_sp], body, name="affine_grid")
 
-    out = bb.emit_te(compute, theta, primfunc_name_hint="onnx_affine_grid")
-    call = bb.lookup_binding(out)
-    if isinstance(call, relax.Call) and len(call.args) > 2:  # symbolic dims as extra arguments: see resize.py
-        gv = call.args[0]
-        bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", 8))
-    return out
+    return emit_opaque_when_symbolic(bb, compute, theta, name="onnx_affine_grid")
 
 
 

@@ -111,6 +111,19 @@ def axis_flags(bb, axes, rank: int):
     return flags
 
 
+def emit_opaque_when_symbolic(bb, compute, *args, name: str):
+    """bb.emit_te(compute, *args); when the kernel takes symbolic dims as extra
+    arguments, it is marked opaque (kOpaque): TVM's FuseTIR crashes fusing such a
+    call with the elementwise op after it (an upsampled map added to a lateral one),
+    so it stays a kernel of its own."""
+    out = bb.emit_te(compute, *args, primfunc_name_hint=name)
+    call = bb.lookup_binding(out)
+    if isinstance(call, relax.Call) and len(call.args) > 2:
+        gv = call.args[0]
+        bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", 8))
+    return out
+
+
 def frontend_attrs(node) -> dict:
     """The node's attributes the way TVM's frontend converters read them (strings
     as bytes, as onnx's protobuf gives them: they call .decode())."""

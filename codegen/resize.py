@@ -32,6 +32,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import _tensor_to_shape_expr
 
 from ..ir import LoweringError
 from . import runtime_shapes  # noqa: F401  (Shape of tensors whose dims Relax lost)
+from .op_helpers import emit_opaque_when_symbolic
 from .registry import register_lowering
 
 COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
@@ -241,15 +242,7 @@ def _emit(bb, x, plan, *, method: str, coord_mode: str, nearest_mode: str,
 
         return te.compute(out_shape, body, name="resize")
 
-    out = bb.emit_te(compute, x, *[slot["expr"] for slot in extra], primfunc_name_hint="onnx_resize")
-    call = bb.lookup_binding(out)
-    if isinstance(call, relax.Call) and len(call.args) > 2:  # symbolic dims passed as extra arguments
-        # TVM's FuseTIR crashes fusing such a call with the elementwise op after it
-        # (an upsampled map added to a lateral one): keep it a kernel of its own
-        gv = call.args[0]
-        func = bb.get()[gv]
-        bb.update_func(gv, func.with_attr("op_pattern", 8))  # kOpaque
-    return out
+    return emit_opaque_when_symbolic(bb, compute, x, *[slot["expr"] for slot in extra], name="onnx_resize")
 
 
 def _to_dtype(value, dtype: str):

@@ -138,8 +138,7 @@ class CompiledModel:
         # On the CPU, arrays cross into and out of the module through DLPack, without a
         # copy (tvm.runtime.tensor + .numpy() cost ~200 us a call on a tiny model, 20x
         # the module itself); an output that is a weight comes back as a copy.
-        self._zero_copy = self.device.dlpack_device_type() == 1 if hasattr(self.device, "dlpack_device_type") \
-            else str(self.device).startswith("cpu")
+        self._zero_copy = self.device.dlpack_device_type() == 1  # kDLCPU
         self._param_ptrs = {t.data_ptr() for t in self._params} if self._zero_copy else set()
         self._dtypes = {t.name: np.dtype(t.dtype) for t in self.inputs if t.dtype is not None}
 

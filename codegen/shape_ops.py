@@ -11,8 +11,8 @@ from tvm import relax, te, tirx
 from tvm.relax.frontend.onnx.onnx_frontend import _tensor_to_shape_expr
 
 from ..ir import LoweringError
-from .op_helpers import _attr_str, _const, _constant_array, _dims, _dtype, _input, axis_flags, kept_dims_shape, \
-    frontend_attrs, shape_tensor, with_ir_shape
+from .op_helpers import _attr_str, _const, _constant_array, _dims, _dtype, _input, axis_flags, \
+    emit_opaque_when_symbolic, frontend_attrs, kept_dims_shape, shape_tensor, with_ir_shape
 from .registry import register_lowering
 
 op = relax.op
@@ -184,12 +184,7 @@ def _emit_window(bb, x, out_shape, starts, mode: str, fill, extra=(), name="pad"
 
         return te.compute(out_shape, body, name=name)
 
-    out = bb.emit_te(compute, x, *extra, primfunc_name_hint=f"onnx_{name}")
-    call = bb.lookup_binding(out)
-    if isinstance(call, relax.Call) and len(call.args) > 2:  # symbolic dims as extra arguments: see resize.py
-        gv = call.args[0]
-        bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", 8))
-    return out
+    return emit_opaque_when_symbolic(bb, compute, x, *extra, name=f"onnx_{name}")
 
 
 @register_lowering("Pad")

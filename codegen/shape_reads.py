@@ -103,7 +103,7 @@ def order_dim_reads(mod, _ctx):
                 updates[gv] = new
     if not updates:
         return mod
-    mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
     for gv, func in updates.items():
         mod[gv] = func
     return mod

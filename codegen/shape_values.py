@@ -98,8 +98,6 @@ def _static(expr) -> list[int] | None:
         return [int(v) for v in expr.value.numpy().reshape(-1)]
     if isinstance(expr, relax.Tuple) and all(isinstance(f, tvm.tirx.IntImm) for f in expr.fields):
         return [int(f) for f in expr.fields]
-    if isinstance(expr, (list, tuple)):
-        return [int(v) for v in expr]
     return None
 
 

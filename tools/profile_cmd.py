@@ -25,34 +25,13 @@ def profile_cmd(
     as_json: bool = typer.Option(False, "--json", help="print every row as JSON"),
 ):
     """Per-kernel time, share, GFLOP/s and code path (BLAS, C kernel, TVM schedule, tuned) of the x86 build."""
-    from ..codegen.compiler import pin_input_shapes
-    from ..codegen.cpu.profile import format_table, kernel_table
-    from ..codegen.lower import lower
-    from ..codegen.targets import resolve_target
-    from ..ir import DataError, load
-    from ..passes import optimize
+    from ..codegen.cpu.profile import format_table, profile_model
+    from ..ir import load
 
     if top < 1:
         raise typer.BadParameter("--top must be at least 1")
-    loaded = load(model)
-    shapes = parse_input_shapes(shape_items)
-    if shapes:
-        loaded = pin_input_shapes(loaded, shapes)
-    open_dims = [f"{v.name}{list(v.shape)}" for v in loaded.graph.inputs
-                 if not v.is_initializer and v.shape is not None and any(not isinstance(d, int) for d in v.shape)]
-    if open_dims:
-        raise DataError(f"kernels are timed at static shapes: pin {', '.join(open_dims)} with --shape NAME=D0,D1,...")
-    lowered = lower(optimize(loaded, pipeline).model)
-    target = resolve_target("x86")
-    database = None
-    if db:
-        from ..codegen.tune_db import load_for
-
-        database = load_for(db, target)
-        if database is None:
-            raise DataError(f"{db} holds no tuning records for {target.name}")
-    rows = kernel_table(lowered.mod, target.tvm, "blas", database=database)
+    rows = profile_model(load(model), pipeline, parse_input_shapes(shape_items), db)
     if as_json:
-        print(json.dumps({"model": model, "target": target.name, "kernels": rows}, indent=1, default=str))
+        print(json.dumps({"model": model, "target": "x86", "kernels": rows}, indent=1, default=str))
     else:
         print(format_table(rows, top))

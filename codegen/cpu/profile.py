@@ -137,14 +137,38 @@ def format_table(rows, top=25) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    import argparse
-
-    from ...ir import load
+def profile_model(model, pipeline: str = "-O2", shapes=None, db=None, mode: str = "blas") -> list[dict]:
+    """kernel_table of `model` (an ir.Model) after `pipeline`, its inputs pinned to
+    `shapes`, built for this x86 host; DataError when a dim stays symbolic (kernels
+    are timed at static shapes) or `db` holds no records for the target."""
+    from ...ir import DataError
     from ...passes import optimize
     from ..compiler import pin_input_shapes
     from ..lower import lower
     from ..targets import resolve_target
+
+    if shapes:
+        model = pin_input_shapes(model, shapes)
+    open_dims = [f"{v.name}{list(v.shape)}" for v in model.graph.inputs
+                 if not v.is_initializer and v.shape is not None and any(not isinstance(d, int) for d in v.shape)]
+    if open_dims:
+        raise DataError(f"kernels are timed at static shapes: pin {', '.join(open_dims)} with --shape NAME=D0,D1,...")
+    lowered = lower(optimize(model, pipeline).model)
+    target = resolve_target("x86")
+    database = None
+    if db:
+        from ..tune_db import load_for
+
+        database = load_for(db, target)
+        if database is None:
+            raise DataError(f"{db} holds no tuning records for {target.name}")
+    return kernel_table(lowered.mod, target.tvm, mode, database=database)
+
+
+def main(argv=None):
+    import argparse
+
+    from ...ir import load
 
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -155,20 +179,7 @@ def main(argv=None):
     ap.add_argument("--db", help="apply this tuning database (onnxforge tune) first")
     a = ap.parse_args(argv)
     shapes = {s.split("=")[0]: [int(d) for d in s.split("=")[1].split(",")] for s in a.shape}
-    model = load(a.model)
-    if shapes:
-        model = pin_input_shapes(model, shapes)
-    lowered = lower(optimize(model, a.pipeline).model)
-    target = resolve_target("x86")
-    database = None
-    if a.db:
-        from ..tune_db import load_for
-
-        database = load_for(a.db, target)
-        if database is None:
-            raise SystemExit(f"{a.db} holds no tuning records for {target.name}")
-    rows = kernel_table(lowered.mod, target.tvm, a.mode, database=database)
-    print(format_table(rows, a.top))
+    print(format_table(profile_model(load(a.model), a.pipeline, shapes, a.db, a.mode), a.top))
 
 
 if __name__ == "__main__":
