@@ -49,7 +49,9 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     them, reshapes) moves to a function "main_transform_params" that loaders run
     once (relax.transform.LiftTransformParams); main then takes its results.
     Returns {"cpu_kernels": the mode used (see resolve_cpu_kernels; "tvm" for GPU
-    targets)} plus, with `db`, "tuning": {"db", "target_key", "kernels", "kernels_tuned"}."""
+    targets), "transform_params": whether loaders must run main_transform_params
+    (dequantize="load", or CPU weights packed at load: codegen/cpu/pipeline.py)}
+    plus, with `db`, "tuning": {"db", "target_key", "kernels", "kernels_tuned"}."""
     if getattr(tvm.base, "_RUNTIME_ONLY", False):
         raise BuildError("tvm was imported runtime-only (TVM_USE_RUNTIME_LIB=1 or no libtvm_compiler): "
                          "compiling needs the full apache-tvm package; unset TVM_USE_RUNTIME_LIB")
@@ -79,11 +81,13 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
             from .cpu.pipeline import cpu_pipeline
             from .cpu.pipeline import export_kwargs as cpu_export_kwargs
 
-            pipeline = cpu_pipeline(tvm_target, mode, database, stats)
+            pipeline = cpu_pipeline(tvm_target, mode, database, stats, dequantize)
             export_kwargs = cpu_export_kwargs(mode, blas_dir)
     mod = lowered.mod
     _check_extern_kernels(mod, target, info["cpu_kernels"])
-    if dequantize == "load":
+    if info["cpu_kernels"] in ("blas", "schedule"):  # the CPU pipeline lifts weight work itself, after packing
+        mod = _with_num_input(mod, len(lowered.inputs))
+    elif dequantize == "load":
         mod = _lift_params(mod, len(lowered.inputs))
     try:
         executable = tvm.compile(mod, tvm_target, relax_pipeline=pipeline)
@@ -100,7 +104,8 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
         raise BuildError(f"linking the library for {target.name} failed{f' (with {linker})' if linker else ''}: "
                          f"{_last_line(exc)}") from exc
     if db is not None:
-        info["tuning"].update(stats or {"kernels_tuned": 0})
+        info["tuning"].update({k: v for k, v in stats.items() if k.startswith("kernels")} or {"kernels_tuned": 0})
+    info["transform_params"] = bool(stats.get("transform_params")) or dequantize == "load"
     return info
 
 
@@ -117,12 +122,16 @@ def _check_extern_kernels(mod, target: ResolvedTarget, mode: str) -> None:
                          f"for the target is installed: pip install scipy-openblas32)")
 
 
-def _lift_params(mod, num_inputs: int):
+def _with_num_input(mod, num_inputs: int):
     """main's first `num_inputs` parameters are inputs, the rest weights (a copy of
     the module: the caller's is left as it is)."""
     main = mod.get_global_var("main")
     funcs = {gv: (f.with_attr("num_input", num_inputs) if gv.same_as(main) else f) for gv, f in mod.functions.items()}
-    return relax.transform.LiftTransformParams()(tvm.IRModule(funcs, attrs=mod.attrs))
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def _lift_params(mod, num_inputs: int):
+    return relax.transform.LiftTransformParams()(_with_num_input(mod, num_inputs))
 
 
 def resolve_cpu_kernels(requested: str | None, target: ResolvedTarget) -> tuple[str, str | None]:

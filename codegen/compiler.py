@@ -138,6 +138,8 @@ def compile(
         manifest = _manifest(model, source, lowered, param_specs, resolved, optimized.pipeline,
                              input_shapes)
         manifest["dequantize"] = dequantize
+        if built.get("transform_params"):  # loaders run main_transform_params on the weights once
+            manifest["transform_params"] = True
         if resolved.device == "cpu":
             manifest["cpu_kernels"] = cpu_kernels
         if "tuning" in built:

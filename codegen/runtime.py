@@ -129,7 +129,8 @@ class CompiledModel:
                 raise PackageError(f"{path}: TVM cannot load the compiled library: {_last_line(exc)}") from exc
         self._main = self._vm["main"]
         self._params = [tvm.runtime.tensor(a, self.device) for a in _read_weights(files[fmt.WEIGHTS], manifest, path)]
-        if manifest.get("dequantize") == "load":  # weights -> what main takes, once (codegen.build)
+        if manifest.get("dequantize") == "load" or manifest.get("transform_params") is True:
+            # weights -> what main takes (dequantized, packed), once (codegen.build)
             try:
                 self._params = list(self._vm["main_transform_params"](self._params))
             except Exception as exc:

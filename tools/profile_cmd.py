@@ -24,7 +24,7 @@ def profile_cmd(
     top: int = typer.Option(25, "--top", help="rows to print"),
     as_json: bool = typer.Option(False, "--json", help="print every row as JSON"),
 ):
-    """Per-kernel time, share, GFLOP/s and code path (BLAS, C kernel, TVM schedule, tuned) of the x86 build."""
+    """Per-kernel time, share, GFLOP/s and code path (BLAS, packed GEMM, C kernel, TVM schedule, tuned) of the x86 build."""
     from ..codegen.cpu.profile import format_table, profile_model
     from ..ir import load
 

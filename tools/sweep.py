@@ -279,6 +279,56 @@ def compare(reference: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarr
     return worst, failed
 
 
+# Ops whose float results legitimately differ by an ulp between implementations
+# (each library has its own exp/sigmoid approximation).
+ULP_OPS = ("Sigmoid", "Tanh", "Exp", "Erf", "Softmax", "HardSwish", "Gelu")
+
+
+def ulp_spread(path, calls: Calls, names: list[str], reference) -> float | None:
+    """How far onnxruntime's own outputs move when every ULP_OPS result is scaled by
+    (1 + 2^-23), about one ulp: models that re-quantize activations at run time
+    (DynamicQuantizeLinear after a Sigmoid) turn such differences into whole
+    quantization steps. None when the model has none of those ops or this fails."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    try:
+        model = onnx.load(os.fspath(path))
+        graph = model.graph
+        if not any(n.op_type in ULP_OPS for n in graph.node):
+            return None
+        scale = "onnxforge_sweep_ulp"
+        graph.initializer.append(numpy_helper.from_array(np.array(1 + 2.0 ** -23, np.float32), scale))
+        nodes = []
+        for node in graph.node:
+            nodes.append(node)
+            if node.op_type in ULP_OPS and node.output and node.output[0]:
+                out = node.output[0]
+                node.output[0] = out + "_onnxforge_exact"
+                nodes.append(helper.make_node("Mul", [out + "_onnxforge_exact", scale], [out]))
+        del graph.node[:]
+        graph.node.extend(nodes)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        moved = run_calls(lambda feeds: dict(zip(names, sess.run(None, feeds))), calls, names)
+    except Exception:  # noqa: BLE001  (a float16 Sigmoid, an op in a subgraph: no figure)
+        return None
+    return compare(reference, moved)[0]
+
+
+def argmax_agreement(reference, got) -> float:
+    """Share of positions where the last-axis argmax of float outputs (of rank >= 2) agrees."""
+    agree, total = 0, 0
+    for ref, out in zip(reference, got):
+        for name, r in ref.items():
+            if r.dtype.kind == "f" and r.ndim >= 2 and r.shape[-1] > 1 and out[name].shape == r.shape:
+                agree += int(np.sum(np.argmax(r, -1) == np.argmax(out[name], -1)))
+                total += r[..., 0].size
+    return agree / total if total else float("nan")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -326,6 +376,14 @@ def sweep_one(path: str | os.PathLike, calls: Calls | Callable[[dict], Calls], *
         row["status"] = "pass" if why is None else "mismatch"
         if why:
             row["error"] = why
+            spread = ulp_spread(path, calls, names, reference)
+            if spread is not None:
+                row["ort_ulp_spread"] = spread
+                row["argmax_agreement"] = argmax_agreement(reference, got)
+                if diff <= spread:  # not a pass: a difference onnxruntime itself shows at one ulp
+                    row["status"] = "within onnxruntime's one-ulp spread"
+                    row["error"] = (f"{why}; onnxruntime itself moves {spread:.3g} when its {'/'.join(ULP_OPS)} "
+                                    f"outputs change by one ulp; argmax agreement {row['argmax_agreement']:.3f}")
         if quantized:
             row["quantized"] = _quantized(path, calls, names, reference, tmp, target, pipeline)
     return row
@@ -428,7 +486,9 @@ def format_table(rows: list[dict[str, Any]], quantized: bool = False) -> str:
     out = [fmt(headers), "-+-".join("-" * w for w in widths)]
     out += [fmt(c) for c in lines]
     passed = sum(r["status"] == "pass" for r in rows)
-    out.append(f"\n{passed} of {len(rows)} pass (<= {TOLERANCE:g} + {RTOL:g} * |value| against onnxruntime, unpinned)")
+    spread = sum(r["status"].startswith("within") for r in rows)
+    out.append(f"\n{passed} of {len(rows)} pass (<= {TOLERANCE:g} + {RTOL:g} * |value| against onnxruntime, unpinned)"
+               + (f"; {spread} more differ by no more than onnxruntime's own one-ulp spread" if spread else ""))
     return "\n".join(out)
 
 

@@ -150,6 +150,7 @@ static int sgemm_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
 static __thread int32_t serial_depth = 0;
 void onnxforge_serial_begin(void) { ++serial_depth; }
 void onnxforge_serial_end(void) { --serial_depth; }
+int32_t onnxforge_in_serial(void) { return serial_depth > 0; }
 
 static void blas_single_threaded(void) {
   static int done = 0;

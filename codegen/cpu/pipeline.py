@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .blas import KERNELS_C, RECURRENT_C, DispatchBLAS, blas_lib_dir, link_options
+from .blas import C_SOURCES, DispatchBLAS, blas_lib_dir, link_options
 from .fastmath import fast_math
 from ..shape_reads import order_dim_reads
 from .schedules import default_schedule_pass
@@ -21,15 +23,25 @@ def front_passes(target: tvm.target.Target, mode: str) -> list:
             + cpu.legalize_passes(target))
 
 
-def cpu_pipeline(target: tvm.target.Target, mode: str, database=None, stats: dict | None = None):
+def cpu_pipeline(target: tvm.target.Target, mode: str, database=None, stats: dict | None = None,
+                 dequantize: str = "run"):
     """The Relax pipeline; with a MetaSchedule `database`, kernels it holds records
-    for take the tuned schedule and `stats` gets {"kernels", "kernels_tuned"}."""
+    for take the tuned schedule and `stats` gets {"kernels", "kernels_tuned"}.
+    Weight-only work moves to "main_transform_params" (run once by the loader;
+    stats["transform_params"] = True then): all of it with dequantize="load", else
+    only when there are weights to pack, and then only what float32 weights need
+    (quantized weights stay quantized in memory and are dequantized in every run)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0, name="onnxforge.CPUPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            mod = tvm.transform.Sequential(front_passes(target, mode))(mod)
+            passes = front_passes(target, mode)
+            mod = tvm.transform.Sequential(passes[:1])(mod)  # DispatchBLAS (or fast_math)
+            mod, lifted = lift_weight_transforms(mod, dequantize)
+            if stats is not None and lifted:
+                stats["transform_params"] = True
+            mod = tvm.transform.Sequential(passes[1:])(mod)
             if database is not None:
                 before = _scheduled(mod)
                 with database:
@@ -45,14 +57,53 @@ def cpu_pipeline(target: tvm.target.Target, mode: str, database=None, stats: dic
     return _pipeline
 
 
+def lift_weight_transforms(mod, dequantize: str):
+    """(module, lifted): main's weight-only bindings moved to main_transform_params
+    (main must carry "num_input"). dequantize="run": only when a weight is packed
+    (blas.py's pack_weight kernels), and not through non-float32 weights."""
+    main = mod.get_global_var("main") if any(gv.name_hint == "main" for gv in mod.get_global_vars()) else None
+    if main is None or not mod[main].attrs or "num_input" not in mod[main].attrs:
+        return mod, False
+    if dequantize != "load":
+        if not any(gv.name_hint.startswith("pack_weight") for gv in mod.get_global_vars()):
+            return mod, False
+        func = mod[main]
+        quantized = {p for p in func.params[int(func.attrs["num_input"]):]
+                     if not isinstance(p.ty, relax.TensorType) or str(p.ty.dtype.dtype) != "float32"}
+        if quantized:
+            mod = _keep_in_main(mod, main, quantized)
+    return relax.transform.LiftTransformParams()(mod), True
+
+
+@mutator
+class _StopLifting(PyExprMutator):
+    """Every read of the given parameters through builtin.stop_lift_params, so that
+    what is computed from them stays in main."""
+
+    def __init__(self, mod, params):
+        super().__init__(mod)
+        self._params = params
+
+    def visit_var_(self, var):  # noqa: N802 (TVM's name)
+        if var in self._params:
+            return self.builder_.emit(relax.op.builtin.stop_lift_params(var))
+        return var
+
+
+def _keep_in_main(mod, main, params):
+    mutator_ = _StopLifting(mod, params)
+    mutator_.builder_.update_func(main, mutator_.visit_expr(mod[main]))
+    return mutator_.builder_.get()
+
+
 def _scheduled(mod) -> int:
     return sum(1 for f in mod.functions.values()
                if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False))
 
 
 def export_kwargs(mode: str, blas_dir: str | None = None) -> dict:
-    """Extra export_library arguments: the kernels.c and recurrent.c addons and the BLAS link options
+    """Extra export_library arguments: the C kernels (kernels.c, recurrent.c, gemm_packed.c) and the BLAS link options
     (`blas_dir`: the OpenBLAS folder for the target; default this machine's)."""
     if mode != "blas":
         return {}
-    return {"addons": [str(KERNELS_C), str(RECURRENT_C)], "options": ["-O2", "-fPIC", *link_options(blas_dir or blas_lib_dir())]}
+    return {"addons": [str(c) for c in C_SOURCES], "options": ["-O2", "-fPIC", *link_options(blas_dir or blas_lib_dir())]}

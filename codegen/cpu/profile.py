@@ -17,6 +17,7 @@ import tvm
 from tvm import relax
 
 _SGEMM = re.compile(r'"onnxforge_sgemm", (\d+), (\d+), (\d+), (\d+)')
+_PACKED = re.compile(r'"onnxforge_sgemm_packed", (\d+), (\d+), (\d+)')
 # onnxforge_dwconv2d_plane(plane, c, h, w, oh, ow, kh, kw, ...)
 _DWCONV = re.compile(r'"onnxforge_dwconv2d_plane", (?:T\.Cast\("int32", )?plane\)?, '
                      r'(\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)')
@@ -43,6 +44,10 @@ def _flops(func) -> float:
     if m:
         b, mm, n, k = (int(v) for v in m.groups())
         return 2.0 * b * mm * n * k
+    m = _PACKED.search(text)
+    if m:
+        mm, n, k = (int(v) for v in m.groups())
+        return 2.0 * mm * n * k
     m = _DWCONV.search(text)
     if m:
         _, _, _, oh, ow, kh, kw = (int(v) for v in m.groups())
@@ -58,10 +63,13 @@ def _flops(func) -> float:
 
 
 def kernel_path(func) -> str:
-    """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm), one of
-    onnxforge's C kernels (kernels.c / recurrent.c), or onnxforge's default schedule
-    of TVM's TIR (kernel_table says "tuned" for those a tuning database scheduled)."""
+    """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm), onnxforge's
+    packed-weight GEMM (gemm_packed.c), one of its other C kernels (kernels.c /
+    recurrent.c), or onnxforge's default schedule of TVM's TIR (kernel_table says
+    "tuned" for those a tuning database scheduled)."""
     text = func.script(show_meta=False)
+    if "onnxforge_sgemm_packed" in text:
+        return "packed GEMM"
     if "onnxforge_sgemm" in text or "onnxforge_sgemv" in text:
         return "BLAS"
     if "call_extern" in text or "call_packed" in text:

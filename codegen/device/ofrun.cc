@@ -378,8 +378,10 @@ static int Run(const Options& o) {
   // One CPU device with the pooled allocator (2), as tvm.runtime.vm.VirtualMachine does.
   (*vm)->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
   ConfigThreads(o.threads);
-  if (Str(manifest.Get("dequantize").value_or(nullptr)) == "load") {
-    // Built with dequantize=load: the weights -> what main takes, once (codegen/build.py).
+  if (Str(manifest.Get("dequantize").value_or(nullptr)) == "load" ||
+      manifest.Get("transform_params").value_or(nullptr).try_cast<bool>().value_or(false)) {
+    // Built with dequantize=load or weights packed at load: the weights -> what main takes, once
+    // (codegen/build.py).
     size_t n_inputs = manifest.Get("inputs").value().cast<ffi::Array<ffi::Any>>().size();
     ffi::Array<ffi::Tensor> weights(args.begin() + n_inputs, args.end());
     ffi::Function transform = (*vm)->GetFunction("main_transform_params").value();

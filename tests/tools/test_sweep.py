@@ -74,3 +74,43 @@ def test_table_and_model_list():
     names = sweep.model_by_name()
     assert {"nudenet/320n", "silero/silero_vad", "rapidocr/PP-OCRv4_rec", "ddddocr/common_old"} <= set(names)
     assert len([n for n in names if n.startswith("silero/")]) == 6
+
+
+def _requantizing_model(path):
+    """sigmoid -> DynamicQuantizeLinear -> dequantize -> MatMul, twice: like ddddocr's
+    common_old, a one-ulp change in a Sigmoid can flip a quantization step."""
+    rng = np.random.RandomState(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(2):
+        w = rng.randn(64, 64).astype(np.float32) * 0.2
+        inits.append(nh.from_array(w, f"w{i}"))
+        nodes += [h.make_node("Sigmoid", [x], [f"s{i}"]),
+                  h.make_node("DynamicQuantizeLinear", [f"s{i}"], [f"q{i}", f"sc{i}", f"zp{i}"]),
+                  h.make_node("DequantizeLinear", [f"q{i}", f"sc{i}", f"zp{i}"], [f"d{i}"]),
+                  h.make_node("MatMul", [f"d{i}", f"w{i}"], [f"y{i}"])]
+        x = f"y{i}"
+    graph = h.make_graph(nodes, "requant", [h.make_tensor_value_info("x", T.FLOAT, [256, 64])],
+                         [h.make_tensor_value_info(x, T.FLOAT, [256, 64])], inits)
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), path)
+
+
+def test_ulp_spread_measures_onnxruntimes_own_sensitivity(tmp_path):
+    path = tmp_path / "requant.onnx"
+    _requantizing_model(path)
+    import onnxruntime as ort
+
+    calls = sweep.Calls({"x": np.random.RandomState(1).randn(256, 64).astype(np.float32) * 4})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = sweep.run_calls(lambda f: {"y1": sess.run(None, f)[0]}, calls, ["y1"])
+    spread = sweep.ulp_spread(path, calls, ["y1"], reference)
+    assert spread is not None and spread > 1e-3  # a flipped step moves outputs by far more than 1e-4
+    assert sweep.argmax_agreement(reference, reference) == 1.0
+    # a model without such ops has no figure
+    stateful = tmp_path / "stateful.onnx"
+    _stateful_model(stateful)
+    zero = np.zeros((2, 8), np.float32)
+    plain = sweep.Calls({"input": zero, "state": zero})
+    assert sweep.ulp_spread(tmp_path / "missing.onnx", plain, ["output"], []) is None
+    sess = ort.InferenceSession(str(stateful), providers=["CPUExecutionProvider"])
+    ref = sweep.run_calls(lambda f: dict(zip(["output", "stateN"], sess.run(None, f))), plain, ["output", "stateN"])
+    assert sweep.ulp_spread(stateful, plain, ["output", "stateN"], ref) is not None  # Tanh is one of them

@@ -1,0 +1,128 @@
+"""codegen/cpu/gemm_packed.c on its own: every ISA variant this host can run (and
+the AVX-512 variant's blocking, compiled for AVX2 under ONNXFORGE_GEMM_TEST)
+against numpy, over shapes that hit every edge (row and column tails, k chunks,
+an empty k), with bias, clamp and NaN; and ONNXFORGE_CPU_ISA capping the variant.
+The library is built here with the C++ compiler the builds use, with a stand-in
+for TVM's thread pool (two tasks, run one after the other)."""
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from onnxforge.codegen.cpu.blas import GEMM_PACKED_C, pack_weight
+
+_POOL = r"""
+#include <stdint.h>
+extern "C" {
+typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
+typedef int (*FTVMParallelLambda)(int, TVMParallelGroupEnv *, void *);
+int TVMBackendParallelLaunch(FTVMParallelLambda f, void *cdata, int num_task) {
+  TVMParallelGroupEnv env = {0, 2};
+  for (int t = 0; t < 2; ++t) f(t, &env, cdata);
+  return 0;
+}
+int32_t onnxforge_in_serial(void) { return 0; }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++)")
+    folder = tmp_path_factory.mktemp("gemm")
+    (folder / "pool.cc").write_text(_POOL)
+    lib = folder / "libgemm.so"
+    subprocess.run([cxx, "-O2", "-fPIC", "-shared", "-DONNXFORGE_GEMM_TEST", str(GEMM_PACKED_C),
+                    str(folder / "pool.cc"), "-o", str(lib)], check=True)
+    return lib
+
+
+_RUN = r"""
+import ctypes, sys
+import numpy as np
+from onnxforge.codegen.cpu.blas import pack_weight
+lib = ctypes.CDLL(sys.argv[1])
+lib.onnxforge_packed_gemm_isa.restype = ctypes.c_char_p
+f = lib.onnxforge_sgemm_packed
+f.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 2
+rng = np.random.default_rng(0)
+worst = 0.0
+for m, n, k in [(1, 1, 1), (3, 17, 5), (7, 33, 1030), (13, 40, 77), (25, 16, 2000), (40, 100, 513),
+                (130, 48, 64), (2, 8210, 40), (5, 3, 0)]:
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)  # stored transposed, as Gemm transB=1
+    bias = rng.standard_normal(n).astype(np.float32)
+    if m * k:
+        a[0, 0] = np.nan  # a NaN in a row goes through bias and clamp as NaN
+    bp = pack_weight(w, True)
+    for use_bias, clamp in ((0, None), (1, None), (1, (-0.5, 0.7)), (0, (0.0, np.inf))):
+        c = np.full((m, n), 7.0, np.float32)
+        lo, hi = clamp or (0.0, 0.0)
+        f(m, n, k, a.ctypes.data, bp.ctypes.data, c.ctypes.data, bias.ctypes.data if use_bias else None,
+          use_bias, int(clamp is not None), lo, hi)
+        ref = a.astype(np.float64) @ w.T.astype(np.float64) + (bias if use_bias else 0)
+        if clamp is not None:
+            ref = np.where(np.isnan(ref), ref, np.clip(ref, *clamp))
+        assert np.array_equal(np.isnan(c), np.isnan(ref)), (m, n, k)
+        ok = ~np.isnan(ref)
+        scale = max(1.0, float(np.abs(ref[ok]).max())) if ok.any() else 1.0
+        worst = max(worst, float(np.abs(c[ok] - ref[ok]).max() / scale) if ok.any() else 0.0)
+print(lib.onnxforge_packed_gemm_isa().decode(), worst)
+"""
+
+
+def _run(library, isa):
+    env = {**os.environ, "ONNXFORGE_CPU_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", _RUN, str(library)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    name, worst = out.stdout.split()
+    return name, float(worst)
+
+
+def _host_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(flag in line.split() for line in f if line.startswith(("flags", "Features")))
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "wide-test"])
+def test_every_variant_matches_numpy(library, isa):
+    import platform
+
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    if isa != "generic" and not x86:
+        pytest.skip("x86-64 variant")
+    if isa == "avx512" and not _host_has("avx512f"):
+        pytest.skip("host has no AVX-512 (the wide-test case runs its blocking on AVX2)")
+    if isa in ("avx2", "wide-test") and not (_host_has("avx2") and _host_has("fma")):
+        pytest.skip("host has no AVX2/FMA")
+    name, worst = _run(library, isa)
+    assert name == isa  # the variant asked for is the one that ran (the host supports it)
+    assert worst < 1e-4  # float32 sums of up to 2,000 terms, relative to the largest output
+
+
+def test_isa_cap_never_picks_more_than_the_host_has(library):
+    import platform
+
+    name, _ = _run(library, "")  # no cap: the best this host has
+    want = "avx512" if _host_has("avx512f") else "avx2" if _host_has("avx2") and _host_has("fma") else "generic"
+    assert name == (want if platform.machine() in ("x86_64", "AMD64") else "generic")
+    assert _run(library, "something-else")[0] == "generic"  # an unknown value: the lowest
+
+
+def test_pack_weight_layout():
+    w = np.arange(3 * 20, dtype=np.float32).reshape(3, 20)  # k=3, n=20: two panels, the second padded
+    bp = pack_weight(w, False)
+    assert bp.shape == (2, 3, 16)
+    np.testing.assert_array_equal(bp[0], w[:, :16])
+    np.testing.assert_array_equal(bp[1, :, :4], w[:, 16:])
+    assert not bp[1, :, 4:].any()
+    np.testing.assert_array_equal(pack_weight(w.T.copy(), True), bp)
