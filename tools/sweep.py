@@ -16,6 +16,11 @@ model alike. With --quantized each model is also compiled with
 `-O2,quantize-weights` and run (its difference is reported, not judged: it is
 lossy on purpose).
 
+A model that mismatches is measured once more against onnxruntime itself: how far
+its outputs move when every Sigmoid/Tanh/Exp/Erf/Softmax result changes by one ulp
+(ulp_spread). A difference no larger than that gets its own status, "within
+onnxruntime's one-ulp spread" (not counted as a pass), with the argmax agreement.
+
 Every model runs in its own subprocess with a time limit, so one crash or hang
 costs one row. The table: model, inputs, compiled?, max diff, status (or the
 first line of the error).

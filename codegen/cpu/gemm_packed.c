@@ -162,26 +162,40 @@ PACKED_GEMM_VARIANT(gemm_wide_test, PG_OPT __attribute__((target("avx2,fma"))), 
 PACKED_GEMM_VARIANT(gemm_generic, PG_OPT, 6, vf4, vf4u, 4)
 #endif
 
-/* The variant for this CPU, capped by ONNXFORGE_CPU_ISA. */
+/* 0 baseline, 1 AVX2+FMA, 2 AVX-512F+FMA: the best this CPU has (always 0 off x86-64),
+ * capped by ONNXFORGE_CPU_ISA=generic|avx2|avx512 (anything else: 0). Every ISA-
+ * specific kernel of the module (here, kernels.c, recurrent.c) picks by this. */
+int32_t onnxforge_cpu_isa_level(void) {
+  static int32_t level = -1;
+  if (level < 0) { /* benign race: every thread computes the same */
+    const char *cap = getenv("ONNXFORGE_CPU_ISA");
+    int32_t most = 2;
+    if (cap && *cap) most = !strcmp(cap, "avx512") ? 2 : !strcmp(cap, "avx2") ? 1 : 0;
+    int32_t have = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) have = 1;
+    if (have && __builtin_cpu_supports("avx512f")) have = 2;
+#endif
+    level = have < most ? have : most;
+  }
+  return level;
+}
+
+/* The variant for onnxforge_cpu_isa_level. */
 static Variant pick_variant(void) {
-  Variant generic = {"generic", gemm_generic_range, 2};
-  const char *cap = getenv("ONNXFORGE_CPU_ISA");
-  int level = 99;
-  if (cap && *cap) level = !strcmp(cap, "avx512") ? 2 : !strcmp(cap, "avx2") ? 1 : 0;
 #if defined(__x86_64__) && defined(__GNUC__)
 #ifdef ONNXFORGE_GEMM_TEST
+  const char *cap = getenv("ONNXFORGE_CPU_ISA");
   if (cap && !strcmp(cap, "wide-test")) return (Variant){"wide-test", gemm_wide_test_range, 12};
 #endif
-  __builtin_cpu_init();
-  if (level >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"))
-    return (Variant){"avx512", gemm_avx512_range, 12};
-  if (level >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return (Variant){"avx2", gemm_avx2_range, 6};
+  int32_t level = onnxforge_cpu_isa_level();
+  if (level >= 2) return (Variant){"avx512", gemm_avx512_range, 12};
+  if (level >= 1) return (Variant){"avx2", gemm_avx2_range, 6};
+  return (Variant){"generic", gemm_generic_range, 2};
 #else
-  (void)level;
-  generic.mr = 6;
+  return (Variant){"generic", gemm_generic_range, 6};
 #endif
-  return generic;
 }
 
 static Variant variant;

@@ -13,12 +13,7 @@
 extern "C" {
 #endif
 
-/* Hot loops: vectorised (-O3), with an AVX2/FMA clone picked at load time on x86-64 gcc. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DW_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define DW_CLONES
-#endif
+/* Hot loops: vectorised (-O3), compiled once per ISA (DW_VARIANT). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define DW_OPT __attribute__((optimize("O3")))
 #else
@@ -88,9 +83,9 @@ static int32_t epilogue_chunk(int32_t rows) {
 }
 
 /* c[r][q] = clamp(c[r][q] + bias_col[q] + bias_row[r], lo, hi) (either bias may be NULL). */
-static DW_CLONES DW_OPT void sgemm_epilogue(float *c, int32_t ldc, int32_t rows, int32_t cols,
-                                             const float *__restrict bias_col, const float *bias_row, float lo,
-                                             float hi) {
+static inline __attribute__((always_inline)) void sgemm_epilogue_body(float *c, int32_t ldc, int32_t rows,
+                                                                      int32_t cols, const float *__restrict bias_col,
+                                                                      const float *bias_row, float lo, float hi) {
   for (int32_t r = 0; r < rows; ++r) {
     float *__restrict row = c + (int64_t)r * ldc;
     float add = bias_row ? bias_row[r] : 0.0f;
@@ -108,6 +103,17 @@ static DW_CLONES DW_OPT void sgemm_epilogue(float *c, int32_t ldc, int32_t rows,
   }
 }
 
+/* The ISA-specific functions (DW_VARIANT below): depthwise planes, clamp, the sgemm epilogue. */
+typedef struct {
+  void (*flat)(const float *, const float *, float, float *, float *, int, int, int, int, int, int, int);
+  void (*rows)(const float *, const float *, float, float *, float *, int, int, int, int, int, int, int, int, int,
+               int, int);
+  void (*clamp)(float *, int64_t, float, float);
+  void (*epilogue)(float *, int32_t, int32_t, int32_t, const float *, const float *, float, float);
+} KernelSet;
+static const KernelSet *kernel_set(void);
+int32_t onnxforge_cpu_isa_level(void); /* gemm_packed.c */
+
 static void sgemm_block(const SgemmJob *j, int32_t bi, int32_t r0, int32_t r1, int32_t c0, int32_t c1) {
   int lda = j->trans_a ? j->m : j->k;
   int ldb = j->trans_b ? j->k : j->n;
@@ -123,7 +129,7 @@ static void sgemm_block(const SgemmJob *j, int32_t bi, int32_t r0, int32_t r1, i
     SGEMM(RowMajor, j->trans_a ? Trans : NoTrans, j->trans_b ? Trans : NoTrans, rows, cols, j->k, 1.0f, a, lda, b,
           ldb, 0.0f, c, j->n);
     if (epilogue)
-      sgemm_epilogue(c, j->n, rows, cols, j->bias_kind == 1 ? j->bias + q0 : NULL,
+      kernel_set()->epilogue(c, j->n, rows, cols, j->bias_kind == 1 ? j->bias + q0 : NULL,
                      j->bias_kind == 2 ? j->bias + r0 : NULL, j->clamp ? j->lo : -INFINITY,
                      j->clamp ? j->hi : INFINITY);
   }
@@ -313,35 +319,54 @@ static inline __attribute__((always_inline)) void dw_plane_flat(const float *__r
   for (int oy = 0; oy < oh; ++oy) memcpy(out + (int64_t)oy * ow, tmp + (int64_t)oy * lp, sizeof(float) * (size_t)ow);
 }
 
-#define DW_FLAT(K)                                                                                               \
-  static DW_CLONES DW_OPT void dw_plane_flat_##K##x##K(const float *in, const float *w, float bias, float *out,   \
-                                                       float *scratch, int h, int wd, int oh, int ow, int pt,     \
-                                                       int pl) {                                                  \
-    dw_plane_flat(in, w, bias, out, scratch, h, wd, oh, ow, K, K, pt, pl);                                       \
-  }
-DW_FLAT(3)
-DW_FLAT(5)
+/* The hot functions once per ISA (x86-64 gcc: AVX-512, AVX2+FMA, baseline; elsewhere
+ * baseline only), the best the CPU has picked at run time, capped by ONNXFORGE_CPU_ISA
+ * (onnxforge_cpu_isa_level, gemm_packed.c). The window and stride are compile-time
+ * constants in the specialised branches (3x3, 5x5; stride 1 or 2). */
+#define DW_VARIANT(SFX, ATTR)                                                                                  \
+  static ATTR DW_OPT void dw_flat_##SFX(const float *in, const float *w, float bias, float *out, float *scratch, \
+                                        int h, int wd, int oh, int ow, int k, int pt, int pl) {                  \
+    if (k == 3)                                                                                                 \
+      dw_plane_flat(in, w, bias, out, scratch, h, wd, oh, ow, 3, 3, pt, pl);                                    \
+    else                                                                                                        \
+      dw_plane_flat(in, w, bias, out, scratch, h, wd, oh, ow, 5, 5, pt, pl);                                    \
+  }                                                                                                             \
+  static ATTR DW_OPT void dw_rows_##SFX(const float *in, const float *w, float bias, float *out, float *rows,    \
+                                        int len, int h, int wd, int oh, int ow, int kh, int kw, int sh, int sw,  \
+                                        int pt, int pl) {                                                        \
+    if (kh == 3 && kw == 3 && sh == 1 && sw == 1)                                                               \
+      dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, 3, 3, 1, 1, pt, pl);                                 \
+    else if (kh == 3 && kw == 3 && sh == 2 && sw == 2)                                                          \
+      dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, 3, 3, 2, 2, pt, pl);                                 \
+    else if (kh == 5 && kw == 5 && sh == 1 && sw == 1)                                                          \
+      dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, 5, 5, 1, 1, pt, pl);                                 \
+    else if (kh == 5 && kw == 5 && sh == 2 && sw == 2)                                                          \
+      dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, 5, 5, 2, 2, pt, pl);                                 \
+    else                                                                                                        \
+      dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);                             \
+  }                                                                                                             \
+  static ATTR DW_OPT void dw_clamp_##SFX(float *__restrict o, int64_t n, float lo, float hi) {                  \
+    for (int64_t i = 0; i < n; ++i) o[i] = o[i] < lo ? lo : (o[i] > hi ? hi : o[i]);                           \
+  }                                                                                                             \
+  static ATTR DW_OPT void epilogue_##SFX(float *c, int32_t ldc, int32_t rows, int32_t cols,                     \
+                                         const float *__restrict bias_col, const float *bias_row, float lo,       \
+                                         float hi) {                                                             \
+    sgemm_epilogue_body(c, ldc, rows, cols, bias_col, bias_row, lo, hi);                                        \
+  }                                                                                                             \
+  static const KernelSet kernels_##SFX = {dw_flat_##SFX, dw_rows_##SFX, dw_clamp_##SFX, epilogue_##SFX};
 
-#define DW_SPECIAL(K, S)                                                                                         \
-  static DW_CLONES DW_OPT void dw_plane_##K##x##K##_s##S(const float *in, const float *w, float bias, float *out, \
-                                                         float *rows, int len, int h, int wd, int oh, int ow,       \
-                                                         int pt, int pl) {                                          \
-    dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, K, K, S, S, pt, pl);                                      \
-  }
-DW_SPECIAL(3, 1)
-DW_SPECIAL(3, 2)
-DW_SPECIAL(5, 1)
-DW_SPECIAL(5, 2)
-
-static DW_CLONES DW_OPT void dw_plane_generic(const float *in, const float *w, float bias, float *out,
-                                              float *rows, int len, int h, int wd, int oh, int ow, int kh,
-                                              int kw, int sh, int sw, int pt, int pl) {
-  dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+DW_VARIANT(avx512, __attribute__((target("avx512f,avx2,fma"))))
+DW_VARIANT(avx2, __attribute__((target("avx2,fma"))))
+DW_VARIANT(base, )
+static const KernelSet *kernel_set(void) {
+  int32_t level = onnxforge_cpu_isa_level();
+  return level >= 2 ? &kernels_avx512 : level >= 1 ? &kernels_avx2 : &kernels_base;
 }
-
-static DW_CLONES DW_OPT void dw_clamp(float *__restrict o, int64_t n, float lo, float hi) {
-  for (int64_t i = 0; i < n; ++i) o[i] = o[i] < lo ? lo : (o[i] > hi ? hi : o[i]);
-}
+#else
+DW_VARIANT(base, )
+static const KernelSet *kernel_set(void) { return &kernels_base; }
+#endif
 
 /* out[plane] = depthwise conv of x[plane] with w[plane % c] (+ bias[plane % c] if bias_kind),
  * clamped to [lo, hi] if clamp (the epilogue, as in onnxforge_sgemm), plane = n * c + channel.
@@ -359,12 +384,10 @@ int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd
   float b = bias_kind ? bias[ch] : 0.0f;
   float sbuf[4096];
   size_t nflat = (size_t)(2 * oh + kh) * (size_t)(ow + kw - 1);
+  const KernelSet *ks = kernel_set();
   if (sh == 1 && sw == 1 && kh == kw && (kh == 3 || kh == 5) && ow < 32 && nflat <= sizeof(sbuf) / sizeof(float)) {
-    if (kh == 3)
-      dw_plane_flat_3x3(in, wk, b, o, sbuf, h, wd, oh, ow, pt, pl);
-    else
-      dw_plane_flat_5x5(in, wk, b, o, sbuf, h, wd, oh, ow, pt, pl);
-    if (clamp) dw_clamp(o, (int64_t)oh * ow, lo, hi);
+    ks->flat(in, wk, b, o, sbuf, h, wd, oh, ow, kh, pt, pl);
+    if (clamp) ks->clamp(o, (int64_t)oh * ow, lo, hi);
     return 0;
   }
   /* padded row length: every window of every output column lies inside it */
@@ -378,18 +401,9 @@ int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd
   } else {
     memset(sbuf, 0, sizeof(float) * nrows);
   }
-  if (kh == 3 && kw == 3 && sh == 1 && sw == 1)
-    dw_plane_3x3_s1(in, wk, b, o, rows, len, h, wd, oh, ow, pt, pl);
-  else if (kh == 3 && kw == 3 && sh == 2 && sw == 2)
-    dw_plane_3x3_s2(in, wk, b, o, rows, len, h, wd, oh, ow, pt, pl);
-  else if (kh == 5 && kw == 5 && sh == 1 && sw == 1)
-    dw_plane_5x5_s1(in, wk, b, o, rows, len, h, wd, oh, ow, pt, pl);
-  else if (kh == 5 && kw == 5 && sh == 2 && sw == 2)
-    dw_plane_5x5_s2(in, wk, b, o, rows, len, h, wd, oh, ow, pt, pl);
-  else
-    dw_plane_generic(in, wk, b, o, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);
+  ks->rows(in, wk, b, o, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);
   if (rows != sbuf) free(rows);
-  if (clamp) dw_clamp(o, (int64_t)oh * ow, lo, hi);
+  if (clamp) ks->clamp(o, (int64_t)oh * ow, lo, hi);
   return 0;
 }
 

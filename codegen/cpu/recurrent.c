@@ -45,12 +45,7 @@ typedef struct { int32_t code; float alpha, beta; } Act;
  * compiler cannot vectorize. exp_gate is 2^k * p(r), r = x - k ln2 (two-part ln2),
  * p the degree-7 Taylor polynomial (relative error < 1e-7 on |r| <= ln2/2), the
  * power of two built in the exponent bits: plain arithmetic, so the loops vectorize
- * (an AVX2/FMA clone picked at load time on x86-64 gcc, as in kernels.c). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define GATE_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define GATE_CLONES
-#endif
+ * (compiled once per ISA and picked at run time, as in kernels.c). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define GATE_OPT __attribute__((optimize("O3", "no-trapping-math")))
 #else
@@ -69,13 +64,13 @@ static inline __attribute__((always_inline)) float exp_gate(float x) {
   return p * scale;
 }
 
-static GATE_CLONES GATE_OPT void sigmoid_gate(float *__restrict x, int32_t n) {
+static inline __attribute__((always_inline)) void sigmoid_body(float *__restrict x, int32_t n) {
   for (int32_t i = 0; i < n; ++i) x[i] = 1.0f / (1.0f + exp_gate(-x[i]));
 }
 
 /* tanh(x) = 1 - 2 / (e^2x + 1); near 0 (|x| < 1/4) its series, which keeps the
  * relative error small where the difference would cancel. */
-static GATE_CLONES GATE_OPT void tanh_gate(float *__restrict x, int32_t n, float alpha, float beta) {
+static inline __attribute__((always_inline)) void tanh_body(float *__restrict x, int32_t n, float alpha, float beta) {
   for (int32_t i = 0; i < n; ++i) {
     float v = beta * x[i], v2 = v * v;
     float big = 1.0f - 2.0f / (exp_gate(2.0f * v) + 1.0f);
@@ -83,6 +78,31 @@ static GATE_CLONES GATE_OPT void tanh_gate(float *__restrict x, int32_t n, float
     x[i] = alpha * (v2 < 0.0625f ? small : big);
   }
 }
+
+/* Per ISA (onnxforge_cpu_isa_level, gemm_packed.c: the best the CPU has, capped by ONNXFORGE_CPU_ISA). */
+int32_t onnxforge_cpu_isa_level(void);
+#define GATE_VARIANT(SFX, ATTR)                                                                                \
+  static ATTR GATE_OPT void sigmoid_##SFX(float *__restrict x, int32_t n) { sigmoid_body(x, n); }              \
+  static ATTR GATE_OPT void tanh_##SFX(float *__restrict x, int32_t n, float alpha, float beta) {              \
+    tanh_body(x, n, alpha, beta);                                                                               \
+  }
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+GATE_VARIANT(avx512, __attribute__((target("avx512f,avx2,fma"))))
+GATE_VARIANT(avx2, __attribute__((target("avx2,fma"))))
+GATE_VARIANT(base, )
+static void sigmoid_gate(float *x, int32_t n) {
+  int32_t level = onnxforge_cpu_isa_level();
+  (level >= 2 ? sigmoid_avx512 : level >= 1 ? sigmoid_avx2 : sigmoid_base)(x, n);
+}
+static void tanh_gate(float *x, int32_t n, float alpha, float beta) {
+  int32_t level = onnxforge_cpu_isa_level();
+  (level >= 2 ? tanh_avx512 : level >= 1 ? tanh_avx2 : tanh_base)(x, n, alpha, beta);
+}
+#else
+GATE_VARIANT(base, )
+static void sigmoid_gate(float *x, int32_t n) { sigmoid_base(x, n); }
+static void tanh_gate(float *x, int32_t n, float alpha, float beta) { tanh_base(x, n, alpha, beta); }
+#endif
 
 static void activate(float *x, int32_t n, Act a) {
   switch (a.code) {

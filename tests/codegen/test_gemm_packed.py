@@ -126,3 +126,65 @@ def test_pack_weight_layout():
     np.testing.assert_array_equal(bp[1, :, :4], w[:, 16:])
     assert not bp[1, :, 4:].any()
     np.testing.assert_array_equal(pack_weight(w.T.copy(), True), bp)
+
+
+def _isa_model(path):
+    """A dense layer with a weight (packed GEMM), a depthwise conv (kernels.c) and an
+    LSTM (recurrent.c gates): every ISA-picked kernel of a module."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"dw": rng.standard_normal((4, 1, 3, 3)), "fc": rng.standard_normal((40, 24)) * 0.2,
+             "W": rng.standard_normal((1, 32, 24)) * 0.3, "R": rng.standard_normal((1, 32, 8)) * 0.3,
+             "shape": np.array([6, 40])}
+    inits = [numpy_helper.from_array(v.astype(np.int64 if k == "shape" else np.float32), k) for k, v in inits.items()]
+    nodes = [helper.make_node("Conv", ["x", "dw"], ["c"], pads=[1, 1, 1, 1], group=4),
+             helper.make_node("Reshape", ["c", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "fc"], ["y"]),
+             helper.make_node("Unsqueeze", ["y", "axis1"], ["seq"]),
+             helper.make_node("LSTM", ["seq", "W", "R"], ["h", "hn"], hidden_size=8)]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    graph = helper.make_graph(nodes, "isa", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("h", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+_RUN_PACKAGE = r"""
+import sys
+import numpy as np
+import onnxforge
+x = np.load(sys.argv[2])
+out = onnxforge.runtime.load(sys.argv[1])(x=x)
+np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in out.items()})
+"""
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_compiled_module_matches_under_every_isa_cap(tmp_path, isa):
+    """ONNXFORGE_CPU_ISA reaches every kernel of a compiled module: the package runs
+    with the cap in a fresh process and matches onnxruntime."""
+    pytest.importorskip("scipy_openblas32")
+    ort = pytest.importorskip("onnxruntime")
+    import onnxforge
+
+    if isa == "avx2" and not _host_has("avx2"):
+        pytest.skip("host has no AVX2")
+    if isa == "avx512" and not _host_has("avx512f"):
+        pytest.skip("host has no AVX-512")
+    _isa_model(tmp_path / "m.onnx")
+    pkg = onnxforge.compile(tmp_path / "m.onnx", target="x86", pipeline="-O1", output=tmp_path / "m.ofpkg")
+    assert pkg.manifest.get("transform_params") is True  # the dense layer's weight is packed at load
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 10)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "ONNXFORGE_CPU_ISA": isa}
+    run = subprocess.run([sys.executable, "-c", _RUN_PACKAGE, str(tmp_path / "m.ofpkg"), str(tmp_path / "x.npy"),
+                          str(tmp_path / "out.npz")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = np.load(tmp_path / "out.npz")
+    ref = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for name, r in zip(("y", "h"), ref):
+        np.testing.assert_allclose(got[name], r, rtol=1e-4, atol=1e-4)

@@ -284,3 +284,32 @@ def test_openvino_comparators_run_the_original_model(tmp_path):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
     assert built.info["inference_precision"] == "f32"
     assert built.info["settings"]["INFERENCE_NUM_THREADS"] == 2
+
+
+def test_under_load_times_every_variant_again_next_to_a_busy_process(model_path, tmp_path, monkeypatch):
+    import subprocess
+
+    from onnxforge.tools.bench import timing
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def spy(args, **kw):  # the load really runs, and is really stopped
+        proc = real_popen(args, **kw)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(timing.subprocess, "Popen", spy)
+    result = bench(model_path, ["-O1"], out=tmp_path, compare=[], peak=False, under_load="nice", **FAST)
+    assert len(started) == 1 and started[0].poll() is not None  # killed and reaped after timing
+    rows = {v["name"]: v for v in result["variants"]}
+    for v in rows.values():
+        assert v["latency_loaded"]["runs"] >= 3
+        assert v["load_slowdown"] == pytest.approx(v["latency_loaded"]["median"] / v["latency"]["median"])
+        assert v["latency_ratio_loaded"] == pytest.approx(
+            v["latency_loaded"]["median"] / rows["onnxruntime"]["latency_loaded"]["median"])
+    assert result["timing"]["under_load"] == "nice"
+    md = (tmp_path / "report.md").read_text()
+    assert "slowdown under load" in md and "niced to 19" in md
+    with pytest.raises(DataError, match="under_load"):
+        bench(model_path, [], out=tmp_path, compare=[], peak=False, under_load="heavy", **FAST)

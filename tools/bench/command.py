@@ -102,6 +102,8 @@ def bench_cmd(
                                                  "once at load (compile --dequantize load)"),
     suite: bool = typer.Option(False, "--suite", help="run the benchmark suite: the three BENCHMARKS.md models with their data"),
     models: Optional[str] = typer.Option(None, "--models", help="with --suite: which models, comma separated (default: all)"),
+    under_load: Optional[str] = typer.Option(None, "--under-load", help="also time every variant with one CPU-bound "
+                                             "process running: nice (niced to 19) or plain"),
     as_json: bool = typer.Option(False, "--json", help="print report.json instead of the table"),
 ):
     """Latency against onnxruntime in one run, size, GFLOP/s and metric of each pipeline and comparator."""
@@ -109,7 +111,7 @@ def bench_cmd(
     calib_n = int(calib) if calib_dir is None else (calib_samples or 10**9)
     compare_list = None if compare is None else [c for c in compare.split(",") if c and c != "none"]
     common = dict(compare=compare_list, threads=threads, min_runs=runs, warmup=warmup, max_seconds=max_time,
-                  calib_samples=calib_n, calibration=calib_dir, eval_samples=eval_samples,
+                  calib_samples=calib_n, calibration=calib_dir, eval_samples=eval_samples, under_load=under_load,
                   log=lambda s: err.print(f"[dim]{s}[/dim]", highlight=False))
     if suite:
         if model_path or data or metric or dims or shape or timing_input:

@@ -21,7 +21,7 @@ from ...passes.check import sample_inputs
 from . import plots, report as report_io
 from .data import Dataset, as_dataset, check_inputs, feeds_of
 from .metrics import MetricContext, evaluate, get_metric, lower_is_better
-from .timing import measure, sgemm_peak
+from .timing import LOADS, BackgroundLoad, measure, sgemm_peak
 from .variants import COMPARATORS, DEFAULT_COMPARATORS, BuildContext, Skipped, Variant, baseline, parse_pipeline_arg, timed_build
 
 
@@ -31,7 +31,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
           timing_feeds: Mapping[str, np.ndarray] | None = None, dims: Mapping[str, int] | None = None,
           shapes: Mapping[str, Sequence[int]] | None = None,
           calib_samples: int = 64, calibration: Any = None, eval_samples: int | None = None, peak: bool = True,
-          log: Callable[[str], None] = lambda s: None) -> dict:
+          under_load: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
     """Benchmark `model` against onnxruntime: returns the report dict and writes
     report.json, report.md and PNG plots into `out`.
 
@@ -47,7 +47,13 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
       of input dicts; see passes/calibration.py); default: the first `calib_samples`
       samples of `data` (then calibration and evaluation overlap).
     eval_samples: evaluate outputs and the metric on the first N samples only.
+    under_load: "nice" or "plain": after the quiet timing, time every variant again
+      with one CPU-bound process running (niced to 19, or not): row "latency_loaded",
+      its ratio to onnxruntime under the same load, and "load_slowdown" (loaded /
+      quiet median), so that who suffers more from a busy machine is in one table.
     """
+    if under_load is not None and under_load not in LOADS:
+        raise DataError(f"under_load must be one of {', '.join(LOADS)}, got {under_load!r}")
     original = Path(model)
     if not original.is_file():
         raise DataError(f"model {str(original)!r} does not exist")
@@ -98,6 +104,12 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
     runners = {r["name"]: (lambda run=r.pop("_runner"): run(feeds)) for r in rows if r["status"] == "ok"}
     timings = measure(runners, warmup, min_runs, max_seconds, on_error=lambda n, e: _fail(_row(rows, n), e))
     _require_baseline(rows[0], original)
+    loaded = {}
+    if under_load:
+        log(f"timing again with one CPU-bound process running ({under_load})")
+        runners = {n: r for n, r in runners.items() if n in timings}
+        with BackgroundLoad(under_load):
+            loaded = measure(runners, warmup, min_runs, max_seconds, on_error=lambda n, e: log(f"{n} under load: {e}"))
     if peak:
         peak_info = max(peak_info, sgemm_peak(threads), key=lambda p: p["gflops"])
 
@@ -105,6 +117,8 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
         row.pop("_runner", None)
         if row["name"] in timings and row["status"] == "ok":
             row["latency"] = timings[row["name"]].__dict__
+            if row["name"] in loaded:
+                row["latency_loaded"] = loaded[row["name"]].__dict__
     for row in rows[1:]:
         if row.get("latency") and row.get("flops") is None and rows[0].get("flops"):
             row["flops"], row["flops_of"] = rows[0]["flops"], "the original model (not an ONNX artifact)"
@@ -117,7 +131,7 @@ def bench(model: str | Path, pipelines: Sequence[str | Variant] = (), *, data: A
                   "size_bytes": _size(original), "weight_bytes": rows[0]["weight_bytes"]},
         "timing": {"threads": threads, "warmup": warmup, "min_runs": min_runs, "max_seconds": max_seconds,
                    "order": "round-robin", "feeds": {k: list(v.shape) for k, v in feeds.items()},
-                   "ort_spinning": os.environ.get("ONNXFORGE_BENCH_SPIN", "0") != "0"},
+                   "ort_spinning": os.environ.get("ONNXFORGE_BENCH_SPIN", "0") != "0", "under_load": under_load},
         "peak": peak_info,
         "data": None if dataset is None else {"source": dataset.source, "samples": len(evaluated),
                                              "metric": _metric_name(metric, dataset, metric_fn)},
@@ -283,6 +297,11 @@ def _ratios(rows: list[dict], peak: dict | None, metric_fn) -> None:
         if lat and base_lat:
             row["latency_ratio"] = lat["median"] / base_lat
             row["speedup"] = base_lat / lat["median"]
+        loaded, base_loaded = row.get("latency_loaded"), base.get("latency_loaded")
+        if loaded and lat:
+            row["load_slowdown"] = loaded["median"] / lat["median"]
+            if base_loaded:
+                row["latency_ratio_loaded"] = loaded["median"] / base_loaded["median"]
         if lat and row.get("flops"):
             row["gflops"] = row["flops"] / lat["median"] / 1e9
             if peak:

@@ -39,18 +39,24 @@ def machine_line(result: dict) -> str:
 def table(result: dict) -> list[list[str]]:
     """Header row, then one row per variant; shared by report.md and the CLI."""
     metric_keys = _metric_keys(result)
-    header = ["variant", "status", "latency ms (p25-p75)", "vs onnxruntime", "GFLOP/s (% peak)", "size MB (ratio)",
-              "max abs diff", *metric_keys]
+    loaded = any("latency_loaded" in v for v in result["variants"])
+    header = ["variant", "status", "latency ms (p25-p75)", "vs onnxruntime",
+              *(["under load ms", "vs onnxruntime under load", "slowdown under load"] if loaded else []),
+              "GFLOP/s (% peak)", "size MB (ratio)", "max abs diff", *metric_keys]
     rows = [header]
     for v in result["variants"]:
-        lat = v.get("latency")
+        lat, busy = v.get("latency"), v.get("latency_loaded")
         row = [v["name"], v["status"],
                f"{lat['median'] * 1e3:.2f} ({lat['p25'] * 1e3:.2f}-{lat['p75'] * 1e3:.2f})" if lat else "-",
-               f"{v['latency_ratio']:.2f}x" if "latency_ratio" in v else "-",
-               (f"{v['gflops']:.1f} ({v['peak_fraction'] * 100:.0f}%)" if "peak_fraction" in v
-                else f"{v['gflops']:.1f}" if "gflops" in v else "-"),
-               f"{v['size_bytes'] / _MB:.2f} ({v['size_ratio']:.2f})" if "size_ratio" in v else "-",
-               f"{v['output_diff']['max_abs']:.2g}" if "output_diff" in v else ("reference" if v["kind"] == "baseline" else "-")]
+               f"{v['latency_ratio']:.2f}x" if "latency_ratio" in v else "-"]
+        if loaded:
+            row += [f"{busy['median'] * 1e3:.2f}" if busy else "-",
+                    f"{v['latency_ratio_loaded']:.2f}x" if "latency_ratio_loaded" in v else "-",
+                    f"{v['load_slowdown']:.2f}x" if "load_slowdown" in v else "-"]
+        row += [(f"{v['gflops']:.1f} ({v['peak_fraction'] * 100:.0f}%)" if "peak_fraction" in v
+                 else f"{v['gflops']:.1f}" if "gflops" in v else "-"),
+                f"{v['size_bytes'] / _MB:.2f} ({v['size_ratio']:.2f})" if "size_ratio" in v else "-",
+                f"{v['output_diff']['max_abs']:.2g}" if "output_diff" in v else ("reference" if v["kind"] == "baseline" else "-")]
         for key in metric_keys:
             value = v.get("metrics", {}).get(key)
             delta = v.get("metric_delta", {}).get(key)
@@ -87,6 +93,10 @@ def markdown_body(result: dict) -> str:
     lines.append(f"Latency: median over at least {t['min_runs']} runs (or {t['max_seconds']:g} s) after "
                  f"{t['warmup']} warm-up runs, variants timed round-robin in one process; input {feeds}; "
                  f"onnxruntime's intra-op spinning {'on' if t.get('ort_spinning') else _SPIN_OFF}.")
+    if t.get("under_load"):
+        lines.append(f"Under load: the same timing again while one CPU-bound process runs "
+                     f"({'niced to 19' if t['under_load'] == 'nice' else 'at normal priority'}); "
+                     "slowdown = loaded / quiet median of the same variant.")
     if result.get("data"):
         d = result["data"]
         lines.append(f"Data: {d['samples']} samples from {d['source']}; metric: {d['metric'] or 'none'} "

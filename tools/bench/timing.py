@@ -6,6 +6,9 @@ every variant alike and the ratios against the baseline stay honest."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from typing import Callable, Mapping
 
@@ -79,3 +82,30 @@ def sgemm_peak(threads: int, n: int = 2048, repeat: int = 10) -> dict[str, float
     blas = next((f"{i.get('internal_api')} {i.get('version')}" for i in threadpool_info() if i.get("user_api") == "blas"), "?")
     return {"gflops": 2 * n**3 / best / 1e9, "median_gflops": 2 * n**3 / float(np.median(times)) / 1e9,
             "n": n, "threads": threads, "blas": blas}
+
+
+LOADS = ("nice", "plain")
+
+
+class BackgroundLoad:
+    """One CPU-bound process (a Python busy loop) running while the block runs: the
+    "one other busy process on the machine" condition; `nice` at priority 19, as a
+    background job would be. Stopped (killed and reaped) on exit, also on errors."""
+
+    def __init__(self, kind: str):
+        if kind not in LOADS:
+            raise ValueError(f"background load must be one of {', '.join(LOADS)}, got {kind!r}")
+        self.kind = kind
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "BackgroundLoad":
+        renice = (lambda: os.nice(19)) if self.kind == "nice" else None
+        self._proc = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=renice,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)  # scheduled and spinning before the first timed run
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
