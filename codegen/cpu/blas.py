@@ -161,6 +161,21 @@ def _packed_te(a, bp, *rest, out_shape, m, n, k, name, bias_kind=0, lo=-math.inf
                      dtype="float32")
 
 
+def _rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, lo=-math.inf, hi=math.inf):
+    """te.extern: out = clamp(a @ B [+ bias], lo, hi) with the row count m known at run
+    time: onnxforge_sgemm_rows takes the packed `bp` up to PACKED_MAX_ROWS rows, else
+    OpenBLAS on `b` as stored (n x k when trans_b)."""
+
+    def body(ins, outs):
+        epilogue = _epilogue_args([ins[0], ins[1], *ins[3:]], outs, bias_kind, lo, hi)
+        return tirx.call_extern("int32", "onnxforge_sgemm_rows", _arg(m, "int32"), _arg(n, "int32"),
+                                _arg(k, "int32"), tirx.const(PACKED_MAX_ROWS, "int32"), ins[0].data, ins[1].data,
+                                tirx.const(int(trans_b), "int32"), ins[2].data, outs[0].data, *epilogue)
+
+    return te.extern([out_shape], [a, b, bp, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")
+
+
 def _same_dim(x, y) -> bool:
     """Two dims known equal: equal ints, or the same symbolic expression."""
     if isinstance(x, int) or isinstance(y, int):
@@ -383,24 +398,29 @@ class _BlasRewriter(PyExprMutator):
                                      stride_a=stride_a, stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
                                      bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
 
-    def _packed(self, a, b, trans_b, bias, clamp, *, out_shape, m, n, k):
-        """a @ B through gemm_packed.c when B is a constant or a weight parameter (its
+    def _packed_weight(self, b, trans_b, k, n):
+        """B packed for gemm_packed.c when it is a constant or a weight parameter (its
         batch dims all 1), else None. A constant is packed here; a parameter by a kernel
         that the build lifts into main_transform_params (run once, at load)."""
         if isinstance(b, tvm.ir.Constant):
             w = b.data.numpy()
             if w.dtype != np.float32 or w.ndim < 2 or math.prod(w.shape[:-2]) != 1:
                 return None
-            bp = relax.const(pack_weight(w.reshape(w.shape[-2:]), trans_b), "float32")
-        elif b in self._weights:
-            shape = static_shape(b)
-            if _dtype(b) != "float32" or shape is None or len(shape) < 2 or math.prod(shape[:-2]) != 1:
-                return None
-            if len(shape) > 2:
-                b = self.builder_.emit(relax.op.reshape(b, shape[-2:]))
-            bp = self.builder_.emit(self.builder_.call_te(_pack_te, b, trans=trans_b, k=k, n=n,
-                                                          primfunc_name_hint="pack_weight"))
-        else:
+            return relax.const(pack_weight(w.reshape(w.shape[-2:]), trans_b), "float32")
+        if b not in self._weights:
+            return None
+        shape = static_shape(b)
+        if _dtype(b) != "float32" or shape is None or len(shape) < 2 or math.prod(shape[:-2]) != 1:
+            return None
+        if len(shape) > 2:
+            b = self.builder_.emit(relax.op.reshape(b, shape[-2:]))
+        return self.builder_.emit(self.builder_.call_te(_pack_te, b, trans=trans_b, k=k, n=n,
+                                                        primfunc_name_hint="pack_weight"))
+
+    def _packed(self, a, b, trans_b, bias, clamp, *, out_shape, m, n, k):
+        """a @ B through gemm_packed.c when B packs (_packed_weight), else None."""
+        bp = self._packed_weight(b, trans_b, k, n)
+        if bp is None:
             return None
         self.count += 1
         return self.builder_.call_te(_packed_te, a, bp, *bias, out_shape=out_shape, m=m, n=n, k=k,
@@ -426,8 +446,14 @@ class _BlasRewriter(PyExprMutator):
             strides = (sa[-2] * sa[-1], sb[-2] * sb[-1])
         else:
             return None
-        self.count += 1
         bias, clamp = epilogue.te_args()
+        bp = self._packed_weight(b_src, tb, sa[-1], sb[-1]) if batch == 1 and not isinstance(m, int) else None
+        if bp is not None:  # rows known at run time: packed up to PACKED_MAX_ROWS, else OpenBLAS
+            self.count += 1
+            return self.builder_.call_te(_rows_te, a, b_src, bp, *bias, out_shape=so, m=m, n=sb[-1], k=sa[-1],
+                                         trans_b=tb, name="packed_or_blas_matmul", bias_kind=1, **clamp,
+                                         primfunc_name_hint="packed_or_blas_matmul")
+        self.count += 1
         return self.builder_.call_te(_sgemm_te, a, b_src, *bias, out_shape=so, batch=batch, m=m, n=sb[-1], k=sa[-1],
                                      stride_a=strides[0], stride_b=strides[1], trans_a=False, trans_b=tb, name="blas_matmul",
                                      bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")

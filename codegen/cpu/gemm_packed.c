@@ -256,6 +256,21 @@ int32_t onnxforge_sgemm_packed(int32_t m, int32_t n, int32_t k, const float *a, 
   return TVMBackendParallelLaunch(packed_task, &task, 0);
 }
 
+/* Products whose row count is known only at run time: the packed kernel up to
+ * max_rows rows, else OpenBLAS (onnxforge_sgemm, kernels.c) on the weight as stored
+ * (b, n x k when trans_b): above a hundred rows or so OpenBLAS's own packing of A
+ * pays off. The module keeps both forms of such weights. */
+int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const float *a, int64_t stride_a,
+                        int32_t trans_a, const float *b, int64_t stride_b, int32_t trans_b, float *c,
+                        const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi);
+
+int32_t onnxforge_sgemm_rows(int32_t m, int32_t n, int32_t k, int32_t max_rows, const float *a, const float *b,
+                             int32_t trans_b, const float *bp, float *c, const float *bias, int32_t bias_kind,
+                             int32_t clamp, float lo, float hi) {
+  if (m <= max_rows) return onnxforge_sgemm_packed(m, n, k, a, bp, c, bias, bias_kind, clamp, lo, hi);
+  return onnxforge_sgemm(1, m, n, k, a, 0, 0, b, 0, trans_b, c, bias, bias_kind, clamp, lo, hi);
+}
+
 #ifdef __cplusplus
 }
 #endif

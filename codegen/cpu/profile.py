@@ -70,6 +70,8 @@ def kernel_path(func) -> str:
     text = func.script(show_meta=False)
     if "onnxforge_sgemm_packed" in text:
         return "packed GEMM"
+    if "onnxforge_sgemm_rows" in text:
+        return "packed GEMM or BLAS (by rows)"
     if "onnxforge_sgemm" in text or "onnxforge_sgemv" in text:
         return "BLAS"
     if "call_extern" in text or "call_packed" in text:

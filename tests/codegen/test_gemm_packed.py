@@ -26,6 +26,9 @@ int TVMBackendParallelLaunch(FTVMParallelLambda f, void *cdata, int num_task) {
   return 0;
 }
 int32_t onnxforge_in_serial(void) { return 0; }
+/* kernels.c's OpenBLAS path, which onnxforge_sgemm_rows takes above max_rows: says it was called */
+int32_t onnxforge_sgemm(int32_t, int32_t, int32_t, int32_t, const float *, int64_t, int32_t, const float *, int64_t,
+                        int32_t, float *, const float *, int32_t, int32_t, float, float) { return 7; }
 }
 """
 
@@ -73,6 +76,17 @@ for m, n, k in [(1, 1, 1), (3, 17, 5), (7, 33, 1030), (13, 40, 77), (25, 16, 200
         ok = ~np.isnan(ref)
         scale = max(1.0, float(np.abs(ref[ok]).max())) if ok.any() else 1.0
         worst = max(worst, float(np.abs(c[ok] - ref[ok]).max() / scale) if ok.any() else 0.0)
+rows = lib.onnxforge_sgemm_rows
+rows.argtypes = [ctypes.c_int32] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int32] + [ctypes.c_void_p] * 3 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 2
+a = rng.standard_normal((10, 20)).astype(np.float32)
+w = rng.standard_normal((20, 30)).astype(np.float32)
+c = np.zeros((10, 30), np.float32)
+bp = pack_weight(w, False)  # kept alive across the calls
+assert rows(10, 30, 20, 10, a.ctypes.data, w.ctypes.data, 0, bp.ctypes.data, c.ctypes.data,
+            None, 0, 0, 0, 0) == 0  # up to max_rows: the packed kernel
+worst = max(worst, float(np.abs(c - a @ w).max()) / float(np.abs(a @ w).max()))
+assert rows(10, 30, 20, 9, a.ctypes.data, w.ctypes.data, 0, bp.ctypes.data, c.ctypes.data,
+            None, 0, 0, 0, 0) == 7  # above: OpenBLAS (kernels.c; the stand-in here)
 print(lib.onnxforge_packed_gemm_isa().decode(), worst)
 """
 
@@ -188,3 +202,31 @@ def test_compiled_module_matches_under_every_isa_cap(tmp_path, isa):
     ref = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     for name, r in zip(("y", "h"), ref):
         np.testing.assert_allclose(got[name], r, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_known_at_run_time_take_packed_or_openblas(tmp_path):
+    """A dense layer with a symbolic batch: up to PACKED_MAX_ROWS rows the packed
+    weight, above it OpenBLAS on the weight as stored; both match onnxruntime."""
+    pytest.importorskip("scipy_openblas32")
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxforge
+    from onnxforge.codegen.cpu.blas import PACKED_MAX_ROWS
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1), helper.make_node("Relu", ["g"], ["y"])]
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 40])],
+                              [numpy_helper.from_array(rng.standard_normal((40, 24)).astype(np.float32), "w"),
+                               numpy_helper.from_array(rng.standard_normal(40).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    pkg = onnxforge.compile(tmp_path / "m.onnx", target="x86", pipeline="-O1", output=tmp_path / "m.ofpkg")
+    assert pkg.manifest.get("transform_params") is True
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for rows in (1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1, 300):
+        x = rng.standard_normal((rows, 24)).astype(np.float32)
+        np.testing.assert_allclose(pkg(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
