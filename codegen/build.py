@@ -82,7 +82,7 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
             from .cpu.pipeline import export_kwargs as cpu_export_kwargs
 
             pipeline = cpu_pipeline(tvm_target, mode, database, stats, dequantize)
-            export_kwargs = cpu_export_kwargs(mode, blas_dir)
+            export_kwargs = cpu_export_kwargs(mode, blas_dir, linker)
     mod = lowered.mod
     _check_extern_kernels(mod, target, info["cpu_kernels"])
     if info["cpu_kernels"] in ("blas", "schedule"):  # the CPU pipeline lifts weight work itself, after packing

@@ -248,7 +248,6 @@ def _worker_main(pipeline: str) -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     cases = collect_cases()
-    _prebuild_kernels()
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         name = line.strip()
@@ -261,34 +260,6 @@ def _worker_main(pipeline: str) -> None:
             result = {"case": name, "ops": case_ops(cases[name]) if name in cases else [], "ort": "?",
                       "ort_detail": "", "status": "crash", "detail": _first_line(exc), "seconds": 0}
         out.write(json.dumps(result) + "\n")
-
-
-def _prebuild_kernels() -> None:
-    """Compile the C kernels that "blas" builds link (codegen/cpu/*.c) once per
-    worker, the way the build does (the C++ driver, -O2 -fPIC), and hand the
-    objects to every case's link instead of the sources: the same code, without
-    ~2 s of compiling per case. Left as it is if anything fails."""
-    try:
-        from onnxforge.codegen.cpu import pipeline as cpu_pipeline
-
-        original = cpu_pipeline.export_kwargs
-        folder = tempfile.mkdtemp(prefix="onnxforge-conf-kernels-")
-        objects = {}
-        for src in original("blas", "/nonexistent").get("addons", []):
-            obj = os.path.join(folder, os.path.basename(src) + ".o")
-            subprocess.run([os.environ.get("CXX", "g++"), "-O2", "-fPIC", "-c", src, "-o", obj], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            objects[src] = obj
-    except Exception:  # noqa: BLE001  (no shortcut: sources are compiled per case)
-        return
-
-    def export_kwargs(mode, blas_dir=None):
-        kwargs = original(mode, blas_dir)
-        if "addons" in kwargs:
-            kwargs["addons"] = [objects.get(a, a) for a in kwargs["addons"]]
-        return kwargs
-
-    cpu_pipeline.export_kwargs = export_kwargs
 
 
 class _Worker:

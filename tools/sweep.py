@@ -17,8 +17,8 @@ model alike. With --quantized each model is also compiled with
 lossy on purpose).
 
 A model that mismatches is measured once more against onnxruntime itself: how far
-its outputs move when every Sigmoid/Tanh/Exp/Erf/Softmax result changes by one ulp
-(ulp_spread). A difference no larger than that gets its own status, "within
+its outputs move when every Sigmoid/Tanh/Exp/Erf/Softmax result changes by one ulp,
+up or down (ulp_spread). A difference no larger than that gets its own status, "within
 onnxruntime's one-ulp spread" (not counted as a pass), with the argmax agreement.
 
 Every model runs in its own subprocess with a time limit, so one crash or hang
@@ -291,27 +291,39 @@ ULP_OPS = ("Sigmoid", "Tanh", "Exp", "Erf", "Softmax", "HardSwish", "Gelu")
 
 def ulp_spread(path, calls: Calls, names: list[str], reference) -> float | None:
     """How far onnxruntime's own outputs move when every ULP_OPS result is scaled by
-    (1 + 2^-23), about one ulp: models that re-quantize activations at run time
-    (DynamicQuantizeLinear after a Sigmoid) turn such differences into whole
-    quantization steps. None when the model has none of those ops or this fails."""
+    (1 + 2^-23) or by (1 - 2^-24), about one ulp up or down (the larger of the two):
+    models that re-quantize activations at run time (DynamicQuantizeLinear after a
+    Sigmoid) turn such differences into whole quantization steps. None when the model
+    has none of those ops or this fails."""
+    import onnx
+
+    try:
+        model = onnx.load(os.fspath(path))
+    except Exception:  # noqa: BLE001
+        return None
+    if not any(n.op_type in ULP_OPS for n in model.graph.node):
+        return None
+    moved = [_moved_by(model, scale, calls, names, reference) for scale in (1 + 2.0 ** -23, 1 - 2.0 ** -24)]
+    return None if None in moved else max(moved)
+
+
+def _moved_by(model, scale: float, calls: Calls, names: list[str], reference) -> float | None:
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     try:
-        model = onnx.load(os.fspath(path))
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy per scale
         graph = model.graph
-        if not any(n.op_type in ULP_OPS for n in graph.node):
-            return None
-        scale = "onnxforge_sweep_ulp"
-        graph.initializer.append(numpy_helper.from_array(np.array(1 + 2.0 ** -23, np.float32), scale))
+        factor = "onnxforge_sweep_ulp"
+        graph.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), factor))
         nodes = []
         for node in graph.node:
             nodes.append(node)
             if node.op_type in ULP_OPS and node.output and node.output[0]:
                 out = node.output[0]
                 node.output[0] = out + "_onnxforge_exact"
-                nodes.append(helper.make_node("Mul", [out + "_onnxforge_exact", scale], [out]))
+                nodes.append(helper.make_node("Mul", [out + "_onnxforge_exact", factor], [out]))
         del graph.node[:]
         graph.node.extend(nodes)
         opts = ort.SessionOptions()
@@ -389,6 +401,9 @@ def sweep_one(path: str | os.PathLike, calls: Calls | Callable[[dict], Calls], *
                     row["status"] = "within onnxruntime's one-ulp spread"
                     row["error"] = (f"{why}; onnxruntime itself moves {spread:.3g} when its {'/'.join(ULP_OPS)} "
                                     f"outputs change by one ulp; argmax agreement {row['argmax_agreement']:.3f}")
+                else:
+                    row["error"] += (f"; onnxruntime's own one-ulp spread here: {spread:.3g}; argmax agreement "
+                                     f"{row['argmax_agreement']:.3f}")
         if quantized:
             row["quantized"] = _quantized(path, calls, names, reference, tmp, target, pipeline)
     return row

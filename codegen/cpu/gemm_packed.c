@@ -56,19 +56,21 @@ typedef struct {
   float lo, hi;
 } PackedJob;
 
-/* Store one 16-wide row of a tile: first chunk writes, later ones add; the last adds
- * the bias and clamps. cols < 16 only in the last panel. */
-static inline __attribute__((always_inline)) void tile_row_store(float *c, const float *tile, int32_t cols,
-                                                                 int first, int last, const float *bias,
-                                                                 float lo, float hi) {
-  for (int32_t j = 0; j < cols; ++j) {
-    float v = tile[j] + (first ? 0.0f : c[j]);
-    if (last) {
-      if (bias) v += bias[j];
-      v = v < lo ? lo : (v > hi ? hi : v);  /* NaN stays NaN */
+/* Store `rows` 16-wide rows of a tile (row r at c + r * ldc): the first chunk writes,
+ * later ones add; the last adds the bias and clamps. cols < 16 only in the last
+ * panel. Out of line: once per tile and chunk, not per k, and one copy for every
+ * variant keeps the file quick to compile (it is compiled into every CPU package). */
+static void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, int32_t cols, int first, int last,
+                       const float *bias, float lo, float hi) {
+  for (int32_t r = 0; r < rows; ++r, c += ldc, tile += NR)
+    for (int32_t j = 0; j < cols; ++j) {
+      float v = tile[j] + (first ? 0.0f : c[j]);
+      if (last) {
+        if (bias) v += bias[j];
+        v = v < lo ? lo : (v > hi ? hi : v); /* NaN stays NaN */
+      }
+      c[j] = v;
     }
-    c[j] = v;
-  }
 }
 
 /* One variant (VT: a native vector of VW floats, VTU its unaligned twin):
@@ -90,11 +92,10 @@ static inline __attribute__((always_inline)) void tile_row_store(float *c, const
         _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) acc[r][v] += s * b[v];                       \
       }                                                                                                         \
     }                                                                                                           \
-    float tile[NR] __attribute__((aligned(64)));                                                                \
-    _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r) {                                                     \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) *(VTU *)(tile + v * VW) = acc[r][v];           \
-      tile_row_store(c + r * ldc, tile, cols, first, last, bias, lo, hi);                                      \
-    }                                                                                                           \
+    float tile[MR][NR] __attribute__((aligned(64)));                                                            \
+    _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r)                                                       \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) *(VTU *)(tile[r] + v * VW) = acc[r][v];        \
+    tile_store(c, ldc, &tile[0][0], MR, cols, first, last, bias, lo, hi);                                       \
   }                                                                                                             \
   static ATTR void NAME##_row(int32_t kc, const float *a, const float *bp, float *c, int32_t cols, int first,   \
                               int last, const float *bias, float lo, float hi) {                                \
@@ -112,7 +113,7 @@ static inline __attribute__((always_inline)) void tile_row_store(float *c, const
     float tile[NR] __attribute__((aligned(64)));                                                                \
     _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v)                                                   \
       *(VTU *)(tile + v * VW) = (s[0][v] + s[1][v]) + (s[2][v] + s[3][v]);                                      \
-    tile_row_store(c, tile, cols, first, last, bias, lo, hi);                                                   \
+    tile_store(c, 0, tile, 1, cols, first, last, bias, lo, hi);                                                 \
   }                                                                                                             \
   static ATTR void NAME##_range(const PackedJob *j, int32_t r0, int32_t r1, int32_t p0, int32_t p1) {          \
     const int64_t k = j->k, n = j->n;                                                                           \

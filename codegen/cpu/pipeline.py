@@ -101,9 +101,56 @@ def _scheduled(mod) -> int:
                if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False))
 
 
-def export_kwargs(mode: str, blas_dir: str | None = None) -> dict:
+def export_kwargs(mode: str, blas_dir: str | None = None, cxx: str | None = None) -> dict:
     """Extra export_library arguments: the C kernels (kernels.c, recurrent.c, gemm_packed.c) and the BLAS link options
-    (`blas_dir`: the OpenBLAS folder for the target; default this machine's)."""
+    (`blas_dir`: the OpenBLAS folder for the target; default this machine's; `cxx`: the
+    compiler that links the package, default TVM's: $CXX, else g++)."""
     if mode != "blas":
         return {}
-    return {"addons": [str(c) for c in C_SOURCES], "options": ["-O2", "-fPIC", *link_options(blas_dir or blas_lib_dir())]}
+    compiler = cxx or tvm.support.cc.get_cc() or "g++"
+    return {"addons": [kernel_object(src, compiler) for src in C_SOURCES],
+            "options": [*KERNEL_FLAGS, *link_options(blas_dir or blas_lib_dir())]}
+
+
+KERNEL_FLAGS = ("-O2", "-fPIC")
+
+
+def kernel_object(source, compiler: str) -> str:
+    """The C kernel `source` compiled by `compiler` (KERNEL_FLAGS), cached under
+    $ONNXFORGE_CACHE/kernels keyed by the source, the compiler and its version: the
+    three files take ~5 s to compile, once per machine instead of once per package.
+    The source itself (compiled in the link, as before) if anything goes wrong."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from ..device.libs import cache_root
+
+    try:
+        path = shutil.which(compiler)
+        if path is None:
+            return str(source)
+        version = subprocess.run([path, "-dumpfullversion", "-dumpmachine"], capture_output=True, text=True,
+                                 timeout=30).stdout
+        with open(source, "rb") as f:
+            text = f.read()
+        key = hashlib.sha256(b"\0".join([text, os.path.realpath(path).encode(), version.encode(),
+                                          " ".join(KERNEL_FLAGS).encode()])).hexdigest()[:16]
+        folder = cache_root() / "kernels"
+        obj = folder / f"{os.path.basename(source)}-{key}.o"
+        if not obj.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".o", dir=folder)
+            os.close(fd)
+            try:
+                subprocess.run([path, *KERNEL_FLAGS, "-c", str(source), "-o", tmp], check=True, capture_output=True,
+                               timeout=600)
+                os.replace(tmp, obj)  # atomic: concurrent builds see a whole object or none
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return str(obj)
+    except (OSError, subprocess.SubprocessError):
+        return str(source)

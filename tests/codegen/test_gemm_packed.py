@@ -4,7 +4,6 @@ against numpy, over shapes that hit every edge (row and column tails, k chunks,
 an empty k), with bias, clamp and NaN; and ONNXFORGE_CPU_ISA capping the variant.
 The library is built here with the C++ compiler the builds use, with a stand-in
 for TVM's thread pool (two tasks, run one after the other)."""
-import ctypes
 import os
 import shutil
 import subprocess
@@ -230,3 +229,19 @@ def test_rows_known_at_run_time_take_packed_or_openblas(tmp_path):
     for rows in (1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1, 300):
         x = rng.standard_normal((rows, 24)).astype(np.float32)
         np.testing.assert_allclose(pkg(x=x)["y"], sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_objects_are_compiled_once_and_cached(tmp_path, monkeypatch):
+    from onnxforge.codegen.cpu.pipeline import kernel_object
+
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("no C++ compiler (g++)")
+    monkeypatch.setenv("ONNXFORGE_CACHE", str(tmp_path))
+    obj = kernel_object(GEMM_PACKED_C, os.environ.get("CXX", "g++"))
+    assert obj.endswith(".o") and os.path.isfile(obj) and str(tmp_path) in obj
+    first = os.stat(obj).st_mtime_ns
+    assert kernel_object(GEMM_PACKED_C, os.environ.get("CXX", "g++")) == obj and os.stat(obj).st_mtime_ns == first
+    changed = tmp_path / "gemm_packed.c"  # another source text: another object
+    changed.write_text(GEMM_PACKED_C.read_text() + "\n/* changed */\n")
+    assert kernel_object(changed, os.environ.get("CXX", "g++")) != obj
+    assert kernel_object(GEMM_PACKED_C, "no-such-compiler-here") == str(GEMM_PACKED_C)  # compiled in the link
