@@ -165,7 +165,7 @@ def run_ort(case) -> tuple[str, str]:
 
 # Relax ops (and calls) that the default CPU kernel mode ("blas") sends to OpenBLAS
 # or onnxforge's C kernels; a module without them compiles to the same code under
-# "schedule", without the ~2 s of gcc that "blas" spends on kernels.c per build.
+# "schedule", without linking the C kernels and OpenBLAS that "blas" adds to every build.
 _BLAS_MARKERS = ("R.matmul", "R.nn.conv", "R.nn.attention", "call_dps_packed", "ExternFunc", "call_extern",
                  "call_packed")
 

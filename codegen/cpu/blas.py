@@ -8,6 +8,10 @@ a plain GEMM per image; otherwise im2col, a TVM kernel, then GEMM) become
 ...)` (kernels.c). Everything around them (bias adds, activations, the im2col
 gather) stays Relax/TIR and is fused and scheduled by TVM.
 
+Products with a constant float32 weight and few rows (PACKED_MAX_ROWS; or rows
+known only at run time) call gemm_packed.c instead, with the weight packed once
+(pack_weight / _pack_te, lifted by the CPU pipeline into main_transform_params).
+
 Depthwise conv2d (groups == channels, 3x3 or 5x5, stride 1 or 2, dilation 1, any
 padding) does not go to BLAS but to kernels.c's own onnxforge_dwconv2d_plane, one
 call per (image, channel) plane in a TIR loop (serial by default, see _DW_PARALLEL).

@@ -1,11 +1,12 @@
 /* onnxforge packed-weight GEMM, linked into compiled x86/arm64 modules next to kernels.c.
  *
  * C (m x n) = clamp(A (m x k) @ B (k x n) [+ bias per column], lo, hi) where B is a
- * constant weight that blas.py packed at compile time: column panels of NR = 16, each
- * stored k x 16 contiguous (the last one zero-padded). OpenBLAS repacks B on every
- * call, which is most of the work when m is small (a classifier head of 20 x 1024 x
- * 8210 read its 33 MB weight twice per call: 64 GFLOP/s); here B streams from memory
- * once per block of MC rows of A, and A is read in place (no copy).
+ * weight packed once (blas.py: at compile time for a constant, at load for a weight
+ * parameter): column panels of NR = 16, each stored k x 16 contiguous (the last one
+ * zero-padded). OpenBLAS repacks B on every call, which is most of the work when m is
+ * small (ddddocr's 20 x 1024 x 8210 classifier head ran at 64 GFLOP/s that way, 5.3 ms;
+ * ~4 ms here); here B streams from memory once per block of MC rows of A, and A is
+ * read in place (no copy).
  *
  * Blocking (Goto's order, minus packing A): rows of A in blocks of MC, k in chunks
  * of KC (the MC x KC block of A stays in L2 across all panels), then per panel
