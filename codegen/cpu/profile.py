@@ -24,11 +24,16 @@ _DWCONV = re.compile(r'"onnxforge_dwconv2d_plane", (?:T\.Cast\("int32", )?plane\
 
 
 def _kernel_module(mod, target, mode, database=None):
-    from .pipeline import front_passes
+    from .pipeline import front_passes, lift_weight_transforms
     from .schedules import default_schedule_pass
 
     with target:
-        mod = tvm.transform.Sequential(front_passes(target, mode))(mod)
+        passes = front_passes(target, mode)
+        mod = tvm.transform.Sequential(passes[:1])(mod)
+        # as the build does: weight packing moves to main_transform_params (once, at
+        # load), so it is not timed as part of a run
+        mod, _ = lift_weight_transforms(mod, "run")
+        mod = tvm.transform.Sequential(passes[1:])(mod)
         tuned = set()
         if database is not None:
             with database:
@@ -172,7 +177,10 @@ def profile_model(model, pipeline: str = "-O2", shapes=None, db=None, mode: str 
         database = load_for(db, target)
         if database is None:
             raise DataError(f"{db} holds no tuning records for {target.name}")
-    return kernel_table(lowered.mod, target.tvm, mode, database=database)
+    from ..build import _with_num_input
+
+    # main's parameters past the inputs are weights, as in a build (blas.py packs them)
+    return kernel_table(_with_num_input(lowered.mod, len(lowered.inputs)), target.tvm, mode, database=database)
 
 
 def main(argv=None):
