@@ -411,7 +411,7 @@ class _BlasRewriter(PyExprMutator):
             if w.dtype != np.float32 or w.ndim < 2 or math.prod(w.shape[:-2]) != 1:
                 return None
             return relax.const(pack_weight(w.reshape(w.shape[-2:]), trans_b), "float32")
-        if b not in self._weights:
+        if b not in self._weights and not self._from_weights(b):
             return None
         shape = static_shape(b)
         if _dtype(b) != "float32" or shape is None or len(shape) < 2 or math.prod(shape[:-2]) != 1:
@@ -420,6 +420,34 @@ class _BlasRewriter(PyExprMutator):
             b = self.builder_.emit(relax.op.reshape(b, shape[-2:]))
         return self.builder_.emit(self.builder_.call_te(_pack_te, b, trans=trans_b, k=k, n=n,
                                                         primfunc_name_hint="pack_weight"))
+
+    def _from_weights(self, expr, limit: int = 32) -> bool:
+        """Whether `expr` is computed from float32 weight parameters and constants alone
+        (a slice, reshape or transpose of a weight, as recurrent layers and exporters
+        write them): then its packing, and what it is computed from, are lifted to load
+        time too. Follows at most `limit` bindings."""
+        stack, seen = [expr], 0
+        while stack:
+            e = stack.pop()
+            if isinstance(e, relax.Var):
+                if e in self._weights:
+                    if _dtype(e) != "float32":  # quantized weights stay quantized in memory
+                        return False
+                    continue
+                seen += 1
+                value = self._producer(e)
+                if value is None or seen > limit:
+                    return False  # an input, or a chain too long to follow
+                stack.append(value)
+            elif isinstance(e, relax.Call):
+                if not isinstance(e.op, tvm.ir.Op):
+                    return False
+                stack.extend(e.args)
+            elif isinstance(e, relax.Tuple):
+                stack.extend(e.fields)
+            elif not isinstance(e, (tvm.ir.Constant, relax.ShapeExpr)):  # prim values are Constants too
+                return False
+        return True
 
     def _packed(self, a, b, trans_b, bias, clamp, *, out_shape, m, n, k):
         """a @ B through gemm_packed.c when B packs (_packed_weight), else None."""
