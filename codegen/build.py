@@ -86,7 +86,7 @@ def build_library(lowered: Lowered, target: ResolvedTarget, path: str | os.PathL
     mod = lowered.mod
     _check_extern_kernels(mod, target, info["cpu_kernels"])
     if info["cpu_kernels"] in ("blas", "schedule"):  # the CPU pipeline lifts weight work itself, after packing
-        mod = _with_num_input(mod, len(lowered.inputs))
+        mod = with_num_input(mod, len(lowered.inputs))
     elif dequantize == "load":
         mod = _lift_params(mod, len(lowered.inputs))
     try:
@@ -122,7 +122,7 @@ def _check_extern_kernels(mod, target: ResolvedTarget, mode: str) -> None:
                          f"for the target is installed: pip install scipy-openblas32)")
 
 
-def _with_num_input(mod, num_inputs: int):
+def with_num_input(mod, num_inputs: int):
     """main's first `num_inputs` parameters are inputs, the rest weights (a copy of
     the module: the caller's is left as it is)."""
     main = mod.get_global_var("main")
@@ -131,7 +131,7 @@ def _with_num_input(mod, num_inputs: int):
 
 
 def _lift_params(mod, num_inputs: int):
-    return relax.transform.LiftTransformParams()(_with_num_input(mod, num_inputs))
+    return relax.transform.LiftTransformParams()(with_num_input(mod, num_inputs))
 
 
 def resolve_cpu_kernels(requested: str | None, target: ResolvedTarget) -> tuple[str, str | None]:

@@ -10,11 +10,11 @@ gather) stays Relax/TIR and is fused and scheduled by TVM.
 
 Products with a constant float32 weight and few rows (PACKED_MAX_ROWS; or rows
 known only at run time) call gemm_packed.c instead, with the weight packed once
-(pack_weight / _pack_te, lifted by the CPU pipeline into main_transform_params).
+(pack_weight / pack_te, lifted by the CPU pipeline into main_transform_params).
 
 Depthwise conv2d (groups == channels, 3x3 or 5x5, stride 1 or 2, dilation 1, any
 padding) does not go to BLAS but to kernels.c's own onnxforge_dwconv2d_plane, one
-call per (image, channel) plane in a TIR loop (serial by default, see _DW_PARALLEL).
+call per (image, channel) plane in a TIR loop (serial by default, see DW_PARALLEL).
 
 The BLAS is the scipy-openblas32 wheel (`pip install scipy-openblas32`): same
 package on x86_64 and aarch64, symbols prefixed `scipy_`, no Fortran runtime
@@ -31,23 +31,19 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
+from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, dwconv_te, im2col_te, pack_te, pack_weight, packed_te,
+                           rows_te, sgemm_te)
 
 KERNELS_C = Path(__file__).with_name("kernels.c")
 RECURRENT_C = Path(__file__).with_name("recurrent.c")  # RNN/GRU/LSTM recurrences (codegen/recurrent.py)
-GEMM_PACKED_C = Path(__file__).with_name("gemm_packed.c")  # constant weights packed at compile time
+GEMM_PACKED_C = Path(__file__).with_name("gemm_packed.c")  # weights packed once (extern_calls.pack_weight)
 C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C)
 
-# Products with a constant weight and at most this many rows take gemm_packed.c (the
-# weight packed once, here) instead of OpenBLAS (which repacks it on every call). Above
-# it OpenBLAS's packed-A kernel is faster (measured on Zen 3, 2 threads: 20x8210x1024
-# 5.3 -> 4.1 ms; at 128 rows about equal; 1024x1024x1024 20 ms against OpenBLAS's 13).
-PACKED_MAX_ROWS = 96
-PANEL = 16  # gemm_packed.c's NR
 BLAS_SONAME = OPENBLAS
 
 
@@ -102,84 +98,6 @@ class Epilogue:
 NO_EPILOGUE = Epilogue()
 
 
-def _epilogue_args(ins, outs, bias_kind: int, lo, hi) -> list:
-    """bias, bias_kind, clamp, lo, hi as kernels.c takes them (ins[2]: the bias tensor, if any)."""
-    lo, hi = float(getattr(lo, "value", lo)), float(getattr(hi, "value", hi))  # call_te may hand FloatImm
-    has_bias = len(ins) > 2
-    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
-    return [ins[2].data if has_bias else outs[0].data,  # no bias: kernels.c reads none
-            tirx.const(bias_kind if has_bias else 0, "int32"),
-            tirx.const(int(lo != -math.inf or hi != math.inf), "int32"), f32(lo), f32(hi)]
-
-
-def _sgemm_te(a, b, *rest, out_shape, batch, m, n, k, stride_a, stride_b, trans_a, trans_b, name,
-              bias_kind=0, lo=-math.inf, hi=math.inf):
-    """te.extern: out = clamp(op(a) @ op(b) [+ bias], lo, hi), batched, via onnxforge_sgemm
-    (rest: the bias tensor, if any; see Epilogue)."""
-
-    def body(ins, outs):
-        return tirx.call_extern("int32", "onnxforge_sgemm", _arg(batch, "int32"), _arg(m, "int32"),
-                                _arg(n, "int32"), _arg(k, "int32"), ins[0].data,
-                                _arg(stride_a, "int64"), tirx.const(int(trans_a), "int32"), ins[1].data,
-                                _arg(stride_b, "int64"), tirx.const(int(trans_b), "int32"), outs[0].data,
-                                *_epilogue_args(ins, outs, bias_kind, lo, hi))
-
-    return te.extern([out_shape], [a, b, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
-                     dtype="float32")
-
-
-def pack_weight(w: np.ndarray, trans: bool) -> np.ndarray:
-    """B (k x n; n x k when `trans`) as gemm_packed.c reads it: ceil(n / 16) column
-    panels, each k x 16 contiguous, the last one zero-padded."""
-    b = w.T if trans else w
-    k, n = b.shape
-    panels = -(-n // PANEL)
-    padded = np.zeros((k, panels * PANEL), np.float32)
-    padded[:, :n] = b
-    return np.ascontiguousarray(padded.reshape(k, panels, PANEL).transpose(1, 0, 2))
-
-
-def _pack_te(w, *, trans, k, n):
-    """The packing of pack_weight as a TIR kernel, for a weight that is a parameter
-    (the build lifts it into main_transform_params: it runs once, at load)."""
-    zero = tirx.const(0.0, "float32")
-
-    def f(p, q, j):
-        col = p * PANEL + j
-        safe = te.min(col, n - 1)  # no read past the weight, even where the value is dropped
-        return tirx.if_then_else(col < n, w[safe, q] if trans else w[q, safe], zero)
-
-    return te.compute((-(-n // PANEL), k, PANEL), f, name="pack_weight")
-
-
-def _packed_te(a, bp, *rest, out_shape, m, n, k, name, bias_kind=0, lo=-math.inf, hi=math.inf):
-    """te.extern: out = clamp(a @ B [+ bias], lo, hi) through onnxforge_sgemm_packed, with
-    `bp` the packed weight (pack_weight) and a's leading dims folded into m rows."""
-
-    def body(ins, outs):
-        return tirx.call_extern("int32", "onnxforge_sgemm_packed", _arg(m, "int32"), _arg(n, "int32"),
-                                _arg(k, "int32"), ins[0].data, ins[1].data, outs[0].data,
-                                *_epilogue_args(ins, outs, bias_kind, lo, hi))
-
-    return te.extern([out_shape], [a, bp, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
-                     dtype="float32")
-
-
-def _rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, lo=-math.inf, hi=math.inf):
-    """te.extern: out = clamp(a @ B [+ bias], lo, hi) with the row count m known at run
-    time: onnxforge_sgemm_rows takes the packed `bp` up to PACKED_MAX_ROWS rows, else
-    OpenBLAS on `b` as stored (n x k when trans_b)."""
-
-    def body(ins, outs):
-        epilogue = _epilogue_args([ins[0], ins[1], *ins[3:]], outs, bias_kind, lo, hi)
-        return tirx.call_extern("int32", "onnxforge_sgemm_rows", _arg(m, "int32"), _arg(n, "int32"),
-                                _arg(k, "int32"), tirx.const(PACKED_MAX_ROWS, "int32"), ins[0].data, ins[1].data,
-                                tirx.const(int(trans_b), "int32"), ins[2].data, outs[0].data, *epilogue)
-
-    return te.extern([out_shape], [a, b, bp, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
-                     dtype="float32")
-
-
 def _same_dim(x, y) -> bool:
     """Two dims known equal: equal ints, or the same symbolic expression."""
     if isinstance(x, int) or isinstance(y, int):
@@ -187,11 +105,6 @@ def _same_dim(x, y) -> bool:
     import tvm_ffi
 
     return bool(tvm_ffi.structural_equal(x, y))
-
-
-def _arg(v, dtype: str):
-    """A constant, or a symbolic dim (product) evaluated at run time."""
-    return tirx.const(v, dtype) if isinstance(v, int) else tirx.Cast(dtype, v)
 
 
 def _is_swap_last_two(call) -> bool:
@@ -398,7 +311,7 @@ class _BlasRewriter(PyExprMutator):
             if packed is not None:
                 return packed
         self.count += 1
-        return self.builder_.call_te(_sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m_eff, n=n, k=k,
+        return self.builder_.call_te(sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m_eff, n=n, k=k,
                                      stride_a=stride_a, stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
                                      bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
 
@@ -418,8 +331,8 @@ class _BlasRewriter(PyExprMutator):
             return None
         if len(shape) > 2:
             b = self.builder_.emit(relax.op.reshape(b, shape[-2:]))
-        return self.builder_.emit(self.builder_.call_te(_pack_te, b, trans=trans_b, k=k, n=n,
-                                                        primfunc_name_hint="pack_weight"))
+        return self.builder_.emit(self.builder_.call_te(pack_te, b, trans=trans_b, k=k, n=n,
+                                                        primfunc_name_hint=PACK_KERNEL))
 
     def _from_weights(self, expr, limit: int = 32) -> bool:
         """Whether `expr` is computed from float32 weight parameters and constants alone
@@ -455,7 +368,7 @@ class _BlasRewriter(PyExprMutator):
         if bp is None:
             return None
         self.count += 1
-        return self.builder_.call_te(_packed_te, a, bp, *bias, out_shape=out_shape, m=m, n=n, k=k,
+        return self.builder_.call_te(packed_te, a, bp, *bias, out_shape=out_shape, m=m, n=n, k=k,
                                      name="packed_matmul", bias_kind=1, **clamp, primfunc_name_hint="packed_matmul")
 
     def _rewrite_symbolic_matmul(self, call, epilogue):
@@ -482,11 +395,11 @@ class _BlasRewriter(PyExprMutator):
         bp = self._packed_weight(b_src, tb, sa[-1], sb[-1]) if batch == 1 and not isinstance(m, int) else None
         if bp is not None:  # rows known at run time: packed up to PACKED_MAX_ROWS, else OpenBLAS
             self.count += 1
-            return self.builder_.call_te(_rows_te, a, b_src, bp, *bias, out_shape=so, m=m, n=sb[-1], k=sa[-1],
+            return self.builder_.call_te(rows_te, a, b_src, bp, *bias, out_shape=so, m=m, n=sb[-1], k=sa[-1],
                                          trans_b=tb, name="packed_or_blas_matmul", bias_kind=1, **clamp,
                                          primfunc_name_hint="packed_or_blas_matmul")
         self.count += 1
-        return self.builder_.call_te(_sgemm_te, a, b_src, *bias, out_shape=so, batch=batch, m=m, n=sb[-1], k=sa[-1],
+        return self.builder_.call_te(sgemm_te, a, b_src, *bias, out_shape=so, batch=batch, m=m, n=sb[-1], k=sa[-1],
                                      stride_a=strides[0], stride_b=strides[1], trans_a=False, trans_b=tb, name="blas_matmul",
                                      bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
 
@@ -554,14 +467,14 @@ class _BlasRewriter(PyExprMutator):
         bias, clamp = epilogue.te_args()
         if (kh, kw) == (1, 1) and strides == [1, 1] and pad == [0, 0, 0, 0]:
             self.count += 1
-            return bb.call_te(_sgemm_te, w, x, *bias, out_shape=so, batch=nb, m=co, n=h * wd, k=ci, stride_a=0,
+            return bb.call_te(sgemm_te, w, x, *bias, out_shape=so, batch=nb, m=co, n=h * wd, k=ci, stride_a=0,
                               stride_b=ci * h * wd, trans_a=False, trans_b=False, name="blas_conv1x1",
                               bias_kind=2, **clamp, primfunc_name_hint="blas_conv1x1")
         # im2col: col[n, ci*kh*kw, oh*ow]
-        col = bb.emit(bb.call_te(_im2col_te, x, kh=kh, kw=kw, strides=strides, pad=pad, dil=dil, oh=oh, ow=ow,
+        col = bb.emit(bb.call_te(im2col_te, x, kh=kh, kw=kw, strides=strides, pad=pad, dil=dil, oh=oh, ow=ow,
                                  primfunc_name_hint="im2col"))
         self.count += 1
-        return bb.call_te(_sgemm_te, w, col, *bias, out_shape=so, batch=nb, m=co, n=oh * ow, k=ci * kh * kw,
+        return bb.call_te(sgemm_te, w, col, *bias, out_shape=so, batch=nb, m=co, n=oh * ow, k=ci * kh * kw,
                           stride_a=0, stride_b=ci * kh * kw * oh * ow, trans_a=False, trans_b=False, name="blas_conv",
                           bias_kind=2, **clamp, primfunc_name_hint="blas_conv")
 
@@ -615,57 +528,8 @@ class _BlasRewriter(PyExprMutator):
             return None
         self.count += 1
         bias, clamp = epilogue.te_args()
-        return self.builder_.call_te(_dwconv_te, x, w, *bias, out_shape=so, kh=kh, kw=kw, strides=strides, pad=pad,
+        return self.builder_.call_te(dwconv_te, x, w, *bias, out_shape=so, kh=kh, kw=kw, strides=strides, pad=pad,
                                      name="blas_dwconv", **clamp, primfunc_name_hint="blas_dwconv")
-
-
-# Depthwise planes in a TVM parallel loop (or one after another on the calling thread).
-# Parallel: with OpenBLAS single-threaded and TVM's pool unpinned (runtime.set_threads),
-# EfficientNet-Lite0 on 2 cores went from 19.9-22.5 ms (serial planes) to 15.0-19.6 ms
-# (same process, interleaved). Serial had been the choice while OpenBLAS's own threads
-# spun next to TVM's pool: the parallel loop then fell to ~450 ms under outside load.
-_DW_PARALLEL = True
-
-
-def _dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, lo=-math.inf, hi=math.inf):
-    """te.extern: one onnxforge_dwconv2d_plane call per (image, channel), in a loop
-    (serial, or over TVM's thread pool when _DW_PARALLEL); rest: the epilogue's bias."""
-    nb, c, h, wd = x.shape  # ints, or symbolic sizes read at run time
-    _, _, oh, ow = out_shape
-
-    def i32(v):
-        return tirx.const(int(v), "int32") if isinstance(v, (int, tirx.IntImm)) else tirx.Cast("int32", v)
-
-    def body(ins, outs):
-        plane = tirx.Var("plane", "int64")
-        call = tirx.call_extern("int32", "onnxforge_dwconv2d_plane", tirx.Cast("int32", plane), i32(c), i32(h),
-                                i32(wd), i32(oh), i32(ow), i32(kh), i32(kw), i32(strides[0]), i32(strides[1]),
-                                i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
-                                *_epilogue_args(ins, outs, 1, lo, hi), outs[0].data)
-        kind = tirx.ForKind.PARALLEL if _DW_PARALLEL else tirx.ForKind.SERIAL
-        planes = tirx.Cast("int64", nb) * tirx.Cast("int64", c)
-        return tirx.For(plane, tirx.const(0, "int64"), planes, kind, tirx.Evaluate(call))
-
-    return te.extern([out_shape], [x, w, *rest], body, name=name, dtype="float32")
-
-
-def _im2col_te(x, *, kh, kw, strides, pad, dil, oh, ow):
-    n, ci, h, w = x.shape  # ints, or symbolic sizes
-    sh, sw = strides
-    dh, dw = dil
-    pt, pl = pad[0], pad[1]
-
-    def fcompute(b, r, p):
-        c = r // (kh * kw)
-        i = (r // kw) % kh
-        j = r % kw
-        y = (p // ow) * sh - pt + i * dh
-        xx = (p % ow) * sw - pl + j * dw
-        inside = tvm.tirx.all(y >= 0, y < h, xx >= 0, xx < w)
-        return tvm.tirx.if_then_else(inside, x[b, c, y, xx],
-                                     tvm.tirx.const(0.0, x.dtype))
-
-    return te.compute((n, ci * kh * kw, oh * ow), fcompute, name="im2col")
 
 
 @tvm.transform.module_pass(opt_level=0, name="onnxforge.DispatchBLAS")

@@ -153,15 +153,24 @@ static void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, i
 typedef void (*RangeFn)(const PackedJob *, int32_t, int32_t, int32_t, int32_t);
 typedef struct { const char *name; RangeFn range; int32_t mr; } Variant;
 
+/* Rows per tile: what the vector registers hold as MR x 16 accumulators. */
 #if defined(__x86_64__) && defined(__GNUC__)
-PACKED_GEMM_VARIANT(gemm_avx512, PG_OPT __attribute__((target("avx512f,fma"))), 12, vf16, vf16u, 16)
-PACKED_GEMM_VARIANT(gemm_avx2, PG_OPT __attribute__((target("avx2,fma"))), 6, vf8, vf8u, 8)
-PACKED_GEMM_VARIANT(gemm_generic, PG_OPT, 2, vf4, vf4u, 4)
+#define MR_AVX512 12 /* 32 zmm */
+#define MR_AVX2 6    /* 16 ymm, 2 per row */
+#define MR_GENERIC 2 /* 16 xmm, 4 per row */
+#else
+#define MR_GENERIC 6 /* NEON: 32 q registers, 4 per row */
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+PACKED_GEMM_VARIANT(gemm_avx512, PG_OPT __attribute__((target("avx512f,fma"))), MR_AVX512, vf16, vf16u, 16)
+PACKED_GEMM_VARIANT(gemm_avx2, PG_OPT __attribute__((target("avx2,fma"))), MR_AVX2, vf8, vf8u, 8)
+PACKED_GEMM_VARIANT(gemm_generic, PG_OPT, MR_GENERIC, vf4, vf4u, 4)
 #ifdef ONNXFORGE_GEMM_TEST /* the avx512 variant's blocking (MR 12) compiled for avx2, to test it on any host */
-PACKED_GEMM_VARIANT(gemm_wide_test, PG_OPT __attribute__((target("avx2,fma"))), 12, vf8, vf8u, 8)
+PACKED_GEMM_VARIANT(gemm_wide_test, PG_OPT __attribute__((target("avx2,fma"))), MR_AVX512, vf8, vf8u, 8)
 #endif
 #else
-PACKED_GEMM_VARIANT(gemm_generic, PG_OPT, 6, vf4, vf4u, 4)
+PACKED_GEMM_VARIANT(gemm_generic, PG_OPT, MR_GENERIC, vf4, vf4u, 4)
 #endif
 
 /* 0 baseline, 1 AVX2+FMA, 2 AVX-512F+FMA: the best this CPU has (always 0 off x86-64),
@@ -189,14 +198,14 @@ static Variant pick_variant(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
 #ifdef ONNXFORGE_GEMM_TEST
   const char *cap = getenv("ONNXFORGE_CPU_ISA");
-  if (cap && !strcmp(cap, "wide-test")) return (Variant){"wide-test", gemm_wide_test_range, 12};
+  if (cap && !strcmp(cap, "wide-test")) return (Variant){"wide-test", gemm_wide_test_range, MR_AVX512};
 #endif
   int32_t level = onnxforge_cpu_isa_level();
-  if (level >= 2) return (Variant){"avx512", gemm_avx512_range, 12};
-  if (level >= 1) return (Variant){"avx2", gemm_avx2_range, 6};
-  return (Variant){"generic", gemm_generic_range, 2};
+  if (level >= 2) return (Variant){"avx512", gemm_avx512_range, MR_AVX512};
+  if (level >= 1) return (Variant){"avx2", gemm_avx2_range, MR_AVX2};
+  return (Variant){"generic", gemm_generic_range, MR_GENERIC};
 #else
-  return (Variant){"generic", gemm_generic_range, 6};
+  return (Variant){"generic", gemm_generic_range, MR_GENERIC};
 #endif
 }
 

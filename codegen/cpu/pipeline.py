@@ -5,11 +5,19 @@
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..device.libs import cache_root
 from .blas import C_SOURCES, DispatchBLAS, blas_lib_dir, link_options
+from .extern_calls import PACK_KERNEL
 from .fastmath import fast_math
 from ..shape_reads import order_dim_reads
 from .schedules import default_schedule_pass
@@ -60,12 +68,13 @@ def cpu_pipeline(target: tvm.target.Target, mode: str, database=None, stats: dic
 def lift_weight_transforms(mod, dequantize: str):
     """(module, lifted): main's weight-only bindings moved to main_transform_params
     (main must carry "num_input"). dequantize="run": only when a weight is packed
-    (blas.py's pack_weight kernels), and not through non-float32 weights."""
-    main = mod.get_global_var("main") if any(gv.name_hint == "main" for gv in mod.get_global_vars()) else None
+    (extern_calls.PACK_KERNEL kernels), and not through non-float32 weights."""
+    functions = {gv.name_hint: gv for gv in mod.get_global_vars()}
+    main = functions.get("main")
     if main is None or not mod[main].attrs or "num_input" not in mod[main].attrs:
         return mod, False
     if dequantize != "load":
-        if not any(gv.name_hint.startswith("pack_weight") for gv in mod.get_global_vars()):
+        if not any(name.startswith(PACK_KERNEL) for name in functions):
             return mod, False
         func = mod[main]
         quantized = {p for p in func.params[int(func.attrs["num_input"]):]
@@ -120,14 +129,6 @@ def kernel_object(source, compiler: str) -> str:
     $ONNXFORGE_CACHE/kernels keyed by the source, the compiler and its version: the
     three files take ~5 s to compile, once per machine instead of once per package.
     The source itself (compiled in the link, as before) if anything goes wrong."""
-    import hashlib
-    import os
-    import shutil
-    import subprocess
-    import tempfile
-
-    from ..device.libs import cache_root
-
     try:
         path = shutil.which(compiler)
         if path is None:

@@ -177,10 +177,10 @@ def profile_model(model, pipeline: str = "-O2", shapes=None, db=None, mode: str 
         database = load_for(db, target)
         if database is None:
             raise DataError(f"{db} holds no tuning records for {target.name}")
-    from ..build import _with_num_input
+    from ..build import with_num_input
 
     # main's parameters past the inputs are weights, as in a build (blas.py packs them)
-    return kernel_table(_with_num_input(lowered.mod, len(lowered.inputs)), target.tvm, mode, database=database)
+    return kernel_table(with_num_input(lowered.mod, len(lowered.inputs)), target.tvm, mode, database=database)
 
 
 def main(argv=None):

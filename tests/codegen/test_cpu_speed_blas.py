@@ -155,10 +155,10 @@ def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p, 
     import tvm
     from tvm import te
 
-    from onnxforge.codegen.cpu import blas
-    from onnxforge.codegen.cpu.blas import _dwconv_te
+    from onnxforge.codegen.cpu import extern_calls
+    from onnxforge.codegen.cpu.extern_calls import dwconv_te
 
-    monkeypatch.setattr(blas, "_DW_PARALLEL", True)
+    monkeypatch.setattr(extern_calls, "DW_PARALLEL", True)
     from onnxforge.codegen.cpu.pipeline import export_kwargs
 
     n, c, h, wd = 1, 5, 11, 19
@@ -168,7 +168,7 @@ def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p, 
     w = te.placeholder((c, 1, kh, kw), "float32", name="w")
     b = te.placeholder((c,), "float32", name="b")
     lo, hi = clamp or (-np.inf, np.inf)
-    y = _dwconv_te(x, w, b, out_shape=(n, c, oh, ow), kh=kh, kw=kw, strides=list(s), pad=p, name="dw", lo=lo, hi=hi)
+    y = dwconv_te(x, w, b, out_shape=(n, c, oh, ow), kh=kh, kw=kw, strides=list(s), pad=p, name="dw", lo=lo, hi=hi)
     func = te.create_prim_func([x, w, b, y]).with_attr("global_symbol", "dw")
     assert "T.parallel" in func.script(show_meta=False)
     built = tvm.compile(tvm.IRModule({"dw": func}), "llvm")

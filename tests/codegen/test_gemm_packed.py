@@ -12,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from onnxforge.codegen.cpu.blas import GEMM_PACKED_C, pack_weight
+from onnxforge.codegen.cpu.blas import GEMM_PACKED_C
+from onnxforge.codegen.host import cpu_flags, host_arch
+from onnxforge.codegen.cpu.extern_calls import pack_weight
 
 _POOL = r"""
 #include <stdint.h>
@@ -48,7 +50,7 @@ def library(tmp_path_factory):
 _RUN = r"""
 import ctypes, sys
 import numpy as np
-from onnxforge.codegen.cpu.blas import pack_weight
+from onnxforge.codegen.cpu.extern_calls import pack_weight
 lib = ctypes.CDLL(sys.argv[1])
 lib.onnxforge_packed_gemm_isa.restype = ctypes.c_char_p
 f = lib.onnxforge_sgemm_packed
@@ -99,18 +101,12 @@ def _run(library, isa):
 
 
 def _host_has(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(flag in line.split() for line in f if line.startswith(("flags", "Features")))
-    except OSError:
-        return False
+    return flag in cpu_flags()
 
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "wide-test"])
 def test_every_variant_matches_numpy(library, isa):
-    import platform
-
-    x86 = platform.machine() in ("x86_64", "AMD64")
+    x86 = host_arch() == "x86_64"
     if isa != "generic" and not x86:
         pytest.skip("x86-64 variant")
     if isa == "avx512" and not _host_has("avx512f"):
@@ -123,11 +119,9 @@ def test_every_variant_matches_numpy(library, isa):
 
 
 def test_isa_cap_never_picks_more_than_the_host_has(library):
-    import platform
-
     name, _ = _run(library, "")  # no cap: the best this host has
     want = "avx512" if _host_has("avx512f") else "avx2" if _host_has("avx2") and _host_has("fma") else "generic"
-    assert name == (want if platform.machine() in ("x86_64", "AMD64") else "generic")
+    assert name == (want if host_arch() == "x86_64" else "generic")
     assert _run(library, "something-else")[0] == "generic"  # an unknown value: the lowest
 
 
@@ -212,7 +206,7 @@ def test_rows_known_at_run_time_take_packed_or_openblas(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     import onnxforge
-    from onnxforge.codegen.cpu.blas import PACKED_MAX_ROWS
+    from onnxforge.codegen.cpu.extern_calls import PACKED_MAX_ROWS
 
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1), helper.make_node("Relu", ["g"], ["y"])]

@@ -1,0 +1,152 @@
+"""The te.extern calls DispatchBLAS (blas.py) emits: each wraps one C kernel
+(kernels.c: onnxforge_sgemm, onnxforge_dwconv2d_plane; gemm_packed.c:
+onnxforge_sgemm_packed, onnxforge_sgemm_rows) with its arguments, sizes evaluated
+at run time where dims are symbolic; plus the TE kernels around them (im2col, the
+packing of a weight parameter)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+# Products with a constant weight and at most this many rows take gemm_packed.c (the
+# weight packed once: pack_weight / pack_te) instead of OpenBLAS (which repacks it on every call). Above
+# it OpenBLAS's packed-A kernel is faster (measured on Zen 3, 2 threads: 20x8210x1024
+# 5.3 -> 4.1 ms; at 128 rows about equal; 1024x1024x1024 20 ms against OpenBLAS's 13).
+PACKED_MAX_ROWS = 96
+PANEL = 16  # gemm_packed.c's NR
+PACK_KERNEL = "pack_weight"  # the packing kernels' name: the CPU pipeline lifts them to load time
+
+
+def extern_arg(v, dtype: str):
+    """A constant, or a symbolic dim (product) evaluated at run time."""
+    return tirx.const(v, dtype) if isinstance(v, int) else tirx.Cast(dtype, v)
+
+
+def epilogue_args(ins, outs, bias_kind: int, lo, hi) -> list:
+    """bias, bias_kind, clamp, lo, hi as kernels.c takes them (ins[2]: the bias tensor, if any)."""
+    lo, hi = float(getattr(lo, "value", lo)), float(getattr(hi, "value", hi))  # call_te may hand FloatImm
+    has_bias = len(ins) > 2
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    return [ins[2].data if has_bias else outs[0].data,  # no bias: kernels.c reads none
+            tirx.const(bias_kind if has_bias else 0, "int32"),
+            tirx.const(int(lo != -math.inf or hi != math.inf), "int32"), f32(lo), f32(hi)]
+
+
+def sgemm_te(a, b, *rest, out_shape, batch, m, n, k, stride_a, stride_b, trans_a, trans_b, name,
+             bias_kind=0, lo=-math.inf, hi=math.inf):
+    """te.extern: out = clamp(op(a) @ op(b) [+ bias], lo, hi), batched, via onnxforge_sgemm
+    (rest: the bias tensor, if any; see Epilogue)."""
+
+    def body(ins, outs):
+        return tirx.call_extern("int32", "onnxforge_sgemm", extern_arg(batch, "int32"), extern_arg(m, "int32"),
+                                extern_arg(n, "int32"), extern_arg(k, "int32"), ins[0].data,
+                                extern_arg(stride_a, "int64"), tirx.const(int(trans_a), "int32"), ins[1].data,
+                                extern_arg(stride_b, "int64"), tirx.const(int(trans_b), "int32"), outs[0].data,
+                                *epilogue_args(ins, outs, bias_kind, lo, hi))
+
+    return te.extern([out_shape], [a, b, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")
+
+
+def pack_weight(w: np.ndarray, trans: bool) -> np.ndarray:
+    """B (k x n; n x k when `trans`) as gemm_packed.c reads it: ceil(n / 16) column
+    panels, each k x 16 contiguous, the last one zero-padded."""
+    b = w.T if trans else w
+    k, n = b.shape
+    panels = -(-n // PANEL)
+    padded = np.zeros((k, panels * PANEL), np.float32)
+    padded[:, :n] = b
+    return np.ascontiguousarray(padded.reshape(k, panels, PANEL).transpose(1, 0, 2))
+
+
+def pack_te(w, *, trans, k, n):
+    """The packing of pack_weight as a TIR kernel, for a weight that is a parameter
+    (the build lifts it into main_transform_params: it runs once, at load)."""
+    zero = tirx.const(0.0, "float32")
+
+    def f(p, q, j):
+        col = p * PANEL + j
+        safe = te.min(col, n - 1)  # no read past the weight, even where the value is dropped
+        return tirx.if_then_else(col < n, w[safe, q] if trans else w[q, safe], zero)
+
+    return te.compute((-(-n // PANEL), k, PANEL), f, name=PACK_KERNEL)
+
+
+def packed_te(a, bp, *rest, out_shape, m, n, k, name, bias_kind=0, lo=-math.inf, hi=math.inf):
+    """te.extern: out = clamp(a @ B [+ bias], lo, hi) through onnxforge_sgemm_packed, with
+    `bp` the packed weight (pack_weight) and a's leading dims folded into m rows."""
+
+    def body(ins, outs):
+        return tirx.call_extern("int32", "onnxforge_sgemm_packed", extern_arg(m, "int32"), extern_arg(n, "int32"),
+                                extern_arg(k, "int32"), ins[0].data, ins[1].data, outs[0].data,
+                                *epilogue_args(ins, outs, bias_kind, lo, hi))
+
+    return te.extern([out_shape], [a, bp, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")
+
+
+def rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, lo=-math.inf, hi=math.inf):
+    """te.extern: out = clamp(a @ B [+ bias], lo, hi) with the row count m known at run
+    time: onnxforge_sgemm_rows takes the packed `bp` up to PACKED_MAX_ROWS rows, else
+    OpenBLAS on `b` as stored (n x k when trans_b)."""
+
+    def body(ins, outs):
+        epilogue = epilogue_args([ins[0], ins[1], *ins[3:]], outs, bias_kind, lo, hi)
+        return tirx.call_extern("int32", "onnxforge_sgemm_rows", extern_arg(m, "int32"), extern_arg(n, "int32"),
+                                extern_arg(k, "int32"), tirx.const(PACKED_MAX_ROWS, "int32"), ins[0].data, ins[1].data,
+                                tirx.const(int(trans_b), "int32"), ins[2].data, outs[0].data, *epilogue)
+
+    return te.extern([out_shape], [a, b, bp, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")
+
+
+# Depthwise planes in a TVM parallel loop (or one after another on the calling thread).
+# Parallel: with OpenBLAS single-threaded and TVM's pool unpinned (runtime.set_threads),
+# EfficientNet-Lite0 on 2 cores went from 19.9-22.5 ms (serial planes) to 15.0-19.6 ms
+# (same process, interleaved). Serial had been the choice while OpenBLAS's own threads
+# spun next to TVM's pool: the parallel loop then fell to ~450 ms under outside load.
+DW_PARALLEL = True
+
+
+def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, lo=-math.inf, hi=math.inf):
+    """te.extern: one onnxforge_dwconv2d_plane call per (image, channel), in a loop
+    (serial, or over TVM's thread pool when DW_PARALLEL); rest: the epilogue's bias."""
+    nb, c, h, wd = x.shape  # ints, or symbolic sizes read at run time
+    _, _, oh, ow = out_shape
+
+    def i32(v):
+        return tirx.const(int(v), "int32") if isinstance(v, (int, tirx.IntImm)) else tirx.Cast("int32", v)
+
+    def body(ins, outs):
+        plane = tirx.Var("plane", "int64")
+        call = tirx.call_extern("int32", "onnxforge_dwconv2d_plane", tirx.Cast("int32", plane), i32(c), i32(h),
+                                i32(wd), i32(oh), i32(ow), i32(kh), i32(kw), i32(strides[0]), i32(strides[1]),
+                                i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
+                                *epilogue_args(ins, outs, 1, lo, hi), outs[0].data)
+        kind = tirx.ForKind.PARALLEL if DW_PARALLEL else tirx.ForKind.SERIAL
+        planes = tirx.Cast("int64", nb) * tirx.Cast("int64", c)
+        return tirx.For(plane, tirx.const(0, "int64"), planes, kind, tirx.Evaluate(call))
+
+    return te.extern([out_shape], [x, w, *rest], body, name=name, dtype="float32")
+
+
+def im2col_te(x, *, kh, kw, strides, pad, dil, oh, ow):
+    n, ci, h, w = x.shape  # ints, or symbolic sizes
+    sh, sw = strides
+    dh, dw = dil
+    pt, pl = pad[0], pad[1]
+
+    def fcompute(b, r, p):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        y = (p // ow) * sh - pt + i * dh
+        xx = (p % ow) * sw - pl + j * dw
+        inside = tvm.tirx.all(y >= 0, y < h, xx >= 0, xx < w)
+        return tvm.tirx.if_then_else(inside, x[b, c, y, xx],
+                                     tvm.tirx.const(0.0, x.dtype))
+
+    return te.compute((n, ci * kh * kw, oh * ow), fcompute, name="im2col")
