@@ -31,7 +31,7 @@ import numpy as np
 from tvm import relax, te, tirx
 
 from ..ir import LoweringError
-from .cpu.blas import static_shape
+from .cpu.relax_types import static_shape
 from .registry import register_lowering
 
 EXACT_FLOAT32 = 2**24  # integers up to this magnitude are exact in float32

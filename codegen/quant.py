@@ -17,7 +17,7 @@ import numpy as np
 from tvm import relax, te, tirx
 
 from .registry import register_lowering
-from .cpu.blas import static_shape
+from .cpu.relax_types import static_shape
 
 INT4_DTYPES = ("int4", "uint4")
 

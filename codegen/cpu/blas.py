@@ -38,11 +38,14 @@ from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
 from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, dwconv_te, im2col_te, pack_te, pack_weight, packed_te,
                            rows_te, sgemm_te)
+from .epilogues import NO_EPILOGUE, EpilogueMatcher
+from .relax_types import dtype_of as _dtype, shape_dims, static_shape
 
 KERNELS_C = Path(__file__).with_name("kernels.c")
 RECURRENT_C = Path(__file__).with_name("recurrent.c")  # RNN/GRU/LSTM recurrences (codegen/recurrent.py)
 GEMM_PACKED_C = Path(__file__).with_name("gemm_packed.c")  # weights packed once (extern_calls.pack_weight)
 C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C)
+C_HEADERS = (Path(__file__).with_name("activation.h"),)  # included by the sources (part of their cache key)
 
 BLAS_SONAME = OPENBLAS
 
@@ -55,47 +58,6 @@ def blas_lib_dir(arch: str | None = None) -> str:
 def link_options(lib_dir: str) -> list[str]:
     # --no-as-needed: the options come before the objects on the link line
     return ["-Wl,--no-as-needed", f"-L{lib_dir}", "-l:" + BLAS_SONAME, f"-Wl,-rpath,{lib_dir}", "-Wl,-rpath,$ORIGIN"]
-
-
-def static_shape(expr) -> list[int] | None:
-    ty = getattr(expr, "ty", None)  # TVM 0.27: struct info is `ty` (relax.TensorType)
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    dims = []
-    for d in ty.shape.values:
-        if not isinstance(d, tirx.IntImm):
-            return None
-        dims.append(int(d.value))
-    return dims if len(dims) == ty.ndim else None
-
-
-def shape_dims(expr) -> list | None:
-    """The dims of a tensor whose shape is known: ints, or PrimExprs where symbolic."""
-    ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    return [int(d.value) if isinstance(d, tirx.IntImm) else d for d in ty.shape.values]
-
-
-def _dtype(expr) -> str | None:
-    ty = getattr(expr, "ty", None)
-    return str(ty.dtype.dtype) if isinstance(ty, relax.TensorType) else None
-
-
-@dataclasses.dataclass
-class Epilogue:
-    """What DispatchBLAS folds into a conv/matmul call: a bias (one value per output
-    channel: rows of a conv's GEMM, columns of a matmul's) and a clamp (Relu, Clip)."""
-    bias: relax.Expr | None = None
-    lo: float = -math.inf
-    hi: float = math.inf
-
-    def te_args(self) -> tuple[list, dict]:
-        """Extra call_te arguments: the bias tensor (if any) and the clamp bounds."""
-        return ([self.bias] if self.bias is not None else []), {"lo": self.lo, "hi": self.hi}
-
-
-NO_EPILOGUE = Epilogue()
 
 
 def _same_dim(x, y) -> bool:
@@ -129,35 +91,15 @@ class _BlasRewriter(PyExprMutator):
         self._conv1d = tvm.ir.Op.get("relax.nn.conv1d")
         self._attention = tvm.ir.Op.get("relax.nn.attention_bias")
         self._broadcast_to = tvm.ir.Op.get("relax.broadcast_to")
-        self._add = tvm.ir.Op.get("relax.add")
-        self._clip = tvm.ir.Op.get("relax.clip")
-        self._relu = tvm.ir.Op.get("relax.nn.relu")
         # of the function being rewritten, before rewriting (see analyze)
         self._weights: set = set()  # parameters past "num_input": weights, packed at load
-        self._uses: dict = {}    # var -> number of uses
-        self._value: dict = {}   # var -> the expression bound to it
-        self._var: dict = {}     # bound expression -> its var
-        self._clamped: set = set()  # vars read by a clip / relu
+        self._epilogues = EpilogueMatcher()
 
     def analyze(self, func) -> None:
-        """Bindings and use counts of `func`: an epilogue folds into the conv/matmul
-        before it only through values nothing else reads."""
-        self._uses, self._value, self._var, self._clamped = {}, {}, {}, set()
+        """Weights and epilogues of `func`, before it is rewritten."""
         num_input = func.attrs.get("num_input") if func.attrs else None
         self._weights = set(func.params[int(num_input):]) if num_input is not None else set()
-
-        def count(e):
-            if isinstance(e, relax.Var):
-                self._uses[e] = self._uses.get(e, 0) + 1
-
-        relax.analysis.post_order_visit(func.body, count)
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                if isinstance(binding, relax.VarBinding):
-                    self._value[binding.var] = binding.value
-                    self._var[binding.value] = binding.var
-                    if isinstance(binding.value, relax.Call) and self._is_clamp(binding.value):
-                        self._clamped.add(binding.value.args[0])
+        self._epilogues.analyze(func)
 
     def _producer(self, expr):
         if isinstance(expr, relax.Var):
@@ -180,7 +122,7 @@ class _BlasRewriter(PyExprMutator):
                 new = self._rewrite_conv1d(call)
             elif call.op.same_as(self._attention):
                 new = self._rewrite_attention(call)
-            elif call.op.same_as(self._add) or call.op.same_as(self._clip) or call.op.same_as(self._relu):
+            elif self._epilogues.triggers(call):
                 new = self._rewrite_epilogue(original)
             return call if new is None else new
         except Exception:  # anything unexpected: leave the op to TVM
@@ -189,68 +131,9 @@ class _BlasRewriter(PyExprMutator):
             return call
         return call
 
-    # ---- epilogues: conv/matmul -> [add bias] -> [clip | relu] as one kernels.c call
-    def _single_use(self, expr):
-        """The call bound to `expr` (a var of the original function) if nothing else reads it."""
-        if not isinstance(expr, relax.Var) or self._uses.get(expr, 0) != 1:
-            return None
-        value = self._value.get(expr)
-        return value if isinstance(value, relax.Call) else None
-
-    def _is_core(self, call) -> bool:
-        return isinstance(call, relax.Call) and (call.op.same_as(self._conv2d) or call.op.same_as(self._matmul))
-
-    def _bias_fits(self, core, bias) -> bool:
-        """A constant-shaped float32 bias that adds one value per output channel: (1, C, 1, 1)
-        or (C, 1, 1) after a conv, (..., 1, N) or (N,) after a matmul, no broadcast growth."""
-        so, sb = static_shape(core), static_shape(bias)
-        if so is None or sb is None or _dtype(bias) != "float32" or len(sb) > len(so):
-            return False
-        sb = [1] * (len(so) - len(sb)) + sb
-        axis = 1 if core.op.same_as(self._conv2d) else len(so) - 1
-        return all(d == (so[axis] if i == axis else 1) for i, d in enumerate(sb))
-
-    def _clamp_follows(self, call) -> bool:
-        """Whether the only reader of `call`'s value is a Relu/Clip (which takes the epilogue)."""
-        var = self._var.get(call)
-        return var is not None and self._uses.get(var, 0) == 1 and var in self._clamped
-
-    def _is_clamp(self, call) -> bool:
-        return call.op.same_as(self._clip) or call.op.same_as(self._relu)
-
-    def _match_epilogue(self, call):
-        """(Epilogue, core conv/matmul call) for an add/clip/relu of the original function, or None."""
-        lo, hi, x = -math.inf, math.inf, call
-        clamped = self._is_clamp(call)
-        if clamped:
-            if _dtype(call) != "float32":
-                return None
-            if call.op.same_as(self._clip):
-                lo, hi = float(call.args[1].value), float(call.args[2].value)
-                if not lo <= hi:  # ONNX gives max then, relax's clip min: leave it to TVM
-                    return None
-            else:
-                lo = 0.0
-            x = self._single_use(call.args[0])
-            if x is None:
-                return None
-        bias = None
-        if x.op.same_as(self._add):
-            if not clamped and self._clamp_follows(call):
-                return None
-            for core, b in ((x.args[0], x.args[1]), (x.args[1], x.args[0])):
-                core = self._single_use(core)
-                if core is not None and self._is_core(core) and self._bias_fits(core, b):
-                    x, bias = core, b
-                    break
-            else:
-                return None
-        if not self._is_core(x) or (bias is None and not clamped):
-            return None
-        return Epilogue(bias, lo, hi), x
-
+    # ---- epilogues: conv/matmul -> [add bias] -> [activation] as one C call (epilogues.py)
     def _rewrite_epilogue(self, call):
-        match = self._match_epilogue(call)
+        match = self._epilogues.match(call)
         if match is None:
             return None
         epilogue, core = match
@@ -259,7 +142,7 @@ class _BlasRewriter(PyExprMutator):
         core = self.builder_.normalize(relax.Call(core.op, [self.visit_expr(a) for a in core.args], core.attrs))
         if epilogue.bias is not None:
             epilogue = dataclasses.replace(epilogue, bias=self.visit_expr(epilogue.bias))
-        rewrite = self._rewrite_conv2d if core.op.same_as(self._conv2d) else self._rewrite_matmul
+        rewrite = self._rewrite_matmul if core.op.same_as(self._matmul) else self._rewrite_conv2d
         new = rewrite(core, epilogue)
         if new is not None:
             self.count -= 1  # the unfused call, counted when it was made, is dropped

@@ -25,27 +25,36 @@ def extern_arg(v, dtype: str):
     return tirx.const(v, dtype) if isinstance(v, int) else tirx.Cast(dtype, v)
 
 
-def epilogue_args(ins, outs, bias_kind: int, lo, hi) -> list:
-    """bias, bias_kind, clamp, lo, hi as kernels.c takes them (ins[2]: the bias tensor, if any)."""
-    lo, hi = float(getattr(lo, "value", lo)), float(getattr(hi, "value", hi))  # call_te may hand FloatImm
+# activation.h's kinds
+ACT_NONE, ACT_CLAMP, ACT_SIGMOID_GATE, ACT_HARD_GATE = range(4)
+
+
+def epilogue_args(ins, outs, bias_kind: int, act=ACT_NONE, lo=-math.inf, hi=math.inf, alpha=1.0, beta=0.0) -> list:
+    """bias, bias_kind, act, lo, hi, alpha, beta as the C kernels take them (ins[2]: the
+    bias tensor, if any; act: activation.h's kind, ACT_CLAMP when only lo/hi are given)."""
+    # call_te may hand the keyword arguments over as IntImm / FloatImm
+    lo, hi, alpha, beta = (float(getattr(v, "value", v)) for v in (lo, hi, alpha, beta))
+    act = int(getattr(act, "value", act))
+    if act == ACT_NONE and (lo != -math.inf or hi != math.inf):
+        act = ACT_CLAMP
     has_bias = len(ins) > 2
     f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
     return [ins[2].data if has_bias else outs[0].data,  # no bias: kernels.c reads none
-            tirx.const(bias_kind if has_bias else 0, "int32"),
-            tirx.const(int(lo != -math.inf or hi != math.inf), "int32"), f32(lo), f32(hi)]
+            tirx.const(bias_kind if has_bias else 0, "int32"), tirx.const(act, "int32"),
+            f32(lo), f32(hi), f32(alpha), f32(beta)]
 
 
 def sgemm_te(a, b, *rest, out_shape, batch, m, n, k, stride_a, stride_b, trans_a, trans_b, name,
-             bias_kind=0, lo=-math.inf, hi=math.inf):
-    """te.extern: out = clamp(op(a) @ op(b) [+ bias], lo, hi), batched, via onnxforge_sgemm
-    (rest: the bias tensor, if any; see Epilogue)."""
+             bias_kind=0, **act):
+    """te.extern: out = act(op(a) @ op(b) [+ bias]), batched, via onnxforge_sgemm
+    (rest: the bias tensor, if any; act: epilogue_args's keywords; see blas.Epilogue)."""
 
     def body(ins, outs):
         return tirx.call_extern("int32", "onnxforge_sgemm", extern_arg(batch, "int32"), extern_arg(m, "int32"),
                                 extern_arg(n, "int32"), extern_arg(k, "int32"), ins[0].data,
                                 extern_arg(stride_a, "int64"), tirx.const(int(trans_a), "int32"), ins[1].data,
                                 extern_arg(stride_b, "int64"), tirx.const(int(trans_b), "int32"), outs[0].data,
-                                *epilogue_args(ins, outs, bias_kind, lo, hi))
+                                *epilogue_args(ins, outs, bias_kind, **act))
 
     return te.extern([out_shape], [a, b, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
                      dtype="float32")
@@ -75,26 +84,26 @@ def pack_te(w, *, trans, k, n):
     return te.compute((-(-n // PANEL), k, PANEL), f, name=PACK_KERNEL)
 
 
-def packed_te(a, bp, *rest, out_shape, m, n, k, name, bias_kind=0, lo=-math.inf, hi=math.inf):
-    """te.extern: out = clamp(a @ B [+ bias], lo, hi) through onnxforge_sgemm_packed, with
+def packed_te(a, bp, *rest, out_shape, m, n, k, name, bias_kind=0, **act):
+    """te.extern: out = act(a @ B [+ bias]) through onnxforge_sgemm_packed, with
     `bp` the packed weight (pack_weight) and a's leading dims folded into m rows."""
 
     def body(ins, outs):
         return tirx.call_extern("int32", "onnxforge_sgemm_packed", extern_arg(m, "int32"), extern_arg(n, "int32"),
                                 extern_arg(k, "int32"), ins[0].data, ins[1].data, outs[0].data,
-                                *epilogue_args(ins, outs, bias_kind, lo, hi))
+                                *epilogue_args(ins, outs, bias_kind, **act))
 
     return te.extern([out_shape], [a, bp, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
                      dtype="float32")
 
 
-def rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, lo=-math.inf, hi=math.inf):
-    """te.extern: out = clamp(a @ B [+ bias], lo, hi) with the row count m known at run
+def rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, **act):
+    """te.extern: out = act(a @ B [+ bias]) with the row count m known at run
     time: onnxforge_sgemm_rows takes the packed `bp` up to PACKED_MAX_ROWS rows, else
     OpenBLAS on `b` as stored (n x k when trans_b)."""
 
     def body(ins, outs):
-        epilogue = epilogue_args([ins[0], ins[1], *ins[3:]], outs, bias_kind, lo, hi)
+        epilogue = epilogue_args([ins[0], ins[1], *ins[3:]], outs, bias_kind, **act)
         return tirx.call_extern("int32", "onnxforge_sgemm_rows", extern_arg(m, "int32"), extern_arg(n, "int32"),
                                 extern_arg(k, "int32"), tirx.const(PACKED_MAX_ROWS, "int32"), ins[0].data, ins[1].data,
                                 tirx.const(int(trans_b), "int32"), ins[2].data, outs[0].data, *epilogue)
@@ -111,7 +120,7 @@ def rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, lo=
 DW_PARALLEL = True
 
 
-def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, lo=-math.inf, hi=math.inf):
+def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
     """te.extern: one onnxforge_dwconv2d_plane call per (image, channel), in a loop
     (serial, or over TVM's thread pool when DW_PARALLEL); rest: the epilogue's bias."""
     nb, c, h, wd = x.shape  # ints, or symbolic sizes read at run time
@@ -125,7 +134,7 @@ def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, lo=-math.inf, 
         call = tirx.call_extern("int32", "onnxforge_dwconv2d_plane", tirx.Cast("int32", plane), i32(c), i32(h),
                                 i32(wd), i32(oh), i32(ow), i32(kh), i32(kw), i32(strides[0]), i32(strides[1]),
                                 i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
-                                *epilogue_args(ins, outs, 1, lo, hi), outs[0].data)
+                                *epilogue_args(ins, outs, 1, **act), outs[0].data)
         kind = tirx.ForKind.PARALLEL if DW_PARALLEL else tirx.ForKind.SERIAL
         planes = tirx.Cast("int64", nb) * tirx.Cast("int64", c)
         return tirx.For(plane, tirx.const(0, "int64"), planes, kind, tirx.Evaluate(call))

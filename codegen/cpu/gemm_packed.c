@@ -1,6 +1,6 @@
 /* onnxforge packed-weight GEMM, linked into compiled x86/arm64 modules next to kernels.c.
  *
- * C (m x n) = clamp(A (m x k) @ B (k x n) [+ bias per column], lo, hi) where B is a
+ * C (m x n) = act(A (m x k) @ B (k x n) [+ bias per column]) where B is a
  * weight packed once (blas.py: at compile time for a constant, at load for a weight
  * parameter): column panels of NR = 16, each stored k x 16 contiguous (the last one
  * zero-padded). OpenBLAS repacks B on every call, which is most of the work when m is
@@ -11,7 +11,7 @@
  * Blocking (Goto's order, minus packing A): rows of A in blocks of MC, k in chunks
  * of KC (the MC x KC block of A stays in L2 across all panels), then per panel
  * micro-tiles of MR rows x 16 columns held in registers over the chunk; bias and
- * clamp are applied when the last chunk stores the tile.
+ * activation (activation.h) are applied when the last chunk stores the tile.
  *
  * ISA: one generic source written with GCC vector types (16 floats), compiled per
  * variant with a target attribute and its own MR (registers hold MR x 16 accumulators):
@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "activation.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -54,24 +56,26 @@ typedef struct {
   const float *bp; /* packed: ceil(n / 16) panels of k x 16 */
   const float *bias; /* n values or NULL */
   float *c;        /* m x n, row-major */
-  float lo, hi;
+  Act act;
 } PackedJob;
 
+/* -O3 for the micro-kernels and the tile stores */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PG_OPT __attribute__((optimize("O3")))
+#else
+#define PG_OPT
+#endif
+
 /* Store `rows` 16-wide rows of a tile (row r at c + r * ldc): the first chunk writes,
- * later ones add; the last adds the bias and clamps. cols < 16 only in the last
+ * later ones add; the last adds the bias and applies the activation. cols < 16 only in the last
  * panel. Out of line: once per tile and chunk, not per k, and one copy for every
  * variant keeps the file quick to compile (it is compiled into every CPU package). */
-static void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, int32_t cols, int first, int last,
-                       const float *bias, float lo, float hi) {
-  for (int32_t r = 0; r < rows; ++r, c += ldc, tile += NR)
-    for (int32_t j = 0; j < cols; ++j) {
-      float v = tile[j] + (first ? 0.0f : c[j]);
-      if (last) {
-        if (bias) v += bias[j];
-        v = v < lo ? lo : (v > hi ? hi : v); /* NaN stays NaN */
-      }
-      c[j] = v;
-    }
+static PG_OPT void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, int32_t cols, int first, int last,
+                       const float *bias, const Act *act) {
+  for (int32_t r = 0; r < rows; ++r, c += ldc, tile += NR) {
+    for (int32_t j = 0; j < cols; ++j) c[j] = tile[j] + (first ? 0.0f : c[j]);
+    if (last) act_row(c, cols, bias, 0.0f, act);
+  }
 }
 
 /* One variant (VT: a native vector of VW floats, VTU its unaligned twin):
@@ -80,7 +84,7 @@ static void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, i
 #define PACKED_GEMM_VARIANT(NAME, ATTR, MR, VT, VTU, VW)                                                         \
   static ATTR void NAME##_block(int32_t kc, const float *a, int64_t lda, const float *bp, const float *pf,       \
                                 float *c, int64_t ldc, int32_t cols, int first, int last, const float *bias,     \
-                                float lo, float hi) {                                                            \
+                                const Act *act) {                                                            \
     VT acc[MR][NR / VW];                                                                                        \
     _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r)                                                       \
       _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) acc[r][v] = (VT){0};                           \
@@ -96,10 +100,10 @@ static void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, i
     float tile[MR][NR] __attribute__((aligned(64)));                                                            \
     _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r)                                                       \
       _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) *(VTU *)(tile[r] + v * VW) = acc[r][v];        \
-    tile_store(c, ldc, &tile[0][0], MR, cols, first, last, bias, lo, hi);                                       \
+    tile_store(c, ldc, &tile[0][0], MR, cols, first, last, bias, act);                                       \
   }                                                                                                             \
   static ATTR void NAME##_row(int32_t kc, const float *a, const float *bp, float *c, int32_t cols, int first,   \
-                              int last, const float *bias, float lo, float hi) {                                \
+                              int last, const float *bias, const Act *act) {                                     \
     VT s[4][NR / VW];                                                                                           \
     _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u)                                                         \
       _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) s[u][v] = (VT){0};                             \
@@ -114,7 +118,7 @@ static void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, i
     float tile[NR] __attribute__((aligned(64)));                                                                \
     _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v)                                                   \
       *(VTU *)(tile + v * VW) = (s[0][v] + s[1][v]) + (s[2][v] + s[3][v]);                                      \
-    tile_store(c, 0, tile, 1, cols, first, last, bias, lo, hi);                                                 \
+    tile_store(c, 0, tile, 1, cols, first, last, bias, act);                                                 \
   }                                                                                                             \
   static ATTR void NAME##_range(const PackedJob *j, int32_t r0, int32_t r1, int32_t p0, int32_t p1) {          \
     const int64_t k = j->k, n = j->n;                                                                           \
@@ -135,20 +139,14 @@ static void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, i
           int32_t r = mb;                                                                                       \
           for (; r + MR <= me; r += MR, pf = NULL)                                                              \
             NAME##_block(kc, j->a + r * k + kb, k, bp, pf, j->c + r * n + col0, n, cols, first, last, bias,     \
-                         j->lo, j->hi);                                                                         \
+                         &j->act);                                                                         \
           for (; r < me; ++r)                                                                                   \
-            NAME##_row(kc, j->a + r * k + kb, bp, j->c + r * n + col0, cols, first, last, bias, j->lo, j->hi);  \
+            NAME##_row(kc, j->a + r * k + kb, bp, j->c + r * n + col0, cols, first, last, bias, &j->act);  \
         }                                                                                                       \
         if (last) break;                                                                                        \
       }                                                                                                         \
     }                                                                                                           \
   }
-
-#if defined(__GNUC__) && !defined(__clang__)
-#define PG_OPT __attribute__((optimize("O3")))
-#else
-#define PG_OPT
-#endif
 
 typedef void (*RangeFn)(const PackedJob *, int32_t, int32_t, int32_t, int32_t);
 typedef struct { const char *name; RangeFn range; int32_t mr; } Variant;
@@ -242,21 +240,21 @@ static int packed_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
   return 0;
 }
 
-/* C = clamp(A @ B + bias, lo, hi) with B packed (see the top of this file); bias: n
- * values or NULL; clamp 0: no clamp. Split over TVM's thread pool by column panels
- * (or by rows when there are few panels); small products run on the calling thread. */
+/* C = act(A @ B + bias) with B packed (see the top of this file); bias: n values or
+ * NULL; act, lo, hi, alpha, beta: activation.h. Split over TVM's thread pool by column
+ * panels (or by rows when there are few panels); small products run on the calling thread. */
 int32_t onnxforge_sgemm_packed(int32_t m, int32_t n, int32_t k, const float *a, const float *bp, float *c,
-                               const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi) {
+                               const float *bias, int32_t bias_kind, int32_t act, float lo, float hi, float alpha,
+                               float beta) {
   if (m <= 0 || n <= 0) return 0;
+  PackedJob job = {m, n, k, a, bp, bias_kind ? bias : NULL, c, act_make(act, lo, hi, alpha, beta)};
   if (k <= 0) { /* empty sum: the epilogue of zeros */
-    for (int64_t r = 0; r < m; ++r)
-      for (int32_t q = 0; q < n; ++q) {
-        float v = bias_kind ? bias[q] : 0.0f;
-        c[r * n + q] = clamp ? (v < lo ? lo : (v > hi ? hi : v)) : v;
-      }
+    for (int64_t r = 0; r < m; ++r) {
+      memset(c + r * n, 0, sizeof(float) * (size_t)n);
+      act_row(c + r * n, n, job.bias, 0.0f, &job.act);
+    }
     return 0;
   }
-  PackedJob job = {m, n, k, a, bp, bias_kind ? bias : NULL, c, clamp ? lo : -INFINITY, clamp ? hi : INFINITY};
   const Variant *v = current_variant();
   int32_t panels = (n + NR - 1) / NR;
   PackedTask task = {&job, v, panels >= 8 || m < 2 * v->mr};
@@ -273,13 +271,14 @@ int32_t onnxforge_sgemm_packed(int32_t m, int32_t n, int32_t k, const float *a, 
  * pays off. The module keeps both forms of such weights. */
 int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const float *a, int64_t stride_a,
                         int32_t trans_a, const float *b, int64_t stride_b, int32_t trans_b, float *c,
-                        const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi);
+                        const float *bias, int32_t bias_kind, int32_t act, float lo, float hi, float alpha,
+                        float beta);
 
 int32_t onnxforge_sgemm_rows(int32_t m, int32_t n, int32_t k, int32_t max_rows, const float *a, const float *b,
                              int32_t trans_b, const float *bp, float *c, const float *bias, int32_t bias_kind,
-                             int32_t clamp, float lo, float hi) {
-  if (m <= max_rows) return onnxforge_sgemm_packed(m, n, k, a, bp, c, bias, bias_kind, clamp, lo, hi);
-  return onnxforge_sgemm(1, m, n, k, a, 0, 0, b, 0, trans_b, c, bias, bias_kind, clamp, lo, hi);
+                             int32_t act, float lo, float hi, float alpha, float beta) {
+  if (m <= max_rows) return onnxforge_sgemm_packed(m, n, k, a, bp, c, bias, bias_kind, act, lo, hi, alpha, beta);
+  return onnxforge_sgemm(1, m, n, k, a, 0, 0, b, 0, trans_b, c, bias, bias_kind, act, lo, hi, alpha, beta);
 }
 
 #ifdef __cplusplus

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "activation.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -51,13 +53,13 @@ typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
 typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
 int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
 
-/* C[b] (m x n) = clamp(op(A[b]) (m x k) @ op(B[b]) (k x n) [+ bias], lo, hi), for b < batch.
+/* C[b] (m x n) = act(op(A[b]) (m x k) @ op(B[b]) (k x n) [+ bias]), for b < batch.
  * stride_a / stride_b: elements between batches (0: broadcast the same matrix).
  * bias_kind: 0 none, 1 one value per column (n values), 2 one value per row (m values).
- * clamp: 0 none, else min(max(x, lo), hi) (Relu, Clip/ReLU6). Bias and clamp are the
- * conv/matmul epilogue blas.py folds in (otherwise one more pass over the whole output
- * in memory); they run on column chunks of C right after SGEMM wrote them (in L2).
- *
+ * act, lo, hi, alpha, beta: the activation (activation.h: none, Relu/Clip, SiLU,
+ * HardSwish). Bias and activation are the conv/matmul epilogue blas.py folds in
+ * (otherwise one more pass over the whole output in memory); they run on column
+ * chunks of C right after SGEMM wrote them (in L2). *
  * Threads: OpenBLAS runs single-threaded and the work is split over TVM's thread pool
  * (the one every other kernel of the module uses) in stripes of whole batches, rows
  * or columns. With OpenBLAS's own threads next to TVM's pool, any other busy
@@ -69,8 +71,7 @@ typedef struct {
   int64_t stride_a, stride_b;
   int32_t trans_a, trans_b, bias_kind;
   float *c;
-  int32_t clamp;
-  float lo, hi;
+  Act act;
   int32_t split;  /* 0: batches, 1: rows of C, 2: columns of C */
   int32_t parts;  /* units of the split dimension */
 } SgemmJob;
@@ -82,34 +83,19 @@ static int32_t epilogue_chunk(int32_t rows) {
   return cols < 64 ? 64 : cols;
 }
 
-/* c[r][q] = clamp(c[r][q] + bias_col[q] + bias_row[r], lo, hi) (either bias may be NULL). */
+/* c[r][q] = act(c[r][q] + bias_col[q] + bias_row[r]) (either bias may be NULL). */
 static inline __attribute__((always_inline)) void sgemm_epilogue_body(float *c, int32_t ldc, int32_t rows,
-                                                                      int32_t cols, const float *__restrict bias_col,
-                                                                      const float *bias_row, float lo, float hi) {
-  for (int32_t r = 0; r < rows; ++r) {
-    float *__restrict row = c + (int64_t)r * ldc;
-    float add = bias_row ? bias_row[r] : 0.0f;
-    if (bias_col) {
-      for (int32_t q = 0; q < cols; ++q) {
-        float v = row[q] + bias_col[q] + add;
-        row[q] = v < lo ? lo : (v > hi ? hi : v);
-      }
-    } else {
-      for (int32_t q = 0; q < cols; ++q) {
-        float v = row[q] + add;
-        row[q] = v < lo ? lo : (v > hi ? hi : v);
-      }
-    }
-  }
+                                                                      int32_t cols, const float *bias_col,
+                                                                      const float *bias_row, const Act *act) {
+  for (int32_t r = 0; r < rows; ++r) act_row(c + (int64_t)r * ldc, cols, bias_col, bias_row ? bias_row[r] : 0.0f, act);
 }
 
-/* The ISA-specific functions (DW_VARIANT below): depthwise planes, clamp, the sgemm epilogue. */
+/* The ISA-specific functions (DW_VARIANT below): depthwise planes, the epilogue. */
 typedef struct {
   void (*flat)(const float *, const float *, float, float *, float *, int, int, int, int, int, int, int);
   void (*rows)(const float *, const float *, float, float *, float *, int, int, int, int, int, int, int, int, int,
                int, int);
-  void (*clamp)(float *, int64_t, float, float);
-  void (*epilogue)(float *, int32_t, int32_t, int32_t, const float *, const float *, float, float);
+  void (*epilogue)(float *, int32_t, int32_t, int32_t, const float *, const float *, const Act *);
 } KernelSet;
 static const KernelSet *kernel_set(void);
 int32_t onnxforge_cpu_isa_level(void); /* gemm_packed.c */
@@ -120,7 +106,7 @@ static void sgemm_block(const SgemmJob *j, int32_t bi, int32_t r0, int32_t r1, i
   int32_t rows = r1 - r0;
   if (rows <= 0 || c1 <= c0) return;
   const float *a = j->a + (int64_t)bi * j->stride_a + (j->trans_a ? (int64_t)r0 : (int64_t)r0 * j->k);
-  int epilogue = j->bias_kind || j->clamp;
+  int epilogue = j->bias_kind || j->act.kind != ACT_NONE;
   int32_t chunk = epilogue ? epilogue_chunk(rows) : c1 - c0;
   for (int32_t q0 = c0; q0 < c1; q0 += chunk) {
     int32_t cols = c1 - q0 < chunk ? c1 - q0 : chunk;
@@ -130,8 +116,7 @@ static void sgemm_block(const SgemmJob *j, int32_t bi, int32_t r0, int32_t r1, i
           ldb, 0.0f, c, j->n);
     if (epilogue)
       kernel_set()->epilogue(c, j->n, rows, cols, j->bias_kind == 1 ? j->bias + q0 : NULL,
-                     j->bias_kind == 2 ? j->bias + r0 : NULL, j->clamp ? j->lo : -INFINITY,
-                     j->clamp ? j->hi : INFINITY);
+                     j->bias_kind == 2 ? j->bias + r0 : NULL, &j->act);
   }
 }
 
@@ -168,10 +153,11 @@ static void blas_single_threaded(void) {
 
 int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const float *a, int64_t stride_a,
                         int32_t trans_a, const float *b, int64_t stride_b, int32_t trans_b, float *c,
-                        const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi) {
+                        const float *bias, int32_t bias_kind, int32_t act, float lo, float hi, float alpha,
+                        float beta) {
   blas_single_threaded();
-  SgemmJob job = {batch, m, n, k, a, b, bias, stride_a, stride_b, trans_a, trans_b, bias_kind, c, clamp, lo, hi,
-                  0, batch};
+  SgemmJob job = {batch, m, n, k, a, b, bias, stride_a, stride_b, trans_a, trans_b, bias_kind, c,
+                  act_make(act, lo, hi, alpha, beta), 0, batch};
   /* whole batches when there are several, else stripes along the longer side of C */
   if (batch < 4) {
     if (m >= n) { job.split = 1; job.parts = m; } else { job.split = 2; job.parts = n; }
@@ -345,15 +331,11 @@ static inline __attribute__((always_inline)) void dw_plane_flat(const float *__r
     else                                                                                                        \
       dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);                             \
   }                                                                                                             \
-  static ATTR DW_OPT void dw_clamp_##SFX(float *__restrict o, int64_t n, float lo, float hi) {                  \
-    for (int64_t i = 0; i < n; ++i) o[i] = o[i] < lo ? lo : (o[i] > hi ? hi : o[i]);                           \
-  }                                                                                                             \
   static ATTR DW_OPT void epilogue_##SFX(float *c, int32_t ldc, int32_t rows, int32_t cols,                     \
-                                         const float *__restrict bias_col, const float *bias_row, float lo,       \
-                                         float hi) {                                                             \
-    sgemm_epilogue_body(c, ldc, rows, cols, bias_col, bias_row, lo, hi);                                        \
+                                         const float *bias_col, const float *bias_row, const Act *act) {         \
+    sgemm_epilogue_body(c, ldc, rows, cols, bias_col, bias_row, act);                                           \
   }                                                                                                             \
-  static const KernelSet kernels_##SFX = {dw_flat_##SFX, dw_rows_##SFX, dw_clamp_##SFX, epilogue_##SFX};
+  static const KernelSet kernels_##SFX = {dw_flat_##SFX, dw_rows_##SFX, epilogue_##SFX};
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 DW_VARIANT(avx512, __attribute__((target("avx512f,avx2,fma"))))
@@ -368,14 +350,14 @@ DW_VARIANT(base, )
 static const KernelSet *kernel_set(void) { return &kernels_base; }
 #endif
 
-/* out[plane] = depthwise conv of x[plane] with w[plane % c] (+ bias[plane % c] if bias_kind),
- * clamped to [lo, hi] if clamp (the epilogue, as in onnxforge_sgemm), plane = n * c + channel.
+/* out[plane] = act(depthwise conv of x[plane] with w[plane % c] (+ bias[plane % c] if bias_kind))
+ * (act, lo, hi, alpha, beta: the epilogue, as in onnxforge_sgemm), plane = n * c + channel.
  * x: (n, c, h, wd), w: (c, 1, kh, kw), out: (n, c, oh, ow).
  * Only the top/left padding is passed: bottom/right follow from oh/ow. kh <= 16. */
 int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd, int32_t oh, int32_t ow,
                                  int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl,
                                  const float *x, const float *w, const float *bias, int32_t bias_kind,
-                                 int32_t clamp, float lo, float hi, float *out) {
+                                 int32_t act, float lo, float hi, float alpha, float beta, float *out) {
   if (kh > 16 || kh <= 0 || kw <= 0) return -1;
   int ch = plane % c;
   const float *in = x + (int64_t)plane * h * wd;
@@ -385,9 +367,10 @@ int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd
   float sbuf[4096];
   size_t nflat = (size_t)(2 * oh + kh) * (size_t)(ow + kw - 1);
   const KernelSet *ks = kernel_set();
+  Act epilogue = act_make(act, lo, hi, alpha, beta);
   if (sh == 1 && sw == 1 && kh == kw && (kh == 3 || kh == 5) && ow < 32 && nflat <= sizeof(sbuf) / sizeof(float)) {
     ks->flat(in, wk, b, o, sbuf, h, wd, oh, ow, kh, pt, pl);
-    if (clamp) ks->clamp(o, (int64_t)oh * ow, lo, hi);
+    if (act != ACT_NONE) ks->epilogue(o, 0, 1, oh * ow, NULL, NULL, &epilogue);
     return 0;
   }
   /* padded row length: every window of every output column lies inside it */
@@ -403,7 +386,7 @@ int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd
   }
   ks->rows(in, wk, b, o, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);
   if (rows != sbuf) free(rows);
-  if (clamp) ks->clamp(o, (int64_t)oh * ow, lo, hi);
+  if (act != ACT_NONE) ks->epilogue(o, 0, 1, oh * ow, NULL, NULL, &epilogue);
   return 0;
 }
 

@@ -10,13 +10,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..device.libs import cache_root
-from .blas import C_SOURCES, DispatchBLAS, blas_lib_dir, link_options
+from .blas import C_HEADERS, C_SOURCES, DispatchBLAS, blas_lib_dir, link_options
 from .extern_calls import PACK_KERNEL
 from .fastmath import fast_math
 from ..shape_reads import order_dim_reads
@@ -121,12 +122,15 @@ def export_kwargs(mode: str, blas_dir: str | None = None, cxx: str | None = None
             "options": [*KERNEL_FLAGS, *link_options(blas_dir or blas_lib_dir())]}
 
 
-KERNEL_FLAGS = ("-O2", "-fPIC")
+# -fno-trapping-math: the activations' selects (activation.h) are if-converted and
+# vectorize (with trapping math gcc keeps them as branches below AVX-512); the kernels
+# never read floating-point exception flags.
+KERNEL_FLAGS = ("-O2", "-fPIC", "-fno-trapping-math")
 
 
 def kernel_object(source, compiler: str) -> str:
     """The C kernel `source` compiled by `compiler` (KERNEL_FLAGS), cached under
-    $ONNXFORGE_CACHE/kernels keyed by the source, the compiler and its version: the
+    $ONNXFORGE_CACHE/kernels keyed by the source (and the headers), the compiler and its version: the
     three files take ~5 s to compile, once per machine instead of once per package.
     The source itself (compiled in the link, as before) if anything goes wrong."""
     try:
@@ -135,8 +139,7 @@ def kernel_object(source, compiler: str) -> str:
             return str(source)
         version = subprocess.run([path, "-dumpfullversion", "-dumpmachine"], capture_output=True, text=True,
                                  timeout=30).stdout
-        with open(source, "rb") as f:
-            text = f.read()
+        text = b"".join(Path(p).read_bytes() for p in (source, *C_HEADERS))
         key = hashlib.sha256(b"\0".join([text, os.path.realpath(path).encode(), version.encode(),
                                           " ".join(KERNEL_FLAGS).encode()])).hexdigest()[:16]
         folder = cache_root() / "kernels"

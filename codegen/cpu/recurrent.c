@@ -21,7 +21,8 @@ extern "C" {
 
 int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const float *a, int64_t stride_a,
                         int32_t trans_a, const float *b, int64_t stride_b, int32_t trans_b, float *c,
-                        const float *bias, int32_t bias_kind, int32_t clamp, float lo, float hi);
+                        const float *bias, int32_t bias_kind, int32_t act, float lo, float hi, float alpha,
+                        float beta);
 
 int32_t onnxforge_sgemv(int32_t trans, int32_t m, int32_t n, const float *a, int32_t lda, const float *x, float *y);
 void onnxforge_serial_begin(void);
@@ -184,12 +185,12 @@ static void recurrent_gemm(const RnnArgs *p, int32_t d, const float *h, float *q
     }
   } else if (p->r_trans) {
     const float *rd = p->r + (int64_t)d * G * H * H + (int64_t)first * H;
-    onnxforge_sgemm(1, p->batch, n, H, a, 0, 0, rd, 0, 1, gates, NULL, 0, 0, 0.0f, 0.0f);
+    onnxforge_sgemm(1, p->batch, n, H, a, 0, 0, rd, 0, 1, gates, NULL, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f);
   } else {
     /* [H, G*H] row-major: columns first..first+n of each row; sgemm wants a dense B, so
        the quantized LSTM (the only user) always asks for all columns (first = 0). */
     const float *rd = p->r + (int64_t)d * H * G * H;
-    onnxforge_sgemm(1, p->batch, n, H, a, 0, 0, rd, 0, 0, gates, NULL, 0, 0, 0.0f, 0.0f);
+    onnxforge_sgemm(1, p->batch, n, H, a, 0, 0, rd, 0, 0, gates, NULL, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f);
   }
   if (p->r_scale) {
     const float *s = p->r_scale + (int64_t)d * p->r_scale_n;
@@ -345,7 +346,7 @@ int32_t onnxforge_dq_gemm(int32_t m, int32_t n, int32_t k, const float *a, const
   float *q = (float *)malloc(sizeof(float) * (size_t)((int64_t)m * k > 0 ? (int64_t)m * k : 1));
   if (!q) return -1;
   float a_scale = quantize_u8(a, (int64_t)m * k, q);
-  onnxforge_sgemm(1, m, n, k, q, 0, 0, b, 0, 0, out, NULL, 0, 0, 0.0f, 0.0f);
+  onnxforge_sgemm(1, m, n, k, q, 0, 0, b, 0, 0, out, NULL, 0, 0, 0.0f, 0.0f, 0.0f, 0.0f);
   for (int32_t i = 0; i < m; ++i) {
     float *row = out + (int64_t)i * n;
     for (int32_t j = 0; j < n; ++j) row[j] = row[j] * (a_scale * scale[n_scale == 1 ? 0 : j]) + (has_bias ? bias[j] : 0.0f);

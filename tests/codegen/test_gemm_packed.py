@@ -1,7 +1,7 @@
 """codegen/cpu/gemm_packed.c on its own: every ISA variant this host can run (and
 the AVX-512 variant's blocking, compiled for AVX2 under ONNXFORGE_GEMM_TEST)
 against numpy, over shapes that hit every edge (row and column tails, k chunks,
-an empty k), with bias, clamp and NaN; and ONNXFORGE_CPU_ISA capping the variant.
+an empty k), with bias, every epilogue activation (activation.h) and NaN; and ONNXFORGE_CPU_ISA capping the variant.
 The library is built here with the C++ compiler the builds use, with a stand-in
 for TVM's thread pool (two tasks, run one after the other)."""
 import os
@@ -29,7 +29,7 @@ int TVMBackendParallelLaunch(FTVMParallelLambda f, void *cdata, int num_task) {
 int32_t onnxforge_in_serial(void) { return 0; }
 /* kernels.c's OpenBLAS path, which onnxforge_sgemm_rows takes above max_rows: says it was called */
 int32_t onnxforge_sgemm(int32_t, int32_t, int32_t, int32_t, const float *, int64_t, int32_t, const float *, int64_t,
-                        int32_t, float *, const float *, int32_t, int32_t, float, float) { return 7; }
+                        int32_t, float *, const float *, int32_t, int32_t, float, float, float, float) { return 7; }
 }
 """
 
@@ -54,9 +54,15 @@ from onnxforge.codegen.cpu.extern_calls import pack_weight
 lib = ctypes.CDLL(sys.argv[1])
 lib.onnxforge_packed_gemm_isa.restype = ctypes.c_char_p
 f = lib.onnxforge_sgemm_packed
-f.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 2
+f.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 4
 rng = np.random.default_rng(0)
 worst = 0.0
+sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+# activation.h: (kind, lo, hi, alpha, beta) and what it computes on v = a @ w (+ bias)
+ACTS = [((0, 0, 0, 1, 0), lambda v: v), ((1, -0.5, 0.7, 1, 0), lambda v: np.clip(v, -0.5, 0.7)),
+        ((1, 0.0, np.inf, 1, 0), lambda v: np.maximum(v, 0)),
+        ((2, 0, 0, 1, 0), lambda v: v * sigmoid(v)), ((2, 0, 0, 1.702, 0.1), lambda v: v * sigmoid(1.702 * v + 0.1)),
+        ((3, 0, 1, 1 / 6, 0.5), lambda v: v * np.clip(v / 6 + 0.5, 0, 1))]
 for m, n, k in [(1, 1, 1), (3, 17, 5), (7, 33, 1030), (13, 40, 77), (25, 16, 2000), (40, 100, 513),
                 (130, 48, 64), (2, 8210, 40), (5, 3, 0)]:
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -65,29 +71,27 @@ for m, n, k in [(1, 1, 1), (3, 17, 5), (7, 33, 1030), (13, 40, 77), (25, 16, 200
     if m * k:
         a[0, 0] = np.nan  # a NaN in a row goes through bias and clamp as NaN
     bp = pack_weight(w, True)
-    for use_bias, clamp in ((0, None), (1, None), (1, (-0.5, 0.7)), (0, (0.0, np.inf))):
+    for use_bias, (act, want) in [(0, ACTS[0]), (1, ACTS[0]), (0, ACTS[2])] + [(1, x) for x in ACTS[1:]]:
         c = np.full((m, n), 7.0, np.float32)
-        lo, hi = clamp or (0.0, 0.0)
         f(m, n, k, a.ctypes.data, bp.ctypes.data, c.ctypes.data, bias.ctypes.data if use_bias else None,
-          use_bias, int(clamp is not None), lo, hi)
-        ref = a.astype(np.float64) @ w.T.astype(np.float64) + (bias if use_bias else 0)
-        if clamp is not None:
-            ref = np.where(np.isnan(ref), ref, np.clip(ref, *clamp))
-        assert np.array_equal(np.isnan(c), np.isnan(ref)), (m, n, k)
+          use_bias, *act)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = want(a.astype(np.float64) @ w.T.astype(np.float64) + (bias if use_bias else 0))
+        assert np.array_equal(np.isnan(c), np.isnan(ref)), (m, n, k, act)
         ok = ~np.isnan(ref)
         scale = max(1.0, float(np.abs(ref[ok]).max())) if ok.any() else 1.0
         worst = max(worst, float(np.abs(c[ok] - ref[ok]).max() / scale) if ok.any() else 0.0)
 rows = lib.onnxforge_sgemm_rows
-rows.argtypes = [ctypes.c_int32] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int32] + [ctypes.c_void_p] * 3 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 2
+rows.argtypes = [ctypes.c_int32] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int32] + [ctypes.c_void_p] * 3 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 4
 a = rng.standard_normal((10, 20)).astype(np.float32)
 w = rng.standard_normal((20, 30)).astype(np.float32)
 c = np.zeros((10, 30), np.float32)
 bp = pack_weight(w, False)  # kept alive across the calls
 assert rows(10, 30, 20, 10, a.ctypes.data, w.ctypes.data, 0, bp.ctypes.data, c.ctypes.data,
-            None, 0, 0, 0, 0) == 0  # up to max_rows: the packed kernel
+            None, 0, 0, 0, 0, 1, 0) == 0  # up to max_rows: the packed kernel
 worst = max(worst, float(np.abs(c - a @ w).max()) / float(np.abs(a @ w).max()))
 assert rows(10, 30, 20, 9, a.ctypes.data, w.ctypes.data, 0, bp.ctypes.data, c.ctypes.data,
-            None, 0, 0, 0, 0) == 7  # above: OpenBLAS (kernels.c; the stand-in here)
+            None, 0, 0, 0, 0, 1, 0) == 7  # above: OpenBLAS (kernels.c; the stand-in here)
 print(lib.onnxforge_packed_gemm_isa().decode(), worst)
 """
 
