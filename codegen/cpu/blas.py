@@ -2,11 +2,12 @@
 
 A Relax pass, run before legalization: `relax.matmul` (any batch/broadcast form
 with static shapes, a last-two-axes permute_dims of either operand absorbed as a
-BLAS transpose), and NCHW `relax.nn.conv2d` with groups=1 (1x1 stride 1 pad 0 as
-a plain GEMM per image; otherwise im2col, a TVM kernel, then GEMM) become
-`call_tir` of small PrimFuncs whose body is one `T.call_extern("onnxforge_sgemm",
-...)` (kernels.c). Everything around them (bias adds, activations, the im2col
-gather) stays Relax/TIR and is fused and scheduled by TVM.
+BLAS transpose), and NCHW `relax.nn.conv2d` (1x1 stride 1 pad 0 as a plain GEMM
+per image; any other window, stride, dilation, padding or group count through
+onnxforge_conv2d: im2col block by block in cache, then GEMM) become `call_tir` of
+small PrimFuncs whose body is one `T.call_extern("onnxforge_sgemm", ...)`
+(kernels.c). A bias and an activation after them fold into the call
+(epilogues.py); everything else stays Relax/TIR, fused and scheduled by TVM.
 
 Products with a constant float32 weight and few rows (PACKED_MAX_ROWS; or rows
 known only at run time) call gemm_packed.c instead, with the weight packed once
@@ -36,7 +37,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
-from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, dwconv_te, im2col_te, pack_te, pack_weight, packed_te,
+from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_te, dwconv_te, pack_te, pack_weight, packed_te,
                            rows_te, sgemm_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
 from .relax_types import dtype_of as _dtype, shape_dims, static_shape
@@ -336,30 +337,27 @@ class _BlasRewriter(PyExprMutator):
         sx, sw, so = shape_dims(x), static_shape(w), shape_dims(call)
         if sx is None or sw is None or so is None or len(sx) != 4 or len(so) != 4:
             return None
-        if int(attrs.groups) != 1:  # batch and spatial dims may be symbolic here too
+        groups = int(attrs.groups)
+        if groups != 1 and sw[1] == 1 and sw[0] == sx[1]:  # depthwise (batch and spatial dims may be symbolic)
             if not isinstance(sx[1], int) or not isinstance(so[1], int):
                 return None
             return self._rewrite_depthwise(call, sx, sw, so, epilogue)
         nb, ci, h, wd = sx
         co, _, kh, kw = sw
-        _, _, oh, ow = so
         strides = [int(s) for s in attrs.strides]
         pad = [int(p) for p in attrs.padding]
         dil = [int(d) for d in attrs.dilation]
-        bb = self.builder_
-        bias, clamp = epilogue.te_args()
-        if (kh, kw) == (1, 1) and strides == [1, 1] and pad == [0, 0, 0, 0]:
+        bias, act = epilogue.te_args()
+        if (kh, kw) == (1, 1) and strides == [1, 1] and pad == [0, 0, 0, 0] and groups == 1:
             self.count += 1
-            return bb.call_te(sgemm_te, w, x, *bias, out_shape=so, batch=nb, m=co, n=h * wd, k=ci, stride_a=0,
-                              stride_b=ci * h * wd, trans_a=False, trans_b=False, name="blas_conv1x1",
-                              bias_kind=2, **clamp, primfunc_name_hint="blas_conv1x1")
-        # im2col: col[n, ci*kh*kw, oh*ow]
-        col = bb.emit(bb.call_te(im2col_te, x, kh=kh, kw=kw, strides=strides, pad=pad, dil=dil, oh=oh, ow=ow,
-                                 primfunc_name_hint="im2col"))
+            return self.builder_.call_te(sgemm_te, w, x, *bias, out_shape=so, batch=nb, m=co, n=h * wd, k=ci,
+                                         stride_a=0, stride_b=ci * h * wd, trans_a=False, trans_b=False,
+                                         name="blas_conv1x1", bias_kind=2, **act, primfunc_name_hint="blas_conv1x1")
+        if min(pad) < 0 or len(pad) != 4 or not isinstance(ci, int) or ci % groups or co % groups:
+            return None
         self.count += 1
-        return bb.call_te(sgemm_te, w, col, *bias, out_shape=so, batch=nb, m=co, n=oh * ow, k=ci * kh * kw,
-                          stride_a=0, stride_b=ci * kh * kw * oh * ow, trans_a=False, trans_b=False, name="blas_conv",
-                          bias_kind=2, **clamp, primfunc_name_hint="blas_conv")
+        return self.builder_.call_te(conv_te, x, w, *bias, out_shape=so, strides=strides, pad=pad, dil=dil,
+                                     groups=groups, name="packed_conv", **act, primfunc_name_hint="packed_conv")
 
     def _rewrite_conv1d(self, call):
         """conv1d (NCW) as a conv2d of height 1, so it takes the same BLAS path

@@ -7,7 +7,7 @@ a clamp (Relu, Clip / ReLU6), or a gate `v * f(v)` where f is a sigmoid or a cla
 an affine function of v, as exporters write SiLU / Swish (`v * Sigmoid(v)`) and
 HardSwish (`HardSwish`, lowered to `v * clip(v + 3, 0, 6) / 6`, or `v *
 HardSigmoid(v)`). Left to TVM, such a gate is one more pass over the output, and
-worse, TVM fuses it into the next conv's im2col, where it is computed kh * kw times
+worse, TVM fused it into the next conv's im2col kernel, where it was computed kh * kw times
 (YOLOv8n: a third of the run time).
 
 Only values nothing else reads are folded: the intermediate results disappear."""

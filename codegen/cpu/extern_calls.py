@@ -1,14 +1,13 @@
 """The te.extern calls DispatchBLAS (blas.py) emits: each wraps one C kernel
 (kernels.c: onnxforge_sgemm, onnxforge_dwconv2d_plane; gemm_packed.c:
 onnxforge_sgemm_packed, onnxforge_sgemm_rows) with its arguments, sizes evaluated
-at run time where dims are symbolic; plus the TE kernels around them (im2col, the
-packing of a weight parameter)."""
+at run time where dims are symbolic; plus the packing of a weight parameter (a TE
+kernel)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import tvm
 from tvm import te, tirx
 
 # Products with a constant weight and at most this many rows take gemm_packed.c (the
@@ -22,6 +21,8 @@ PACK_KERNEL = "pack_weight"  # the packing kernels' name: the CPU pipeline lifts
 
 def extern_arg(v, dtype: str):
     """A constant, or a symbolic dim (product) evaluated at run time."""
+    if isinstance(v, tirx.IntImm):
+        v = int(v.value)
     return tirx.const(v, dtype) if isinstance(v, int) else tirx.Cast(dtype, v)
 
 
@@ -142,20 +143,18 @@ def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
     return te.extern([out_shape], [x, w, *rest], body, name=name, dtype="float32")
 
 
-def im2col_te(x, *, kh, kw, strides, pad, dil, oh, ow):
-    n, ci, h, w = x.shape  # ints, or symbolic sizes
-    sh, sw = strides
-    dh, dw = dil
-    pt, pl = pad[0], pad[1]
+def conv_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
+    """te.extern: out = act(conv2d(x, w) [+ bias]) (NCHW / OIHW) through
+    onnxforge_conv2d (kernels.c: im2col per block of pixels, in cache, then sgemm); rest: the bias."""
+    nb, ci, h, wd = x.shape  # ints, or symbolic sizes read at run time
+    co, _, kh, kw = w.shape
+    _, _, oh, ow = out_shape
 
-    def fcompute(b, r, p):
-        c = r // (kh * kw)
-        i = (r // kw) % kh
-        j = r % kw
-        y = (p // ow) * sh - pt + i * dh
-        xx = (p % ow) * sw - pl + j * dw
-        inside = tvm.tirx.all(y >= 0, y < h, xx >= 0, xx < w)
-        return tvm.tirx.if_then_else(inside, x[b, c, y, xx],
-                                     tvm.tirx.const(0.0, x.dtype))
+    def body(ins, outs):
+        dims = [extern_arg(v, "int32") for v in (nb, ci, h, wd, co, oh, ow, kh, kw, *strides, pad[0], pad[1], *dil,
+                                                  groups)]
+        return tirx.call_extern("int32", "onnxforge_conv2d", *dims, ins[0].data, ins[1].data, outs[0].data,
+                                *epilogue_args(ins, outs, 2, **act))
 
-    return te.compute((n, ci * kh * kw, oh * ow), fcompute, name="im2col")
+    return te.extern([out_shape], [x, w, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")

@@ -19,6 +19,8 @@ from tvm import relax
 _SGEMM = re.compile(r'"onnxforge_sgemm", (\d+), (\d+), (\d+), (\d+)')
 _PACKED = re.compile(r'"onnxforge_sgemm_packed", (\d+), (\d+), (\d+)')
 # onnxforge_dwconv2d_plane(plane, c, h, w, oh, ow, kh, kw, ...)
+# onnxforge_conv2d(nb, ci, h, w, co, oh, ow, kh, kw, ..., groups, ...)
+_CONV = re.compile(r'"onnxforge_conv2d", ' + ", ".join([r"(\d+)"] * 16))
 _DWCONV = re.compile(r'"onnxforge_dwconv2d_plane", (?:T\.Cast\("int32", )?plane\)?, '
                      r'(\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)')
 
@@ -53,6 +55,10 @@ def _flops(func) -> float:
     if m:
         mm, n, k = (int(v) for v in m.groups())
         return 2.0 * mm * n * k
+    m = _CONV.search(text)
+    if m:
+        nb, ci, _, _, co, oh, ow, kh, kw, *_, groups = (int(v) for v in m.groups())
+        return 2.0 * nb * co * oh * ow * (ci // groups) * kh * kw
     m = _DWCONV.search(text)
     if m:
         _, _, _, oh, ow, kh, kw = (int(v) for v in m.groups())
@@ -68,13 +74,16 @@ def _flops(func) -> float:
 
 
 def kernel_path(func) -> str:
-    """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm), onnxforge's
-    packed-weight GEMM (gemm_packed.c), one of its other C kernels (kernels.c /
+    """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm, or
+    onnxforge_conv2d: im2col by blocks), onnxforge's packed-weight GEMM
+    (gemm_packed.c), one of its other C kernels (kernels.c /
     recurrent.c), or onnxforge's default schedule of TVM's TIR (kernel_table says
     "tuned" for those a tuning database scheduled)."""
     text = func.script(show_meta=False)
     if "onnxforge_sgemm_packed" in text:
         return "packed GEMM"
+    if "onnxforge_conv2d" in text:
+        return "BLAS conv (im2col by blocks)"
     if "onnxforge_sgemm_rows" in text:
         return "packed GEMM or BLAS (by rows)"
     if "onnxforge_sgemm" in text or "onnxforge_sgemv" in text:

@@ -59,7 +59,7 @@ def test_profile_names_each_kernels_time_and_code_path(example, capsys):
     rows = json.loads(capsys.readouterr().out)["kernels"]
     assert rows and {"kernel", "path", "calls", "ms", "total_ms", "gflops"} <= set(rows[0])
     paths = {r["path"] for r in rows}
-    assert "BLAS" in paths and "TVM schedule" in paths  # the convs go to sgemm, im2col / pooling are TIR
+    assert "BLAS conv (im2col by blocks)" in paths and "TVM schedule" in paths  # convs: kernels.c; pooling: TIR
     assert all(r["ms"] > 0 for r in rows)
 
 

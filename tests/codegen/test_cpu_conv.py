@@ -1,0 +1,75 @@
+"""Convolutions through kernels.c's onnxforge_conv2d (blocked im2col + OpenBLAS, the
+epilogue on each block): every window, stride, dilation, padding and group count,
+batch > 1, blocks that split output rows, and symbolic spatial dims (one package run
+at several sizes), against onnxruntime."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("tvm")
+pytest.importorskip("scipy_openblas32")
+ort = pytest.importorskip("onnxruntime")
+
+# (input shape, weight shape, Conv attributes)
+_CASES = {
+    "3x3": ((1, 8, 13, 17), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
+    "stride2_batch2": ((2, 3, 33, 40), (16, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    "dilated_asymmetric": ((1, 6, 20, 23), (10, 6, 3, 3), {"pads": [2, 0, 1, 3], "dilations": [2, 2]}),
+    "window5x3_stride3x1": ((1, 4, 21, 19), (7, 4, 5, 3), {"pads": [0, 1, 2, 1], "strides": [3, 1]}),
+    "grouped": ((1, 12, 11, 15), (24, 3, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}),
+    "1x1_strided": ((1, 16, 14, 14), (32, 16, 1, 1), {"strides": [2, 2]}),
+    "no_padding_wide": ((1, 2, 5, 300), (4, 2, 3, 3), {}),  # many blocks, each a slice of the rows
+    "deep": ((1, 256, 6, 6), (96, 256, 3, 3), {"pads": [1, 1, 1, 1]}),  # few pixels: stripes of channels
+}
+
+
+def _model(xshape, wshape, attrs, dims=None):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(wshape) * 0.3).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal(wshape[0]).astype(np.float32), "B")]
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims or xshape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _dispatched(model) -> str:
+    """The module after DispatchBLAS, as text."""
+    from onnxforge.codegen.cpu.blas import DispatchBLAS
+    from onnxforge.codegen.lower import lower
+    from onnxforge.ir.onnx_io import load
+
+    return DispatchBLAS()(lower(load(model)).mod).script(show_meta=False)
+
+
+def _compare(tmp_path, model, shapes, **compile_kwargs):
+    import onnx
+
+    import onnxforge
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pkg = onnxforge.compile(path, target="x86", pipeline="cleanup", output=tmp_path / "m.ofpkg", cpu_kernels="blas",
+                            **compile_kwargs)
+    assert "onnxforge_conv2d" in _dispatched(model)
+    rng = np.random.default_rng(1)
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(np.float32)
+        ref = sess.run(None, {"x": x})[0]
+        got = pkg(x=x)["y"]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_conv_matches_onnxruntime(tmp_path, case):
+    xshape, wshape, attrs = _CASES[case]
+    _compare(tmp_path, _model(xshape, wshape, attrs), [xshape])
+
+
+def test_symbolic_spatial_dims_one_package(tmp_path):
+    """Height and width left symbolic: the kernel reads them at run time."""
+    model = _model(None, (8, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, dims=[1, 3, "h", "w"])
+    _compare(tmp_path, model, [(1, 3, 32, 48), (1, 3, 17, 5), (1, 3, 1, 1)])
