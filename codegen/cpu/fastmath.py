@@ -45,10 +45,24 @@ class _FastMath(PyExprMutator):
         if getattr(call.args[0].ty, "dtype", None) != "float32":  # fast_* are float32 polynomials
             return call
         if op == "relax.nn.softmax":
-            return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis),
-                                         primfunc_name_hint="softmax")
+            return self._softmax(call.args[0], int(call.attrs.axis))
         return self.builder_.call_te(_UNARY[op], call.args[0], primfunc_name_hint=op.rsplit(".", 1)[-1])
 
+
+    def _softmax(self, x, axis: int):
+        """fast_softmax over the last axis. Over another one (YOLOv8's box decoder: 16
+        values 8,400 floats apart), the default schedule recomputed the max and the sum
+        for every output element (2.8 ms for 134k values, 0.4 ms over the last axis):
+        the axis is moved last and back, two cheap transposes."""
+        rank = x.ty.ndim  # -1: unknown
+        if rank <= 1 or axis % rank == rank - 1:
+            return self.builder_.call_te(topi.nn.fast_softmax, x, axis, primfunc_name_hint="softmax")
+        axis %= rank
+        perm = [d for d in range(rank) if d != axis] + [axis]
+        inverse = [perm.index(d) for d in range(rank)]
+        moved = self.builder_.emit(relax.op.permute_dims(x, perm))
+        y = self.builder_.emit(self.builder_.call_te(topi.nn.fast_softmax, moved, -1, primfunc_name_hint="softmax"))
+        return relax.op.permute_dims(y, inverse)
 
 @tvm.transform.module_pass(opt_level=0, name="onnxforge.FastMath")
 def fast_math(mod, _ctx):
