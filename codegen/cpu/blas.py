@@ -37,15 +37,16 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
-from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_te, dwconv_te, pack_te, pack_weight, packed_te,
-                           rows_te, sgemm_te)
+from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_te, conv_transpose_te, dwconv_te, pack_te,
+                           pack_weight, packed_te, rows_te, sgemm_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
 from .relax_types import dtype_of as _dtype, shape_dims, static_shape
 
 KERNELS_C = Path(__file__).with_name("kernels.c")
 RECURRENT_C = Path(__file__).with_name("recurrent.c")  # RNN/GRU/LSTM recurrences (codegen/recurrent.py)
 GEMM_PACKED_C = Path(__file__).with_name("gemm_packed.c")  # weights packed once (extern_calls.pack_weight)
-C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C)
+CONV_C = Path(__file__).with_name("conv.c")  # Conv (im2col by blocks) and ConvTranspose
+C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C, CONV_C)
 C_HEADERS = (Path(__file__).with_name("activation.h"),)  # included by the sources (part of their cache key)
 
 BLAS_SONAME = OPENBLAS
@@ -90,6 +91,7 @@ class _BlasRewriter(PyExprMutator):
         self._matmul = tvm.ir.Op.get("relax.matmul")
         self._conv2d = tvm.ir.Op.get("relax.nn.conv2d")
         self._conv1d = tvm.ir.Op.get("relax.nn.conv1d")
+        self._conv2d_transpose = tvm.ir.Op.get("relax.nn.conv2d_transpose")
         self._attention = tvm.ir.Op.get("relax.nn.attention_bias")
         self._broadcast_to = tvm.ir.Op.get("relax.broadcast_to")
         # of the function being rewritten, before rewriting (see analyze)
@@ -121,6 +123,8 @@ class _BlasRewriter(PyExprMutator):
                 new = self._rewrite_conv2d(call)
             elif call.op.same_as(self._conv1d):
                 new = self._rewrite_conv1d(call)
+            elif call.op.same_as(self._conv2d_transpose):
+                new = self._rewrite_conv2d_transpose(call)
             elif call.op.same_as(self._attention):
                 new = self._rewrite_attention(call)
             elif self._epilogues.triggers(call):
@@ -143,7 +147,8 @@ class _BlasRewriter(PyExprMutator):
         core = self.builder_.normalize(relax.Call(core.op, [self.visit_expr(a) for a in core.args], core.attrs))
         if epilogue.bias is not None:
             epilogue = dataclasses.replace(epilogue, bias=self.visit_expr(epilogue.bias))
-        rewrite = self._rewrite_matmul if core.op.same_as(self._matmul) else self._rewrite_conv2d
+        rewrite = (self._rewrite_matmul if core.op.same_as(self._matmul) else self._rewrite_conv2d_transpose
+                   if core.op.same_as(self._conv2d_transpose) else self._rewrite_conv2d)
         new = rewrite(core, epilogue)
         if new is not None:
             self.count -= 1  # the unfused call, counted when it was made, is dropped
@@ -358,6 +363,29 @@ class _BlasRewriter(PyExprMutator):
         self.count += 1
         return self.builder_.call_te(conv_te, x, w, *bias, out_shape=so, strides=strides, pad=pad, dil=dil,
                                      groups=groups, name="packed_conv", **act, primfunc_name_hint="packed_conv")
+
+    def _rewrite_conv2d_transpose(self, call, epilogue=NO_EPILOGUE):
+        """NCHW / IOHW conv2d_transpose -> onnxforge_conv2d_transpose (conv.c); batch and
+        spatial dims may be symbolic, the weight is static."""
+        x, w = call.args
+        attrs = call.attrs
+        if (_dtype(x), _dtype(w), _dtype(call)) != ("float32",) * 3:
+            return None
+        if attrs.data_layout != "NCHW" or attrs.kernel_layout != "IOHW" or attrs.out_layout != "NCHW":
+            return None
+        sx, sw, so = shape_dims(x), static_shape(w), shape_dims(call)
+        if sx is None or sw is None or so is None or len(sx) != 4 or len(so) != 4 or not isinstance(sx[1], int):
+            return None
+        groups = int(attrs.groups)
+        pad = [int(p) for p in attrs.padding]
+        if len(pad) != 4 or min(pad) < 0 or sx[1] % groups or sw[0] != sx[1] or so[1] != sw[1] * groups:
+            return None
+        bias, act = epilogue.te_args()
+        self.count += 1
+        return self.builder_.call_te(conv_transpose_te, x, w, *bias, out_shape=so,
+                                     strides=[int(s) for s in attrs.strides], pad=pad,
+                                     dil=[int(d) for d in attrs.dilation], groups=groups, name="blas_conv_transpose",
+                                     **act, primfunc_name_hint="blas_conv_transpose")
 
     def _rewrite_conv1d(self, call):
         """conv1d (NCW) as a conv2d of height 1, so it takes the same BLAS path

@@ -45,7 +45,8 @@ class Epilogue:
 NO_EPILOGUE = Epilogue()
 
 _OPS = {name: tvm.ir.Op.get(f"relax.{name}") for name in (
-    "add", "subtract", "multiply", "divide", "clip", "sigmoid", "nn.relu", "matmul", "nn.conv2d")}
+    "add", "subtract", "multiply", "divide", "clip", "sigmoid", "nn.relu", "matmul", "nn.conv2d",
+    "nn.conv2d_transpose")}
 
 
 def _is(call, name: str) -> bool:
@@ -168,7 +169,7 @@ class EpilogueMatcher:
 
     @staticmethod
     def is_core(call) -> bool:
-        return _is(call, "nn.conv2d") or _is(call, "matmul")
+        return _is(call, "nn.conv2d") or _is(call, "nn.conv2d_transpose") or _is(call, "matmul")
 
     @staticmethod
     def triggers(call) -> bool:
@@ -182,7 +183,7 @@ class EpilogueMatcher:
         if so is None or sb is None or dtype_of(bias) != "float32" or len(sb) > len(so):
             return False
         sb = [1] * (len(so) - len(sb)) + sb
-        axis = 1 if _is(core, "nn.conv2d") else len(so) - 1
+        axis = len(so) - 1 if _is(core, "matmul") else 1
         return all(d == (so[axis] if i == axis else 1) for i, d in enumerate(sb))
 
     def _activation_follows(self, call) -> bool:

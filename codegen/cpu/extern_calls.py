@@ -1,6 +1,7 @@
 """The te.extern calls DispatchBLAS (blas.py) emits: each wraps one C kernel
 (kernels.c: onnxforge_sgemm, onnxforge_dwconv2d_plane; gemm_packed.c:
-onnxforge_sgemm_packed, onnxforge_sgemm_rows) with its arguments, sizes evaluated
+onnxforge_sgemm_packed, onnxforge_sgemm_rows; conv.c: onnxforge_conv2d,
+onnxforge_conv2d_transpose) with its arguments, sizes evaluated
 at run time where dims are symbolic; plus the packing of a weight parameter (a TE
 kernel)."""
 from __future__ import annotations
@@ -143,9 +144,26 @@ def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
     return te.extern([out_shape], [x, w, *rest], body, name=name, dtype="float32")
 
 
+def conv_transpose_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
+    """te.extern: out = act(conv_transpose2d(x, w) [+ bias]) (NCHW / IOHW) through
+    onnxforge_conv2d_transpose (conv.c: sgemm then col2im, by blocks); rest: the bias."""
+    nb, ci, h, wd = x.shape
+    _, cog, kh, kw = w.shape
+    _, co, oh, ow = out_shape
+
+    def body(ins, outs):
+        dims = [extern_arg(v, "int32") for v in (nb, ci, h, wd, co, oh, ow, kh, kw, *strides, pad[0], pad[1], *dil,
+                                                  groups)]
+        return tirx.call_extern("int32", "onnxforge_conv2d_transpose", *dims, ins[0].data, ins[1].data,
+                                outs[0].data, *epilogue_args(ins, outs, 2, **act))
+
+    return te.extern([out_shape], [x, w, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")
+
+
 def conv_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
     """te.extern: out = act(conv2d(x, w) [+ bias]) (NCHW / OIHW) through
-    onnxforge_conv2d (kernels.c: im2col per block of pixels, in cache, then sgemm); rest: the bias."""
+    onnxforge_conv2d (conv.c: im2col per block of pixels, in cache, then sgemm); rest: the bias."""
     nb, ci, h, wd = x.shape  # ints, or symbolic sizes read at run time
     co, _, kh, kw = w.shape
     _, _, oh, ow = out_shape

@@ -200,147 +200,20 @@ int32_t onnxforge_sgemv(int32_t trans, int32_t m, int32_t n, const float *a, int
   return TVMBackendParallelLaunch(sgemv_task, &job, 0);
 }
 
-/* ---- convolution (NCHW; any window, stride, dilation, padding and groups) ----
- *
- * out = act(conv2d(x, w) + bias), one SGEMM per block of output pixels: the block's
- * im2col (col: K x np, K = cin/groups * kh * kw) is built in a per-thread buffer of
- * about 1 MiB that stays in cache, OpenBLAS multiplies the weight (cout/groups x K,
- * OIHW rows are K-contiguous) by it straight into the output, and the epilogue runs
- * on the block while it is in cache. Built for the whole image first (a TVM im2col
- * kernel, then one SGEMM), col went through memory twice, kh * kw times the input:
- * YOLOv8n spent a quarter of its time in im2col. */
+/* ---- for conv.c: one single-threaded SGEMM (C = op(A) op(B), beta 0) on the calling
+ * thread, and the epilogue (bias per row, activation) of this CPU's ISA ---- */
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-  int32_t nb, ci, h, w, co, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups;
-  const float *x, *wt, *bias; /* bias: co values or NULL */
-  float *out;
-  Act act;
-  int32_t block;   /* output pixels per block */
-  int64_t units;   /* nb * groups * blocks */
-  int32_t stripes; /* > 1: few units, every task takes all of them and a stripe of output channels */
-} ConvJob;
-
-/* col[q][t] (rows of np) = the input under tap q for output pixel p0 + t, zero in the padding;
- * x: the image's first input channel of the group. */
-static void conv_im2col(const ConvJob *j, const float *x, int32_t p0, int32_t np, float *col) {
-  const int32_t cig = j->ci / j->groups;
-  for (int32_t c = 0; c < cig; ++c) {
-    const float *plane = x + (int64_t)c * j->h * j->w;
-    for (int32_t ky = 0; ky < j->kh; ++ky)
-      for (int32_t kx = 0; kx < j->kw; ++kx, col += np) {
-        for (int32_t t = 0; t < np;) { /* one output row (or its part in the block) at a time */
-          const int32_t p = p0 + t, oy = p / j->ow, ox = p % j->ow;
-          const int32_t run = j->ow - ox < np - t ? j->ow - ox : np - t;
-          const int32_t iy = oy * j->sh - j->pt + ky * j->dh, ix = ox * j->sw - j->pl + kx * j->dw;
-          float *dst = col + t;
-          t += run;
-          if (iy < 0 || iy >= j->h || ix + (int64_t)(run - 1) * j->sw < 0 || ix >= j->w) {
-            memset(dst, 0, sizeof(float) * (size_t)run);
-            continue;
-          }
-          /* outputs u in [lo, hi) read inside the row: ix + u * sw in [0, w) */
-          int32_t lo = ix >= 0 ? 0 : (-ix + j->sw - 1) / j->sw;
-          int32_t hi = (j->w - 1 - ix) / j->sw + 1;
-          if (hi > run) hi = run;
-          const float *src = plane + (int64_t)iy * j->w + ix;
-          memset(dst, 0, sizeof(float) * (size_t)lo);
-          if (j->sw == 1) {
-            memcpy(dst + lo, src + lo, sizeof(float) * (size_t)(hi - lo));
-          } else if (j->sw == 2) { /* a constant stride: vectorized as shuffles */
-            for (int32_t u = lo; u < hi; ++u) dst[u] = src[2 * (int64_t)u];
-          } else {
-            for (int32_t u = lo; u < hi; ++u) dst[u] = src[(int64_t)u * j->sw];
-          }
-          memset(dst + hi, 0, sizeof(float) * (size_t)(run - hi));
-        }
-      }
-  }
-}
-
-/* The calling thread's im2col buffer, grown as needed and kept (one per pool thread). */
-static __thread float *conv_buffer = NULL;
-static __thread size_t conv_buffer_len = 0;
-
-static float *conv_scratch(size_t n) {
-  if (n > conv_buffer_len) {
-    free(conv_buffer);
-    conv_buffer = (float *)malloc(sizeof(float) * n);
-    conv_buffer_len = conv_buffer ? n : 0;
-  }
-  return conv_buffer;
-}
-
-static int conv_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
-  const ConvJob *j = (const ConvJob *)cdata;
-  const int64_t tasks = penv ? penv->num_task : 1;
-  const int32_t cig = j->ci / j->groups, cog = j->co / j->groups;
-  const int32_t k = cig * j->kh * j->kw, npix = j->oh * j->ow;
-  const int32_t blocks = (npix + j->block - 1) / j->block;
-  int64_t u0 = 0, u1 = j->units;
-  int32_t r0 = 0, r1 = cog;
-  if (j->stripes > 1) { /* stripes of output channels, multiples of 16 rows */
-    const int64_t tiles = (cog + 15) / 16;
-    r0 = (int32_t)(tiles * task_id / tasks) * 16;
-    r1 = (int32_t)(tiles * (task_id + 1) / tasks) * 16;
-    if (r1 > cog) r1 = cog;
-    if (r1 <= r0) return 0;
-  } else {
-    u0 = j->units * task_id / tasks;
-    u1 = j->units * (task_id + 1) / tasks;
-  }
-  float *col = conv_scratch((size_t)k * (size_t)j->block);
-  if (!col) return -1;
-  for (int64_t u = u0; u < u1; ++u) {
-    const int32_t b = (int32_t)(u % blocks), g = (int32_t)((u / blocks) % j->groups);
-    const int64_t img = u / blocks / j->groups;
-    const int32_t p0 = b * j->block, np = npix - p0 < j->block ? npix - p0 : j->block;
-    conv_im2col(j, j->x + ((int64_t)img * j->ci + (int64_t)g * cig) * j->h * j->w, p0, np, col);
-    float *c = j->out + ((int64_t)img * j->co + (int64_t)g * cog + r0) * npix + p0;
-    SGEMM(RowMajor, NoTrans, NoTrans, r1 - r0, np, k, 1.0f, j->wt + ((int64_t)g * cog + r0) * k, k, col, np, 0.0f, c,
-          npix);
-    if (j->bias || j->act.kind != ACT_NONE)
-      kernel_set()->epilogue(c, npix, r1 - r0, np, NULL, j->bias ? j->bias + (int64_t)g * cog + r0 : NULL, &j->act);
-  }
-  return 0;
-}
-
-/* out = act(conv2d(x, wt) + bias): x (nb, ci, h, w), wt (co, ci / groups, kh, kw), out
- * (nb, co, oh, ow); pt / pl: top / left padding (bottom / right follow from oh, ow);
- * bias: co values when bias_kind; act, lo, hi, alpha, beta: activation.h. Split over
- * TVM's thread pool by (image, group, block of pixels), or by output channels when
- * there are few blocks (deep layers: a few hundred pixels). */
-int32_t onnxforge_conv2d(int32_t nb, int32_t ci, int32_t h, int32_t w, int32_t co, int32_t oh, int32_t ow,
-                         int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh,
-                         int32_t dw, int32_t groups, const float *x, const float *wt, float *out, const float *bias,
-                         int32_t bias_kind, int32_t act, float lo, float hi, float alpha, float beta) {
-  if (groups <= 0 || ci % groups || co % groups || sh <= 0 || sw <= 0) return -1;
-  if (nb <= 0 || co <= 0 || oh <= 0 || ow <= 0) return 0;
+void onnxforge_blas_gemm(int32_t trans_a, int32_t m, int32_t n, int32_t k, const float *a, int32_t lda,
+                         const float *b, int32_t ldb, float *c, int32_t ldc) {
   blas_single_threaded();
-  const int64_t npix = (int64_t)oh * ow, k = (int64_t)(ci / groups) * kh * kw;
-  ConvJob job = {nb, ci, h, w, co, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups, x, wt, bias_kind ? bias : NULL,
-                 out, act_make(act, lo, hi, alpha, beta), 0, 0, 1};
-  if (k <= 0) { /* an empty sum: the epilogue of zeros */
-    for (int64_t r = 0; r < (int64_t)nb * co; ++r) {
-      memset(out + r * npix, 0, sizeof(float) * (size_t)npix);
-      kernel_set()->epilogue(out + r * npix, 0, 1, (int32_t)npix, NULL, job.bias ? job.bias + r % co : NULL, &job.act);
-    }
-    return 0;
-  }
-  /* ~256 KiB of col per block (it stays in L2 for SGEMM to pack), at least 128 pixels
-   * (each SGEMM call repacks the weight) */
-  int64_t block = ((65536 / k) + 15) & ~(int64_t)15;
-  if (block < 128) block = 128;
-  job.block = (int32_t)(block < npix ? block : npix);
-  job.units = (int64_t)nb * groups * ((npix + job.block - 1) / job.block);
-  const int32_t cog = co / groups;
-  if (job.units < 4 && cog >= 32) job.stripes = 2;
-  if (serial_depth || 2 * npix * k * co * nb < (1 << 18)) {
-    job.stripes = 1;
-    return conv_task(0, NULL, &job);
-  }
-  return TVMBackendParallelLaunch(conv_task, &job, 0);
+  SGEMM(RowMajor, trans_a ? Trans : NoTrans, NoTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void onnxforge_epilogue_rows(float *c, int32_t ldc, int32_t rows, int32_t cols, const float *bias_row,
+                             const Act *act) {
+  kernel_set()->epilogue(c, ldc, rows, cols, NULL, bias_row, act);
 }
 
 /* ---- depthwise conv2d (NCHW, groups == channels, depth multiplier 1, dilation 1) ----

@@ -20,7 +20,7 @@ _SGEMM = re.compile(r'"onnxforge_sgemm", (\d+), (\d+), (\d+), (\d+)')
 _PACKED = re.compile(r'"onnxforge_sgemm_packed", (\d+), (\d+), (\d+)')
 # onnxforge_dwconv2d_plane(plane, c, h, w, oh, ow, kh, kw, ...)
 # onnxforge_conv2d(nb, ci, h, w, co, oh, ow, kh, kw, ..., groups, ...)
-_CONV = re.compile(r'"onnxforge_conv2d", ' + ", ".join([r"(\d+)"] * 16))
+_CONV = re.compile(r'"onnxforge_conv2d(_transpose)?", ' + ", ".join([r"(\d+)"] * 16))
 _DWCONV = re.compile(r'"onnxforge_dwconv2d_plane", (?:T\.Cast\("int32", )?plane\)?, '
                      r'(\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)')
 
@@ -57,7 +57,9 @@ def _flops(func) -> float:
         return 2.0 * mm * n * k
     m = _CONV.search(text)
     if m:
-        nb, ci, _, _, co, oh, ow, kh, kw, *_, groups = (int(v) for v in m.groups())
+        nb, ci, h, w, co, oh, ow, kh, kw, *_, groups = (int(v) for v in m.groups()[1:])
+        if m.group(1):  # transposed: every input value times its kh x kw taps per output channel
+            return 2.0 * nb * ci * h * w * (co // groups) * kh * kw
         return 2.0 * nb * co * oh * ow * (ci // groups) * kh * kw
     m = _DWCONV.search(text)
     if m:
@@ -74,14 +76,16 @@ def _flops(func) -> float:
 
 
 def kernel_path(func) -> str:
-    """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm, or
-    onnxforge_conv2d: im2col by blocks), onnxforge's packed-weight GEMM
+    """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm, or conv.c's
+    onnxforge_conv2d: im2col by blocks, onnxforge_conv2d_transpose: col2im), onnxforge's packed-weight GEMM
     (gemm_packed.c), one of its other C kernels (kernels.c /
     recurrent.c), or onnxforge's default schedule of TVM's TIR (kernel_table says
     "tuned" for those a tuning database scheduled)."""
     text = func.script(show_meta=False)
     if "onnxforge_sgemm_packed" in text:
         return "packed GEMM"
+    if "onnxforge_conv2d_transpose" in text:
+        return "BLAS conv transpose (col2im)"
     if "onnxforge_conv2d" in text:
         return "BLAS conv (im2col by blocks)"
     if "onnxforge_sgemm_rows" in text:

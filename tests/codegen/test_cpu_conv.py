@@ -1,7 +1,8 @@
-"""Convolutions through kernels.c's onnxforge_conv2d (blocked im2col + OpenBLAS, the
-epilogue on each block): every window, stride, dilation, padding and group count,
+"""Convolutions through conv.c: onnxforge_conv2d (blocked im2col + OpenBLAS, the
+epilogue on each block) with every window, stride, dilation, padding and group count,
 batch > 1, blocks that split output rows, and symbolic spatial dims (one package run
-at several sizes), against onnxruntime."""
+at several sizes); onnxforge_conv2d_transpose (OpenBLAS + col2im) with overlapping
+windows, padding, output padding, dilation and groups. Against onnxruntime."""
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -23,11 +24,11 @@ _CASES = {
 }
 
 
-def _model(xshape, wshape, attrs, dims=None):
+def _model(xshape, wshape, attrs, dims=None, op="Conv", co=None):
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array((rng.standard_normal(wshape) * 0.3).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.standard_normal(wshape[0]).astype(np.float32), "B")]
-    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
+             numpy_helper.from_array(rng.standard_normal(co or wshape[0]).astype(np.float32), "B")]
+    nodes = [helper.make_node(op, ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims or xshape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -44,7 +45,7 @@ def _dispatched(model) -> str:
     return DispatchBLAS()(lower(load(model)).mod).script(show_meta=False)
 
 
-def _compare(tmp_path, model, shapes, **compile_kwargs):
+def _compare(tmp_path, model, shapes, kernel="onnxforge_conv2d"):
     import onnx
 
     import onnxforge
@@ -52,9 +53,9 @@ def _compare(tmp_path, model, shapes, **compile_kwargs):
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    pkg = onnxforge.compile(path, target="x86", pipeline="cleanup", output=tmp_path / "m.ofpkg", cpu_kernels="blas",
-                            **compile_kwargs)
-    assert "onnxforge_conv2d" in _dispatched(model)
+    pkg = onnxforge.compile(path, target="x86", pipeline="cleanup", output=tmp_path / "m.ofpkg", cpu_kernels="blas")
+    if kernel:
+        assert kernel in _dispatched(model)
     rng = np.random.default_rng(1)
     for shape in shapes:
         x = rng.standard_normal(shape).astype(np.float32)
@@ -73,3 +74,21 @@ def test_symbolic_spatial_dims_one_package(tmp_path):
     """Height and width left symbolic: the kernel reads them at run time."""
     model = _model(None, (8, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, dims=[1, 3, "h", "w"])
     _compare(tmp_path, model, [(1, 3, 32, 48), (1, 3, 17, 5), (1, 3, 1, 1)])
+
+
+# ConvTranspose: (input shape, weight shape (ci, co / group, kh, kw), attributes)
+_TRANSPOSED = {
+    "upsample2x2": ((1, 8, 10, 12), (8, 4, 2, 2), {"strides": [2, 2]}),  # PP-OCR det's
+    "overlapping3x3_pads": ((2, 6, 7, 9), (6, 5, 3, 3), {"strides": [2, 2], "pads": [1, 0, 1, 2]}),
+    "output_padding_dilation": ((1, 4, 6, 5), (4, 3, 3, 2), {"strides": [3, 2], "output_padding": [1, 1],
+                                                             "dilations": [1, 2]}),
+    "grouped": ((1, 6, 5, 5), (6, 2, 4, 4), {"strides": [2, 2], "pads": [1, 1, 1, 1], "group": 3}),
+}
+
+
+@pytest.mark.parametrize("case", list(_TRANSPOSED))
+def test_conv_transpose_matches_onnxruntime(tmp_path, case):
+    xshape, wshape, attrs = _TRANSPOSED[case]
+    model = _model(xshape, wshape, attrs, op="ConvTranspose", co=wshape[1] * attrs.get("group", 1))
+    assert "onnxforge_conv2d_transpose" in _dispatched(model)
+    _compare(tmp_path, model, [xshape], kernel=None)
