@@ -4,10 +4,11 @@ A Relax pass, run before legalization: `relax.matmul` (any batch/broadcast form
 with static shapes, a last-two-axes permute_dims of either operand absorbed as a
 BLAS transpose), and NCHW `relax.nn.conv2d` (1x1 stride 1 pad 0 as a plain GEMM
 per image; any other window, stride, dilation, padding or group count through
-onnxforge_conv2d: im2col block by block in cache, then GEMM) become `call_tir` of
-small PrimFuncs whose body is one `T.call_extern("onnxforge_sgemm", ...)`
-(kernels.c). A bias and an activation after them fold into the call
-(epilogues.py); everything else stays Relax/TIR, fused and scheduled by TVM.
+onnxforge_conv2d: im2col block by block in cache, then GEMM) and
+`relax.nn.conv2d_transpose` (onnxforge_conv2d_transpose: GEMM, then col2im) become
+`call_tir` of small PrimFuncs whose body is one `T.call_extern` into kernels.c /
+conv.c. A bias and an activation after them fold into the call (epilogues.py);
+everything else stays Relax/TIR, fused and scheduled by TVM.
 
 Products with a constant float32 weight and few rows (PACKED_MAX_ROWS; or rows
 known only at run time) call gemm_packed.c instead, with the weight packed once
