@@ -92,3 +92,4 @@ def test_conv_transpose_matches_onnxruntime(tmp_path, case):
     model = _model(xshape, wshape, attrs, op="ConvTranspose", co=wshape[1] * attrs.get("group", 1))
     assert "onnxforge_conv2d_transpose" in _dispatched(model)
     _compare(tmp_path, model, [xshape], kernel=None)
+
