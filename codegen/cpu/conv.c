@@ -37,9 +37,7 @@ typedef struct {
   const float *x, *wt, *bias; /* bias: co values or NULL */
   float *out;
   Act act;
-  int32_t block;   /* output pixels per block */
-  int64_t units;   /* nb * groups * blocks */
-  int32_t stripes; /* > 1: few units, every task takes all of them and a stripe of output channels */
+  int32_t block; /* output pixels per block, at most */
 } ConvJob;
 
 /* col[q][t] (rows of np) = the input under tap q for output pixel p0 + t, zero in the padding;
@@ -92,35 +90,48 @@ static float *conv_scratch(size_t n) {
   return conv_buffer;
 }
 
+/* The split, decided the same way by every task once the pool's size is known:
+ * (image, group) pairs when there are at least two per task; else each task takes an
+ * equal range of every pair's pixels (cut into equal blocks of at most j->block), or,
+ * when that range would be under 64 pixels (deep layers) and there are channels
+ * enough, a stripe of output channels over all the pixels. Equal shares matter: a
+ * 20x20 layer cut into 128-pixel blocks gave one thread 256 pixels, the other 144. */
 static int conv_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
   const ConvJob *j = (const ConvJob *)cdata;
   const int64_t tasks = penv ? penv->num_task : 1;
   const int32_t cig = j->ci / j->groups, cog = j->co / j->groups;
   const int32_t k = cig * j->kh * j->kw, npix = j->oh * j->ow;
-  const int32_t blocks = (npix + j->block - 1) / j->block;
-  int64_t u0 = 0, u1 = j->units;
-  int32_t r0 = 0, r1 = cog;
-  if (j->stripes > 1) { /* stripes of output channels, multiples of 16 rows */
+  const int64_t pairs = (int64_t)j->nb * j->groups;
+  int64_t g0 = 0, g1 = pairs;
+  int32_t p_lo = 0, p_hi = npix, r0 = 0, r1 = cog;
+  if (tasks > 1 && pairs >= 2 * tasks) {
+    g0 = pairs * task_id / tasks;
+    g1 = pairs * (task_id + 1) / tasks;
+  } else if (tasks > 1 && npix / tasks < 64 && cog >= 16 * tasks) { /* stripes of 16 output channels */
     const int64_t tiles = (cog + 15) / 16;
     r0 = (int32_t)(tiles * task_id / tasks) * 16;
     r1 = (int32_t)(tiles * (task_id + 1) / tasks) * 16;
     if (r1 > cog) r1 = cog;
-    if (r1 <= r0) return 0;
-  } else {
-    u0 = j->units * task_id / tasks;
-    u1 = j->units * (task_id + 1) / tasks;
+  } else if (tasks > 1) {
+    p_lo = (int32_t)((int64_t)npix * task_id / tasks);
+    p_hi = (int32_t)((int64_t)npix * (task_id + 1) / tasks);
   }
-  float *col = conv_scratch((size_t)k * (size_t)j->block);
+  if (r1 <= r0 || p_hi <= p_lo || g1 <= g0) return 0;
+  const int32_t nblk = (p_hi - p_lo + j->block - 1) / j->block;
+  const int32_t step = (p_hi - p_lo + nblk - 1) / nblk; /* equal blocks */
+  float *col = conv_scratch((size_t)k * (size_t)step);
   if (!col) return -1;
-  for (int64_t u = u0; u < u1; ++u) {
-    const int32_t b = (int32_t)(u % blocks), g = (int32_t)((u / blocks) % j->groups);
-    const int64_t img = u / blocks / j->groups;
-    const int32_t p0 = b * j->block, np = npix - p0 < j->block ? npix - p0 : j->block;
-    conv_im2col(j, j->x + ((int64_t)img * j->ci + (int64_t)g * cig) * j->h * j->w, p0, np, col);
-    float *c = j->out + ((int64_t)img * j->co + (int64_t)g * cog + r0) * npix + p0;
-    onnxforge_blas_gemm(0, r1 - r0, np, k, j->wt + ((int64_t)g * cog + r0) * k, k, col, np, c, npix);
-    if (j->bias || j->act.kind != ACT_NONE)
-      onnxforge_epilogue_rows(c, npix, r1 - r0, np, j->bias ? j->bias + (int64_t)g * cog + r0 : NULL, &j->act);
+  for (int64_t pair = g0; pair < g1; ++pair) {
+    const int32_t g = (int32_t)(pair % j->groups);
+    const int64_t img = pair / j->groups;
+    for (int32_t p0 = p_lo; p0 < p_hi; p0 += step) {
+      const int32_t np = p_hi - p0 < step ? p_hi - p0 : step;
+      conv_im2col(j, j->x + ((int64_t)img * j->ci + (int64_t)g * cig) * j->h * j->w, p0, np, col);
+      float *c = j->out + ((int64_t)img * j->co + (int64_t)g * cog + r0) * npix + p0;
+      onnxforge_blas_gemm(0, r1 - r0, np, k, j->wt + ((int64_t)g * cog + r0) * k, k, col, np, c, npix);
+      if (j->bias || j->act.kind != ACT_NONE)
+        onnxforge_epilogue_rows(c, npix, r1 - r0, np, j->bias ? j->bias + (int64_t)g * cog + r0 : NULL, &j->act);
+    }
   }
   return 0;
 }
@@ -128,8 +139,7 @@ static int conv_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
 /* out = act(conv2d(x, wt) + bias): x (nb, ci, h, w), wt (co, ci / groups, kh, kw), out
  * (nb, co, oh, ow); pt / pl: top / left padding (bottom / right follow from oh, ow);
  * bias: co values when bias_kind; act, lo, hi, alpha, beta: activation.h. Split over
- * TVM's thread pool by (image, group, block of pixels), or by output channels when
- * there are few blocks (deep layers: a few hundred pixels). */
+ * TVM's thread pool as conv_task says. */
 int32_t onnxforge_conv2d(int32_t nb, int32_t ci, int32_t h, int32_t w, int32_t co, int32_t oh, int32_t ow,
                          int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh,
                          int32_t dw, int32_t groups, const float *x, const float *wt, float *out, const float *bias,
@@ -138,7 +148,7 @@ int32_t onnxforge_conv2d(int32_t nb, int32_t ci, int32_t h, int32_t w, int32_t c
   if (nb <= 0 || co <= 0 || oh <= 0 || ow <= 0) return 0;
   const int64_t npix = (int64_t)oh * ow, k = (int64_t)(ci / groups) * kh * kw;
   ConvJob job = {nb, ci, h, w, co, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups, x, wt, bias_kind ? bias : NULL,
-                 out, act_make(act, lo, hi, alpha, beta), 0, 0, 1};
+                 out, act_make(act, lo, hi, alpha, beta), 0};
   if (k <= 0) { /* an empty sum: the epilogue of zeros */
     for (int64_t r = 0; r < (int64_t)nb * co; ++r) {
       memset(out + r * npix, 0, sizeof(float) * (size_t)npix);
@@ -151,13 +161,7 @@ int32_t onnxforge_conv2d(int32_t nb, int32_t ci, int32_t h, int32_t w, int32_t c
   int64_t block = ((65536 / k) + 15) & ~(int64_t)15;
   if (block < 128) block = 128;
   job.block = (int32_t)(block < npix ? block : npix);
-  job.units = (int64_t)nb * groups * ((npix + job.block - 1) / job.block);
-  const int32_t cog = co / groups;
-  if (job.units < 4 && cog >= 32) job.stripes = 2;
-  if (onnxforge_in_serial() || 2 * npix * k * co * nb < (1 << 18)) {
-    job.stripes = 1;
-    return conv_task(0, NULL, &job);
-  }
+  if (onnxforge_in_serial() || 2 * npix * k * co * nb < (1 << 18)) return conv_task(0, NULL, &job);
   return TVMBackendParallelLaunch(conv_task, &job, 0);
 }
 
