@@ -107,7 +107,11 @@ static void sgemm_block(const SgemmJob *j, int32_t bi, int32_t r0, int32_t r1, i
   if (rows <= 0 || c1 <= c0) return;
   const float *a = j->a + (int64_t)bi * j->stride_a + (j->trans_a ? (int64_t)r0 : (int64_t)r0 * j->k);
   int epilogue = j->bias_kind || j->act.kind != ACT_NONE;
-  int32_t chunk = epilogue ? epilogue_chunk(rows) : c1 - c0;
+  int32_t chunk = c1 - c0;
+  if (epilogue && chunk > epilogue_chunk(rows)) { /* equal chunks, multiples of 16: no short last call */
+    int32_t n = (chunk + epilogue_chunk(rows) - 1) / epilogue_chunk(rows);
+    chunk = ((chunk + n - 1) / n + 15) & ~15;
+  }
   for (int32_t q0 = c0; q0 < c1; q0 += chunk) {
     int32_t cols = c1 - q0 < chunk ? c1 - q0 : chunk;
     const float *b = j->b + (int64_t)bi * j->stride_b + (j->trans_b ? (int64_t)q0 * j->k : (int64_t)q0);
