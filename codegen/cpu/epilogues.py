@@ -97,7 +97,10 @@ class EpilogueMatcher:
                 self._clamped.add(value.args[0])
             elif _is(value, "multiply") and dtype_of(value) == "float32":
                 for v, g in (value.args, value.args[::-1]):
-                    act = self._gate(g, v) if self._uses.get(v, 0) == 2 else None
+                    try:  # anything unexpected: no gate (the ops stay TVM's), as in DispatchBLAS
+                        act = self._gate(g, v) if self._uses.get(v, 0) == 2 else None
+                    except Exception:
+                        act = None
                     if act is not None:
                         self._gates[value] = (v, act)
                         self._gated.add(v)
@@ -127,6 +130,8 @@ class EpilogueMatcher:
                 if nonlinear[1] is None and nonlinear[0] == "clip":
                     return None
                 continue
+            if len(call.args) != 2:  # another unary op (tanh, exp: Mish, ...): not a gate form here
+                return None
             x_first = isinstance(call.args[0], relax.Var)
             c = _scalar(call.args[1] if x_first else call.args[0])
             if c is None:

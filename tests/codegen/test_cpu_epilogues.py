@@ -54,7 +54,7 @@ def _folded_ops(model) -> str:
     return DispatchBLAS()(lower(load(model)).mod)["main"].script(show_meta=False)
 
 
-def _check(tmp_path, model):
+def _check(tmp_path, model, scale=4.0):
     import onnx
 
     import onnxforge
@@ -62,8 +62,9 @@ def _check(tmp_path, model):
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32) * 4
-    x.reshape(-1)[:4] = [60.0, -60.0, 200.0, -200.0]  # far into the sigmoid's and the clamp's tails
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32) * scale
+    if scale > 1:
+        x.reshape(-1)[:4] = [60.0, -60.0, 200.0, -200.0]  # far into the sigmoid's and the clamp's tails
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     pkg = onnxforge.compile(path, target="x86", pipeline="cleanup", output=tmp_path / "m.ofpkg", cpu_kernels="blas")
     for r, o in zip(ref, pkg(x=x).values()):
@@ -76,6 +77,20 @@ def test_activation_folds_into_the_c_call(tmp_path, core, act):
     text = _folded_ops(_model(core, act))
     assert "R.sigmoid" not in text and "R.clip" not in text, text
     _check(tmp_path, _model(core, act))
+
+
+def test_other_gates_stay_with_tvm(tmp_path):
+    """x * tanh(softplus(x)) (Mish) and x * exp(x) are not gate forms the C kernels
+    take: they stay TVM kernels, and the package is still right."""
+    for extra in ([("Softplus", ["c"], ["sp"], {}), ("Tanh", ["sp"], ["t"], {}), ("Mul", ["c", "t"], ["y"], {})],
+                  [("Exp", ["c"], ["e"], {}), ("Mul", ["e", "c"], ["y"], {})]):
+        _ACTIVATIONS["other"] = extra
+        try:
+            model = _model("conv3x3", "other")
+            assert "R.multiply" in _folded_ops(model)
+            _check(tmp_path, model, scale=1.0)
+        finally:
+            del _ACTIVATIONS["other"]
 
 
 @pytest.mark.parametrize("act", ["silu", "hardswish"])
