@@ -230,8 +230,8 @@ void onnxforge_epilogue_rows(float *c, int32_t ldc, int32_t rows, int32_t cols, 
  * stride 1 and output width < 32, the whole zero-padded plane (dw_plane_flat), so that
  * the loop over output x has no bounds checks and the compiler vectorises it
  * (x86-64 gcc: an AVX2/FMA clone picked at load time, plus a baseline one).
- * 3x3 and 5x5 with stride 1 or 2 are specialised (compile-time window); anything else
- * takes the generic path (same code, run-time window).
+ * 3x3 and 5x5 with stride 1, 2 or (2, 1) are specialised (compile-time window); anything
+ * else takes the generic path (same code, run-time window; ~5 ns per multiply-add).
  */
 
 /* In the flat path, windows bigger than 3x3 (5x5: 25 weights, more than the 16 vector
@@ -345,6 +345,10 @@ static inline __attribute__((always_inline)) void dw_plane_flat(const float *__r
       dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, 5, 5, 1, 1, pt, pl);                                 \
     else if (kh == 5 && kw == 5 && sh == 2 && sw == 2)                                                          \
       dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, 5, 5, 2, 2, pt, pl);                                 \
+    else if (kh == 3 && kw == 3 && sh == 2 && sw == 1) /* PP-OCR's (2, 1): rows halve, width kept */            \
+      dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, 3, 3, 2, 1, pt, pl);                                 \
+    else if (kh == 5 && kw == 5 && sh == 2 && sw == 1)                                                          \
+      dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, 5, 5, 2, 1, pt, pl);                                 \
     else                                                                                                        \
       dw_plane(in, w, bias, out, rows, len, h, wd, oh, ow, kh, kw, sh, sw, pt, pl);                             \
   }                                                                                                             \

@@ -91,6 +91,10 @@ _DW_CASES = [
     # stride 1 with ow >= 32 takes the row-ring path, narrower planes the flat one
     ((3, 3), (1, 1), [1, 1, 1, 1], False, (5, 40)),
     ((5, 5), (1, 1), [2, 1, 0, 2], True, (6, 37)),
+    # PP-OCR's stride (2, 1) (specialised) and other windows / strides (the generic path)
+    ((3, 3), (2, 1), [1, 1, 1, 1], True, (12, 40)),
+    ((5, 5), (2, 1), [2, 2, 2, 2], False, (9, 33)),
+    ((3, 5), (1, 3), [0, 2, 1, 1], True, (10, 26)),
 ]
 
 
@@ -109,7 +113,7 @@ def _dw_model(k, s, p, bias, hw, c=12, n=2):
     return model
 
 
-@pytest.mark.parametrize("case", _DW_CASES, ids=lambda c: f"k{c[0][0]}s{c[1][0]}p{''.join(map(str, c[2]))}"
+@pytest.mark.parametrize("case", _DW_CASES, ids=lambda c: f"k{c[0][0]}{c[0][1]}s{c[1][0]}{c[1][1]}p{''.join(map(str, c[2]))}"
                          f"{'b' if c[3] else ''}")
 def test_depthwise_conv_matches_onnxruntime(tmp_path, case):
     pytest.importorskip("scipy_openblas32")
