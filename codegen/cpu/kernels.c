@@ -59,7 +59,8 @@ int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_ta
  * act, lo, hi, alpha, beta: the activation (activation.h: none, Relu/Clip, SiLU,
  * HardSwish). Bias and activation are the conv/matmul epilogue blas.py folds in
  * (otherwise one more pass over the whole output in memory); they run on column
- * chunks of C right after SGEMM wrote them (in L2). *
+ * chunks of C right after SGEMM wrote them (in L2).
+ *
  * Threads: OpenBLAS runs single-threaded and the work is split over TVM's thread pool
  * (the one every other kernel of the module uses) in stripes of whole batches, rows
  * or columns. With OpenBLAS's own threads next to TVM's pool, any other busy
