@@ -48,7 +48,8 @@ RECURRENT_C = Path(__file__).with_name("recurrent.c")  # RNN/GRU/LSTM recurrence
 GEMM_PACKED_C = Path(__file__).with_name("gemm_packed.c")  # weights packed once (extern_calls.pack_weight)
 CONV_C = Path(__file__).with_name("conv.c")  # Conv (im2col by blocks) and ConvTranspose
 C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C, CONV_C)
-C_HEADERS = (Path(__file__).with_name("activation.h"),)  # included by the sources (part of their cache key)
+# included by the sources (part of their cache key)
+C_HEADERS = (Path(__file__).with_name("activation.h"), Path(__file__).with_name("thread_pool.h"))
 
 BLAS_SONAME = OPENBLAS
 
@@ -195,15 +196,15 @@ class _BlasRewriter(PyExprMutator):
             return None
         if batch * m_eff * n * k == 0:
             return None
-        bias, clamp = epilogue.te_args()
+        bias, act = epilogue.te_args()
         if batch == 1 and not ta and m_eff <= PACKED_MAX_ROWS:
-            packed = self._packed(a_src, b_src, tb, bias, clamp, out_shape=so, m=m_eff, n=n, k=k)
+            packed = self._packed(a_src, b_src, tb, bias, act, out_shape=so, m=m_eff, n=n, k=k)
             if packed is not None:
                 return packed
         self.count += 1
         return self.builder_.call_te(sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m_eff, n=n, k=k,
                                      stride_a=stride_a, stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
-                                     bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
+                                     bias_kind=1, **act, primfunc_name_hint="blas_matmul")
 
     def _packed_weight(self, b, trans_b, k, n):
         """B packed for gemm_packed.c when it is a constant or a weight parameter (its
@@ -252,14 +253,14 @@ class _BlasRewriter(PyExprMutator):
                 return False
         return True
 
-    def _packed(self, a, b, trans_b, bias, clamp, *, out_shape, m, n, k):
+    def _packed(self, a, b, trans_b, bias, act, *, out_shape, m, n, k):
         """a @ B through gemm_packed.c when B packs (_packed_weight), else None."""
         bp = self._packed_weight(b, trans_b, k, n)
         if bp is None:
             return None
         self.count += 1
         return self.builder_.call_te(packed_te, a, bp, *bias, out_shape=out_shape, m=m, n=n, k=k,
-                                     name="packed_matmul", bias_kind=1, **clamp, primfunc_name_hint="packed_matmul")
+                                     name="packed_matmul", bias_kind=1, **act, primfunc_name_hint="packed_matmul")
 
     def _rewrite_symbolic_matmul(self, call, epilogue):
         """Products with symbolic batch/sequence dims (MiniLM unpinned) through sgemm,
@@ -281,17 +282,17 @@ class _BlasRewriter(PyExprMutator):
             strides = (sa[-2] * sa[-1], sb[-2] * sb[-1])
         else:
             return None
-        bias, clamp = epilogue.te_args()
+        bias, act = epilogue.te_args()
         bp = self._packed_weight(b_src, tb, sa[-1], sb[-1]) if batch == 1 and not isinstance(m, int) else None
         if bp is not None:  # rows known at run time: packed up to PACKED_MAX_ROWS, else OpenBLAS
             self.count += 1
             return self.builder_.call_te(rows_te, a, b_src, bp, *bias, out_shape=so, m=m, n=sb[-1], k=sa[-1],
-                                         trans_b=tb, name="packed_or_blas_matmul", bias_kind=1, **clamp,
+                                         trans_b=tb, name="packed_or_blas_matmul", bias_kind=1, **act,
                                          primfunc_name_hint="packed_or_blas_matmul")
         self.count += 1
         return self.builder_.call_te(sgemm_te, a, b_src, *bias, out_shape=so, batch=batch, m=m, n=sb[-1], k=sa[-1],
                                      stride_a=strides[0], stride_b=strides[1], trans_a=False, trans_b=tb, name="blas_matmul",
-                                     bias_kind=1, **clamp, primfunc_name_hint="blas_matmul")
+                                     bias_kind=1, **act, primfunc_name_hint="blas_matmul")
 
     def _gemm(self, a, b):
         """matmul(a, b) through BLAS when it qualifies, else relax's matmul."""
@@ -363,7 +364,7 @@ class _BlasRewriter(PyExprMutator):
             return None
         self.count += 1
         return self.builder_.call_te(conv_te, x, w, *bias, out_shape=so, strides=strides, pad=pad, dil=dil,
-                                     groups=groups, name="packed_conv", **act, primfunc_name_hint="packed_conv")
+                                     groups=groups, name="blas_conv", **act, primfunc_name_hint="blas_conv")
 
     def _rewrite_conv2d_transpose(self, call, epilogue=NO_EPILOGUE):
         """NCHW / IOHW conv2d_transpose -> onnxforge_conv2d_transpose (conv.c); batch and
@@ -410,8 +411,8 @@ class _BlasRewriter(PyExprMutator):
         return op.reshape(bb.emit(new), so)
 
     def _rewrite_depthwise(self, call, sx, sw, so, epilogue=NO_EPILOGUE):
-        """Depthwise conv2d (groups == channels, one filter per channel, 3x3 or 5x5,
-        stride 1 or 2, dilation 1, any padding) -> onnxforge_dwconv2d_plane (kernels.c)."""
+        """Depthwise conv2d (groups == channels, one filter per channel, any window up to
+        16 rows, any stride, dilation 1, any padding) -> onnxforge_dwconv2d_plane (kernels.c)."""
         x, w = call.args
         attrs = call.attrs
         nb, ci, h, wd = sx
@@ -436,9 +437,9 @@ class _BlasRewriter(PyExprMutator):
         if min(pad) < 0 or any(isinstance(d, int) and d == 0 for d in (nb, ci, oh, ow)):
             return None
         self.count += 1
-        bias, clamp = epilogue.te_args()
+        bias, act = epilogue.te_args()
         return self.builder_.call_te(dwconv_te, x, w, *bias, out_shape=so, kh=kh, kw=kw, strides=strides, pad=pad,
-                                     name="blas_dwconv", **clamp, primfunc_name_hint="blas_dwconv")
+                                     name="blas_dwconv", **act, primfunc_name_hint="blas_dwconv")
 
 
 @tvm.transform.module_pass(opt_level=0, name="onnxforge.DispatchBLAS")

@@ -9,16 +9,13 @@
 #include <string.h>
 
 #include "activation.h"
+#include "thread_pool.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
-typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
-int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
 /* kernels.c */
-int32_t onnxforge_in_serial(void);
 void onnxforge_blas_gemm(int32_t trans_a, int32_t m, int32_t n, int32_t k, const float *a, int32_t lda,
                          const float *b, int32_t ldb, float *c, int32_t ldc);
 void onnxforge_epilogue_rows(float *c, int32_t ldc, int32_t rows, int32_t cols, const float *bias_row,

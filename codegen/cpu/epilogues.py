@@ -126,9 +126,10 @@ class EpilogueMatcher:
             if _is(call, "sigmoid") or _is(call, "clip") or _is(call, "nn.relu"):
                 if nonlinear is not None:
                     return None
-                nonlinear = ("sigmoid", None) if _is(call, "sigmoid") else ("clip", _clip_bounds(call))
-                if nonlinear[1] is None and nonlinear[0] == "clip":
-                    return None
+                bounds = None if _is(call, "sigmoid") else _clip_bounds(call)
+                if bounds is None and not _is(call, "sigmoid"):
+                    return None  # a Clip with max < min: TVM's
+                nonlinear = ("clip", bounds) if bounds else ("sigmoid", None)
                 continue
             if len(call.args) != 2:  # another unary op (tanh, exp: Mish, ...): not a gate form here
                 return None

@@ -127,9 +127,7 @@ def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
     (serial, or over TVM's thread pool when DW_PARALLEL); rest: the epilogue's bias."""
     nb, c, h, wd = x.shape  # ints, or symbolic sizes read at run time
     _, _, oh, ow = out_shape
-
-    def i32(v):
-        return tirx.const(int(v), "int32") if isinstance(v, (int, tirx.IntImm)) else tirx.Cast("int32", v)
+    i32 = lambda v: extern_arg(v, "int32")  # noqa: E731
 
     def body(ins, outs):
         plane = tirx.Var("plane", "int64")
@@ -144,35 +142,33 @@ def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
     return te.extern([out_shape], [x, w, *rest], body, name=name, dtype="float32")
 
 
-def conv_transpose_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
-    """te.extern: out = act(conv_transpose2d(x, w) [+ bias]) (NCHW / IOHW) through
-    onnxforge_conv2d_transpose (conv.c: sgemm then col2im, by blocks); rest: the bias."""
-    nb, ci, h, wd = x.shape
-    _, cog, kh, kw = w.shape
-    _, co, oh, ow = out_shape
-
-    def body(ins, outs):
-        dims = [extern_arg(v, "int32") for v in (nb, ci, h, wd, co, oh, ow, kh, kw, *strides, pad[0], pad[1], *dil,
-                                                  groups)]
-        return tirx.call_extern("int32", "onnxforge_conv2d_transpose", *dims, ins[0].data, ins[1].data,
-                                outs[0].data, *epilogue_args(ins, outs, 2, **act))
-
-    return te.extern([out_shape], [x, w, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
-                     dtype="float32")
-
-
-def conv_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
-    """te.extern: out = act(conv2d(x, w) [+ bias]) (NCHW / OIHW) through
-    onnxforge_conv2d (conv.c: im2col per block of pixels, in cache, then sgemm); rest: the bias."""
+def _conv_extern(kernel, x, w, rest, *, co, kh, kw, out_shape, strides, pad, dil, groups, name, act):
+    """te.extern calling conv.c's `kernel` with (nb, ci, h, w, co, oh, ow, kh, kw, sh, sw,
+    pad top, pad left, dh, dw, groups), the tensors and the epilogue (a bias per channel)."""
     nb, ci, h, wd = x.shape  # ints, or symbolic sizes read at run time
-    co, _, kh, kw = w.shape
     _, _, oh, ow = out_shape
 
     def body(ins, outs):
         dims = [extern_arg(v, "int32") for v in (nb, ci, h, wd, co, oh, ow, kh, kw, *strides, pad[0], pad[1], *dil,
                                                   groups)]
-        return tirx.call_extern("int32", "onnxforge_conv2d", *dims, ins[0].data, ins[1].data, outs[0].data,
+        return tirx.call_extern("int32", kernel, *dims, ins[0].data, ins[1].data, outs[0].data,
                                 *epilogue_args(ins, outs, 2, **act))
 
     return te.extern([out_shape], [x, w, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
                      dtype="float32")
+
+
+def conv_transpose_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
+    """te.extern: out = act(conv_transpose2d(x, w) [+ bias]) (NCHW / IOHW) through
+    onnxforge_conv2d_transpose (conv.c: sgemm then col2im, by blocks); rest: the bias."""
+    _, _, kh, kw = w.shape
+    return _conv_extern("onnxforge_conv2d_transpose", x, w, rest, co=out_shape[1], kh=kh, kw=kw, out_shape=out_shape,
+                        strides=strides, pad=pad, dil=dil, groups=groups, name=name, act=act)
+
+
+def conv_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
+    """te.extern: out = act(conv2d(x, w) [+ bias]) (NCHW / OIHW) through onnxforge_conv2d
+    (conv.c: im2col per block of pixels, in cache, then sgemm); rest: the bias."""
+    co, _, kh, kw = w.shape
+    return _conv_extern("onnxforge_conv2d", x, w, rest, co=co, kh=kh, kw=kw, out_shape=out_shape, strides=strides,
+                        pad=pad, dil=dil, groups=groups, name=name, act=act)

@@ -27,15 +27,11 @@
 #include <string.h>
 
 #include "activation.h"
+#include "thread_pool.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
-typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
-int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
-int32_t onnxforge_in_serial(void); /* kernels.c: inside a task of TVM's pool (no nested launch) */
 
 #define NR 16
 #define KC 512     /* k chunk: a 16-wide panel chunk is 32 KiB (L1/L2) */

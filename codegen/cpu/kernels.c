@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "activation.h"
+#include "thread_pool.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -47,11 +48,6 @@ void cblas_sgemv(int order, int ta, int m, int n, float alpha, const float *a, i
 #define SGEMV cblas_sgemv
 #define BLAS_SET_THREADS openblas_set_num_threads
 #endif
-
-/* TVM's thread pool (libtvm_runtime's C backend API, present wherever the module runs). */
-typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
-typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
-int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
 
 /* C[b] (m x n) = act(op(A[b]) (m x k) @ op(B[b]) (k x n) [+ bias]), for b < batch.
  * stride_a / stride_b: elements between batches (0: broadcast the same matrix).
@@ -99,7 +95,6 @@ typedef struct {
   void (*epilogue)(float *, int32_t, int32_t, int32_t, const float *, const float *, const Act *);
 } KernelSet;
 static const KernelSet *kernel_set(void);
-int32_t onnxforge_cpu_isa_level(void); /* gemm_packed.c */
 
 static void sgemm_block(const SgemmJob *j, int32_t bi, int32_t r0, int32_t r1, int32_t c0, int32_t c1) {
   int lda = j->trans_a ? j->m : j->k;

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -112,7 +113,7 @@ def _scheduled(mod) -> int:
 
 
 def export_kwargs(mode: str, blas_dir: str | None = None, cxx: str | None = None) -> dict:
-    """Extra export_library arguments: the C kernels (kernels.c, recurrent.c, gemm_packed.c) and the BLAS link options
+    """Extra export_library arguments: the C kernels (blas.C_SOURCES) and the BLAS link options
     (`blas_dir`: the OpenBLAS folder for the target; default this machine's; `cxx`: the
     compiler that links the package, default TVM's: $CXX, else g++)."""
     if mode != "blas":
@@ -128,19 +129,26 @@ def export_kwargs(mode: str, blas_dir: str | None = None, cxx: str | None = None
 KERNEL_FLAGS = ("-O2", "-fPIC", "-fno-trapping-math")
 
 
+@functools.lru_cache(maxsize=None)
+def _compiler_id(path: str) -> bytes:
+    """The compiler's real path, version and target: asked once per process, not per file."""
+    version = subprocess.run([path, "-dumpfullversion", "-dumpmachine"], capture_output=True, text=True,
+                             timeout=30).stdout
+    return f"{os.path.realpath(path)}\0{version}".encode()
+
+
 def kernel_object(source, compiler: str) -> str:
     """The C kernel `source` compiled by `compiler` (KERNEL_FLAGS), cached under
-    $ONNXFORGE_CACHE/kernels keyed by the source (and the headers), the compiler and its version: the
-    three files take ~5 s to compile, once per machine instead of once per package.
-    The source itself (compiled in the link, as before) if anything goes wrong."""
+    $ONNXFORGE_CACHE/kernels keyed by the source, the headers it includes
+    (C_HEADERS), the compiler and its version: the files take ~5 s to compile, once per
+    machine instead of once per package. The source itself (compiled in the link, as
+    before) if anything goes wrong."""
     try:
         path = shutil.which(compiler)
         if path is None:
             return str(source)
-        version = subprocess.run([path, "-dumpfullversion", "-dumpmachine"], capture_output=True, text=True,
-                                 timeout=30).stdout
         text = b"".join(Path(p).read_bytes() for p in (source, *C_HEADERS))
-        key = hashlib.sha256(b"\0".join([text, os.path.realpath(path).encode(), version.encode(),
+        key = hashlib.sha256(b"\0".join([text, _compiler_id(path),
                                           " ".join(KERNEL_FLAGS).encode()])).hexdigest()[:16]
         folder = cache_root() / "kernels"
         obj = folder / f"{os.path.basename(source)}-{key}.o"

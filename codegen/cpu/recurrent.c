@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "thread_pool.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -27,11 +29,6 @@ int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const fl
 int32_t onnxforge_sgemv(int32_t trans, int32_t m, int32_t n, const float *a, int32_t lda, const float *x, float *y);
 void onnxforge_serial_begin(void);
 void onnxforge_serial_end(void);
-
-/* TVM's thread pool (libtvm_runtime's C backend API). */
-typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
-typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
-int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
 
 /* Activation codes: the order of codegen/recurrent.py's ACTIVATIONS. */
 enum {
@@ -81,7 +78,6 @@ static inline __attribute__((always_inline)) void tanh_body(float *__restrict x,
 }
 
 /* Per ISA (onnxforge_cpu_isa_level, gemm_packed.c: the best the CPU has, capped by ONNXFORGE_CPU_ISA). */
-int32_t onnxforge_cpu_isa_level(void);
 #define GATE_VARIANT(SFX, ATTR)                                                                                \
   static ATTR GATE_OPT void sigmoid_##SFX(float *__restrict x, int32_t n) { sigmoid_body(x, n); }              \
   static ATTR GATE_OPT void tanh_##SFX(float *__restrict x, int32_t n, float alpha, float beta) {              \

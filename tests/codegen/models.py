@@ -143,3 +143,13 @@ def dynamic_reshape(paddle: bool = False) -> onnx.ModelProto:
     h = g.op("Reshape", h, g.op("Concat", batch, g.const(np.array([0, 2, 3], np.int64)), axis=0))
     g.op("Reshape", g.op("Relu", h), g.op("Concat", batch, g.const(np.array([-1], np.int64)), axis=0), out="y")
     return g.model([("x", ["batch", 16], F)], [("y", ["batch", 24], F)])
+
+
+def blas_dispatched(model) -> str:
+    """The lowered module after the CPU build's DispatchBLAS pass, as text: which ops went
+    to the C kernels and which stayed Relax."""
+    from onnxforge.codegen.cpu.blas import DispatchBLAS
+    from onnxforge.codegen.lower import lower
+    from onnxforge.ir.onnx_io import load
+
+    return DispatchBLAS()(lower(load(model)).mod).script(show_meta=False)

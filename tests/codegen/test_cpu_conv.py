@@ -11,6 +11,8 @@ pytest.importorskip("tvm")
 pytest.importorskip("scipy_openblas32")
 ort = pytest.importorskip("onnxruntime")
 
+from tests.codegen import models  # noqa: E402
+
 # (input shape, weight shape, Conv attributes)
 _CASES = {
     "3x3": ((1, 8, 13, 17), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
@@ -36,15 +38,6 @@ def _model(xshape, wshape, attrs, dims=None, op="Conv", co=None):
     return model
 
 
-def _dispatched(model) -> str:
-    """The module after DispatchBLAS, as text."""
-    from onnxforge.codegen.cpu.blas import DispatchBLAS
-    from onnxforge.codegen.lower import lower
-    from onnxforge.ir.onnx_io import load
-
-    return DispatchBLAS()(lower(load(model)).mod).script(show_meta=False)
-
-
 def _compare(tmp_path, model, shapes, kernel="onnxforge_conv2d"):
     import onnx
 
@@ -55,7 +48,7 @@ def _compare(tmp_path, model, shapes, kernel="onnxforge_conv2d"):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     pkg = onnxforge.compile(path, target="x86", pipeline="cleanup", output=tmp_path / "m.ofpkg", cpu_kernels="blas")
     if kernel:
-        assert kernel in _dispatched(model)
+        assert kernel in models.blas_dispatched(model)
     rng = np.random.default_rng(1)
     for shape in shapes:
         x = rng.standard_normal(shape).astype(np.float32)
@@ -90,6 +83,6 @@ _TRANSPOSED = {
 def test_conv_transpose_matches_onnxruntime(tmp_path, case):
     xshape, wshape, attrs = _TRANSPOSED[case]
     model = _model(xshape, wshape, attrs, op="ConvTranspose", co=wshape[1] * attrs.get("group", 1))
-    assert "onnxforge_conv2d_transpose" in _dispatched(model)
+    assert "onnxforge_conv2d_transpose" in models.blas_dispatched(model)
     _compare(tmp_path, model, [xshape], kernel=None)
 

@@ -10,6 +10,8 @@ pytest.importorskip("tvm")
 pytest.importorskip("scipy_openblas32")
 ort = pytest.importorskip("onnxruntime")
 
+from tests.codegen import models  # noqa: E402
+
 _ACTIVATIONS = {  # name -> nodes from "c" to "y"
     "silu": [("Sigmoid", ["c"], ["s"], {}), ("Mul", ["c", "s"], ["y"], {})],
     "silu_scaled": [("Mul", ["c", "k"], ["ck"], {}), ("Sigmoid", ["ck"], ["s"], {}), ("Mul", ["s", "c"], ["y"], {})],
@@ -45,15 +47,6 @@ def _model(core: str, act: str, extra_reader: bool = False):
     return model
 
 
-def _folded_ops(model) -> str:
-    """The main function after DispatchBLAS, as text."""
-    from onnxforge.codegen.cpu.blas import DispatchBLAS
-    from onnxforge.codegen.lower import lower
-    from onnxforge.ir.onnx_io import load
-
-    return DispatchBLAS()(lower(load(model)).mod)["main"].script(show_meta=False)
-
-
 def _check(tmp_path, model, scale=4.0):
     import onnx
 
@@ -74,7 +67,7 @@ def _check(tmp_path, model, scale=4.0):
 @pytest.mark.parametrize("core", list(_CORES))
 @pytest.mark.parametrize("act", list(_ACTIVATIONS))
 def test_activation_folds_into_the_c_call(tmp_path, core, act):
-    text = _folded_ops(_model(core, act))
+    text = models.blas_dispatched(_model(core, act))
     assert "R.sigmoid" not in text and "R.clip" not in text, text
     _check(tmp_path, _model(core, act))
 
@@ -87,7 +80,7 @@ def test_other_gates_stay_with_tvm(tmp_path):
         _ACTIVATIONS["other"] = extra
         try:
             model = _model("conv3x3", "other")
-            assert "R.multiply" in _folded_ops(model)
+            assert "R.multiply" in models.blas_dispatched(model)
             _check(tmp_path, model, scale=1.0)
         finally:
             del _ACTIVATIONS["other"]
@@ -98,6 +91,6 @@ def test_value_read_elsewhere_is_not_folded(tmp_path, act):
     """The conv's output is also a graph output: the activation stays a TVM kernel
     and both outputs are right."""
     model = _model("conv3x3", act, extra_reader=True)
-    text = _folded_ops(model)
+    text = models.blas_dispatched(model)
     assert "R.sigmoid" in text or "R.clip" in text
     _check(tmp_path, model)

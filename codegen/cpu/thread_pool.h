@@ -1,0 +1,26 @@
+/* What the C kernel files share of the module around them: TVM's thread pool
+ * (libtvm_runtime's C backend API, present wherever the module runs) and the two
+ * onnxforge functions every file asks before it launches or picks an ISA variant. */
+#ifndef ONNXFORGE_THREAD_POOL_H
+#define ONNXFORGE_THREAD_POOL_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
+typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
+int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
+
+/* kernels.c: inside a task of TVM's pool (run on the calling thread: no nested launch) */
+int32_t onnxforge_in_serial(void);
+/* gemm_packed.c: 0 baseline, 1 AVX2+FMA, 2 AVX-512F, capped by ONNXFORGE_CPU_ISA */
+int32_t onnxforge_cpu_isa_level(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
