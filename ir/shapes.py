@@ -1,5 +1,8 @@
-"""Shape and dtype inference through onnx's own shape inference: we copy what it
-infers onto the values and never guess what it cannot."""
+"""Shape and dtype inference: onnx's own shape inference first, then onnxruntime's
+symbolic shape inference for what onnx leaves open (dims computed at run time:
+Shape -> Gather/Slice -> Concat -> Reshape chains, Range, Where/Expand masks,
+com.microsoft ops), carrying named dims through. We copy what they infer onto the
+values and never guess what they cannot."""
 from __future__ import annotations
 
 import os
@@ -8,7 +11,7 @@ import tempfile
 import onnx
 
 from .model import Model
-from .onnx_io import _read_type, save, to_proto, to_proto_without_weights
+from .onnx_io import _read_type, save, to_proto_without_weights
 
 
 def infer_shapes(model: Model) -> int:
@@ -27,18 +30,54 @@ def infer_shapes(model: Model) -> int:
     return _apply(model.graph, inferred.graph)
 
 
+def infer_all_shapes(model: Model) -> int:
+    """onnx shape inference, then symbolic inference where dims stay unknown.
+    Returns how many values gained information. The symbolic step is best effort:
+    where it fails (an op it does not know), onnx's result stands."""
+    gained = infer_shapes(model)
+    if unknown_shapes(model):
+        try:
+            gained += infer_shapes_symbolic(model)
+        except Exception:  # noqa: BLE001 - onnxruntime's tool raises anything; unknowns are counted
+            pass
+    return gained
+
+
 def infer_shapes_symbolic(model: Model) -> int:
     """onnxruntime's symbolic shape inference, for what onnx's cannot do: shapes
     computed at run time (Shape -> Gather -> ... -> Pad) and com.microsoft ops
-    (fused Attention, Gelu, ...). Graph inputs need concrete or named dims.
-    Returns how many values gained information; raises whatever the tool raises."""
+    (fused Attention, Gelu, ...). Graph inputs need concrete or named dims. Only
+    fills dims that onnx left open. Returns how many values gained information;
+    raises whatever the tool raises."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    inferred = SymbolicShapeInference.infer_shapes(to_proto(model), auto_merge=True, guess_output_rank=True)
-    return _apply(model.graph, inferred.graph)
+    proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
+    inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
+    return _apply(model.graph, inferred.graph, only_better=True)
 
 
-def _apply(graph, proto_graph) -> int:
+def is_unknown_dim(dim) -> bool:
+    """A dim nobody can name: missing, or one of onnx's invented unk__N."""
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
+
+
+def unknown_shapes(model: Model) -> int:
+    """How many node outputs (tensors) have no shape or a dim nobody can name."""
+    return sum(1 for g in model.graph.all_graphs() for n in g.nodes for v in n.outputs
+               if v.name and v.type_proto is None and (v.shape is None or any(is_unknown_dim(d) for d in v.shape)))
+
+
+def _knows_more(old, new) -> bool:
+    if new is None:
+        return False
+    if old is None:
+        return True
+    if len(old) != len(new):
+        return False
+    return sum(not is_unknown_dim(d) for d in new) > sum(not is_unknown_dim(d) for d in old)
+
+
+def _apply(graph, proto_graph, only_better: bool = False) -> int:
     infos = {vi.name: vi.type for vi in list(proto_graph.value_info) + list(proto_graph.output)}
     gained = 0
     for node in graph.nodes:
@@ -50,10 +89,12 @@ def _apply(graph, proto_graph) -> int:
             _read_type(value, type_proto)
             if value.shape is None and before[1] is not None:
                 value.shape = before[1]
+            if only_better and not _knows_more(before[1], value.shape):
+                value.shape = before[1]
             gained += (value.dtype, value.shape, value.type_proto) != before
     for node, node_proto in zip(graph.nodes, proto_graph.node):  # export keeps node order
         for attr in node_proto.attribute:
             sub = node.attributes.get(attr.name)
             if attr.type == onnx.AttributeProto.GRAPH and hasattr(sub, "nodes"):
-                gained += _apply(sub, attr.g)
+                gained += _apply(sub, attr.g, only_better)
     return gained

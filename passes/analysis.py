@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..ir import Model, infer_shapes
-from ..ir.shapes import infer_shapes_symbolic
+from ..ir import Model
+from ..ir.shapes import infer_all_shapes, infer_shapes_symbolic
 
 _ANALYSES: dict[str, Callable[[Model], Any]] = {}
 
@@ -35,8 +35,9 @@ def invalidate(model: Model, keep: frozenset[str] = frozenset()) -> None:
 
 @analysis("shapes")
 def _shapes(model: Model) -> int:
-    """Runs onnx shape inference onto the values; the result is how many gained info."""
-    return infer_shapes(model)
+    """Runs onnx shape inference, then onnxruntime's symbolic inference where dims
+    stay unknown, onto the values; the result is how many gained info."""
+    return infer_all_shapes(model)
 
 
 @analysis("params")

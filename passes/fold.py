@@ -1,8 +1,8 @@
 """fold-constants: evaluate every node whose inputs are all constant, with
 onnxruntime (one session for the whole constant subgraph) and onnx's reference
 evaluator as the fallback; no hand-written op semantics. Shape/Size of values with
-static shapes become constants first, so Shape->Gather->Concat->Reshape chains
-fold. A size cap keeps folding from blowing the model up (Expand, Tile, ...)."""
+static shapes, and the static entries of other shapes (passes/shape_entries.py),
+become constants first, so Shape->Gather->Concat->Reshape chains fold. A size cap keeps folding from blowing the model up (Expand, Tile, ...)."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +18,7 @@ from .base import Pass, PassResult
 from .check import ort_session
 from .constants import constants_to_initializers
 from .registry import register_pass
+from .shape_entries import fold_shape_entries
 from .util import NONDETERMINISTIC, is_standard, remove_dead, set_constant
 
 # Ops whose output is not a function of constant input data alone, or that we
@@ -168,6 +169,11 @@ def _fold_graph(model: Model, graph: Graph, options: FoldOptions, stats: dict[st
         n = _shape_constants(model, graph)
         if n:
             stats["shapes"] = stats.get("shapes", 0) + n
+        entries, rerouted = fold_shape_entries(model, graph)
+        if entries:
+            stats["shape_entries"] = stats.get("shape_entries", 0) + entries
+        if rerouted:
+            stats["dims_from_inputs"] = stats.get("dims_from_inputs", 0) + rerouted
     nodes = _foldable(graph)
     values = _evaluate(model, nodes)
     folded = {id(n) for n in nodes if all(id(v) in values for v in n.outputs if v.name)}

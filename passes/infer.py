@@ -1,18 +1,19 @@
 """infer-shapes: record onnx shape inference results on the values."""
 from __future__ import annotations
 
-from ..ir import infer_shapes
+from ..ir.shapes import infer_all_shapes, unknown_shapes
 from .base import Pass, PassResult
 from .registry import register_pass
 
 
 @register_pass("infer-shapes")
 class InferShapes(Pass):
-    """Run onnx shape inference (with data propagation) and keep its results."""
+    """Run onnx shape inference (with data propagation), then onnxruntime's symbolic
+    inference where dims stay unknown, and keep the results."""
 
     preserves = frozenset({"shapes", "flops", "params"})
 
     def run(self, model) -> PassResult:
-        gained = infer_shapes(model)
+        gained = infer_all_shapes(model)
         model.analyses["shapes"] = gained
-        return PassResult(gained > 0, {"values_typed": gained})
+        return PassResult(gained > 0, {"values_typed": gained, "shapes_unknown": unknown_shapes(model)})

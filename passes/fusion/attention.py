@@ -17,6 +17,7 @@ import numpy as np
 
 from ...ir.pattern import Const, Matcher, Op, Var
 from ..rewrite import RuleSet, rule
+from . import attention_forms
 
 _X = Var("x", rank=3)
 
@@ -36,7 +37,9 @@ _SCORES = Op("MatMul", _Q, _KT)
 _SCALED = (Op("Mul", _SCORES, Const("scale", scalar=True))
            | Op("Div", _SCORES, Const("inverse_scale", scalar=True))
            | Op("MatMul", Op("Mul", _Q, Const("scale", scalar=True)), _KT))
-_PROBS = Op("Softmax", Op("Add", _SCALED, Var("mask_bias")) | _SCALED, name="softmax")
+_SOFTMAX = Op("Softmax", Op("Add", _SCALED, Var("mask_bias")) | _SCALED, name="softmax")
+# SDPA exports zero the rows that a mask hides entirely (NaN after Softmax).
+_PROBS = Op("Where", Op("IsNaN", _SOFTMAX), Const("nan_fill", value=0.0), _SOFTMAX, name="nan_guard") | _SOFTMAX
 _MERGED = Op("Reshape", Op("Transpose", Op("MatMul", _PROBS, _V), attrs={"perm": [0, 2, 1, 3]}), Var(), name="merged")
 
 # What _expanded_bias builds, so that the other layers find and share it.
@@ -126,19 +129,27 @@ def rules(standard_only: bool = False) -> RuleSet:
         if axis not in (-1, 3):
             return None
         scale = float(m.const("scale").reshape(())) if "scale" in m else 1.0 / float(m.const("inverse_scale").reshape(()))
-        if not math.isclose(scale, 1.0 / math.sqrt(size), rel_tol=1e-5):
-            return None  # TVM's converter cannot take another scale
+        # Attention scales by 1/sqrt(head size), and TVM's converter takes no other
+        # scale: any other (T5's 1, a model's own temperature) goes into Q's weights.
+        q_factor = scale * math.sqrt(size)
+        if math.isclose(q_factor, 1.0, rel_tol=1e-6):
+            q_factor = 1.0
         bias_input = None
         if "mask_bias" in m:
             bias_input = _attention_bias(b, m["mask_bias"], x, num_heads)
             if bias_input is None:
                 return None
         dtype = m.const("q_w").dtype
-        weight = np.concatenate([m.const(t + "_w") for t in "qkv"], axis=1)
-        bias = np.concatenate([m.const(t + "_b") if t + "_b" in m else np.zeros(num_heads * size, dtype) for t in "qkv"])
+        factors = {"q": q_factor, "k": 1.0, "v": 1.0}
+        weight = np.concatenate([m.const(t + "_w") * factors[t] for t in "qkv"], axis=1)
+        bias = np.concatenate([m.const(t + "_b") * factors[t] if t + "_b" in m else np.zeros(num_heads * size, dtype)
+                               for t in "qkv"])
         inputs = [x, b.const(weight.astype(dtype), name="qkv_weight"), b.const(bias.astype(dtype), name="qkv_bias")]
         if bias_input is not None:
             inputs += [None, None, bias_input]  # no mask_index, no past: attention_bias is input 5
-        return b.op("Attention", *inputs, domain="com.microsoft", num_heads=num_heads)
+        out = b.op("Attention", *inputs, domain="com.microsoft", num_heads=num_heads)
+        if "nan_guard" in m.nodes:  # rows the mask hides entirely: 0, as the original
+            out = b.op("Where", b.op("IsNaN", out), b.const(np.zeros((), dtype), name="nan_fill"), out)
+        return out
 
-    return RuleSet(attention)
+    return RuleSet(attention) if standard_only else RuleSet(attention, attention_forms.rules())

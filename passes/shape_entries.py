@@ -1,0 +1,94 @@
+"""Partial data propagation for shape arithmetic: the entries of a Shape that a
+Gather or Slice picks out. Where the shape analysis knows them, a static entry
+becomes a constant even when other dims are symbolic (`Shape(q)[-1]` of q
+[batch, heads, seq, 32] is 32), and a named dim is read from the graph input that
+carries that name (`Shape(scores)[0]` becomes `Shape(input_ids)[0]`). The second
+keeps exporters' run-time reshape targets from holding on to intermediate values,
+which would stop fusions (the Shape of an intermediate is an outside reader) and
+hide that every layer computes the same target."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Model, Node
+from ..ir.shapes import is_unknown_dim
+from .analysis import get_analysis
+from .util import const, is_standard, set_constant
+
+
+def _picked(user: Node, rank: int) -> tuple[list[int], bool] | None:
+    """(indices into the shape vector, whether the result is a scalar) for a Gather
+    or Slice with constant parameters reading a Shape of `rank` entries."""
+    if not is_standard(user) or user.inputs[0] is None:
+        return None
+    if user.op_type == "Gather" and user.attr("axis", 0) == 0:
+        idx = const(user.input(1))
+        if idx is None or idx.ndim > 1 or not ((-rank <= idx) & (idx < rank)).all():
+            return None
+        return [int(i) % rank for i in np.atleast_1d(idx)], idx.ndim == 0
+    if user.op_type == "Slice" and len(user.inputs) >= 3:
+        params = [const(user.input(i)) for i in range(1, 5)]
+        if any(p is None for p, i in zip(params, range(1, 5)) if user.input(i) is not None):
+            return None
+        starts, ends, axes, steps = params
+        if axes is not None and (len(axes) != 1 or int(axes[0]) not in (0, -1)):
+            return None
+        if len(starts) != 1:
+            return None
+        step = int(steps[0]) if steps is not None else 1
+        return list(range(rank))[slice(int(starts[0]), int(ends[0]), step)], False
+    return None
+
+
+def _dim_sources(graph: Graph) -> dict[str, tuple]:
+    """Named dims of the graph inputs: name -> (input, axis)."""
+    sources: dict[str, tuple] = {}
+    for value in graph.inputs:
+        if value.is_initializer or value.shape is None:
+            continue
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, str) and not is_unknown_dim(dim):
+                sources.setdefault(dim, (value, axis))
+    return sources
+
+
+def fold_shape_entries(model: Model, graph: Graph) -> tuple[int, int]:
+    """Returns (entries made constant, entries now read from a graph input)."""
+    get_analysis(model, "shapes")
+    sources = _dim_sources(graph)
+    shapes_of: dict[int, object] = {}  # one Shape per graph input, shared by all reads
+    for node in graph.nodes:
+        if node.op_type == "Shape" and is_standard(node) and not node.attributes and node.inputs[0].is_graph_input:
+            shapes_of.setdefault(id(node.inputs[0]), node.outputs[0])
+    constant = rerouted = 0
+    for node in list(graph.nodes):
+        if node.graph is not graph or not is_standard(node) or node.op_type != "Shape" or node.inputs[0].shape is None:
+            continue
+        x = node.inputs[0]
+        rank = len(x.shape)
+        start, end = node.attr("start", 0), node.attr("end", rank)
+        dims = list(x.shape)[slice(start, end)]
+        for user, _ in list(node.outputs[0].uses):
+            picked = _picked(user, len(dims))
+            if picked is None or not picked[0]:
+                continue
+            indices, scalar = picked
+            entries = [dims[i] for i in indices]
+            out = user.outputs[0]
+            if all(isinstance(d, int) for d in entries):
+                array = np.array(entries, np.int64)
+                set_constant(graph, out, array.reshape(()) if scalar else array)
+                constant += 1
+            elif (len(entries) == 1 and entries[0] in sources and sources[entries[0]][0] is not x
+                  and not out.is_graph_output):
+                source, axis = sources[entries[0]]
+                shape = shapes_of.get(id(source))
+                if shape is None:  # the graph inputs come first: any position is after them
+                    shape = shapes_of[id(source)] = graph.make_node("Shape", [source], before=graph.nodes[0]).outputs[0]
+                index = graph.add_initializer(np.array(axis if scalar else [axis], np.int64), name="dim_index")
+                gathered = graph.make_node("Gather", [shape, index], {"axis": 0}, before=user).outputs[0]
+                gathered.dtype, gathered.shape = out.dtype, out.shape
+                graph.replace_all_uses(out, gathered)
+                graph.remove_node(user)
+                rerouted += 1
+    return constant, rerouted
