@@ -7,14 +7,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph
+from ..ir.shapes import is_unknown_dim
 from .analysis import get_analysis
 from .base import Pass, PassResult
 from .registry import register_pass
 from .util import bypass, const, is_standard, remove_dead
 
 
-def _same_static_shape(a, b) -> bool:
-    return a.is_static_shape() and b.is_static_shape() and tuple(a.shape) == tuple(b.shape)
+def _same_shape(a, b) -> bool:
+    """Equal shapes, known in every dim: static, or the same named dims (the shape
+    analysis names a dim after where it comes from, so equal names are equal sizes)."""
+    return (a.shape is not None and b.shape is not None and tuple(a.shape) == tuple(b.shape)
+            and not any(is_unknown_dim(d) for d in a.shape))
 
 
 class _Cleaner:
@@ -89,11 +93,11 @@ class _Cleaner:
             return True
         self.shapes()
         out = node.outputs[0]
-        return _same_static_shape(src, out) and bypass(graph, node, src)
+        return _same_shape(src, out) and bypass(graph, node, src)
 
     def rule_Expand(self, graph, node) -> bool:
         self.shapes()
-        return _same_static_shape(node.inputs[0], node.outputs[0]) and bypass(graph, node, node.inputs[0])
+        return _same_shape(node.inputs[0], node.outputs[0]) and bypass(graph, node, node.inputs[0])
 
     def rule_Pad(self, graph, node) -> bool:
         pads = const(node.input(1)) if self.model.opset >= 11 else node.attr("pads")

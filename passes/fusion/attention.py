@@ -24,7 +24,9 @@ _X = Var("x", rank=3)
 
 def _projection(tag: str) -> Op:
     matmul = Op("MatMul", _X, Const(tag + "_w", rank=2), name=tag + "_mm")
-    return Op("Add", matmul, Const(tag + "_b", rank=1)) | matmul
+    projection = Op("Add", matmul, Const(tag + "_b", rank=1)) | matmul
+    # Whisper and BART scale Q at the projection (and call SDPA with scale 1)
+    return Op("Mul", projection, Const(tag + "_s", scalar=True)) | projection
 
 
 def _heads(tag: str, perm: list[int]) -> Op:
@@ -36,7 +38,8 @@ _Q, _KT, _V = _heads("q", [0, 2, 1, 3]), _heads("k", [0, 2, 3, 1]), _heads("v", 
 _SCORES = Op("MatMul", _Q, _KT)
 _SCALED = (Op("Mul", _SCORES, Const("scale", scalar=True))
            | Op("Div", _SCORES, Const("inverse_scale", scalar=True))
-           | Op("MatMul", Op("Mul", _Q, Const("scale", scalar=True)), _KT))
+           | Op("MatMul", Op("Mul", _Q, Const("scale", scalar=True)), _KT)
+           | _SCORES)
 _SOFTMAX = Op("Softmax", Op("Add", _SCALED, Var("mask_bias")) | _SCALED, name="softmax")
 # SDPA exports zero the rows that a mask hides entirely (NaN after Softmax).
 _PROBS = Op("Where", Op("IsNaN", _SOFTMAX), Const("nan_fill", value=0.0), _SOFTMAX, name="nan_guard") | _SOFTMAX
@@ -128,7 +131,8 @@ def rules(standard_only: bool = False) -> RuleSet:
         axis = m.attr("softmax", "axis", -1)
         if axis not in (-1, 3):
             return None
-        scale = float(m.const("scale").reshape(())) if "scale" in m else 1.0 / float(m.const("inverse_scale").reshape(()))
+        scale = (float(m.const("scale").reshape(())) if "scale" in m
+                 else 1.0 / float(m.const("inverse_scale").reshape(())) if "inverse_scale" in m else 1.0)
         # Attention scales by 1/sqrt(head size), and TVM's converter takes no other
         # scale: any other (T5's 1, a model's own temperature) goes into Q's weights.
         q_factor = scale * math.sqrt(size)
@@ -140,7 +144,8 @@ def rules(standard_only: bool = False) -> RuleSet:
             if bias_input is None:
                 return None
         dtype = m.const("q_w").dtype
-        factors = {"q": q_factor, "k": 1.0, "v": 1.0}
+        factors = {t: float(m.const(t + "_s").reshape(())) if t + "_s" in m else 1.0 for t in "qkv"}
+        factors["q"] *= q_factor
         weight = np.concatenate([m.const(t + "_w") * factors[t] for t in "qkv"], axis=1)
         bias = np.concatenate([m.const(t + "_b") * factors[t] if t + "_b" in m else np.zeros(num_heads * size, dtype)
                                for t in "qkv"])

@@ -8,6 +8,8 @@ its own:
 - Reshape [a,b,c,d] -> [a*b,c,d], Transpose [0,2,1], Reshape -> [a,b,d,c] is a
   Transpose of the last two axes (the dynamo exporter's K^T);
 - two Transposes in a row are one;
+- Reshape to 2-D, Gemm with a constant weight, Reshape back (GPT-2's Conv1D,
+  `addmm` of a flattened input) is a MatMul (+ Add) on the N-D input;
 - a projection packed for Q, K and V (one MatMul + Add, then a Split of its
   last axis: GPT-2's c_attn) becomes one MatMul + Add per part, with the
   weight columns split at compile time."""
@@ -102,5 +104,33 @@ def unpack_projection(m, b):
     return outs
 
 
+_FLAT_GEMM = Op("Gemm", Op("Reshape", Var("x"), Var(), name="flatten"), Const("w", rank=2), ..., name="gemm")
+
+
+@rule(Op("Reshape", _FLAT_GEMM, Var(), name="unflatten"), needs_shapes=True)
+def matmul_of_flattened(m, b):
+    """out [lead..., N] = Gemm(Reshape(x [lead..., rest...] -> [M, K])): the rest
+    of x's dims (K in all) are the reduction; more than one is merged by a Reshape
+    that copies the leading dims (0 entries), so they may stay symbolic."""
+    gemm, x, out, flat = m.node("gemm"), m["x"].shape, m["unflatten"].shape, m["flatten"].shape
+    if gemm.attr("transA", 0) or not (_known(x) and _known(out) and _known(flat)) or len(out) < 3 or len(flat) != 2:
+        return None
+    lead, rest = tuple(out[:-1]), tuple(x[len(out) - 1:])
+    if tuple(x[:len(lead)]) != lead or not rest or not all(isinstance(d, int) for d in rest):
+        return None
+    if int(np.prod(rest)) != flat[1] or (0 in lead):
+        return None
+    alpha, beta = float(gemm.attr("alpha", 1.0)), float(gemm.attr("beta", 1.0))
+    w = m.const("w").T if gemm.attr("transB", 0) else m.const("w")
+    bias = const(gemm.input(2))
+    if gemm.input(2) is not None and (bias is None or bias.ndim > 1):
+        return None  # a computed or 2-D C: not a per-column bias
+    src = m["x"]
+    if len(rest) > 1:
+        src = b.op("Reshape", src, b.const(np.array([0] * len(lead) + [flat[1]], np.int64), name="merge_shape"))
+    y = b.op("MatMul", src, b.const(np.ascontiguousarray(w * np.asarray(alpha, w.dtype)), name="weight"))
+    return y if bias is None else b.op("Add", y, b.const(bias * np.asarray(beta, bias.dtype), name="bias"))
+
+
 def rules() -> RuleSet:
-    return RuleSet(scale_after_matmul, swap_last_axes, transpose_pair, unpack_projection)
+    return RuleSet(scale_after_matmul, swap_last_axes, transpose_pair, matmul_of_flattened, unpack_projection)
