@@ -67,6 +67,33 @@ def unknown_shapes(model: Model) -> int:
                if v.name and v.type_proto is None and (v.shape is None or any(is_unknown_dim(d) for d in v.shape)))
 
 
+def evaluate_shape(shape, sizes: dict[str, int]) -> tuple[int, ...] | None:
+    """A shape with the named dims given sizes; dims the symbolic inference wrote as
+    expressions ("batch*sequence", "Min(64, sequence)") are evaluated. None when a
+    dim stays unknown."""
+    if shape is None:
+        return None
+    out = []
+    for dim in shape:
+        if isinstance(dim, int):
+            out.append(dim)
+        elif dim in sizes:
+            out.append(int(sizes[dim]))
+        elif is_unknown_dim(dim):
+            return None
+        else:
+            try:
+                import sympy
+
+                value = sympy.sympify(dim).subs({sympy.Symbol(k): v for k, v in sizes.items()})
+            except Exception:  # noqa: BLE001 - a name sympy cannot parse: unknown
+                return None
+            if not value.is_Integer:
+                return None
+            out.append(int(value))
+    return tuple(out)
+
+
 def _knows_more(old, new) -> bool:
     if new is None:
         return False

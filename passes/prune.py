@@ -91,7 +91,7 @@ class PruneChannelsOptions:
 def _static_clone(model: Model, calibration=None) -> Model:
     """A copy whose symbolic input dims are fixed (from the first calibration
     sample, else 1 for the first axis and 128 for the others), shapes re-inferred."""
-    from ..ir.shapes import infer_shapes, infer_shapes_symbolic
+    from ..ir.shapes import evaluate_shape, infer_shapes, infer_shapes_symbolic
 
     work = model.clone()
     sample = None
@@ -115,13 +115,22 @@ def _static_clone(model: Model, calibration=None) -> Model:
         infer_shapes(work)
     except Exception:  # noqa: BLE001 - costs are best effort
         pass
-    from .analysis import node_flops
+    from .analysis import get_analysis, node_flops
 
     if any(node_flops(n) is None for n in work.graph.nodes):
         try:
             infer_shapes_symbolic(work)
         except Exception:  # noqa: BLE001
             pass
+    # What pinned inference still leaves open (a pin the model cannot take, e.g. 128
+    # tokens for 64 positions): the model's own symbolic shapes at the pinned sizes.
+    sizes = {d: p for v, c in zip(model.graph.inputs, work.graph.inputs) if v.shape is not None and c.shape is not None
+             for d, p in zip(v.shape, c.shape) if isinstance(d, str) and isinstance(p, int)}
+    get_analysis(model, "shapes")
+    for node, copy in zip(model.graph.nodes, work.graph.nodes):
+        for v, c in zip(node.outputs, copy.outputs):
+            if c.shape is None or not all(isinstance(d, int) for d in c.shape):
+                c.shape = evaluate_shape(v.shape, sizes) or c.shape
     return work
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx.helper import tensor_dtype_to_np_dtype as onnx_dtype
 
 from ...ir.pattern import Const, Matcher, Op, Var
 from ..rewrite import RuleSet, rule
@@ -102,6 +103,28 @@ def _expanded_bias(b, bias, num_heads: int):
     return b.op("Expand", bias, target, name="attention_bias")
 
 
+def _uniform(value, depth: int = 0):
+    """The one value every element of `value` holds, when the graph says so: a
+    constant, or Expand / Cast / Where of such (transformers builds an all-true
+    mask for ViT, and the dynamo export keeps it as Where(Expand(True), 0, -inf))."""
+    array = value.const_value()
+    if array is not None:
+        flat = np.asarray(array).reshape(-1)
+        return flat[0].item() if flat.size and (flat == flat[0]).all() else None
+    node = value.producer
+    if node is None or depth > 8 or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Expand":
+        return _uniform(node.inputs[0], depth + 1)
+    if node.op_type == "Cast":
+        inner = _uniform(node.inputs[0], depth + 1)
+        return None if inner is None else np.asarray(inner).astype(onnx_dtype(node.attr("to"))).item()
+    if node.op_type == "Where":
+        cond = _uniform(node.inputs[0], depth + 1)
+        return None if cond is None else _uniform(node.inputs[1 if cond else 2], depth + 1)
+    return None
+
+
 def _attention_bias(b, bias, x, num_heads: int):
     """The additive mask as Attention's attention_bias, or None if its shape does
     not broadcast as [B or 1, N or 1, S or 1, S] over the scores."""
@@ -139,7 +162,9 @@ def rules(standard_only: bool = False) -> RuleSet:
         if math.isclose(q_factor, 1.0, rel_tol=1e-6):
             q_factor = 1.0
         bias_input = None
-        if "mask_bias" in m:
+        if "mask_bias" in m and _uniform(m["mask_bias"]) == 0 and len(m["mask_bias"].shape or ()) == 4:
+            pass  # a mask that hides nothing (shape checked: it cannot broadcast the scores bigger)
+        elif "mask_bias" in m:
             bias_input = _attention_bias(b, m["mask_bias"], x, num_heads)
             if bias_input is None:
                 return None

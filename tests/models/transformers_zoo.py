@@ -2,6 +2,7 @@
 for `tools/export_zoo.py`).
 
     python tests/models/transformers_zoo.py ARCH EXPORTER OUT.onnx [--full]
+    python tests/models/transformers_zoo.py --all DIR     # every small one, into DIR
 
 ARCH is one of ARCHS, EXPORTER `torchscript` (torch.onnx.export(dynamo=False),
 opset 17) or `dynamo` (dynamo=True, opset 18). Weights are random
@@ -157,12 +158,27 @@ def export(arch: str, exporter: str, out: str, full: bool = False) -> None:
 
 
 def main(argv=None) -> None:
+    import os
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("arch", choices=ARCHS)
-    ap.add_argument("exporter", choices=EXPORTERS)
-    ap.add_argument("out")
+    ap.add_argument("arch", nargs="?", choices=ARCHS)
+    ap.add_argument("exporter", nargs="?", choices=EXPORTERS)
+    ap.add_argument("out", nargs="?")
     ap.add_argument("--full", action="store_true", help="the architecture's default size, not the small one")
+    ap.add_argument("--all", metavar="DIR", help="export every small ARCH-EXPORTER.onnx into DIR (existing ones stay)")
     a = ap.parse_args(argv)
+    if a.all:
+        os.makedirs(a.all, exist_ok=True)
+        for arch in ARCHS:
+            for exporter in EXPORTERS:
+                out = os.path.join(a.all, f"{arch}-{exporter}.onnx")
+                if not os.path.exists(out):
+                    part = out.removesuffix(".onnx") + ".part.onnx"
+                    export(arch, exporter, part)
+                    os.replace(part, out)
+        return
+    if not (a.arch and a.exporter and a.out):
+        ap.error("ARCH EXPORTER OUT, or --all DIR")
     export(a.arch, a.exporter, a.out, a.full)
 
 
