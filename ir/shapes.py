@@ -52,7 +52,7 @@ def infer_shapes_symbolic(model: Model) -> int:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
-    inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
+    inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
     return _apply(model.graph, inferred.graph, only_better=True)
 
 
@@ -108,6 +108,8 @@ def _apply(graph, proto_graph, only_better: bool = False) -> int:
     infos = {vi.name: vi.type for vi in list(proto_graph.value_info) + list(proto_graph.output)}
     gained = 0
     for node in graph.nodes:
+        if only_better and node.op_type in ("If", "Loop", "Scan"):
+            continue  # where onnx could not merge the branches' shapes, the symbolic tool picks one
         for value in node.outputs:
             type_proto = infos.get(value.name)
             if type_proto is None or not value.name:

@@ -37,6 +37,24 @@ class OptimizeResult:
     def changed(self) -> bool:
         return any(r.changed for r in self.records)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What a user should know: a lossy pass that changed nothing, and nodes a
+        pass skipped because their shapes are unknown."""
+        from .base import Effect
+
+        out = []
+        for r in self.records:
+            skipped = r.stats.get("skipped")
+            unknown = sum(n for why, n in skipped.items() if "shape" in why) if isinstance(skipped, dict) else 0
+            if unknown:
+                out.append(f"{r.spec}: skipped {unknown} node(s) whose shapes are unknown; pin the input shapes "
+                           "(--input-shape) or give calibration data (--calib)")
+            if not r.changed and get_pass(r.name).effect is Effect.LOSSY:
+                stats = ", ".join(f"{k}={v}" for k, v in r.stats.items()) or "no statistics"
+                out.append(f"{r.spec}: a lossy pass that changed nothing ({stats})")
+        return out
+
     def __str__(self) -> str:
         lines = [f"pipeline {self.pipeline}: {self.seconds * 1000:.1f} ms"]
         for r in self.records:

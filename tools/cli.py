@@ -85,7 +85,7 @@ def optimize_cmd(
         "pipeline": str(result.pipeline), "seconds": result.seconds,
         "passes": [{"pass": r.spec, "changed": r.changed, "ms": r.seconds * 1e3, "stats": r.stats,
                     **({"max_abs_diff": r.diff.max_abs} if r.diff else {})} for r in result.records],
-        "before": before.as_dict(), "after": after.as_dict(),
+        "before": before.as_dict(), "after": after.as_dict(), "warnings": result.warnings,
     }
     if invented is not None:
         report["invented_inputs"] = {"shapes": {k: list(v) for k, v in invented.shapes.items()}, "dims": invented.dims}
@@ -126,6 +126,8 @@ def _print_optimize(report: dict) -> None:
         passes.add_row(escape(r["pass"]), "yes" if r["changed"] else "no", f"{r['ms']:.1f}",
                        escape(", ".join(f"{k}={v}" for k, v in r["stats"].items())))
     console.print(passes)
+    for warning in report["warnings"]:
+        err.print(f"warning: {escape(warning)}", highlight=False)
     if "verify" in report:
         v = report["verify"]
         status = "[green]OK" if v["ok"] else "[red]MISMATCH"
