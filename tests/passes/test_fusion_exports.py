@@ -1,6 +1,6 @@
 """The same networks exported two ways (torch's TorchScript exporter at opset 17
 and its dynamo exporter at opset 18), small random-weight transformers of nine
-architectures (tests/models/transformers_zoo.py): -O2 fuses attention in every
+architectures (tools/transformers_zoo.py): -O2 fuses attention in every
 layer of both, with the same LayerNorm and GELU counts, keeps outputs within
 1e-4, and a second -O2 changes nothing; the compression passes find the same
 candidates on both exports.
@@ -31,7 +31,7 @@ FUSED = ("Attention", "LayerNormalization", "Gelu", "FastGelu")
 def zoo_dir() -> Path:
     from onnxforge.tools import fetch_models
 
-    builder = Path(zoo.__file__)
+    builder = Path(zoo.BUILDER)
     key = hashlib.sha256(builder.read_bytes() + " ".join(fetch_models.EXPORT_REQUIREMENTS).encode()).hexdigest()[:12]
     out = fetch_models.CACHE_ROOT / "zoo" / key
     if not all((out / f"{a}-{e}.onnx").exists() for a in zoo.ARCHS for e in zoo.EXPORTERS):

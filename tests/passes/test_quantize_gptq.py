@@ -102,8 +102,8 @@ def test_gptq_int8_and_act_order_stay_close_to_fp32():
 
 def test_depthwise_conv_gptq_per_channel():
     m, cal, held = conv_case(group=8, cin=8, cout=8)
-    rtn = onnxforge.optimize(m, "quantize-weights{bits=4 min_elements=0}")
-    gptq = onnxforge.optimize(m, "quantize-weights{bits=4 min_elements=0 method=gptq}", calibration=cal)
+    rtn = onnxforge.optimize(m, "quantize-weights{bits=4 granularity=channel min_elements=0}")
+    gptq = onnxforge.optimize(m, "quantize-weights{bits=4 granularity=channel min_elements=0 method=gptq}", calibration=cal)
     # 9 columns per channel leave GPTQ little to compensate: the calibration error
     # drops, the held-out error stays within a few percent of round to nearest
     assert gptq.records[0].stats["output_error_vs_rtn_max"] <= 1.0  # groups where GPTQ loses keep RTN

@@ -204,9 +204,16 @@ def test_block_that_does_not_divide_the_axis_gets_a_short_last_block():
 
 
 def test_int8_blocks_and_int4_per_channel_are_allowed():
-    for pipeline in ("quantize-weights{bits=8 granularity=block block=16}", "quantize-weights{bits=4}"):
+    for pipeline in ("quantize-weights{bits=8 granularity=block block=16}", "quantize-weights{bits=4 granularity=channel}"):
         m, result, ref, got = quantize(gemm_model(1), pipeline)
         assert result.model.opset == 21 and rel_err(ref["y"], got["y"]) < 0.15
+
+
+def test_int4_defaults_to_blocks_and_int8_to_channels():
+    for bits, attributes in ((4, {"axis": 0, "block_size": 32}), (8, {"axis": 1})):
+        *_, result, ref, got = quantize(matmul_model(k=128, n=64), f"quantize-weights{{bits={bits}}}")
+        dq = next(n for n in result.model.graph.nodes if n.op_type == "DequantizeLinear")
+        assert dq.attributes == attributes, bits
 
 
 def test_conv_blocks_run_along_input_channels():
@@ -255,12 +262,12 @@ def test_quantize_array_exact_levels():
 @pytest.mark.parametrize("text, match", [
     ("quantize-weights{bits=3}", "bits=3: supported are bits=8"),
     ("quantize-weights{bits=16}", "bits=16"),
-    ("quantize-weights{granularity=row}", "granularity=row: expected one of channel, tensor, block"),
+    ("quantize-weights{granularity=row}", "granularity=row: expected one of auto, channel, tensor, block"),
     ("quantize-weights{granularity=block block=0}", "block=0"),
     ("quantize-weights{method=gptq damp=0}", "damp=0"),
     ("quantize-weights{method=awq}", "method=awq: expected one of rtn, gptq"),
     ("quantize-weights{granularity=block scales=int4}", "scales=int4: expected one of float, uint8"),
-    ("quantize-weights{bits=4 scales=uint8}", "scales=uint8 needs granularity=block"),
+    ("quantize-weights{bits=4 granularity=channel scales=uint8}", "scales=uint8 needs granularity=block"),
     ("quantize-weights{ops=MatMul+Softmax}", "cannot quantize weights of Softmax; supported ops are MatMul\\+Gemm\\+Conv\\+Attention\\+Gather"),
     ("quantize-weights{ops=matmul}", "cannot quantize weights of matmul"),
     ("quantize-weights{bit=4}", "no option 'bit'.*bits"),
@@ -399,13 +406,16 @@ def test_gather_embedding_is_opt_in_and_dequantizes_rows_only(granularity):
     assert rel_err(run_ort(m, feeds)["y"], run_ort(result.model, feeds)["y"]) < 0.02
     assert not onnxforge.optimize(result.model, pipeline).changed
     # int4 / blocks: Gather takes no int4, so the table is dequantized before it
-    for spec in ("bits=4", "bits=4 granularity=block block=16", "granularity=block block=16"):
+    for spec, attributes in (("bits=4", {"axis": 1, "block_size": 32}),  # int4 defaults to blocks
+                             ("bits=4 granularity=channel", {"axis": 0}),
+                             ("bits=4 granularity=block block=16", {"axis": 1, "block_size": 16}),
+                             ("granularity=block block=16", {"axis": 1, "block_size": 16})):
         four = onnxforge.optimize(onnxforge.load(proto), f"quantize-weights{{ops=Gather {spec}}}", check=True,
                                   inputs=feeds)
         assert four.records[0].stats["quantized"] == 1
         gather = next(n for n in four.model.graph.nodes if n.op_type == "Gather")
         dq = gather.inputs[0].producer
         assert dq.op_type == "DequantizeLinear" and gather.outputs[0].dtype != TensorProto.INT8
-        assert dq.attributes == ({"axis": 1, "block_size": 16} if "block" in spec else {"axis": 0})
+        assert dq.attributes == attributes, spec
         assert rel_err(run_ort(m, feeds)["y"], run_ort(four.model, feeds)["y"]) < (0.2 if "bits=4" in spec else 0.02)
 
