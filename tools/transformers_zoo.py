@@ -165,11 +165,12 @@ def main(argv=None) -> None:
     ap.add_argument("exporter", nargs="?", choices=EXPORTERS)
     ap.add_argument("out", nargs="?")
     ap.add_argument("--full", action="store_true", help="the architecture's default size, not the small one")
-    ap.add_argument("--all", metavar="DIR", help="export every small ARCH-EXPORTER.onnx into DIR (existing ones stay)")
+    ap.add_argument("--all", metavar="DIR", help="export every ARCH-EXPORTER.onnx into DIR (existing ones stay)")
+    ap.add_argument("--only", action="append", choices=ARCHS, help="with --all: only these architectures")
     a = ap.parse_args(argv)
     if a.all:
         os.makedirs(a.all, exist_ok=True)
-        for arch in ARCHS:
+        for arch in a.only or ARCHS:
             for exporter in EXPORTERS:
                 out = os.path.join(a.all, f"{arch}-{exporter}.onnx")
                 if not os.path.exists(out):

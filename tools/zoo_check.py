@@ -123,8 +123,9 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     out = fetch_models.CACHE_ROOT / ("zoo-full" if a.full else "zoo-small")
     builder = Path(__file__).with_name("transformers_zoo.py")
-    subprocess.run([fetch_models._export_python(), str(builder), "--all", str(out), *(["--full"] if a.full else [])],
-                   check=True)
+    only = [f"--only={arch}" for arch in a.arch or ()]
+    subprocess.run([fetch_models._export_python(), str(builder), "--all", str(out), *only,
+                    *(["--full"] if a.full else [])], check=True)
     rows = []
     print("| architecture | exporter | Attention / LN / GELU: ours | onnxruntime optimizer | nodes: before | ours | "
           "onnxsim | onnxslim | ours s / onnxsim s | shapes unknown | ort latency ours / its optimizer's |")

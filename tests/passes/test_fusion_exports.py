@@ -35,8 +35,10 @@ def zoo_dir() -> Path:
     key = hashlib.sha256(builder.read_bytes() + " ".join(fetch_models.EXPORT_REQUIREMENTS).encode()).hexdigest()[:12]
     out = fetch_models.CACHE_ROOT / "zoo" / key
     if not all((out / f"{a}-{e}.onnx").exists() for a in zoo.ARCHS for e in zoo.EXPORTERS):
-        subprocess.run([fetch_models._export_python(), str(builder), "--all", str(out)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run([fetch_models._export_python(), str(builder), "--all", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            pytest.fail(f"exporting the zoo failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return out
 
 
