@@ -62,12 +62,15 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
 
 
 def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
-    graph = _Importer(base_dir).graph(proto.graph, {}, "main graph", _DimNamer(proto.graph))
+    importer = _Importer(base_dir, weights_listed_as_inputs=0 < proto.ir_version < 4)
+    graph = importer.graph(proto.graph, {}, "main graph", _DimNamer(proto.graph))
     opsets: dict[str, int] = {}
     for entry in proto.opset_import:
         opsets[entry.domain] = entry.version
     model = Model(graph, opsets)
-    model.ir_version = proto.ir_version
+    # IR < 4 had to list every initializer as a graph input; they are weights (as
+    # onnxruntime reads them) and load as initializers only, which needs IR 4.
+    model.ir_version = 4 if importer.unlisted else proto.ir_version
     model.producer_name = proto.producer_name
     model.producer_version = proto.producer_version
     model.domain = proto.domain
@@ -137,8 +140,10 @@ def _dim_params(graph: onnx.GraphProto):
 
 
 class _Importer:
-    def __init__(self, base_dir: str | None):
+    def __init__(self, base_dir: str | None, weights_listed_as_inputs: bool = False):
         self.base_dir = base_dir
+        self.weights_listed_as_inputs = weights_listed_as_inputs
+        self.unlisted = 0  # initializers taken out of the inputs (IR < 4)
 
     def tensor_value(self, tensor: onnx.TensorProto, where: str) -> Value:
         check_tensor_size(tensor, where)
@@ -173,6 +178,10 @@ class _Importer:
             graph.inputs.append(value)
         for tensor in proto.initializer:
             init = self.tensor_value(tensor, where)
+            if tensor.name in local and local[tensor.name].is_graph_input and self.weights_listed_as_inputs \
+                    and not outer:
+                graph.inputs.remove(local.pop(tensor.name))
+                self.unlisted += 1
             if tensor.name in local and local[tensor.name].is_graph_input:
                 # An input with a default value: one Value, both roles.
                 existing = local[tensor.name]

@@ -161,6 +161,20 @@ def _nbytes(value: Value, values: dict[int, np.ndarray]) -> int:
     return int(values[id(value)].nbytes) if id(value) in values else value.nbytes
 
 
+# Input slots that hold a layer's parameters: a constant computed there (weights a
+# model builds with ConstantOfShape, as onnx's light zoo models do) is a weight,
+# whatever its size, and folding it lets the layer fusions see it.
+_WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+                 "BatchNormalization": (1, 2, 3, 4), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2)}
+
+
+def _only_weights(value: Value, folded: set[int]) -> bool:
+    """Every reader that stays reads `value` as a parameter."""
+    return not value.is_graph_output and all(
+        id(user) in folded or (is_standard(user) and index in _WEIGHT_SLOTS.get(user.op_type, ()))
+        for user, index in value.uses)
+
+
 def _fold_graph(model: Model, graph: Graph, options: FoldOptions, stats: dict[str, int]) -> None:
     for node in graph.nodes:
         for sub in node.subgraphs():
@@ -188,7 +202,7 @@ def _fold_graph(model: Model, graph: Graph, options: FoldOptions, stats: dict[st
             limit = max(options.max_bytes, sum(_nbytes(v, values) for v in n.inputs if v is not None))
             for v in n.outputs:
                 needed = v.is_graph_output or any(id(u) not in folded for u, _ in v.uses)
-                if needed and v.name and values[id(v)].nbytes > limit:
+                if needed and v.name and values[id(v)].nbytes > limit and not _only_weights(v, folded):
                     too_big.append(n)
                     break
         if not too_big:

@@ -17,7 +17,7 @@ from .registry import get_pass, make_options, option_text
 PRESETS: dict[str, str] = {
     "-O0": "",
     "-O1": "cleanup,fold-constants,cse,cleanup",
-    "-O2": "cleanup,fold-constants,fuse,fold-constants,cleanup",
+    "-O2": "cleanup,fold-constants,fuse,fold-constants,cse,cleanup",
 }
 
 

@@ -22,7 +22,7 @@ def ops(model):
 
 
 def test_o2_preset_text():
-    assert PRESETS["-O2"] == "cleanup,fold-constants,fuse,fold-constants,cleanup"
+    assert PRESETS["-O2"] == "cleanup,fold-constants,fuse,fold-constants,cse,cleanup"
     text = "fuse{patterns=conv-bn+gemm+layernorm standard_only=true}"
     assert str(parse_pipeline(text)) == text
     assert "silu" in FAMILIES and "silu" not in DEFAULT_PATTERNS
