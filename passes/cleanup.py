@@ -72,6 +72,8 @@ class _Cleaner:
         src = node.inputs[0]
         if perm is not None and list(perm) == sorted(perm):
             return bypass(graph, node, src)
+        if perm is not None and self._moves_only_unit_axes(node, perm):
+            return True
         inner = src.producer
         if perm is not None and inner is not None and inner.op_type == "Transpose" and is_standard(inner) and inner.attr("perm") is not None:
             first = inner.attr("perm")
@@ -83,12 +85,46 @@ class _Cleaner:
             return True
         return False
 
+    def _moves_only_unit_axes(self, node, perm) -> bool:
+        """A Transpose that moves only size-1 axes keeps the data order: it becomes a
+        Reshape (which then merges with its Reshape neighbours)."""
+        src, out = node.inputs[0], node.outputs[0]
+        if src.shape is None or out.shape is None:
+            self.shapes()
+        if src.shape is None or out.shape is None or any(is_unknown_dim(d) or d == 0 for d in src.shape):
+            return False  # (a target entry 0 copies a dim, so no empty dims)
+        moved = [p for p in perm if src.shape[p] != 1]
+        if moved != sorted(moved):
+            return False
+        target = [d if isinstance(d, int) else 0 if i < len(src.shape) and src.shape[i] == d else None
+                  for i, d in enumerate(out.shape)]
+        if target.count(None) > 1:
+            return False
+        target = [-1 if d is None else d for d in target]
+        shape = node.graph.add_initializer(np.array(target, np.int64), name="transpose_as_reshape")
+        reshape = node.graph.make_node("Reshape", [src, shape], before=node).outputs[0]
+        reshape.dtype, reshape.shape = out.dtype, out.shape
+        if not bypass(node.graph, node, reshape):
+            node.graph.remove_node(reshape.producer)
+            return False
+        return True
+
+    def _zeros_copy_the_same(self, first, middle, target) -> bool:
+        """Target entries 0 (copy the dim) read the same size from `first` as from `middle`."""
+        zeros = [i for i, t in enumerate(np.asarray(target).tolist()) if t == 0]
+        if not zeros:
+            return True
+        self.shapes()
+        a, b = first.shape, middle.shape
+        return (a is not None and b is not None and all(
+            i < len(a) and i < len(b) and a[i] == b[i] and not is_unknown_dim(a[i]) for i in zeros))
+
     def rule_Reshape(self, graph, node) -> bool:
         src, shape = node.inputs[0], node.input(1)
         inner = src.producer
         target = const(shape)
         if (inner is not None and inner.op_type == "Reshape" and is_standard(inner) and target is not None
-                and (node.attr("allowzero", 0) == 1 or not (np.asarray(target) == 0).any())):
+                and (node.attr("allowzero", 0) == 1 or self._zeros_copy_the_same(inner.inputs[0], src, target))):
             node.set_input(0, inner.inputs[0])  # the second reshape fixes every dim itself
             return True
         self.shapes()

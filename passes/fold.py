@@ -18,7 +18,7 @@ from .base import Pass, PassResult
 from .check import ort_session
 from .constants import constants_to_initializers
 from .registry import register_pass
-from .shape_entries import fold_shape_entries
+from .shape_entries import constant_reshape_targets, fold_shape_entries
 from .util import NONDETERMINISTIC, is_standard, remove_dead, set_constant
 
 # Ops whose output is not a function of constant input data alone, or that we
@@ -188,6 +188,9 @@ def _fold_graph(model: Model, graph: Graph, options: FoldOptions, stats: dict[st
             stats["shape_entries"] = stats.get("shape_entries", 0) + entries
         if rerouted:
             stats["dims_from_inputs"] = stats.get("dims_from_inputs", 0) + rerouted
+        targets = constant_reshape_targets(graph)
+        if targets:
+            stats["reshape_targets"] = stats.get("reshape_targets", 0) + targets
     nodes = _foldable(graph)
     values = _evaluate(model, nodes)
     folded = {id(n) for n in nodes if all(id(v) in values for v in n.outputs if v.name)}

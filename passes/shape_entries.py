@@ -92,3 +92,66 @@ def fold_shape_entries(model: Model, graph: Graph) -> tuple[int, int]:
                 graph.remove_node(user)
                 rerouted += 1
     return constant, rerouted
+
+
+def _shape_vector(value, depth: int = 0) -> list | None:
+    """The entries of a 1-D (or scalar) int shape tensor as ints or named dims,
+    when the graph spells them out: constants, Shape, and Gather / Slice /
+    Unsqueeze / Squeeze / Concat / Cast of such."""
+    array = const(value)
+    if array is not None:
+        return [int(v) for v in np.asarray(array).reshape(-1)] if array.dtype.kind in "iu" and array.ndim <= 1 else None
+    node = value.producer
+    if node is None or depth > 12 or not is_standard(node):
+        return None
+    op = node.op_type
+    if op == "Shape":
+        shape = node.inputs[0].shape
+        if shape is None or any(is_unknown_dim(d) for d in shape):
+            return None
+        return list(shape)[slice(node.attr("start", 0), node.attr("end", len(shape)))]
+    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
+        return _shape_vector(node.inputs[0], depth + 1)
+    if op == "Concat":
+        parts = [_shape_vector(v, depth + 1) for v in node.inputs]
+        return None if any(p is None for p in parts) else [d for p in parts for d in p]
+    if op in ("Mul", "Add") and len(node.inputs) == 2:  # x * 1, x + 0, and ints
+        a, b = (_shape_vector(v, depth + 1) for v in node.inputs)
+        if a is None or b is None or len(a) != 1 or len(b) != 1:
+            return None
+        unit = 1 if op == "Mul" else 0
+        if isinstance(a[0], int) and isinstance(b[0], int):
+            return [a[0] * b[0] if op == "Mul" else a[0] + b[0]]
+        return b if a[0] == unit else a if b[0] == unit else None
+    if op in ("Gather", "Slice"):
+        source = _shape_vector(node.inputs[0], depth + 1)
+        picked = _picked(node, len(source)) if source is not None else None
+        return None if picked is None else [source[i] for i in picked[0]]
+    return None
+
+
+def constant_reshape_targets(graph: Graph) -> int:
+    """A Reshape target computed at run time becomes a constant when each entry is
+    static, or the input's own dim at that position (0: copy it), or the one entry
+    left (-1). Exporters build `view(x.size(0), -1, 512)` this way."""
+    done = 0
+    for node in list(graph.nodes):
+        if node.op_type != "Reshape" or not is_standard(node) or const(node.input(1)) is not None:
+            continue
+        x, entries = node.inputs[0], _shape_vector(node.inputs[1])
+        if entries is None or x.shape is None or node.attr("allowzero", 0):
+            continue
+        target = []
+        for i, dim in enumerate(entries):
+            if isinstance(dim, int):
+                target.append(dim)
+            elif i < len(x.shape) and x.shape[i] == dim:
+                target.append(0)
+            else:
+                target.append(None)
+        if target.count(None) > 1 or (None in target and -1 in target):
+            continue
+        target = [-1 if d is None else d for d in target]
+        node.set_input(1, graph.add_initializer(np.array(target, np.int64), name="reshape_target"))
+        done += 1
+    return done
