@@ -3,7 +3,7 @@ and its dynamo exporter at opset 18), small random-weight transformers of nine
 architectures (tools/transformers_zoo.py): -O2 fuses attention in every
 layer of both, with the same LayerNorm and GELU counts, keeps outputs within
 1e-4, and a second -O2 changes nothing; the compression passes find the same
-candidates on both exports.
+candidates on both exports (lowrank, prune-channels, quantize-weights, quantize-static).
 
 The exports run once per builder version, in the torch export interpreter of
 tools/fetch_models.py (a cached venv with the pinned torch/transformers, created
@@ -104,6 +104,10 @@ def test_compression_finds_the_same_candidates_on_both_exports(zoo_dir, arch):
         model = onnxforge.load(str(zoo_dir / f"{arch}-{exporter}.onnx"))
         result = onnxforge.optimize(model, "-O2,lowrank{rank_ratio=0.5},prune-channels{ratio=0.25},quantize-weights")
         found[exporter] = _candidates(result)
+        path = zoo_dir / f"{arch}-{exporter}.onnx"
+        static = onnxforge.optimize(onnxforge.load(str(path)), "-O2,quantize-static{sensitivity=false}",
+                                    calibration=[_feeds(path)])
+        found[exporter]["quantize-static"] = {k: static.records[-1].stats[k] for k in ("quantized", "activations")}
     assert found["torchscript"] == found["dynamo"]
     # per layer: the output projection and the two FFN MatMuls (Q/K/V live in the fused
     # Attention); ViT adds its patch-embedding Conv

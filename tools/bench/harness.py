@@ -276,11 +276,10 @@ def _graph_stats(artifact: "Path | ir.Model", feeds: Mapping[str, np.ndarray]) -
     for value in model.graph.inputs:
         if value.name in feeds:
             value.shape = list(feeds[value.name].shape)
-    flops = get_analysis(model, "flops")
-    if flops.get("unknown_nodes"):
-        # shapes that only constant folding resolves (EfficientNet-Lite0's padding
-        # subgraphs): folding removes no runtime arithmetic, so the count stays the model's
-        flops = get_analysis(optimize(model, "fold-constants").model, "flops")
+    # Constant subgraphs (EfficientNet-Lite0's padding arithmetic, shapes computed from
+    # weights) are not run-time arithmetic: onnxruntime and the compiler fold them, so
+    # they are folded before counting.
+    flops = get_analysis(optimize(model, "fold-constants").model, "flops")
     return weight_bytes, flops["total"] or None
 
 
