@@ -27,11 +27,19 @@ from .registry import register_lowering
 @register_lowering("Swish")
 def swish(bb, node, inputs):
     """x * sigmoid(alpha * x): ONNX opset 24, and what the `fuse{patterns=silu}` pass emits."""
-    x = inputs[0]
-    alpha = float(node.attributes.get("alpha", 1.0))
+    return _x_sigmoid(inputs[0], float(node.attributes.get("alpha", 1.0)))
+
+
+def _x_sigmoid(x, alpha: float):
     dtype = x.ty.dtype.dtype
     gate = x if alpha == 1.0 else relax.op.multiply(x, relax.const(alpha, dtype))
     return relax.op.multiply(x, relax.op.sigmoid(gate))
+
+
+@register_lowering("QuickGelu", domain="com.microsoft")
+def quick_gelu(bb, node, inputs):
+    """x * sigmoid(alpha * x) (alpha 1.702 by default): what `fuse` makes of CLIP's GELU."""
+    return _x_sigmoid(inputs[0], float(node.attributes.get("alpha", 1.702)))
 
 
 def _constant_array(expr):

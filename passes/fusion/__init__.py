@@ -21,7 +21,7 @@ from typing import Callable
 from ..base import Effect, PassResult
 from ..registry import register_pass
 from ..rewrite import RewritePass, RuleSet
-from . import activations, affine, attention, conv_bn, gelu, layernorm, linear
+from . import activations, affine, attention, conv_bn, gelu, layernorm, linear, rmsnorm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "attention": Family(0, attention.rules),
     "layernorm": Family(0, lambda std: layernorm.RULES),
+    "rmsnorm": Family(0, rmsnorm.rules),
     "gelu": Family(0, gelu.rules),
     "hardswish": Family(1, lambda std: activations.HARDSWISH),
     "hardsigmoid": Family(1, lambda std: activations.HARDSIGMOID),
@@ -46,8 +47,8 @@ FAMILIES: dict[str, Family] = {
 DEFAULT_PATTERNS = [name for name, family in FAMILIES.items() if family.default]
 # Op types the fusions produce (and that exporters may already emit): counted in
 # the statistics, so that "already fused" shows as well as "fused now".
-FUSED_OPS = ("LayerNormalization", "Gelu", "FastGelu", "Attention", "HardSwish", "HardSigmoid", "Swish",
-             "BatchNormalization")
+FUSED_OPS = ("LayerNormalization", "RMSNormalization", "Gelu", "FastGelu",
+             "QuickGelu", "Attention", "HardSwish", "HardSigmoid", "Swish", "BatchNormalization")
 
 
 @dataclasses.dataclass

@@ -2,7 +2,9 @@
 x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  (any association of the
 products) become one op: standard Gelu from opset 20; below that onnxruntime's
 com.microsoft Gelu / FastGelu, which TVM's ONNX frontend converts too (its
-converter map is keyed by op type), unless standard_only asks for plain ONNX."""
+converter map is keyed by op type), unless standard_only asks for plain ONNX.
+The sigmoid form x * sigmoid(1.702 x) (CLIP) becomes Swish(alpha=1.702) from
+opset 24, below that com.microsoft QuickGelu (lowered in codegen/lowerings.py)."""
 from __future__ import annotations
 
 import math
@@ -46,4 +48,14 @@ def rules(standard_only: bool = False) -> RuleSet:
     def gelu_tanh(m, b):
         return _replace(b, m["x"], "tanh", standard_only)
 
-    return RuleSet(gelu_erf, gelu_tanh)
+    @rule(Op("Mul", _X, Op("Sigmoid", Op("Mul", _X, Const("alpha", scalar=True)))), name="gelu-quick")
+    def gelu_quick(m, b):
+        """x * sigmoid(1.702 x), the sigmoid approximation of GELU (CLIP, some ViTs)."""
+        alpha = float(m.const("alpha").reshape(()))
+        if not math.isclose(alpha, 1.702, rel_tol=1e-3):
+            return None
+        if b.opset >= 24:
+            return b.op("Swish", m["x"], alpha=alpha)
+        return None if standard_only else b.op("QuickGelu", m["x"], domain="com.microsoft", alpha=alpha)
+
+    return RuleSet(gelu_erf, gelu_tanh, gelu_quick)

@@ -4,6 +4,8 @@ misses change nothing."""
 import math
 from collections import Counter
 
+import numpy as np
+
 import pytest
 from onnx import TensorProto, numpy_helper
 
@@ -78,6 +80,29 @@ def test_gelu_forms_fuse(form, grouping, opset, expected):
     assert ops(result.model) == Counter({"MatMul": 1, expected: 1})
     gelu = result.model.graph.nodes[-1]
     assert gelu.attr("approximate", "none") == ("tanh" if form == "tanh" and opset >= 20 else "none")
+
+
+@pytest.mark.parametrize("alpha,opset,expected", [
+    (1.702, 17, "com.microsoft.QuickGelu"), (1.702, 24, "Swish"), (1.5, 17, None),  # 1.5: not GELU's constant
+])
+def test_quick_gelu(alpha, opset, expected):
+    """x * sigmoid(1.702 x) (CLIP): QuickGelu below opset 24, Swish(alpha) from it;
+    compiled, it matches onnxruntime."""
+    net = fm.Net()
+    x = net.op("MatMul", "x", net.weight(8, 16))
+    y = net.op("Mul", x, net.op("Sigmoid", net.op("Mul", x, net.const(np.float32(alpha)))))
+    proto = net.model([("x", ["batch", 8], F)], [y], opset=opset)
+    if expected is None:
+        assert unchanged(proto, "fuse{patterns=gelu}")
+        return
+    result = run_and_check(proto, "fuse{patterns=gelu}", atol=1e-5, rtol=1e-4)
+    assert ops(result.model) == Counter({"MatMul": 1, expected: 1})
+    assert result.model.graph.nodes[-1].attr("alpha") == pytest.approx(alpha)
+    if opset == 17:
+        feeds = {"x": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)}
+        package = onnxforge.compile(result.model, target="x86", pipeline="-O0", input_shapes={"x": (3, 8)})
+        reference = onnxforge.passes.check.run_ort(onnxforge.load(proto), feeds)
+        np.testing.assert_allclose(list(package(feeds).values())[0], list(reference.values())[0], rtol=1e-5, atol=1e-5)
 
 
 def test_gelu_near_misses():
