@@ -52,7 +52,15 @@ def infer_shapes_symbolic(model: Model) -> int:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
-    inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+    # Where it cannot infer everything, the tool saves its partial model to
+    # ./sym_shape_infer_temp.onnx before raising: it runs in a scratch folder.
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+        finally:
+            os.chdir(cwd)
     return _apply(model.graph, inferred.graph, only_better=True)
 
 

@@ -2,7 +2,9 @@
 onnxruntime (one session for the whole constant subgraph) and onnx's reference
 evaluator as the fallback; no hand-written op semantics. Shape/Size of values with
 static shapes, and the static entries of other shapes (passes/shape_entries.py),
-become constants first, so Shape->Gather->Concat->Reshape chains fold. A size cap keeps folding from blowing the model up (Expand, Tile, ...)."""
+become constants first, so Shape->Gather->Concat->Reshape chains fold. A size cap
+keeps folding from blowing the model up (Expand, Tile, ...), except for weights
+that a model computes from constants."""
 from __future__ import annotations
 
 import dataclasses
