@@ -69,10 +69,15 @@ def is_unknown_dim(dim) -> bool:
     return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
 
 
+def known_shape(shape) -> bool:
+    """A shape with every dim static or named."""
+    return shape is not None and not any(is_unknown_dim(d) for d in shape)
+
+
 def unknown_shapes(model: Model) -> int:
     """How many node outputs (tensors) have no shape or a dim nobody can name."""
     return sum(1 for g in model.graph.all_graphs() for n in g.nodes for v in n.outputs
-               if v.name and v.type_proto is None and (v.shape is None or any(is_unknown_dim(d) for d in v.shape)))
+               if v.name and v.type_proto is None and not known_shape(v.shape))
 
 
 def evaluate_shape(shape, sizes: dict[str, int]) -> tuple[int, ...] | None:

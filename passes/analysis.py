@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..ir import Model
-from ..ir.shapes import infer_all_shapes, infer_shapes_symbolic
+from ..ir.shapes import infer_all_shapes
 
 _ANALYSES: dict[str, Callable[[Model], Any]] = {}
 
@@ -112,12 +112,7 @@ def _attention_flops(node) -> int | None:
 
 @analysis("flops")
 def flops(model: Model) -> dict[str, Any]:
-    get_analysis(model, "shapes")
-    if any(node_flops(n) is None for n in model.graph.all_nodes()):
-        try:  # run-time shape computations and contrib ops: onnxruntime's inference knows them
-            infer_shapes_symbolic(model)
-        except Exception:  # noqa: BLE001 - best effort; unknown nodes are counted and reported
-            pass
+    get_analysis(model, "shapes")  # onnx's and onnxruntime's symbolic inference; unknown nodes are counted
     total = 0
     by_op: Counter = Counter()
     unknown = 0

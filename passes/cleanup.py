@@ -7,18 +7,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph
-from ..ir.shapes import is_unknown_dim
+from ..ir.shapes import is_unknown_dim, known_shape
 from .analysis import get_analysis
 from .base import Pass, PassResult
 from .registry import register_pass
+from .shape_entries import reshape_target
 from .util import bypass, const, is_standard, remove_dead
 
 
 def _same_shape(a, b) -> bool:
     """Equal shapes, known in every dim: static, or the same named dims (the shape
     analysis names a dim after where it comes from, so equal names are equal sizes)."""
-    return (a.shape is not None and b.shape is not None and tuple(a.shape) == tuple(b.shape)
-            and not any(is_unknown_dim(d) for d in a.shape))
+    return known_shape(a.shape) and b.shape is not None and tuple(a.shape) == tuple(b.shape)
 
 
 class _Cleaner:
@@ -91,16 +91,12 @@ class _Cleaner:
         src, out = node.inputs[0], node.outputs[0]
         if src.shape is None or out.shape is None:
             self.shapes()
-        if src.shape is None or out.shape is None or any(is_unknown_dim(d) or d == 0 for d in src.shape):
-            return False  # (a target entry 0 copies a dim, so no empty dims)
+        if not known_shape(src.shape) or out.shape is None:
+            return False
         moved = [p for p in perm if src.shape[p] != 1]
-        if moved != sorted(moved):
+        target = reshape_target(src.shape, out.shape) if moved == sorted(moved) else None
+        if target is None:
             return False
-        target = [d if isinstance(d, int) else 0 if i < len(src.shape) and src.shape[i] == d else None
-                  for i, d in enumerate(out.shape)]
-        if target.count(None) > 1:
-            return False
-        target = [-1 if d is None else d for d in target]
         shape = node.graph.add_initializer(np.array(target, np.int64), name="transpose_as_reshape")
         reshape = node.graph.make_node("Reshape", [src, shape], before=node).outputs[0]
         reshape.dtype, reshape.shape = out.dtype, out.shape

@@ -867,15 +867,8 @@ def build_groups(model: Model) -> ChannelGroups:
     """Compute the channel dependency groups of the model's top-level graph."""
     from .analysis import get_analysis
 
-    get_analysis(model, "shapes")
+    get_analysis(model, "shapes")  # with the symbolic step: unknown shapes block their groups
     graph = model.graph
-    if any(v.shape is None for n in graph.nodes for v in n.outputs if v.name and not n.op_type == "Constant"):
-        try:
-            from ..ir.shapes import infer_shapes_symbolic
-
-            infer_shapes_symbolic(model)
-        except Exception:  # noqa: BLE001 - best effort: unknown shapes block their groups
-            pass
     b = _Builder(model)
     for value in graph.inputs:
         if not value.is_initializer:

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..ir import Model, Node, PassOptionError
 from .base import Effect, Pass, PassResult
-from .prune import _rows, cost_report, cost_stats
+from .costs import cost_report, cost_stats, static_clone
+from .prune import _rows
 from .registry import register_pass
 from .util import const
 
@@ -372,9 +373,7 @@ def _drop(graph, value) -> None:
 
 def _static_rows(model: Model, calibration) -> dict[int, int]:
     """Output positions per inference for each MatMul/Gemm/Conv (at fixed input shapes)."""
-    from .prune import _static_clone
-
-    work = _static_clone(model, calibration)
+    work = static_clone(model, calibration)
     out: dict[int, int] = {}
     for node, copy in zip(model.graph.nodes, work.graph.nodes):
         if copy.op_type not in OPS:

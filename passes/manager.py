@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from ..ir import Model, OnnxforgeError, PassError, verify
 from .analysis import invalidate
-from .base import Pass, PassResult
+from .base import Effect, Pass, PassResult
 from .calibration import Calibration, use_calibration
 from .check import Diff
 from .instruments import Instrument, VerifyAfterEachPass
@@ -41,8 +41,6 @@ class OptimizeResult:
     def warnings(self) -> list[str]:
         """What a user should know: a lossy pass that changed nothing, and nodes a
         pass skipped because their shapes are unknown."""
-        from .base import Effect
-
         out = []
         for r in self.records:
             skipped = r.stats.get("skipped")

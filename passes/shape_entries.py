@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Model, Node
-from ..ir.shapes import is_unknown_dim
+from ..ir.shapes import is_unknown_dim, known_shape
 from .analysis import get_analysis
 from .util import const, is_standard, set_constant
 
@@ -27,10 +27,9 @@ def _picked(user: Node, rank: int) -> tuple[list[int], bool] | None:
             return None
         return [int(i) % rank for i in np.atleast_1d(idx)], idx.ndim == 0
     if user.op_type == "Slice" and len(user.inputs) >= 3:
-        params = [const(user.input(i)) for i in range(1, 5)]
-        if any(p is None for p, i in zip(params, range(1, 5)) if user.input(i) is not None):
-            return None
-        starts, ends, axes, steps = params
+        if any(v is not None and const(v) is None for v in user.inputs[1:]):
+            return None  # a computed parameter
+        starts, ends, axes, steps = (const(user.input(i)) for i in range(1, 5))
         if axes is not None and (len(axes) != 1 or int(axes[0]) not in (0, -1)):
             return None
         if len(starts) != 1:
@@ -107,7 +106,7 @@ def _shape_vector(value, depth: int = 0) -> list | None:
     op = node.op_type
     if op == "Shape":
         shape = node.inputs[0].shape
-        if shape is None or any(is_unknown_dim(d) for d in shape):
+        if not known_shape(shape):
             return None
         return list(shape)[slice(node.attr("start", 0), node.attr("end", len(shape)))]
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
@@ -130,6 +129,19 @@ def _shape_vector(value, depth: int = 0) -> list | None:
     return None
 
 
+def reshape_target(src_shape, dims) -> list[int] | None:
+    """A constant Reshape target (allowzero=0) giving `dims` from an input of
+    `src_shape`: static entries as they are, a named dim at the input's own
+    position as 0 (copy it), one other entry as -1; None when that is not enough."""
+    if src_shape is None or any(d == 0 for d in src_shape):
+        return None  # an empty dim: a 0 entry would copy it, not mean 0
+    target = [d if isinstance(d, int) else 0 if i < len(src_shape) and src_shape[i] == d
+              and not is_unknown_dim(d) else None for i, d in enumerate(dims)]
+    if target.count(None) > 1 or (None in target and -1 in target):
+        return None
+    return [-1 if d is None else d for d in target]
+
+
 def constant_reshape_targets(graph: Graph) -> int:
     """A Reshape target computed at run time becomes a constant when each entry is
     static, or the input's own dim at that position (0: copy it), or the one entry
@@ -139,19 +151,9 @@ def constant_reshape_targets(graph: Graph) -> int:
         if node.op_type != "Reshape" or not is_standard(node) or const(node.input(1)) is not None:
             continue
         x, entries = node.inputs[0], _shape_vector(node.inputs[1])
-        if entries is None or x.shape is None or node.attr("allowzero", 0):
+        target = None if entries is None or node.attr("allowzero", 0) else reshape_target(x.shape, entries)
+        if target is None:
             continue
-        target = []
-        for i, dim in enumerate(entries):
-            if isinstance(dim, int):
-                target.append(dim)
-            elif i < len(x.shape) and x.shape[i] == dim:
-                target.append(0)
-            else:
-                target.append(None)
-        if target.count(None) > 1 or (None in target and -1 in target):
-            continue
-        target = [-1 if d is None else d for d in target]
         node.set_input(1, graph.add_initializer(np.array(target, np.int64), name="reshape_target"))
         done += 1
     return done

@@ -41,18 +41,22 @@ def _fused(model: onnx.ModelProto) -> dict[str, int]:
     return {k: sum(ops[o] for o in names) for k, names in FUSED.items()}
 
 
-def _feeds(path: Path, seq: int) -> dict[str, np.ndarray]:
+def sample_feeds(path: Path, batch: int, seq: int, padded: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for a zoo model: symbolic dims as batch (first) and seq (others); token
+    ids, an attention mask (the last item's last `padded` positions masked), zero
+    token types, normal floats."""
     import onnxruntime as ort
 
     feeds = {}
     rng = np.random.default_rng(0)
     for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs():
-        shape = [1 if n == 0 and not isinstance(d, int) else (seq if not isinstance(d, int) else d)
-                 for n, d in enumerate(i.shape)]
+        shape = [d if isinstance(d, int) else batch if n == 0 else seq for n, d in enumerate(i.shape)]
         if "int64" not in i.type:
             feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
         elif "mask" in i.name:
             feeds[i.name] = np.ones(shape, np.int64)
+            if padded:
+                feeds[i.name][-1, -padded:] = 0
         elif "token_type" in i.name:
             feeds[i.name] = np.zeros(shape, np.int64)
         else:
@@ -115,7 +119,7 @@ def check(path: Path, arch: str, work: Path, runs: int, seq: int) -> dict:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     opt = onnx.load(str(ort_path))
     row["ort_nodes"], row["ort_fused"] = len(opt.graph.node), _fused(opt)
-    feeds = _feeds(path, seq)
+    feeds = sample_feeds(path, 1, seq)
     row["ort_latency_ratio"] = _latency_ratio(ours_path, ort_path, feeds, runs)
     return row
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.pattern import Const, Op, Var
+from ...ir.shapes import known_shape
 from ..rewrite import RuleSet, rule
 from ..util import const
 
@@ -46,15 +47,11 @@ def scale_after_matmul(m, b):
     return b.op("Mul", b.op("MatMul", m["a"], m["b"]), b.const(np.array(factor, dtype), name="scale"))
 
 
-def _known(dims) -> bool:
-    return dims is not None and all(d is not None and not (isinstance(d, str) and d.startswith("unk__")) for d in dims)
-
-
 @rule(Op("Reshape", Op("Transpose", Op("Reshape", Var("x", rank=4), Var(), name="merge"), attrs={"perm": [0, 2, 1]}),
          Var(), name="split"), needs_shapes=True)
 def swap_last_axes(m, b):
     x, merged, out = m["x"].shape, m["merge"].shape, m["split"].shape
-    if not (_known(x) and _known(merged) and _known(out)) or len(merged) != 3:
+    if not (known_shape(x) and known_shape(merged) and known_shape(out)) or len(merged) != 3:
         return None
     if tuple(merged[1:]) != tuple(x[2:]) or tuple(out) != (x[0], x[1], x[3], x[2]):
         return None
@@ -113,7 +110,7 @@ def matmul_of_flattened(m, b):
     of x's dims (K in all) are the reduction; more than one is merged by a Reshape
     that copies the leading dims (0 entries), so they may stay symbolic."""
     gemm, x, out, flat = m.node("gemm"), m["x"].shape, m["unflatten"].shape, m["flatten"].shape
-    if gemm.attr("transA", 0) or not (_known(x) and _known(out) and _known(flat)) or len(out) < 3 or len(flat) != 2:
+    if gemm.attr("transA", 0) or not (known_shape(x) and known_shape(out) and known_shape(flat)) or len(out) < 3 or len(flat) != 2:
         return None
     lead, rest = tuple(out[:-1]), tuple(x[len(out) - 1:])
     if tuple(x[:len(lead)]) != lead or not rest or not all(isinstance(d, int) for d in rest):

@@ -49,6 +49,15 @@ def _trailing(axes: list[int] | None, rank: int | None) -> int | None:
     return k if k and sorted(axes) == list(range(-k, 0)) else None
 
 
+def normalized_shape(x, k: int, params: list[np.ndarray]) -> tuple | None:
+    """The shape of the `k` normalized trailing axes of x: static, or (for k = 1) the
+    size that the gamma/beta vectors tell when the last dim is symbolic."""
+    if x.shape is not None and all(isinstance(d, int) for d in x.shape[-k:]):
+        return tuple(x.shape[-k:])
+    sizes = {p.size for p in params} - {1}
+    return (sizes.pop(),) if k == 1 and len(sizes) == 1 else None
+
+
 def _param(array: np.ndarray | None, k: int, shape: tuple | None, fill: float) -> np.ndarray | None:
     """gamma/beta as an array of the normalized shape, or None when it would also
     broadcast over the other axes (or the normalized shape is unknown)."""
@@ -73,12 +82,7 @@ def _fuse(m, b, gamma: str | None, beta: str | None):
     k = _trailing(_axes(m, "mean", "mean_axes"), rank)
     if k is None or k != _trailing(_axes(m, "variance", "var_axes"), rank):
         return None
-    shape = None
-    if x.shape is not None and all(isinstance(d, int) for d in x.shape[-k:]):
-        shape = tuple(x.shape[-k:])
-    elif k == 1:  # the last dim is symbolic: a gamma/beta vector tells its size
-        sizes = {m.const(n).size for n in (gamma, beta) if n} - {1}
-        shape = (sizes.pop(),) if len(sizes) == 1 else None
+    shape = normalized_shape(x, k, [m.const(n) for n in (gamma, beta) if n])
     dtype = x.np_dtype
     scale = _param(m.const(gamma) if gamma else None, k, shape, 1.0)
     bias = _param(m.const(beta), k, shape, 0.0) if beta else None

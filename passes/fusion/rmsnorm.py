@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ...ir.pattern import Const, Op, Opt, Var
 from ..rewrite import RuleSet, rule
-from .layernorm import _axes, _param, _trailing
+from .layernorm import _axes, _param, _trailing, normalized_shape
 
 _X = Var("x", dtype=("float16", "float32", "float64"))
 _MEAN_SQ = Op("ReduceMean", Op("Pow", _X, Const(value=2.0)) | Op("Mul", _X, _X), Opt(Const("axes")), name="mean_sq")
@@ -32,11 +32,7 @@ def rules(standard_only: bool = False) -> RuleSet:  # noqa: ARG001 - only standa
         k = _trailing(_axes(m, "mean_sq", "axes"), rank)
         if k is None:
             return None
-        shape = None
-        if x.shape is not None and all(isinstance(d, int) for d in x.shape[-k:]):
-            shape = tuple(x.shape[-k:])
-        elif k == 1 and gamma:  # the last dim is symbolic: the gamma vector tells its size
-            shape = (m.const(gamma).size,) if m.const(gamma).size > 1 else None
+        shape = normalized_shape(x, k, [m.const(gamma)] if gamma else [])
         scale = _param(m.const(gamma) if gamma else None, k, shape, 1.0)
         if scale is None:
             return None

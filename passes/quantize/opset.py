@@ -99,28 +99,17 @@ def _observed_ranks(model: Model) -> dict[str, int]:
 
 
 def _softmax_check(model: Model) -> Callable[[Node], str | None]:
-    symbolic: dict[str, int] = {}
+    observed: dict[str, int] = {}
 
     def rank_of(value) -> int | None:
         if value.shape is None:
             get_analysis(model, "shapes")
-        if value.shape is not None:
+        if value.shape is not None:  # onnx's or onnxruntime's symbolic inference
             return len(value.shape)
-        if not symbolic:  # onnx could not tell: onnxruntime's symbolic inference, on a copy
-            symbolic["?"] = -1
-            try:
-                from ...ir.shapes import infer_shapes_symbolic
-
-                copy = model.clone()
-                infer_shapes_symbolic(copy)
-                symbolic.update({v.name: len(v.shape) for g in copy.graph.all_graphs() for n in g.nodes
-                                 for v in n.outputs if v.shape is not None})
-            except Exception:
-                pass
-        if value.name not in symbolic and "observed" not in symbolic:
-            symbolic["observed"] = -1
-            symbolic.update(_observed_ranks(model))
-        return symbolic.get(value.name)
+        if "?" not in observed:  # neither could tell: ranks seen in one run
+            observed["?"] = -1
+            observed.update(_observed_ranks(model))
+        return observed.get(value.name)
 
     def check(node: Node) -> str | None:
         axis = int(node.attributes.get("axis", 1))

@@ -21,6 +21,7 @@ import pytest
 
 import onnxforge
 from onnxforge.ir.onnx_io import to_proto
+from onnxforge.tools.zoo_check import sample_feeds
 from tests.models import transformers_zoo as zoo
 
 LAYERS = zoo.SMALL["layers"]
@@ -43,23 +44,7 @@ def zoo_dir() -> Path:
 
 
 def _feeds(path: Path) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for i in session.get_inputs():
-        shape = [2 if n == 0 and not isinstance(d, int) else (16 if not isinstance(d, int) else d)
-                 for n, d in enumerate(i.shape)]
-        if "int64" in i.type:
-            array = rng.integers(3, 100, shape)
-            if "mask" in i.name:
-                array = np.ones(shape, np.int64)
-                array[1, -5:] = 0  # padding in the second item
-            elif "token_type" in i.name:
-                array = np.zeros(shape, np.int64)
-        else:
-            array = rng.standard_normal(shape).astype(np.float32)
-        feeds[i.name] = array
-    return feeds
+    return sample_feeds(path, batch=2, seq=16, padded=5)  # padding in the second item
 
 
 def _run(model_or_path, feeds):
