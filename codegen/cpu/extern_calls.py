@@ -158,6 +158,22 @@ def _conv_extern(kernel, x, w, rest, *, co, kh, kw, out_shape, strides, pad, dil
                      dtype="float32")
 
 
+def conv_packed_te(x, bp, *rest, co, kh, kw, out_shape, strides, pad, dil, name, **act):
+    """te.extern: out = act(conv2d(x, w) [+ bias]) (NCHW, groups 1) through
+    onnxforge_conv2d_packed (gemm_packed.c: direct, over `bp`, the weight packed as
+    pack_weight(w.reshape(co, -1), trans=True)); rest: the bias."""
+    nb, ci, h, wd = x.shape  # ints, or symbolic sizes read at run time
+    _, _, oh, ow = out_shape
+
+    def body(ins, outs):
+        dims = [extern_arg(v, "int32") for v in (nb, ci, h, wd, co, oh, ow, kh, kw, *strides, pad[0], pad[1], *dil)]
+        return tirx.call_extern("int32", "onnxforge_conv2d_packed", *dims, ins[0].data, ins[1].data, outs[0].data,
+                                *epilogue_args(ins, outs, 2, **act))
+
+    return te.extern([out_shape], [x, bp, *rest], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")
+
+
 def conv_transpose_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
     """te.extern: out = act(conv_transpose2d(x, w) [+ bias]) (NCHW / IOHW) through
     onnxforge_conv2d_transpose (conv.c: sgemm then col2im, by blocks); rest: the bias."""

@@ -21,6 +21,8 @@ _PACKED = re.compile(r'"onnxforge_sgemm_packed", (\d+), (\d+), (\d+)')
 # onnxforge_dwconv2d_plane(plane, c, h, w, oh, ow, kh, kw, ...)
 # onnxforge_conv2d(nb, ci, h, w, co, oh, ow, kh, kw, ..., groups, ...)
 _CONV = re.compile(r'"onnxforge_conv2d(_transpose)?", ' + ", ".join([r"(\d+)"] * 16))
+# onnxforge_conv2d_packed(nb, ci, h, w, co, oh, ow, kh, kw, ...): groups 1
+_CONV_PACKED = re.compile(r'"onnxforge_conv2d_packed", ' + ", ".join([r"(\d+)"] * 9))
 _DWCONV = re.compile(r'"onnxforge_dwconv2d_plane", (?:T\.Cast\("int32", )?plane\)?, '
                      r'(\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)')
 
@@ -61,6 +63,10 @@ def _flops(func) -> float:
         if m.group(1):  # transposed: every input value times its kh x kw taps per output channel
             return 2.0 * nb * ci * h * w * (co // groups) * kh * kw
         return 2.0 * nb * co * oh * ow * (ci // groups) * kh * kw
+    m = _CONV_PACKED.search(text)
+    if m:
+        nb, ci, h, w, co, oh, ow, kh, kw = (int(v) for v in m.groups())
+        return 2.0 * nb * co * oh * ow * ci * kh * kw
     m = _DWCONV.search(text)
     if m:
         _, _, _, oh, ow, kh, kw = (int(v) for v in m.groups())
@@ -78,12 +84,14 @@ def _flops(func) -> float:
 def kernel_path(func) -> str:
     """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm, or conv.c's
     onnxforge_conv2d: im2col by blocks, onnxforge_conv2d_transpose: col2im), onnxforge's packed-weight GEMM
-    (gemm_packed.c), one of its other C kernels (kernels.c /
+    or direct convolution over a packed weight (gemm_packed.c), one of its other C kernels (kernels.c /
     recurrent.c), or onnxforge's default schedule of TVM's TIR (kernel_table says
     "tuned" for those a tuning database scheduled)."""
     text = func.script(show_meta=False)
     if "onnxforge_sgemm_packed" in text:
         return "packed GEMM"
+    if "onnxforge_conv2d_packed" in text:
+        return "packed conv (direct)"
     if "onnxforge_conv2d_transpose" in text:
         return "BLAS conv transpose (col2im)"
     if "onnxforge_conv2d" in text:
@@ -97,7 +105,14 @@ def kernel_path(func) -> str:
     return "TVM schedule"
 
 
-def kernel_table(mod, target_dict, mode="blas", number=None, repeat=5, database=None):
+def kernel_table(mod, target_dict, mode="blas", number=None, repeat=5, database=None, threads=None):
+    """Each kernel of `mod` timed on its own on `threads` pool threads (default: the
+    cores this process may use, as runtime.load sizes the pool; TVM's own default is
+    half of them on x86, which made every row a one-thread figure on a 2-core host)."""
+    from .. import host
+    from ..runtime import set_threads
+
+    set_threads(threads or host.cpu_count())
     target = tvm.target.Target(target_dict)
     mod, tuned = _kernel_module(mod, target, mode, database)
     calls = collections.Counter()
@@ -165,7 +180,8 @@ def format_table(rows, top=25) -> str:
     return "\n".join(lines)
 
 
-def profile_model(model, pipeline: str = "-O2", shapes=None, db=None, mode: str = "blas") -> list[dict]:
+def profile_model(model, pipeline: str = "-O2", shapes=None, db=None, mode: str = "blas",
+                  threads=None) -> list[dict]:
     """kernel_table of `model` (an ir.Model) after `pipeline`, its inputs pinned to
     `shapes`, built for this x86 host; DataError when a dim stays symbolic (kernels
     are timed at static shapes) or `db` holds no records for the target."""
@@ -193,7 +209,8 @@ def profile_model(model, pipeline: str = "-O2", shapes=None, db=None, mode: str 
     from ..build import with_num_input
 
     # main's parameters past the inputs are weights, as in a build (blas.py packs them)
-    return kernel_table(with_num_input(lowered.mod, len(lowered.inputs)), target.tvm, mode, database=database)
+    return kernel_table(with_num_input(lowered.mod, len(lowered.inputs)), target.tvm, mode, database=database,
+                        threads=threads)
 
 
 def main(argv=None):
@@ -208,9 +225,10 @@ def main(argv=None):
     ap.add_argument("--shape", action="append", default=[])
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--db", help="apply this tuning database (onnxforge tune) first")
+    ap.add_argument("--threads", type=int, help="pool threads (default: the cores this process may use)")
     a = ap.parse_args(argv)
     shapes = {s.split("=")[0]: [int(d) for d in s.split("=")[1].split(",")] for s in a.shape}
-    print(format_table(profile_model(load(a.model), a.pipeline, shapes, a.db, a.mode), a.top))
+    print(format_table(profile_model(load(a.model), a.pipeline, shapes, a.db, a.mode, a.threads), a.top))
 
 
 if __name__ == "__main__":

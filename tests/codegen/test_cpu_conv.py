@@ -1,7 +1,9 @@
-"""Convolutions through conv.c: onnxforge_conv2d (blocked im2col + OpenBLAS, the
-epilogue on each block) with every window, stride, dilation, padding and group count,
-batch > 1, blocks that split output rows, and symbolic spatial dims (one package run
-at several sizes); onnxforge_conv2d_transpose (OpenBLAS + col2im) with overlapping
+"""Convolutions through the C kernels: gemm_packed.c's onnxforge_conv2d_packed (direct,
+over the weight packed once; groups 1) and conv.c's onnxforge_conv2d (blocked im2col +
+OpenBLAS, the epilogue on each block: grouped convolutions, and weights known only at
+run time) with every window, stride, dilation, padding and group count, batch > 1,
+blocks that split output rows, and symbolic spatial dims (one package run at several
+sizes); onnxforge_conv2d_transpose (OpenBLAS + col2im) with overlapping
 windows, padding, output padding, dilation and groups. Against onnxruntime."""
 import numpy as np
 import pytest
@@ -26,19 +28,26 @@ _CASES = {
 }
 
 
-def _model(xshape, wshape, attrs, dims=None, op="Conv", co=None):
+def _model(xshape, wshape, attrs, dims=None, op="Conv", co=None, weight_input=False):
+    """x -> op(x, W, B) -> Relu; W an initializer, or (weight_input) a second graph
+    input fed at run time."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal(wshape) * 0.3).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.standard_normal(co or wshape[0]).astype(np.float32), "B")]
+    w = numpy_helper.from_array((rng.standard_normal(wshape) * 0.3).astype(np.float32), "W")
+    inits = [numpy_helper.from_array(rng.standard_normal(co or wshape[0]).astype(np.float32), "B")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims or xshape)]
+    if weight_input:
+        inputs.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, list(wshape)))
+    else:
+        inits.append(w)
     nodes = [helper.make_node(op, ["x", "W", "B"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims or xshape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
 
-def _compare(tmp_path, model, shapes, kernel="onnxforge_conv2d"):
+def _compare(tmp_path, model, shapes, kernel='"onnxforge_conv2d_packed"', feeds=None):
     import onnx
 
     import onnxforge
@@ -51,16 +60,26 @@ def _compare(tmp_path, model, shapes, kernel="onnxforge_conv2d"):
         assert kernel in models.blas_dispatched(model)
     rng = np.random.default_rng(1)
     for shape in shapes:
-        x = rng.standard_normal(shape).astype(np.float32)
-        ref = sess.run(None, {"x": x})[0]
-        got = pkg(x=x)["y"]
+        feed = {"x": rng.standard_normal(shape).astype(np.float32), **(feeds or {})}
+        ref = sess.run(None, feed)[0]
+        got = pkg(**feed)["y"]
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
 
 
 @pytest.mark.parametrize("case", list(_CASES))
 def test_conv_matches_onnxruntime(tmp_path, case):
     xshape, wshape, attrs = _CASES[case]
-    _compare(tmp_path, _model(xshape, wshape, attrs), [xshape])
+    kernel = '"onnxforge_conv2d"' if attrs.get("group", 1) > 1 else '"onnxforge_conv2d_packed"'
+    _compare(tmp_path, _model(xshape, wshape, attrs), [xshape], kernel=kernel)
+
+
+@pytest.mark.parametrize("case", ["stride2_batch2", "dilated_asymmetric", "window5x3_stride3x1", "no_padding_wide"])
+def test_conv_with_a_run_time_weight_takes_im2col(tmp_path, case):
+    """A weight fed at run time cannot be packed at load: conv.c's im2col path."""
+    xshape, wshape, attrs = _CASES[case]
+    w = (np.random.default_rng(2).standard_normal(wshape) * 0.3).astype(np.float32)
+    _compare(tmp_path, _model(xshape, wshape, attrs, weight_input=True), [xshape], kernel='"onnxforge_conv2d"',
+             feeds={"W": w})
 
 
 def test_symbolic_spatial_dims_one_package(tmp_path):

@@ -1,7 +1,8 @@
 """codegen/cpu/gemm_packed.c on its own: every ISA variant this host can run (and
 the AVX-512 variant's blocking, compiled for AVX2 under ONNXFORGE_GEMM_TEST)
 against numpy, over shapes that hit every edge (row and column tails, k chunks,
-an empty k), with bias, every epilogue activation (activation.h) and NaN; and ONNXFORGE_CPU_ISA capping the variant.
+an empty k), with bias, every epilogue activation (activation.h) and NaN; the direct
+convolution over a packed weight against a float64 convolution; and ONNXFORGE_CPU_ISA capping the variant.
 The library is built here with the C++ compiler the builds use, with a stand-in
 for TVM's thread pool (two tasks, run one after the other)."""
 import os
@@ -92,6 +93,43 @@ assert rows(10, 30, 20, 10, a.ctypes.data, w.ctypes.data, 0, bp.ctypes.data, c.c
 worst = max(worst, float(np.abs(c - a @ w).max()) / float(np.abs(a @ w).max()))
 assert rows(10, 30, 20, 9, a.ctypes.data, w.ctypes.data, 0, bp.ctypes.data, c.ctypes.data,
             None, 0, 0, 0, 0, 1, 0) == 7  # above: OpenBLAS (kernels.c; the stand-in here)
+# the direct convolution over a packed weight: windows, strides, dilations, paddings
+# (none, uneven, wider than the window), output rows of every tile width (MR, 4, 2, 1),
+# tap counts past one k chunk, few output rows (channel stripes) and many
+conv = lib.onnxforge_conv2d_packed
+conv.argtypes = [ctypes.c_int32] * 15 + [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 4
+
+
+def conv_ref(x, w, b, s, p, d, oh, ow):
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p[0], oh * s[0] + 64), (p[1], ow * s[1] + 64)))
+    out = np.zeros((x.shape[0], w.shape[0], oh, ow)) + b[None, :, None, None]
+    for ky in range(w.shape[2]):
+        for kx in range(w.shape[3]):
+            win = xp[:, :, ky * d[0]::s[0], kx * d[1]::s[1]][:, :, :oh, :ow]
+            out += np.einsum("nchw,oc->nohw", win, w[:, :, ky, kx].astype(np.float64))
+    return out
+
+
+for nb, ci, h, wd, co, kh, kw, s, p, d in [
+        (1, 3, 17, 19, 5, 3, 3, (1, 1), (1, 1), (1, 1)), (2, 8, 20, 20, 33, 3, 3, (2, 2), (1, 1), (1, 1)),
+        (1, 16, 9, 13, 16, 1, 1, (1, 1), (0, 0), (1, 1)), (1, 4, 11, 12, 20, 5, 3, (2, 1), (2, 1), (1, 2)),
+        (1, 32, 10, 10, 40, 3, 3, (1, 1), (1, 1), (2, 2)), (3, 5, 7, 7, 7, 7, 7, (1, 1), (3, 3), (1, 1)),
+        (1, 2, 30, 40, 18, 3, 3, (1, 1), (0, 0), (1, 1)), (1, 1, 5, 37, 3, 1, 4, (1, 1), (0, 1), (1, 1)),
+        (1, 48, 4, 5, 17, 3, 3, (1, 1), (1, 1), (1, 1)), (1, 3, 2, 2, 4, 3, 3, (1, 1), (2, 2), (1, 1))]:
+    x = rng.standard_normal((nb, ci, h, wd)).astype(np.float32)
+    w = rng.standard_normal((co, ci, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(co).astype(np.float32)
+    oh = (h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (wd + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+    bp = pack_weight(w.reshape(co, -1), True)
+    v = conv_ref(x, w, 0 * b, s, p, d, oh, ow)
+    for use_bias, (act, want) in [(0, ACTS[0])] + [(1, a) for a in ACTS]:
+        out = np.full((nb, co, oh, ow), 7.0, np.float32)
+        assert conv(nb, ci, h, wd, co, oh, ow, kh, kw, *s, *p, *d, x.ctypes.data, bp.ctypes.data, out.ctypes.data,
+                    b.ctypes.data, use_bias, *act) == 0
+        with np.errstate(over="ignore"):
+            ref = want(v + (b[None, :, None, None] if use_bias else 0))
+        worst = max(worst, float(np.abs(out - ref).max() / max(1.0, float(np.abs(ref).max()))))
 print(lib.onnxforge_packed_gemm_isa().decode(), worst)
 """
 

@@ -59,8 +59,10 @@ def test_profile_names_each_kernels_time_and_code_path(example, capsys):
     rows = json.loads(capsys.readouterr().out)["kernels"]
     assert rows and {"kernel", "path", "calls", "ms", "total_ms", "gflops"} <= set(rows[0])
     paths = {r["path"] for r in rows}
-    assert "BLAS conv (im2col by blocks)" in paths and "TVM schedule" in paths  # convs: kernels.c; pooling: TIR
+    assert "packed conv (direct)" in paths and "TVM schedule" in paths  # convs: gemm_packed.c; pooling: TIR
     assert all(r["ms"] > 0 for r in rows)
+    conv = next(r for r in rows if r["path"] == "packed conv (direct)")
+    assert conv["flops"] > 0 and conv["gflops"] > 0  # its FLOPs are read from the call's sizes
 
 
 def test_profile_asks_for_static_shapes(tmp_path, capsys):
