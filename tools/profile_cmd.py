@@ -34,6 +34,9 @@ def profile_cmd(
         raise typer.BadParameter("--top must be at least 1")
     if threads is not None and threads < 1:
         raise typer.BadParameter("--threads must be at least 1")
+    from ..codegen.host import cpu_count
+
+    threads = threads or cpu_count()
     rows = profile_model(load(model), pipeline, parse_input_shapes(shape_items), db, threads=threads)
     if as_json:
         print(json.dumps({"model": model, "target": "x86", "threads": threads, "kernels": rows}, indent=1, default=str))

@@ -3,10 +3,11 @@
 codegen.build.resolve_cpu_kernels).
 
 - blas.py: a Relax pass that sends float32 MatMul/Gemm and Conv (1x1 directly,
-  any other through onnxforge_conv2d: im2col per block of pixels, in cache) to
-  OpenBLAS sgemm through T.call_extern into kernels.c, with a following bias and
-  activation folded in (epilogues.py, activation.h); depthwise 3x3/5x5 conv to a
-  hand-written kernel there, small-row products with a weight to gemm_packed.c.
+  grouped ones and run-time weights through onnxforge_conv2d: im2col per block of
+  pixels, in cache) to OpenBLAS sgemm through T.call_extern into kernels.c, with a
+  following bias and activation folded in (epilogues.py, activation.h); depthwise
+  conv to a hand-written kernel there; small-row products with a weight, and convs
+  with groups 1 and a packable weight (direct, no im2col), to gemm_packed.c.
   The C files are compiled into the exported library, which links OpenBLAS (the
   scipy-openblas32 wheel, which PyPI has for x86_64 and aarch64) as a DT_NEEDED
   dependency.

@@ -60,7 +60,6 @@ typedef struct {
   int64_t lda;
   const float *bp;       /* packed: ceil(n / 16) panels of k x 16 */
   const float *bias;     /* n values (one per column) or NULL */
-  const float *bias_row; /* m values (one per row: conv.c's output channels) or NULL */
   float *c;              /* m x n, row-major, leading dimension ldc */
   int64_t ldc;
   Act act;
@@ -74,14 +73,14 @@ typedef struct {
 #endif
 
 /* Store `rows` 16-wide rows of a tile (row r at c + r * ldc): the first chunk writes,
- * later ones add; the last adds the biases and applies the activation. cols < 16 only in the last
+ * later ones add; the last adds the bias and applies the activation. cols < 16 only in the last
  * panel. Out of line: once per tile and chunk, not per k, and one copy for every
  * variant keeps the file quick to compile (it is compiled into every CPU package). */
 static PG_OPT void tile_store(float *c, int64_t ldc, const float *tile, int32_t rows, int32_t cols, int first, int last,
-                              const float *bias, const float *bias_row, const Act *act) {
+                              const float *bias, const Act *act) {
   for (int32_t r = 0; r < rows; ++r, c += ldc, tile += NR) {
     for (int32_t j = 0; j < cols; ++j) c[j] = tile[j] + (first ? 0.0f : c[j]);
-    if (last) act_row(c, cols, bias, bias_row ? bias_row[r] : 0.0f, act);
+    if (last) act_row(c, cols, bias, 0.0f, act);
   }
 }
 
@@ -120,8 +119,7 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
  * channels with MR 6) still runs in register tiles rather than one row at a time. */
 #define PACKED_GEMM_TILE(NAME, ATTR, ROWS, VT, VTU, VW)                                                          \
   static ATTR void NAME(int32_t kc, const float *a, int64_t lda, const float *bp, const float *pf, float *c,      \
-                        int64_t ldc, int32_t cols, int first, int last, const float *bias, const float *bias_row, \
-                        const Act *act) {                                                                         \
+                        int64_t ldc, int32_t cols, int first, int last, const float *bias, const Act *act) {      \
     VT acc[ROWS][NR / VW];                                                                                        \
     _Pragma("GCC unroll 16") for (int r = 0; r < ROWS; ++r)                                                       \
       _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) acc[r][v] = (VT){0};                             \
@@ -137,7 +135,7 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
     float tile[ROWS][NR] __attribute__((aligned(64)));                                                            \
     _Pragma("GCC unroll 16") for (int r = 0; r < ROWS; ++r)                                                       \
       _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) *(VTU *)(tile[r] + v * VW) = acc[r][v];          \
-    tile_store(c, ldc, &tile[0][0], ROWS, cols, first, last, bias, bias_row, act);                               \
+    tile_store(c, ldc, &tile[0][0], ROWS, cols, first, last, bias, act);                               \
   }
 
 /* Direct convolution: a tile of ROWS output pixels of one output row x 16 output
@@ -172,7 +170,7 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
   PACKED_GEMM_TILE(NAME##_block4, ATTR, 4, VT, VTU, VW)                                                          \
   PACKED_GEMM_TILE(NAME##_block2, ATTR, 2, VT, VTU, VW)                                                          \
   static ATTR void NAME##_row(int32_t kc, const float *a, const float *bp, float *c, int32_t cols, int first,   \
-                              int last, const float *bias, const float *bias_row, const Act *act) {            \
+                              int last, const float *bias, const Act *act) {                                   \
     VT s[4][NR / VW];                                                                                           \
     _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u)                                                         \
       _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) s[u][v] = (VT){0};                             \
@@ -187,7 +185,7 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
     float tile[NR] __attribute__((aligned(64)));                                                                \
     _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v)                                                   \
       *(VTU *)(tile + v * VW) = (s[0][v] + s[1][v]) + (s[2][v] + s[3][v]);                                      \
-    tile_store(c, 0, tile, 1, cols, first, last, bias, bias_row, act);                                          \
+    tile_store(c, 0, tile, 1, cols, first, last, bias, act);                                          \
   }                                                                                                             \
   static ATTR void NAME##_range(const PackedJob *j, int32_t r0, int32_t r1, int32_t p0, int32_t p1) {          \
     const int64_t k = j->k, n = j->n, lda = j->lda, ldc = j->ldc;                                               \
@@ -205,16 +203,16 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
           /* few rows: streaming B is the cost, so the first tile of a panel fetches the next               \
            * panel's chunk (one line per k); with more rows that only competes with the tiles */                \
           const float *pf = p + 1 < p1 && me - mb <= 32 ? bp + k * NR : NULL;                                   \
-          const float *a = j->a + mb * lda + kb, *br = j->bias_row ? j->bias_row + mb : NULL;                   \
+          const float *a = j->a + mb * lda + kb;                   \
           float *c = j->c + mb * ldc + col0;                                                                    \
           int32_t r = mb;                                                                                       \
-          for (; r + MR <= me; r += MR, a += MR * lda, c += MR * ldc, br = br ? br + MR : NULL, pf = NULL)      \
-            NAME##_block(kc, a, lda, bp, pf, c, ldc, cols, first, last, bias, br, &j->act);                     \
-          for (; r + 4 <= me; r += 4, a += 4 * lda, c += 4 * ldc, br = br ? br + 4 : NULL, pf = NULL)           \
-            NAME##_block4(kc, a, lda, bp, pf, c, ldc, cols, first, last, bias, br, &j->act);                    \
-          for (; r + 2 <= me; r += 2, a += 2 * lda, c += 2 * ldc, br = br ? br + 2 : NULL, pf = NULL)           \
-            NAME##_block2(kc, a, lda, bp, pf, c, ldc, cols, first, last, bias, br, &j->act);                    \
-          if (r < me) NAME##_row(kc, a, bp, c, cols, first, last, bias, br, &j->act);                           \
+          for (; r + MR <= me; r += MR, a += MR * lda, c += MR * ldc, pf = NULL)      \
+            NAME##_block(kc, a, lda, bp, pf, c, ldc, cols, first, last, bias, &j->act);                     \
+          for (; r + 4 <= me; r += 4, a += 4 * lda, c += 4 * ldc, pf = NULL)           \
+            NAME##_block4(kc, a, lda, bp, pf, c, ldc, cols, first, last, bias, &j->act);                    \
+          for (; r + 2 <= me; r += 2, a += 2 * lda, c += 2 * ldc, pf = NULL)           \
+            NAME##_block2(kc, a, lda, bp, pf, c, ldc, cols, first, last, bias, &j->act);                    \
+          if (r < me) NAME##_row(kc, a, bp, c, cols, first, last, bias, &j->act);                           \
         }                                                                                                       \
         if (last) break;                                                                                        \
       }                                                                                                         \
@@ -366,7 +364,7 @@ int32_t onnxforge_sgemm_packed(int32_t m, int32_t n, int32_t k, const float *a, 
                                const float *bias, int32_t bias_kind, int32_t act, float lo, float hi, float alpha,
                                float beta) {
   if (m <= 0 || n <= 0) return 0;
-  PackedJob job = {m, n, k, a, k, bp, bias_kind ? bias : NULL, NULL, c, n, act_make(act, lo, hi, alpha, beta)};
+  PackedJob job = {m, n, k, a, k, bp, bias_kind ? bias : NULL, c, n, act_make(act, lo, hi, alpha, beta)};
   if (k <= 0) { /* empty sum: the epilogue of zeros */
     for (int64_t r = 0; r < m; ++r) {
       memset(c + r * n, 0, sizeof(float) * (size_t)n);
@@ -382,17 +380,6 @@ int32_t onnxforge_sgemm_packed(int32_t m, int32_t n, int32_t k, const float *a, 
     return 0;
   }
   return TVMBackendParallelLaunch(packed_task, &task, 0);
-}
-
-/* For conv.c: C = act(A @ B + bias_row) on the calling thread, where B is n columns
- * laid out as the packed weights are (16-column panels of k x 16, the last one
- * zero-padded: conv.c's im2col writes them so), A is m x k with leading dimension lda,
- * C m x n with leading dimension ldc, bias_row m values or NULL; k > 0. */
-void onnxforge_gemm_panels(int32_t m, int32_t n, int32_t k, const float *a, int64_t lda, const float *bp, float *c,
-                           int64_t ldc, const float *bias_row, const Act *act) {
-  if (m <= 0 || n <= 0) return;
-  PackedJob job = {m, n, k, a, lda, bp, NULL, bias_row, c, ldc, *act};
-  current_variant()->range(&job, 0, m, 0, (n + NR - 1) / NR);
 }
 
 /* ---- direct convolution over the packed weight (groups 1; NCHW / OIHW) ----
