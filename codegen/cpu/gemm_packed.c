@@ -56,12 +56,10 @@ typedef float vf16u __attribute__((vector_size(64), aligned(4), may_alias));
 
 typedef struct {
   int32_t m, n, k;
-  const float *a;        /* m x k, row-major, leading dimension lda */
-  int64_t lda;
-  const float *bp;       /* packed: ceil(n / 16) panels of k x 16 */
-  const float *bias;     /* n values (one per column) or NULL */
-  float *c;              /* m x n, row-major, leading dimension ldc */
-  int64_t ldc;
+  const float *a;    /* m x k, row-major */
+  const float *bp;   /* packed: ceil(n / 16) panels of k x 16 */
+  const float *bias; /* n values (one per column) or NULL */
+  float *c;          /* m x n, row-major */
   Act act;
 } PackedJob;
 
@@ -188,7 +186,7 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
     tile_store(c, 0, tile, 1, cols, first, last, bias, act);                                          \
   }                                                                                                             \
   static ATTR void NAME##_range(const PackedJob *j, int32_t r0, int32_t r1, int32_t p0, int32_t p1) {          \
-    const int64_t k = j->k, n = j->n, lda = j->lda, ldc = j->ldc;                                               \
+    const int64_t k = j->k, n = j->n, lda = k, ldc = n;                                               \
     for (int32_t mb = r0; mb < r1; mb += MC_MAX) {                                                              \
       int32_t me = mb + MC_MAX < r1 ? mb + MC_MAX : r1;                                                         \
       for (int32_t kb = 0; kb < j->k; kb += KC) {                                                               \
@@ -364,7 +362,7 @@ int32_t onnxforge_sgemm_packed(int32_t m, int32_t n, int32_t k, const float *a, 
                                const float *bias, int32_t bias_kind, int32_t act, float lo, float hi, float alpha,
                                float beta) {
   if (m <= 0 || n <= 0) return 0;
-  PackedJob job = {m, n, k, a, k, bp, bias_kind ? bias : NULL, c, n, act_make(act, lo, hi, alpha, beta)};
+  PackedJob job = {m, n, k, a, bp, bias_kind ? bias : NULL, c, act_make(act, lo, hi, alpha, beta)};
   if (k <= 0) { /* empty sum: the epilogue of zeros */
     for (int64_t r = 0; r < m; ++r) {
       memset(c + r * n, 0, sizeof(float) * (size_t)n);
@@ -430,9 +428,9 @@ static int pad_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
       }
       /* columns [lo, hi) of the padded row come from the input row */
       int32_t lo = j->pl < j->wp ? j->pl : j->wp, hi = j->pl + j->w < j->wp ? j->pl + j->w : j->wp;
-      memset(dst, 0, sizeof(float) * (size_t)lo);
-      if (hi > lo) memcpy(dst + lo, src + (int64_t)iy * j->w, sizeof(float) * (size_t)(hi - lo));
       if (hi < lo) hi = lo;
+      memset(dst, 0, sizeof(float) * (size_t)lo);
+      memcpy(dst + lo, src + (int64_t)iy * j->w, sizeof(float) * (size_t)(hi - lo));
       memset(dst + hi, 0, sizeof(float) * (size_t)(j->wp - hi));
     }
   }
@@ -475,10 +473,10 @@ int32_t onnxforge_conv2d_packed(int32_t nb, int32_t ci, int32_t h, int32_t w, in
   const int32_t hp = (oh - 1) * sh + (kh - 1) * dh + 1, wp = (ow - 1) * sw + (kw - 1) * dw + 1;
   const int padded = pt > 0 || pl > 0 || hp > h || wp > w;
   const int64_t plane = padded ? (int64_t)hp * wp : (int64_t)h * w, row = padded ? wp : w;
+  if (plane * ci > INT32_MAX) return -1; /* the tap offsets are int32 */
   float *scratch = direct_scratch((padded ? (size_t)nb * ci * plane : 0) + (size_t)k);
   if (!scratch) return -1;
   int32_t *off = (int32_t *)(scratch + (padded ? (size_t)nb * ci * plane : 0));
-  if (plane * ci > INT32_MAX) return -1;
   for (int32_t c = 0, q = 0; c < ci; ++c)
     for (int32_t ky = 0; ky < kh; ++ky)
       for (int32_t kx = 0; kx < kw; ++kx, ++q) off[q] = (int32_t)(c * plane + (int64_t)ky * dh * row + (int64_t)kx * dw);
