@@ -26,6 +26,7 @@ import zlib
 from typing import Any, Union
 
 from ..ir.errors import ModelLoadError
+from .manifest_schema import check_manifest
 
 FORMAT = "onnxforge-package"
 FORMAT_VERSION = 1
@@ -35,6 +36,9 @@ LIBRARY = "model.so"
 WEIGHTS = "weights.npz"
 MEMBERS = (MANIFEST, MANIFEST_SUM, LIBRARY, WEIGHTS)
 SUFFIX = ".ofpkg"
+# Python packages whose native libraries a package may ask the loader to preload
+# (cpu_kernels=blas links OpenBLAS: codegen/device/libs.py)
+NATIVE_LIBRARY_PACKAGES = frozenset({"scipy-openblas32"})
 COMPRESSLEVEL = 6  # level 9 saves 0.1% more on PP-OCRv4 and takes twice as long
 
 Dim = Union[int, str, None]  # static, symbolic (kept by name), unknown
@@ -94,6 +98,51 @@ def write_package(path: str | os.PathLike, manifest: dict[str, Any], files: dict
         raise
 
 
+# Inflated size allowed per compressed byte, beyond a first 64 MiB: packages inflate
+# 1.1-4x (float weights barely compress, code about 3x); a gzip bomb inflates up to
+# ~1000x. ONNXFORGE_PACKAGE_MAX_BYTES sets the limit for a package that needs more.
+INFLATE_RATIO = 64
+INFLATE_BASE = 64 << 20
+_CHUNK = 16 << 20
+
+
+def inflate_limit(compressed_bytes: int) -> int:
+    override = os.environ.get("ONNXFORGE_PACKAGE_MAX_BYTES", "")
+    if override.isdigit():
+        return int(override)
+    return INFLATE_BASE + INFLATE_RATIO * compressed_bytes
+
+
+def _inflate(data: bytes, path: str) -> bytes:
+    """gunzip in chunks, stopping at inflate_limit (a bomb never reaches memory);
+    the gzip CRC and length are checked at the end (tarfile would stop reading at a
+    damaged header without noticing)."""
+    limit = inflate_limit(len(data))
+    stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    parts, total, pending = [], 0, data
+    try:
+        while not stream.eof:
+            piece = stream.decompress(pending, _CHUNK)
+            pending = stream.unconsumed_tail
+            total += len(piece)
+            if total > limit:
+                raise PackageError(f"{path}: the package inflates to more than {limit >> 20} MiB from "
+                                   f"{len(data) >> 20} MiB (a compression bomb?); if it is genuine, set "
+                                   f"ONNXFORGE_PACKAGE_MAX_BYTES to a larger limit")
+            parts.append(piece)
+            if not piece and not pending:
+                break
+    except zlib.error as exc:
+        raise PackageError(f"{path}: corrupt or truncated package (gzip: {exc})") from None
+    except MemoryError:
+        raise PackageError(f"{path}: not enough memory to unpack the package ({total >> 20} MiB so far)") from None
+    if not stream.eof:
+        raise PackageError(f"{path}: corrupt or truncated package (gzip: the compressed data ends early)")
+    if stream.unused_data.strip(b"\0"):
+        raise PackageError(f"{path}: corrupt package (data after the end of the gzip stream)")
+    return b"".join(parts)
+
+
 def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Read and verify a package: every checksum and size, the format and version.
     Returns (manifest, files by name). Only the known members are read, as bytes;
@@ -105,10 +154,7 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, byt
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":  # gzip; plain tars are packages written before compression
-        try:  # all at once, so that the CRC is checked: tarfile stops reading at a damaged header
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise PackageError(f"{path}: corrupt or truncated package (gzip: {exc})") from None
+        data = _inflate(data, path)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar.getmembers():
@@ -136,11 +182,16 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, byt
     except ValueError as exc:
         raise PackageError(f"{path}: {MANIFEST} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PackageError(f"{path}: not an onnxforge package (manifest format is {manifest.get('format')!r})")
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise PackageError(f"{path}: not an onnxforge package (manifest format is {str(found)[:80]!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise PackageError(f"{path}: package format version {manifest.get('format_version')!r}; this onnxforge "
-                           f"reads version {FORMAT_VERSION}: rebuild the package or upgrade onnxforge")
-    listed = manifest.get("files") or {}
+        raise PackageError(f"{path}: package format version {str(manifest.get('format_version'))[:20]!r}; this "
+                           f"onnxforge reads version {FORMAT_VERSION}: rebuild the package or upgrade onnxforge")
+    problem = check_manifest(manifest)
+    if problem is not None:
+        raise PackageError(f"{path}: {problem}: the package is damaged or was not written by onnxforge; "
+                           "rebuild it with `onnxforge compile`")
+    listed = manifest["files"]
     for name, data in members.items():
         entry = listed.get(name)
         if not isinstance(entry, dict) or "sha256" not in entry:

@@ -25,6 +25,7 @@ import numpy as np
 from ..ir.errors import DataError
 from . import host
 from . import manifest as fmt
+from .elf_check import check_elf
 from .manifest import PackageError, TargetMismatchError, TensorSpec
 
 
@@ -117,6 +118,10 @@ class CompiledModel:
         target = manifest["target"]
         self.target = target["name"]
         self.device = _device(tvm, target, str(path), device_id)
+        problem = check_elf(files[fmt.LIBRARY], host.host_arch())
+        if problem is not None:  # dlopen of a damaged library can kill the process (SIGBUS), not raise
+            raise PackageError(f"{path}: the compiled library {fmt.LIBRARY} is damaged ({problem}); rebuild the "
+                               "package with `onnxforge compile`")
         with tempfile.TemporaryDirectory(prefix="onnxforge-pkg-") as tmp:
             lib_path = os.path.join(tmp, fmt.LIBRARY)  # dlopen needs a file; it stays mapped after removal
             with open(lib_path, "wb") as f:
@@ -195,7 +200,14 @@ class CompiledModel:
         bound: dict[str, tuple[int, str]] = {}  # symbolic dim -> (value, where it was bound)
         arrays = []
         for spec in self.inputs:
-            array = np.asarray(given[spec.name])
+            try:
+                array = np.asarray(given[spec.name])
+            except (ValueError, TypeError) as exc:  # a ragged nested list, an object numpy cannot hold
+                raise DataError(f"input {spec.name!r} is not an array: {exc}; give a numpy array of shape "
+                                f"{spec.shape_text()}") from None
+            if array.dtype == object:
+                raise DataError(f"input {spec.name!r} is not a numeric array (dtype object: ragged lists or mixed "
+                                f"types?); give a numpy array of shape {spec.shape_text()}")
             if spec.dtype is not None and array.dtype != self._dtypes.get(spec.name, array.dtype):
                 raise DataError(f"input {spec.name!r}: dtype {array.dtype.name}, expected {spec.dtype} "
                                 f"(convert it with .astype(np.{spec.dtype}))")
@@ -321,6 +333,10 @@ def _preload_native_libraries(manifest: dict, path) -> None:
 
     for entry in manifest.get("native_libraries", []):
         package = entry["python_package"]
+        if package not in fmt.NATIVE_LIBRARY_PACKAGES:  # never import whatever a manifest names
+            raise PackageError(f"{path}: the package asks for native libraries from {package!r}, which onnxforge "
+                               f"does not use ({', '.join(sorted(fmt.NATIVE_LIBRARY_PACKAGES))}); rebuild it with "
+                               "`onnxforge compile`")
         try:
             module = importlib.import_module(package.replace("-", "_"))
         except ImportError:

@@ -10,6 +10,10 @@ class OnnxforgeError(Exception):
 
     exit_code = 1
 
+    def one_line(self) -> str:
+        """The message on one line (what the CLI prints)."""
+        return " ".join(part.strip() for part in str(self).splitlines() if part.strip())
+
 
 class ModelLoadError(OnnxforgeError):
     """The file is not a model we can read: truncated, corrupt, or inconsistent."""
@@ -39,8 +43,15 @@ class PipelineSyntaxError(PipelineError):
     def __init__(self, message: str, text: str, column: int):
         self.text = text
         self.column = column
+        self.message = message
         pointer = " " * (column - 1) + "^"
         super().__init__(f"{message} at column {column}\n  {text}\n  {pointer}")
+
+    def one_line(self) -> str:
+        start = max(0, self.column - 41)
+        excerpt = self.text[start:self.column + 40]
+        return (f"{self.message} at column {self.column}: {'...' if start else ''}{excerpt}"
+                f"{'...' if self.column + 40 < len(self.text) else ''}")
 
 
 class UnknownPassError(PipelineError):

@@ -2,6 +2,8 @@
 checked against the declared shape) and the loader a Value calls lazily."""
 from __future__ import annotations
 
+import math
+
 import os
 from typing import Callable
 
@@ -18,7 +20,7 @@ def uses_external_data(tensor: onnx.TensorProto) -> bool:
 
 def expected_nbytes(tensor: onnx.TensorProto) -> int | None:
     """Bytes the raw little-endian data of this tensor must have (None if unknown)."""
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    count = math.prod(tensor.dims)  # Python ints: an int64 product of [2**32, 2**32] wraps to 0
     if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1):
         return (count + 1) // 2
     if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
@@ -36,7 +38,10 @@ def check_tensor_size(tensor: onnx.TensorProto, where: str) -> None:
         raise ModelLoadError(f"tensor {tensor.name!r} in {where} has a negative dimension {list(tensor.dims)}")
     if uses_external_data(tensor):
         return  # checked against the file by external_loader
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    count = math.prod(tensor.dims)
+    if count >= 2**63:
+        raise ModelLoadError(f"tensor {tensor.name!r} in {where} declares shape {list(tensor.dims)}, "
+                             f"{count} elements: more than any file can hold")
     if tensor.HasField("raw_data"):
         want = expected_nbytes(tensor)
         if want is not None and len(tensor.raw_data) != want:

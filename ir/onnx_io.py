@@ -12,7 +12,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from .errors import ModelLoadError, OnnxforgeError
+from .errors import ModelLoadError, OnnxforgeError, VerifierError
 from .external_data import check_tensor_size, external_loader, uses_external_data
 from .graph import Graph
 from .model import Model
@@ -62,6 +62,9 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
 
 
 def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
+    if proto.ir_version < 1:
+        raise ModelLoadError(f"the model's ir_version is {proto.ir_version} (not set), which no runtime loads; set it "
+                             "(onnx.helper.make_model sets the current one) and save the model again")
     importer = _Importer(base_dir, weights_listed_as_inputs=0 < proto.ir_version < 4)
     graph = importer.graph(proto.graph, {}, "main graph", _DimNamer(proto.graph))
     opsets: dict[str, int] = {}
@@ -460,6 +463,28 @@ class _ExternalWriter:
         self.file.close()
 
 
+def _check_written(tmp_model: str, path: str) -> None:
+    """Only valid models leave save(): onnx's checker with its full check (types and
+    shapes, strict) on the file as written (external data included). One rule of the
+    checker is not enforced: a shape on every graph input and output. Exporters write
+    outputs of unknown rank without one and every runtime loads them; for those files
+    the rest is checked through strict shape inference."""
+    try:
+        onnx.checker.check_model(tmp_model, full_check=True)
+        return
+    except Exception as exc:  # noqa: BLE001 - checker and shape inference raise several types
+        reason = " ".join(str(exc).split())
+    if "Field 'shape' of 'type' is required but missing" in reason:
+        try:
+            proto = onnx.load_model(tmp_model, load_external_data=False)
+            onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+            return
+        except Exception as exc:  # noqa: BLE001
+            reason = " ".join(str(exc).split())
+    raise VerifierError(f"not saving {path}: the model is not valid ONNX ({reason[:300]}); fix the model or the "
+                        "pass that produced it")
+
+
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
          size_threshold: int = 1024, location: str | None = None) -> None:
     """Write the model. external_data=None writes one file unless the model would
@@ -487,6 +512,7 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
                 writer.close()
         with open(tmp_model, "wb") as f:
             f.write(proto.SerializeToString())
+        _check_written(tmp_model, path)
         if writer is not None:
             os.replace(tmp_data, os.path.join(folder, location))
         os.replace(tmp_model, path)

@@ -33,7 +33,7 @@ def infer_shapes(model: Model) -> int:
 def infer_all_shapes(model: Model) -> int:
     """onnx shape inference, then symbolic inference where dims stay unknown.
     Returns how many values gained information. The symbolic step is best effort:
-    where it fails (an op it does not know), onnx's result stands."""
+    where it stops (an op it does not know), what it inferred up to there stands."""
     gained = infer_shapes(model)
     if unknown_shapes(model):
         try:
@@ -46,22 +46,71 @@ def infer_all_shapes(model: Model) -> int:
 def infer_shapes_symbolic(model: Model) -> int:
     """onnxruntime's symbolic shape inference, for what onnx's cannot do: shapes
     computed at run time (Shape -> Gather -> ... -> Pad) and com.microsoft ops
-    (fused Attention, Gelu, ...). Graph inputs need concrete or named dims. Only
-    fills dims that onnx left open. Returns how many values gained information;
-    raises whatever the tool raises."""
+    (fused Attention, Gelu, ...), plus the rules in _EXTRA_RULES for ops it lacks.
+    Graph inputs need concrete or named dims. Only fills dims that onnx left open.
+    Where the tool stops at a node it cannot infer, the shapes it found before that
+    node are kept (its own entry point discards them all). Returns how many values
+    gained information; raises whatever the tool raises."""
+    proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
+    return _apply(model.graph, _run_symbolic_tool(proto).graph, only_better=True)
+
+
+def _run_symbolic_tool(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The tool's own loop (SymbolicShapeInference.infer_shapes) with our rules added
+    and its partial result kept. Its internals have been stable across onnxruntime
+    releases; if they change, its public entry point (all or nothing) is used."""
+    from onnxruntime.tools import symbolic_shape_infer as ssi
+
+    try:
+        tool = ssi.SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_rank, verbose
+        dispatcher, steps = tool.dispatcher_, (tool._preprocess, tool._infer_impl, tool._update_output_from_vi)
+    except (AttributeError, TypeError):
+        return _public_symbolic_tool(proto)
+    for op, rule in _EXTRA_RULES.items():
+        dispatcher.setdefault(op, lambda node, rule=rule: rule(tool, node))
+    preprocess, infer, update = steps
+    preprocess(proto)
+    while tool.run_:
+        infer()
+    update()
+    return tool.out_mp_
+
+
+def _public_symbolic_tool(proto: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
     # Where it cannot infer everything, the tool saves its partial model to
     # ./sym_shape_infer_temp.onnx before raising: it runs in a scratch folder.
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as scratch:
         os.chdir(scratch)
         try:
-            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+            return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
         finally:
             os.chdir(cwd)
-    return _apply(model.graph, inferred.graph, only_better=True)
+
+
+def _set_outputs(tool, node, dtype: int, shapes) -> None:
+    for name, shape in zip(node.output, shapes):
+        if name:
+            tool.known_vi_[name].CopyFrom(onnx.helper.make_tensor_value_info(name, dtype, shape))
+
+
+def _dynamic_quantize_lstm(tool, node) -> None:
+    """com.microsoft DynamicQuantizeLSTM: an LSTM's outputs (layout 0: X is [seq, batch, in])."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    seq, batch = tool._get_shape(node, 0)[:2]
+    dirs = 2 if attrs.get("direction", b"forward") == b"bidirectional" else 1
+    hidden = attrs["hidden_size"]
+    _set_outputs(tool, node, onnx.TensorProto.FLOAT,
+                 ([seq, dirs, batch, hidden], [dirs, batch, hidden], [dirs, batch, hidden]))
+
+
+# Ops onnxforge reads that onnxruntime's symbolic tool has no rule for (op type: rule(tool, node)).
+_EXTRA_RULES = {
+    "DynamicQuantizeLSTM": _dynamic_quantize_lstm,
+    "ConvInteger": lambda tool, node: tool._infer_Conv(node),  # Conv's shape rule, int32 out
+}
 
 
 def is_unknown_dim(dim) -> bool:
@@ -107,14 +156,15 @@ def evaluate_shape(shape, sizes: dict[str, int]) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def _knows_more(old, new) -> bool:
-    if new is None:
-        return False
-    if old is None:
-        return True
+def _merge(old, new):
+    """The symbolic tool's shape where it knows more, dim by dim; a static dim from
+    onnx stays (for an op it has no rule for, the tool names every dim anew, and a
+    batch of 1 would become a name)."""
+    if new is None or old is None:
+        return old if new is None else new
     if len(old) != len(new):
-        return False
-    return sum(not is_unknown_dim(d) for d in new) > sum(not is_unknown_dim(d) for d in old)
+        return old
+    return tuple(o if isinstance(o, int) or is_unknown_dim(n) else n for o, n in zip(old, new))
 
 
 def _apply(graph, proto_graph, only_better: bool = False) -> int:
@@ -131,8 +181,8 @@ def _apply(graph, proto_graph, only_better: bool = False) -> int:
             _read_type(value, type_proto)
             if value.shape is None and before[1] is not None:
                 value.shape = before[1]
-            if only_better and not _knows_more(before[1], value.shape):
-                value.shape = before[1]
+            if only_better:
+                value.shape = _merge(before[1], value.shape)
             gained += (value.dtype, value.shape, value.type_proto) != before
     for node, node_proto in zip(graph.nodes, proto_graph.node):  # export keeps node order
         for attr in node_proto.attribute:

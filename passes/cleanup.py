@@ -1,7 +1,7 @@
 """cleanup: remove what does nothing. Dead nodes, unused initializers, Identity,
 inference-mode Dropout, no-op Reshape/Transpose/Cast/Expand/Pad/Concat, chains of
-Reshapes or Transposes collapsed into one, and zero padding moved into the Conv
-that follows it."""
+Reshapes or Transposes collapsed into one, a Slice of a Slice along other axes
+merged into one, and zero padding moved into the Conv that follows it."""
 from __future__ import annotations
 
 import numpy as np
@@ -163,6 +163,37 @@ class _Cleaner:
         conv.set_input(0, node.inputs[0])
         return True
 
+    def _slice_params(self, node):
+        """(starts, ends, axes >= 0, steps) of a Slice whose parameters are constants, else None."""
+        if self.model.opset < 10 or node.input(1) is None or node.input(2) is None:
+            return None
+        starts, ends = const(node.input(1)), const(node.input(2))
+        axes = const(node.input(3)) if node.input(3) is not None else np.arange(np.size(starts))
+        steps = const(node.input(4)) if node.input(4) is not None else np.ones(np.size(starts), np.int64)
+        if any(p is None for p in (starts, ends, axes, steps)):
+            return None
+        params = [np.asarray(p, np.int64).reshape(-1) for p in (starts, ends, axes, steps)]
+        if (params[2] < 0).any():
+            self.shapes()
+            shape = node.inputs[0].shape
+            if shape is None:
+                return None
+            params[2] = np.where(params[2] < 0, params[2] + len(shape), params[2])
+        return params
+
+    def rule_Slice(self, graph, node) -> bool:
+        """A Slice of a Slice along other axes: one Slice with both sets of parameters."""
+        inner = node.inputs[0].producer
+        if inner is None or inner.op_type != "Slice" or not is_standard(inner):
+            return False
+        outer_params, inner_params = self._slice_params(node), self._slice_params(inner)
+        if outer_params is None or inner_params is None or set(outer_params[2]) & set(inner_params[2]):
+            return False
+        merged = [np.concatenate([a, b]) for a, b in zip(inner_params, outer_params)]
+        names = ("slice_starts", "slice_ends", "slice_axes", "slice_steps")
+        node.set_inputs([inner.inputs[0], *(graph.add_initializer(p, name=n) for p, n in zip(merged, names))])
+        return True
+
     def rule_Concat(self, graph, node) -> bool:
         real = [v for v in node.inputs if v is not None]
         return len(real) == 1 and len(node.inputs) == 1 and bypass(graph, node, real[0])
@@ -171,8 +202,8 @@ class _Cleaner:
 @register_pass("cleanup")
 class Cleanup(Pass):
     """Remove dead nodes, unused initializers, Identity, inference Dropout, no-op
-    Reshape/Transpose/Cast/Expand/Pad/Concat; collapse Reshape and Transpose chains;
-    fold zero Pad into the following Conv."""
+    Reshape/Transpose/Cast/Expand/Pad/Concat; collapse Reshape and Transpose chains
+    and Slices of Slices; fold zero Pad into the following Conv."""
 
     def run(self, model) -> PassResult:
         cleaner = _Cleaner(model)

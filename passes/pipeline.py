@@ -95,10 +95,16 @@ def _quote(value: str) -> str:
     return value
 
 
+# repeat(...) inside repeat(...): deeper than this is a mistake (or a hostile file),
+# and Python's recursion would end it with a RecursionError
+MAX_NESTING = 32
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.pos = 0
+        self.depth = 0
 
     def error(self, message: str, pos: int | None = None) -> PipelineSyntaxError:
         return PipelineSyntaxError(message, self.text, (self.pos if pos is None else pos) + 1)
@@ -193,8 +199,12 @@ class _Parser:
                 raise self.error(f"repeat max must be an integer, not {opts['max']!r}", start) from None
             if limit < 1:
                 raise self.error("repeat max must be at least 1", start)
+            if self.depth >= MAX_NESTING:
+                raise self.error(f"repeat nested more than {MAX_NESTING} deep", start)
             self.expect("(")
+            self.depth += 1
             body = self.items(")")
+            self.depth -= 1
             self.pos += 1
             return Repeat(limit, body)
         return PassSpec(name, self.options(), column=start + 1)
@@ -219,7 +229,7 @@ def pipeline_from_data(data: Any, where: str) -> Pipeline:
     return Pipeline(tuple(_item_from_data(entry, where) for entry in data["passes"]))
 
 
-def _item_from_data(entry: Any, where: str) -> Item:
+def _item_from_data(entry: Any, where: str, depth: int = 0) -> Item:
     if isinstance(entry, str):
         items = parse_pipeline(entry).items
         if len(items) != 1:
@@ -229,7 +239,12 @@ def _item_from_data(entry: Any, where: str) -> Item:
         body = entry.get("passes")
         if not isinstance(body, list) or not body:
             raise PipelineError(f"{where}: repeat entry needs a non-empty 'passes' list")
-        return Repeat(int(entry["repeat"]), tuple(_item_from_data(e, where) for e in body))
+        limit = entry["repeat"]
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise PipelineError(f"{where}: repeat must be an integer >= 1, not {limit!r}")
+        if depth >= MAX_NESTING:
+            raise PipelineError(f"{where}: repeat nested more than {MAX_NESTING} deep")
+        return Repeat(limit, tuple(_item_from_data(e, where, depth + 1) for e in body))
     if isinstance(entry, dict) and isinstance(entry.get("name"), str):
         options = entry.get("options", {}) or {}
         if not isinstance(options, dict):

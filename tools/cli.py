@@ -3,7 +3,11 @@
 Exit codes: 0 success; 1 unexpected error; 2 bad usage, pipeline, option or input
 data; 3 the model (or package) cannot be loaded; 4 a pass or the verifier failed;
 5 outputs differ beyond tolerance (--verify, compare); 6 lowering or building
-failed (compile, tune: LoweringError, BuildError)."""
+failed (compile, tune: LoweringError, BuildError); 130 interrupted.
+
+Every error is one line on stderr ("error: ..."), or with --json a JSON object
+{"error", "type", "exit_code"} on stdout; --debug shows the traceback of an
+unexpected error (exit code 1) instead."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,14 +26,14 @@ from ..passes.check import compare_outputs, load_inputs, run_ort
 from ..passes.invent import invent_inputs
 from ..passes.registry import option_text
 from .bench.command import bench_cmd
-from .codegen_cmds import _calibration, _pipeline_spec, compare_cmd, compile_cmd, run_cmd, targets_cmd
+from .codegen_cmds import _calibration, _pipeline_spec, check_writable, compare_cmd, compile_cmd, run_cmd, targets_cmd
 from .profile_cmd import profile_cmd
 from .tune_cmd import tune_cmd
 from .summary import human_bytes, human_count, summarize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="onnxforge: optimize, inspect and compile ONNX models.")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width
 
 
 def _load(path: str) -> Model:
@@ -62,6 +66,8 @@ def optimize_cmd(
 ):
     """Run a pass pipeline: ONNX in, ONNX out, with a before/after table."""
     spec = _pipeline_spec(pipeline, level)
+    if output:
+        check_writable(output, "--output")
     model = _load(model_path)
     feeds = load_inputs(inputs) if inputs else None
     invented = None
@@ -234,21 +240,51 @@ app.command("profile")(profile_cmd)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI; every failure ends in one unwrapped line on stderr (a JSON object on
+    stdout with --json) and a documented exit code. --debug (anywhere in the command
+    line) shows the traceback of an unexpected error instead."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    as_json = "--json" in args
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except OnnxforgeError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True)  # shapes like [1,3] are not markup
-        return exc.exit_code
+        return _fail(exc.one_line(), exc.exit_code, type(exc).__name__, as_json)
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        err.print("aborted")
-        return 1
+    except (typer.Abort, KeyboardInterrupt):
+        return _fail("aborted", 130, "Aborted", as_json)
     except typer.TyperException as exc:  # usage errors (typer's own copy of click's)
+        if as_json:
+            return _fail(exc.format_message() if hasattr(exc, "format_message") else str(exc), 2, "UsageError", True)
         if hasattr(exc, "show"):
             exc.show()
         return 2
+    except RecursionError:
+        if debug:
+            raise
+        return _fail("the input is nested too deeply to process (pipeline or model structure)", 2, "RecursionError",
+                     as_json)
+    except MemoryError:
+        if debug:
+            raise
+        return _fail("out of memory", 1, "MemoryError", as_json)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --debug
+        if debug:
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, and "
+                     "please report it)", 1, type(exc).__name__, as_json)
     return 0
+
+
+def _fail(message: str, code: int, kind: str, as_json: bool) -> int:
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # one line, whatever the source
+    if as_json:
+        print(json.dumps({"error": line, "type": kind, "exit_code": code}))
+    else:
+        err.print(f"[red]error:[/red] {escape(line)}", highlight=False, markup=True)  # shapes like [1,3] are not markup
+    return code
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ..passes.invent import invent_inputs
 from .summary import human_bytes
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width
 
 
 # ---------------------------------------------------------------- helpers
@@ -122,6 +122,7 @@ def compile_cmd(
     shapes = parse_input_shapes(input_shape)
     resolved = resolve_target(target)  # fail on a bad target before loading anything
     out = Path(output) if output else Path("example" if model_path == "example" else model_path).with_suffix(SUFFIX)
+    check_writable(str(out), "--output")
     model = _load_model(model_path)
     calibration = _calibration(calib, calib_samples, model)
     with err.status(f"compiling for {resolved.name}...", spinner="dots") if not as_json else _nothing():
@@ -183,6 +184,19 @@ def _gather_inputs(pkg, input_items: List[str], inputs_npz: Optional[str]) -> tu
     return sample_feeds(pkg.inputs), True
 
 
+def check_writable(path: str, option: str) -> None:
+    """Refuse an output path whose folder is missing or read-only before any work is done."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DataError(f"{option} {path}: the folder {folder} does not exist; create it or write elsewhere")
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"{option} {path}: the folder {folder} is not writable; write elsewhere")
+    if os.path.isdir(path):
+        raise DataError(f"{option} {path} is a folder; give a file name")
+
+
 def run_cmd(
     package: str = typer.Argument(..., metavar="PACKAGE", help="a package written by `onnxforge compile`"),
     input_items: List[str] = typer.Option([], "-i", "--input", help="NAME=FILE.npy (repeatable); default: random inputs"),
@@ -196,6 +210,8 @@ def run_cmd(
 
     if repeat < 1:
         raise typer.BadParameter("--repeat must be at least 1")
+    if output:
+        check_writable(output, "--output")
     pkg = load_package(package)
     feeds, random = _gather_inputs(pkg, input_items, inputs_npz)
     if random and not as_json:
@@ -208,7 +224,10 @@ def run_cmd(
         outputs = pkg(feeds)
         times.append(time.perf_counter() - t0)
     if output:
-        np.savez(output, **outputs)
+        try:
+            np.savez(output, **outputs)
+        except OSError as exc:
+            raise DataError(f"cannot write the outputs to {output}: {exc.strerror or exc}") from None
     report = {
         "package": package, "target": pkg.target, "random_inputs": random,
         "inputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in feeds.items()},

@@ -185,22 +185,23 @@ def test_import_onnxforge_does_not_import_tvm():
 
 
 def test_runtime_modules_import_only_numpy_and_tvm_runtime():
-    """codegen/runtime.py and what it reads (manifest.py, host.py) need the standard
+    """codegen/runtime.py and what it reads (manifest*.py, host.py, elf_check.py) need the standard
     library, numpy, TVM's runtime (tvm.runtime, tvm_ffi) and ml_dtypes (raw-stored weights)."""
     # tvm.base, tvm_ffi.libinfo, tvm.support (nvcc): loading a CUDA package under runtime-only TVM
     allowed_third_party = {"numpy", "tvm.runtime", "tvm.runtime.vm", "tvm_ffi", "ml_dtypes", "tvm.base", "tvm_ffi.libinfo",
                            "tvm.support"}
-    for name in ("runtime.py", "manifest.py", "host.py"):
+    for name in ("runtime.py", "manifest.py", "manifest_schema.py", "host.py", "elf_check.py"):
         tree = ast.parse((ROOT / "codegen" / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 mods = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 if node.level:  # relative: only our own format/host modules and the error classes
-                    assert node.module in ("manifest", "ir.errors", None) or (node.module or "").startswith("ir.errors"), \
+                    ours = ("manifest", "manifest_schema", "elf_check", "ir.errors", None)
+                    assert node.module in ours or (node.module or "").startswith("ir.errors"), \
                         f"{name}: from {'.' * node.level}{node.module}"
                     if node.module is None:
-                        assert {a.name for a in node.names} <= {"host", "manifest"}, name
+                        assert {a.name for a in node.names} <= {"host", "manifest", "elf_check"}, name
                     continue
                 mods = [node.module]
             else:
@@ -293,3 +294,102 @@ def test_outputs_never_share_memory_with_inputs_or_weights_and_any_dtype_passes(
     again = model(**{**feeds, "x": aligned})
     assert not np.shares_memory(again["y"], aligned)
     np.testing.assert_array_equal(model(**feeds)["z"], np.arange(20, dtype=np.float32).reshape(4, 5))
+
+
+# ---------------------------------------------------------------- hostile packages
+def _write_raw(dest: Path, manifest_text: bytes, files: dict) -> Path:
+    """A package with any manifest bytes, its checksum file recomputed to match."""
+    import hashlib
+    import io
+
+    members = {MANIFEST: manifest_text, "manifest.sha256": (hashlib.sha256(manifest_text).hexdigest() + "\n").encode(),
+               **files}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    dest.write_bytes(gzip.compress(buf.getvalue()))
+    return dest
+
+
+def _set(path, value):
+    def edit(m):
+        *parents, last = path
+        for key in parents:
+            m = m[key]
+        if value is _DROP:
+            del m[last]
+        else:
+            m[last] = value
+    return edit
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set(["target"], "x86"), r"manifest\.target: expected an object, got a string \('x86'\)"),
+    (_set(["inputs"], _DROP), "the field 'inputs' is missing"),
+    (_set(["inputs", 0, "name"], _DROP), r"manifest\.inputs\[0\]: the field 'name' is missing"),
+    (_set(["inputs", 0, "shape"], [4, 1.5]), r"manifest\.inputs\[0\]\.shape: expected item 1"),
+    (_set(["inputs", 0, "dtype"], "__class__"), r"manifest\.inputs\[0\]\.dtype: expected a dtype name"),
+    (_set(["native_libraries"], [{}]), r"manifest\.native_libraries\[0\]: the field 'soname' is missing"),
+    (_set(["native_libraries"], [{"soname": "../../evil.so", "python_package": "scipy-openblas32"}]),
+     r"native_libraries\[0\]\.soname: expected a plain file or package name"),
+    (_set(["params", 0, "shape"], [-1]), r"manifest\.params\[0\]\.shape\[0\]: expected a size"),
+    (_set(["format_version"], "1"), "package format version '1'"),
+])
+def test_malformed_manifest_fields_are_refused_before_use(packages, tmp_path, edit, message):
+    path = rewrite_manifest(packages.get("mlp").path, tmp_path / "bad.ofpkg", edit)
+    with pytest.raises(PackageError, match=message):
+        onnxforge.runtime.load(path)
+
+
+def test_a_manifest_that_is_not_an_object_is_refused(packages, tmp_path):
+    _, files = read_package(packages.get("mlp").path)
+    path = _write_raw(tmp_path / "list.ofpkg", b"[1, 2, 3]\n", files)
+    with pytest.raises(PackageError, match=r"not an onnxforge package \(manifest format is '\[1, 2, 3\]'\)"):
+        onnxforge.runtime.load(path)
+
+
+def test_native_libraries_only_from_the_packages_onnxforge_uses(packages, tmp_path):
+    from onnxforge.codegen.device.libs import OPENBLAS_PACKAGE
+    from onnxforge.codegen.manifest import NATIVE_LIBRARY_PACKAGES
+
+    assert OPENBLAS_PACKAGE in NATIVE_LIBRARY_PACKAGES
+    edit = _set(["native_libraries"], [{"soname": "this.so", "python_package": "antigravity"}])
+    path = rewrite_manifest(packages.get("mlp").path, tmp_path / "imports.ofpkg", edit)
+    with pytest.raises(PackageError, match="native libraries from 'antigravity', which onnxforge does not use"):
+        onnxforge.runtime.load(path)
+    assert "antigravity" not in sys.modules
+
+
+@pytest.mark.parametrize("cut", ["third", "last byte"])
+def test_a_truncated_library_with_recomputed_checksums_is_refused_not_a_crash(packages, tmp_path, cut):
+    """dlopen of a library cut short dies with SIGBUS; the ELF check refuses it first."""
+    manifest, files = read_package(packages.get("mlp").path)
+    lib = files[LIBRARY]
+    files[LIBRARY] = lib[:len(lib) // 3] if cut == "third" else lib[:-1]
+    manifest.pop("files")
+    write_package(tmp_path / "cut.ofpkg", manifest, files)
+    probe = ("import sys, onnxforge.runtime\n"
+             "try:\n    onnxforge.runtime.load(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    run = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "cut.ofpkg")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]  # a signal would be a negative return code
+    assert run.stdout.startswith("PackageError") and "model.so is damaged" in run.stdout, run.stdout
+
+
+def test_a_compression_bomb_is_refused_before_it_fills_memory(tmp_path, monkeypatch):
+    from onnxforge.codegen import manifest as fmt
+
+    bomb = tmp_path / "bomb.ofpkg"
+    bomb.write_bytes(gzip.compress(bytes(96 << 20), compresslevel=1))  # 96 MiB of zeros in ~100 KiB
+    assert bomb.stat().st_size < (1 << 20) and fmt.inflate_limit(bomb.stat().st_size) < (96 << 20)
+    with pytest.raises(PackageError, match="inflates to more than .* MiB .*ONNXFORGE_PACKAGE_MAX_BYTES"):
+        onnxforge.runtime.load(bomb)
+    monkeypatch.setenv("ONNXFORGE_PACKAGE_MAX_BYTES", str(1 << 30))  # the user's override: it inflates (no tar)
+    with pytest.raises(PackageError, match="the package has no manifest.json|not a readable onnxforge package"):
+        onnxforge.runtime.load(bomb)

@@ -78,3 +78,42 @@ def test_scalar_input_stays_0d_through_shape_inference():
     r = next(v for v in model.graph.inputs if v.name == "r")
     assert r.shape == () and r.type_str() == "int64[]"
     assert r.uses[0][0].outputs[0].shape == ()
+
+
+def test_symbolic_inference_through_ops_onnxruntime_has_no_rule_for():
+    """ConvInteger and com.microsoft DynamicQuantizeLSTM on a symbolic width (ddddocr's
+    pre-quantized CRNN): the width is carried as an expression through both, static
+    dims stay static, and what follows the LSTM gets its shapes (the symbolic tool
+    alone stops at the LSTM and knows nothing after it)."""
+    from onnxforge.ir.shapes import infer_all_shapes
+
+    rng = np.random.default_rng(0)
+    u8 = lambda name, shape: helper.make_tensor(name, TensorProto.UINT8, shape, rng.integers(0, 255, shape).ravel().tolist())  # noqa: E731
+    nodes = [
+        helper.make_node("ConvInteger", ["x", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),  # [1, 4, 4, W']
+        helper.make_node("Cast", ["c"], ["cf"], to=F),
+        helper.make_node("Transpose", ["cf"], ["t"], perm=[3, 0, 1, 2]),
+        helper.make_node("Reshape", ["t", "seq_shape"], ["s"]),  # [W', 1, 16]
+        helper.make_node("DynamicQuantizeLinear", ["s"], ["q", "q_scale", "q_zp"]),
+        helper.make_node("DynamicQuantizeLSTM", ["s", "lw", "lr", "", "", "", "", "", "lw_scale", "lw_zp", "lr_scale",
+                                                "lr_zp"], ["h_all", "h_last"], domain="com.microsoft", hidden_size=8,
+                         direction="bidirectional"),
+        helper.make_node("Shape", ["h_all"], ["hs"]),
+    ]
+    inits = [u8("w", [4, 1, 3, 3]), helper.make_tensor("seq_shape", TensorProto.INT64, [3], [0, 0, -1]),
+             u8("lw", [2, 16, 32]), u8("lr", [2, 8, 32]),
+             helper.make_tensor("lw_scale", F, [2], [0.01, 0.01]), helper.make_tensor("lr_scale", F, [2], [0.01, 0.01]),
+             helper.make_tensor("lw_zp", TensorProto.UINT8, [2], [0, 0]),
+             helper.make_tensor("lr_zp", TensorProto.UINT8, [2], [0, 0])]
+    graph = helper.make_graph(nodes, "g", [_input("x", [1, 1, 8, "width"], TensorProto.UINT8)],
+                              [helper.make_tensor_value_info("h_all", F, None),
+                               helper.make_tensor_value_info("hs", TensorProto.INT64, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = onnxforge.load(proto)
+    infer_all_shapes(model)
+    shapes = {v.name: v.shape for n in model.graph.nodes for v in n.outputs}
+    width = shapes["c"][3]
+    assert shapes["c"][:3] == (1, 4, 4) and isinstance(width, str) and "width" in width
+    assert shapes["s"] == (width, 1, 16)
+    assert shapes["h_all"] == (width, 2, 1, 8) and shapes["h_last"] == (2, 1, 8)
+    assert shapes["hs"] == (4,)

@@ -185,3 +185,26 @@ def test_cleanup_moves_zero_padding_into_conv():
 ])
 def test_pad_into_conv_near_misses(kwargs):
     assert not onnxforge.optimize(onnxforge.load(_pad_conv(**kwargs)), "cleanup").changed
+
+
+def _slices(outer_axes, inner_axes, shape=(2, 3, 8, 9)):
+    """y = Slice(Slice(x, along inner_axes), along outer_axes); starts 1, steps 2."""
+    params = lambda tag, axes: [  # noqa: E731
+        I(f"{tag}_starts", np.ones(len(axes), np.int64)), I(f"{tag}_ends", np.full(len(axes), 2**62, np.int64)),
+        I(f"{tag}_axes", np.array(axes, np.int64)), I(f"{tag}_steps", np.full(len(axes), 2, np.int64))]
+    names = lambda tag: [f"{tag}_starts", f"{tag}_ends", f"{tag}_axes", f"{tag}_steps"]  # noqa: E731
+    return build.model([helper.make_node("Slice", ["x", *names("in")], ["a"]),
+                        helper.make_node("Slice", ["a", *names("out")], ["y"])],
+                       [T("x", list(shape))], [T("y", None)], params("in", inner_axes) + params("out", outer_axes),
+                       check=False)
+
+
+def test_cleanup_merges_slices_along_other_axes():
+    result = run_and_check(_slices([3], [-2]), "cleanup")  # negative axes count from the end
+    assert ops(result) == Counter({"Slice": 1})
+    axes = result.model.graph.nodes[0].inputs[3].array
+    assert sorted(axes.tolist()) == [2, 3]
+
+
+def test_cleanup_keeps_slices_along_the_same_axis():
+    assert not onnxforge.optimize(onnxforge.load(_slices([2], [-2])), "cleanup").changed

@@ -15,7 +15,7 @@ from ...passes.check import load_inputs
 from .report import machine_line, notes_of, table
 
 console = Console(width=max(Console().width, 150))  # the table is wide; don't fold it into 80 columns
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width
 
 
 def parse_dims(text: str | None) -> dict[str, int] | None:
