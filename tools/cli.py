@@ -6,7 +6,7 @@ data; 3 the model (or package) cannot be loaded; 4 a pass or the verifier failed
 failed (compile, tune: LoweringError, BuildError); 130 interrupted.
 
 Every error is one line on stderr ("error: ..."), or with --json a JSON object
-{"error", "type", "exit_code"} on stdout; --debug shows the traceback of an
+{"error", "type", "exit_code"} (one line, on stderr too); --debug shows the traceback of an
 unexpected error (exit code 1) instead."""
 from __future__ import annotations
 
@@ -240,8 +240,8 @@ app.command("profile")(profile_cmd)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the CLI; every failure ends in one unwrapped line on stderr (a JSON object on
-    stdout with --json) and a documented exit code. --debug (anywhere in the command
+    """Run the CLI; every failure ends in one unwrapped line on stderr (a JSON object
+    with --json) and a documented exit code. --debug (anywhere in the command
     line) shows the traceback of an unexpected error instead."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -281,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _fail(message: str, code: int, kind: str, as_json: bool) -> int:
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # one line, whatever the source
     if as_json:
-        print(json.dumps({"error": line, "type": kind, "exit_code": code}))
+        print(json.dumps({"error": line, "type": kind, "exit_code": code}), file=sys.stderr)
     else:
         err.print(f"[red]error:[/red] {escape(line)}", highlight=False, markup=True)  # shapes like [1,3] are not markup
     return code

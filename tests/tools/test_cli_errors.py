@@ -42,8 +42,9 @@ def test_errors_are_one_line_whatever_the_terminal_width(tmp_path):
 
 def test_json_errors_are_json(tmp_path, capsys):
     assert main(["run", str(tmp_path / "none.ofpkg"), "--json"]) == 3
-    report = json.loads(capsys.readouterr().out)
-    assert report["exit_code"] == 3 and report["type"] == "PackageError" and "no such file" in report["error"]
+    captured = capsys.readouterr()
+    report = json.loads(captured.err)
+    assert captured.out == "" and report["exit_code"] == 3 and report["type"] == "PackageError" and "no such file" in report["error"]
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
