@@ -46,3 +46,58 @@ def check_elf(data: bytes, arch: str) -> str | None:
             if sh_type != _SHT_NOBITS and sh_offset + sh_size > size:
                 return f"section {i} lies outside the file (truncated?)"
     return None
+
+
+def probe_dlopen(lib_path: str, timeout: float = 20.0) -> str | None:
+    """dlopen the library in a forked child first, binding every symbol at once
+    (RTLD_NOW). Damage the header check cannot see (a garbled symbol table or
+    relocation, with the package's checksums recomputed) crashes the dynamic loader
+    itself, stops it on a failed assertion (exit 127), or leaves a symbol that only
+    fails when called (exit 127 again); in the child that costs only the child. Returns why the library
+    cannot be loaded, or None. A child that does not finish in time leaves the verdict
+    to the real load (forking a threaded process can, rarely, leave the child waiting
+    on a lock). Call it with the libraries the module links already loaded."""
+    import ctypes
+    import os
+    import signal
+    import time
+
+    if not hasattr(os, "fork"):
+        return None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: load, report, leave without running the parent's exit handlers
+        code = 0
+        try:
+            os.close(read_end)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a crash handler's report is not the user's business
+            ctypes.CDLL(lib_path, mode=getattr(os, "RTLD_NOW", 2) | getattr(os, "RTLD_LOCAL", 0))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(write_end, str(exc).encode(errors="replace")[:500])
+            code = 3
+        os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
+            time.sleep(0.002)
+        message = os.read(read_end, 1000).decode(errors="replace").strip()
+    finally:
+        os.close(read_end)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in {s.value for s in signal.Signals} else str(sig)
+        return f"loading it crashed the dynamic loader ({name})"
+    code = os.WEXITSTATUS(status)
+    if code == 3:
+        return f"the dynamic loader refuses it: {message.rsplit(': ', 1)[-1] or 'unknown error'}"
+    if code != 0:  # ld.so's fatal errors (an assertion on a garbled relocation) exit with 127
+        return f"the dynamic loader stopped on it (exit {code})"
+    return None

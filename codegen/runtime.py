@@ -25,7 +25,7 @@ import numpy as np
 from ..ir.errors import DataError
 from . import host
 from . import manifest as fmt
-from .elf_check import check_elf
+from .elf_check import check_elf, probe_dlopen
 from .manifest import PackageError, TargetMismatchError, TensorSpec
 
 
@@ -127,6 +127,10 @@ class CompiledModel:
             with open(lib_path, "wb") as f:
                 f.write(files[fmt.LIBRARY])
             _preload_native_libraries(manifest, path)
+            problem = probe_dlopen(lib_path)
+            if problem is not None:
+                raise PackageError(f"{path}: the compiled library {fmt.LIBRARY} is damaged ({problem}); rebuild the "
+                                   "package with `onnxforge compile`")
             try:
                 lib = tvm.runtime.load_module(lib_path)
                 self._vm = VirtualMachine(lib, self.device)
