@@ -14,7 +14,9 @@ import struct
 
 # e_machine values (ELF spec) of the architectures packages are built for
 MACHINES = {"x86_64": 62, "aarch64": 183}
-_PT_LOAD, _SHT_NOBITS = 1, 8
+_PT_LOAD, _PT_TLS, _SHT_NOBITS = 1, 7, 8
+_MAX_ALIGN = 1 << 21  # huge pages; page sizes are 4-64 KiB
+_MAX_TLS = 16 << 20  # the kernels keep a few pointers per thread
 
 
 def check_elf(data: bytes, arch: str) -> str | None:
@@ -35,9 +37,14 @@ def check_elf(data: bytes, arch: str) -> str | None:
     if e_phnum == 0 or e_phentsize < 56 or e_phoff + e_phnum * e_phentsize > size:
         return "program headers missing or outside the file (truncated?)"
     for i in range(e_phnum):
-        p_type, _, p_offset, _, _, p_filesz, p_memsz, _ = struct.unpack_from("<IIQQQQQQ", data, e_phoff + i * e_phentsize)
-        if p_type == _PT_LOAD and (p_offset + p_filesz > size or p_filesz > p_memsz):
+        p_type, _, p_offset, _, _, p_filesz, p_memsz, p_align = struct.unpack_from(
+            "<IIQQQQQQ", data, e_phoff + i * e_phentsize)
+        if p_type in (_PT_LOAD, _PT_TLS) and (p_offset + p_filesz > size or p_filesz > p_memsz):
             return f"segment {i} lies outside the file (truncated?)"
+        if p_align & (p_align - 1) or p_align > _MAX_ALIGN:
+            return f"segment {i} has an impossible alignment {p_align}"
+        if p_type == _PT_TLS and p_memsz > _MAX_TLS:  # ld.so aborts the process when a thread starts
+            return f"its thread-local data claims {p_memsz} bytes"
     if e_shnum:
         if e_shentsize < 64 or e_shoff + e_shnum * e_shentsize > size:
             return "section headers outside the file (truncated?)"

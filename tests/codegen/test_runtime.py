@@ -393,3 +393,17 @@ def test_a_compression_bomb_is_refused_before_it_fills_memory(tmp_path, monkeypa
     monkeypatch.setenv("ONNXFORGE_PACKAGE_MAX_BYTES", str(1 << 30))  # the user's override: it inflates (no tar)
     with pytest.raises(PackageError, match="the package has no manifest.json|not a readable onnxforge package"):
         onnxforge.runtime.load(bomb)
+
+
+def test_a_library_whose_segment_alignment_is_garbled_is_refused():
+    """A TLS segment with an impossible alignment loads, then aborts the process when
+    the thread pool starts (found by tools/fuzz.py): the header check refuses it."""
+    import struct
+
+    from onnxforge.codegen.elf_check import check_elf
+
+    lib = bytearray(next(Path(np.__file__).parent.rglob("*.so")).read_bytes())  # any shared library of this machine
+    assert check_elf(bytes(lib), host.host_arch()) is None
+    phoff, = struct.unpack_from("<Q", lib, 32)
+    struct.pack_into("<Q", lib, phoff + 48, 3 << 40)  # p_align of the first program header
+    assert "impossible alignment" in check_elf(bytes(lib), host.host_arch())
