@@ -55,7 +55,7 @@ def check_elf(data: bytes, arch: str) -> str | None:
     return None
 
 
-def probe_dlopen(lib_path: str, timeout: float = 20.0) -> str | None:
+def probe_dlopen(lib_path: str, timeout: float = 5.0, load=None) -> str | None:
     """dlopen the library in a forked child first, binding every symbol at once
     (RTLD_NOW). Damage the header check cannot see (a garbled symbol table or
     relocation, with the package's checksums recomputed) crashes the dynamic loader
@@ -63,7 +63,9 @@ def probe_dlopen(lib_path: str, timeout: float = 20.0) -> str | None:
     fails when called (exit 127 again); in the child that costs only the child. Returns why the library
     cannot be loaded, or None. A child that does not finish in time leaves the verdict
     to the real load (forking a threaded process can, rarely, leave the child waiting
-    on a lock). Call it with the libraries the module links already loaded."""
+    on a lock). Call it with the libraries the module links already loaded. `load`,
+    if given, is the caller's own load, run in the child after the dlopen (TVM looks
+    up symbols whose garbled names crash dlsym)."""
     import ctypes
     import os
     import signal
@@ -79,6 +81,8 @@ def probe_dlopen(lib_path: str, timeout: float = 20.0) -> str | None:
             os.close(read_end)
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a crash handler's report is not the user's business
             ctypes.CDLL(lib_path, mode=getattr(os, "RTLD_NOW", 2) | getattr(os, "RTLD_LOCAL", 0))
+            if load is not None:
+                load(lib_path)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             os.write(write_end, str(exc).encode(errors="replace")[:500])
             code = 3

@@ -463,26 +463,33 @@ class _ExternalWriter:
         self.file.close()
 
 
-def _check_written(tmp_model: str, path: str) -> None:
-    """Only valid models leave save(): onnx's checker with its full check (types and
-    shapes, strict) on the file as written (external data included). One rule of the
+def check_model_file(path: str) -> str | None:
+    """Why the ONNX file at `path` is not valid (one line), or None: onnx's checker with
+    its full check (types and shapes, strict; external data included). One rule of the
     checker is not enforced: a shape on every graph input and output. Exporters write
     outputs of unknown rank without one and every runtime loads them; for those files
     the rest is checked through strict shape inference."""
     try:
-        onnx.checker.check_model(tmp_model, full_check=True)
-        return
+        onnx.checker.check_model(path, full_check=True)
+        return None
     except Exception as exc:  # noqa: BLE001 - checker and shape inference raise several types
         reason = " ".join(str(exc).split())
     if "Field 'shape' of 'type' is required but missing" in reason:
         try:
-            proto = onnx.load_model(tmp_model, load_external_data=False)
+            proto = onnx.load_model(path, load_external_data=False)
             onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-            return
+            return None
         except Exception as exc:  # noqa: BLE001
             reason = " ".join(str(exc).split())
-    raise VerifierError(f"not saving {path}: the model is not valid ONNX ({reason[:300]}); fix the model or the "
-                        "pass that produced it")
+    return reason[:300]
+
+
+def _check_written(tmp_model: str, path: str) -> None:
+    """Only valid models leave save()."""
+    reason = check_model_file(tmp_model)
+    if reason is not None:
+        raise VerifierError(f"not saving {path}: the model is not valid ONNX ({reason}); fix the model or the "
+                            "pass that produced it")
 
 
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
