@@ -127,7 +127,10 @@ class CompiledModel:
             with open(lib_path, "wb") as f:
                 f.write(files[fmt.LIBRARY])
             _preload_native_libraries(manifest, path)
-            problem = probe_dlopen(lib_path, load=lambda p: VirtualMachine(tvm.runtime.load_module(p), self.device))
+            # the child also runs TVM's load, on the CPU only (CUDA does not survive a fork)
+            on_cpu = self.device.dlpack_device_type() == 1
+            problem = probe_dlopen(lib_path, load=(lambda p: VirtualMachine(tvm.runtime.load_module(p), self.device))
+                                   if on_cpu else None)
             if problem is not None:
                 raise PackageError(f"{path}: the compiled library {fmt.LIBRARY} is damaged ({problem}); rebuild the "
                                    "package with `onnxforge compile`")
