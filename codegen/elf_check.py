@@ -103,8 +103,10 @@ def probe_dlopen(lib_path: str, timeout: float = 5.0, load=None) -> str | None:
     finally:
         os.close(read_end)
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in {s.value for s in signal.Signals} else str(sig)
+        try:
+            name = signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            name = str(os.WTERMSIG(status))
         return f"loading it crashed the dynamic loader ({name})"
     code = os.WEXITSTATUS(status)
     if code == 3:

@@ -118,10 +118,12 @@ class CompiledModel:
         target = manifest["target"]
         self.target = target["name"]
         self.device = _device(tvm, target, str(path), device_id)
+        damaged = lambda problem: PackageError(  # noqa: E731
+            f"{path}: the compiled library {fmt.LIBRARY} is damaged ({problem}); rebuild the package with "
+            "`onnxforge compile`")
         problem = check_elf(files[fmt.LIBRARY], host.host_arch())
         if problem is not None:  # dlopen of a damaged library can kill the process (SIGBUS), not raise
-            raise PackageError(f"{path}: the compiled library {fmt.LIBRARY} is damaged ({problem}); rebuild the "
-                               "package with `onnxforge compile`")
+            raise damaged(problem)
         with tempfile.TemporaryDirectory(prefix="onnxforge-pkg-") as tmp:
             lib_path = os.path.join(tmp, fmt.LIBRARY)  # dlopen needs a file; it stays mapped after removal
             with open(lib_path, "wb") as f:
@@ -132,8 +134,7 @@ class CompiledModel:
             problem = probe_dlopen(lib_path, load=(lambda p: VirtualMachine(tvm.runtime.load_module(p), self.device))
                                    if on_cpu else None)
             if problem is not None:
-                raise PackageError(f"{path}: the compiled library {fmt.LIBRARY} is damaged ({problem}); rebuild the "
-                                   "package with `onnxforge compile`")
+                raise damaged(problem)
             try:
                 lib = tvm.runtime.load_module(lib_path)
                 self._vm = VirtualMachine(lib, self.device)

@@ -61,18 +61,16 @@ def _run_symbolic_tool(proto: onnx.ModelProto) -> onnx.ModelProto:
     releases; if they change, its public entry point (all or nothing) is used."""
     from onnxruntime.tools import symbolic_shape_infer as ssi
 
-    try:
-        tool = ssi.SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_rank, verbose
-        dispatcher, steps = tool.dispatcher_, (tool._preprocess, tool._infer_impl, tool._update_output_from_vi)
-    except (AttributeError, TypeError):
+    tool = ssi.SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_rank, verbose
+    internals = ("dispatcher_", "_preprocess", "_infer_impl", "_update_output_from_vi", "run_")
+    if not all(hasattr(tool, name) for name in internals):
         return _public_symbolic_tool(proto)
     for op, rule in _EXTRA_RULES.items():
-        dispatcher.setdefault(op, lambda node, rule=rule: rule(tool, node))
-    preprocess, infer, update = steps
-    preprocess(proto)
+        tool.dispatcher_.setdefault(op, lambda node, rule=rule: rule(tool, node))
+    tool._preprocess(proto)
     while tool.run_:
-        infer()
-    update()
+        tool._infer_impl()
+    tool._update_output_from_vi()
     return tool.out_mp_
 
 

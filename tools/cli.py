@@ -261,18 +261,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if hasattr(exc, "show"):
             exc.show()
         return 2
-    except RecursionError:
-        if debug:
-            raise
-        return _fail("the input is nested too deeply to process (pipeline or model structure)", 2, "RecursionError",
-                     as_json)
-    except MemoryError:
-        if debug:
-            raise
-        return _fail("out of memory", 1, "MemoryError", as_json)
     except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --debug
         if debug:
             raise
+        if isinstance(exc, RecursionError):
+            return _fail("the input is nested too deeply to process (pipeline or model structure)", 2,
+                         "RecursionError", as_json)
+        if isinstance(exc, MemoryError):
+            return _fail("out of memory", 1, "MemoryError", as_json)
         return _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, and "
                      "please report it)", 1, type(exc).__name__, as_json)
     return 0

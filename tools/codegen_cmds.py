@@ -7,6 +7,7 @@ building failed."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -186,8 +187,6 @@ def _gather_inputs(pkg, input_items: List[str], inputs_npz: Optional[str]) -> tu
 
 def check_writable(path: str, option: str) -> None:
     """Refuse an output path whose folder is missing or read-only before any work is done."""
-    import os
-
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise DataError(f"{option} {path}: the folder {folder} does not exist; create it or write elsewhere")

@@ -207,8 +207,9 @@ def _tar(members: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> bytes:
     return buf.getvalue()
 
 
-def _repack(manifest_text: bytes, files: dict[str, bytes], extra=()) -> bytes:
-    """A package with checksums recomputed over whatever it now holds."""
+def repack_package(manifest_text: bytes, files: dict[str, bytes], extra=()) -> bytes:
+    """A package (gzip bytes) with checksums recomputed over whatever it now holds,
+    any manifest bytes (a manifest that is not a JSON object stays as it is)."""
     try:
         manifest = json.loads(manifest_text)
         if isinstance(manifest, dict):
@@ -241,17 +242,17 @@ def package_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
     if kind == 2:
         lib = members["model.so"]
         members["model.so"] = lib[: rng.randrange(len(lib))]
-        return _repack(text, members), "model.so truncated, checksums recomputed"
+        return repack_package(text, members), "model.so truncated, checksums recomputed"
     if kind == 3:
         lib = bytearray(members["model.so"])
         for _ in range(rng.randint(1, 16)):
             lib[rng.randrange(min(len(lib), 4096))] = rng.randrange(256)  # the ELF and program headers
         members["model.so"] = bytes(lib)
-        return _repack(text, members), "model.so headers garbled, checksums recomputed"
+        return repack_package(text, members), "model.so headers garbled, checksums recomputed"
     if kind == 4:
         w = members["weights.npz"]
         members["weights.npz"] = w[: rng.randrange(len(w) + 1)] if rng.random() < 0.5 else os.urandom(len(w))
-        return _repack(text, members), "weights garbled, checksums recomputed"
+        return repack_package(text, members), "weights garbled, checksums recomputed"
     if kind == 5:  # hostile manifest fields
         field = rng.choice(["target", "inputs", "outputs", "params", "native_libraries", "format_version", "files",
                             "dequantize"])
@@ -262,17 +263,17 @@ def package_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
             manifest.pop(field, None)
         else:
             manifest[field] = value
-        return _repack(json.dumps(manifest).encode(), members), f"manifest {field} -> {value!r}"[:160]
+        return repack_package(json.dumps(manifest).encode(), members), f"manifest {field} -> {value!r}"[:160]
     if kind == 6:
         body = rng.choice([b"[1, 2]", b"null", b"{", b'"x"', json.dumps({"format": "onnxforge-package"}).encode()])
-        return _repack(body, members), f"manifest replaced by {body[:40]!r}"
+        return repack_package(body, members), f"manifest replaced by {body[:40]!r}"
     if kind == 7:
         extra = tarfile.TarInfo(rng.choice(["../evil.py", "/etc/x", "model.so", "link"]))
         if rng.random() < 0.5:
             extra.type, extra.linkname = tarfile.SYMTYPE, rng.choice(["/etc/passwd", "../../x", "model.so"])
         else:
             extra.size = 16
-        return _repack(text, members, [extra]), f"extra member {extra.name!r} ({'link' if extra.issym() else 'file'})"
+        return repack_package(text, members, [extra]), f"extra member {extra.name!r} ({'link' if extra.issym() else 'file'})"
     size = rng.choice([80 << 20, 200 << 20])  # a gzip bomb: megabytes of zeros in kilobytes
     return gzip.compress(bytes(size), compresslevel=1), f"gzip bomb ({size >> 20} MiB of zeros)"
 

@@ -74,18 +74,8 @@ static void conv_im2col(const ConvJob *j, const float *x, int32_t p0, int32_t np
   }
 }
 
-/* The calling thread's im2col buffer, grown as needed and kept (one per pool thread). */
-static __thread float *conv_buffer = NULL;
-static __thread size_t conv_buffer_len = 0;
-
-static float *conv_scratch(size_t n) {
-  if (n > conv_buffer_len) {
-    free(conv_buffer);
-    conv_buffer = (float *)malloc(sizeof(float) * n);
-    conv_buffer_len = conv_buffer ? n : 0;
-  }
-  return conv_buffer;
-}
+/* The calling thread's im2col buffer (one per pool thread). */
+static __thread Scratch conv_buffer;
 
 /* The split, decided the same way by every task once the pool's size is known:
  * (image, group) pairs when there are at least two per task; else each task takes an
@@ -116,7 +106,7 @@ static int conv_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
   if (r1 <= r0 || p_hi <= p_lo || g1 <= g0) return 0;
   const int32_t nblk = (p_hi - p_lo + j->block - 1) / j->block;
   const int32_t step = (p_hi - p_lo + nblk - 1) / nblk; /* equal blocks */
-  float *col = conv_scratch((size_t)k * (size_t)step);
+  float *col = scratch_grow(&conv_buffer, (size_t)k * (size_t)step);
   if (!col) return -1;
   for (int64_t pair = g0; pair < g1; ++pair) {
     const int32_t g = (int32_t)(pair % j->groups);
@@ -193,7 +183,7 @@ static int convt_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
     int64_t block = 65536 / m;
     if (block < 64) block = 64;
     if (block > nin) block = nin;
-    float *col = conv_scratch((size_t)m * (size_t)block);
+    float *col = scratch_grow(&conv_buffer, (size_t)m * (size_t)block);
     if (!col) return -1;
     const float *xg = j->x + ((int64_t)img * j->ci + (int64_t)g * cig) * nin;
     /* A^T: row r = (channel, ky, kx) from c0 of the group's (cig x cog kh kw) weight */

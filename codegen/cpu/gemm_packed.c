@@ -437,18 +437,8 @@ static int pad_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
   return 0;
 }
 
-/* The calling thread's scratch (padded input and tap offsets), grown as needed and kept. */
-static __thread float *direct_buffer = NULL;
-static __thread size_t direct_buffer_len = 0;
-
-static float *direct_scratch(size_t n) {
-  if (n > direct_buffer_len) {
-    free(direct_buffer);
-    direct_buffer = (float *)malloc(sizeof(float) * n);
-    direct_buffer_len = direct_buffer ? n : 0;
-  }
-  return direct_buffer;
-}
+/* The calling thread's scratch (padded input and tap offsets). */
+static __thread Scratch direct_buffer;
 
 /* out = act(conv2d(x, w) + bias): x (nb, ci, h, w), bp the weight (co, ci, kh, kw) as
  * pack_weight(w.reshape(co, -1), trans=True) packs it, out (nb, co, oh, ow); pt / pl:
@@ -474,7 +464,7 @@ int32_t onnxforge_conv2d_packed(int32_t nb, int32_t ci, int32_t h, int32_t w, in
   const int padded = pt > 0 || pl > 0 || hp > h || wp > w;
   const int64_t plane = padded ? (int64_t)hp * wp : (int64_t)h * w, row = padded ? wp : w;
   if (plane * ci > INT32_MAX) return -1; /* the tap offsets are int32 */
-  float *scratch = direct_scratch((padded ? (size_t)nb * ci * plane : 0) + (size_t)k);
+  float *scratch = scratch_grow(&direct_buffer, (padded ? (size_t)nb * ci * plane : 0) + (size_t)k);
   if (!scratch) return -1;
   int32_t *off = (int32_t *)(scratch + (padded ? (size_t)nb * ci * plane : 0));
   for (int32_t c = 0, q = 0; c < ci; ++c)

@@ -1,10 +1,13 @@
 /* What the C kernel files share of the module around them: TVM's thread pool
  * (libtvm_runtime's C backend API, present wherever the module runs) and the two
- * onnxforge functions every file asks before it launches or picks an ISA variant. */
+ * onnxforge functions every file asks before it launches or picks an ISA variant, and
+ * the per-thread scratch buffers. */
 #ifndef ONNXFORGE_THREAD_POOL_H
 #define ONNXFORGE_THREAD_POOL_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -18,6 +21,20 @@ int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_ta
 int32_t onnxforge_in_serial(void);
 /* gemm_packed.c: 0 baseline, 1 AVX2+FMA, 2 AVX-512F, capped by ONNXFORGE_CPU_ISA */
 int32_t onnxforge_cpu_isa_level(void);
+
+/* A scratch buffer kept per thread (declare it `static __thread Scratch`), grown as
+ * needed and never shrunk: each pool thread allocates once per process, not per call.
+ * NULL when the allocation fails. */
+typedef struct { float *data; size_t len; } Scratch;
+
+static inline float *scratch_grow(Scratch *s, size_t n) {
+  if (n > s->len) {
+    free(s->data);
+    s->data = (float *)malloc(sizeof(float) * n);
+    s->len = s->data ? n : 0;
+  }
+  return s->data;
+}
 
 #ifdef __cplusplus
 }
