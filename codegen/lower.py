@@ -67,10 +67,10 @@ def _fold_shape_arithmetic(model: Model) -> Model:
 def lower(model: Model) -> Lowered:
     """Lower a model (already optimized) to Relax; raises LoweringError naming the
     node and op that failed."""
+    if model.functions:  # the frontend does not know model-local functions; their constants fold below
+        model = from_proto(onnx.inliner.inline_local_functions(to_proto(model)), model.base_dir)
     model = _fold_shape_arithmetic(model)  # a copy
     constants_to_initializers(model.graph)  # Constant-node weights become parameters too
-    if model.functions:  # the frontend does not know model-local functions
-        model = from_proto(onnx.inliner.inline_local_functions(to_proto(model)), model.base_dir)
     graph = model.graph
     proto = to_proto(model)
     proto.graph.ClearField("initializer")  # we read the data from the IR, not from the proto

@@ -3,6 +3,7 @@ attribute is re-emitted bit for bit; export rebuilds only what passes changed.""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections import ChainMap
 from typing import Any, Mapping
@@ -89,27 +90,27 @@ def from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
 def _read_type(value: Value, type_proto: onnx.TypeProto, namer: "_DimNamer | None" = None) -> None:
     """Copy a declared type onto `value`. With `namer` (graph inputs), a dim the
     model leaves open (-1 and 0 as Paddle and others write them, an empty or "?"
-    dim_param, no field at all) becomes a fresh symbolic dim (unk__0, ... as
-    onnxruntime names them) that can be pinned and is bound per run; elsewhere
-    such a dim is unknown (None)."""
+    dim_param, no field at all) becomes a fresh symbolic dim named after the input
+    (x_dim0, ...) that can be pinned and is bound per run; elsewhere such a dim is
+    unknown (None)."""
     if type_proto.HasField("tensor_type"):
         tensor = type_proto.tensor_type
         if tensor.elem_type:
             value.dtype = tensor.elem_type
         if tensor.HasField("shape"):
-            value.shape = tuple(_read_dim(d, namer) for d in tensor.shape.dim)
+            value.shape = tuple(_read_dim(d, namer, f"{value.name}_dim{i}") for i, d in enumerate(tensor.shape.dim))
     elif type_proto.WhichOneof("value") is not None:
         value.type_proto = type_proto  # sequence / map / optional / sparse: kept whole
 
 
-def _read_dim(dim: onnx.TensorShapeProto.Dimension, namer: "_DimNamer | None") -> int | str | None:
+def _read_dim(dim: onnx.TensorShapeProto.Dimension, namer: "_DimNamer | None", name: str) -> int | str | None:
     if dim.HasField("dim_value"):
         size = dim.dim_value
         if size > 0 or (size == 0 and namer is None):
             return size
     elif dim.HasField("dim_param") and dim.dim_param not in OPEN_DIM_PARAMS:
         return dim.dim_param
-    return namer.fresh() if namer is not None else None
+    return namer.fresh(name) if namer is not None else None
 
 
 # dim_params that name no dim: each such dim is its own unknown (Paddle writes "?"
@@ -118,16 +119,20 @@ OPEN_DIM_PARAMS = ("", "?")
 
 
 class _DimNamer:
-    """Fresh symbolic dim names, unique among the dim_params the model already uses."""
+    """Fresh symbolic dim names, unique among the dim_params the model already uses.
+    Not onnx's unk__N: those mark dims nobody can name (ir.shapes.is_unknown_dim),
+    and an input's open dim is a name the shape analysis carries. Names are
+    identifiers, as sympy parses them inside the symbolic tool's expressions."""
 
     def __init__(self, graph: onnx.GraphProto):
         self.used = set(_dim_params(graph))
-        self.count = 0
 
-    def fresh(self) -> str:
-        while f"unk__{self.count}" in self.used:
-            self.count += 1
-        name = f"unk__{self.count}"
+    def fresh(self, wanted: str) -> str:
+        base = re.sub(r"\W", "_", wanted)
+        base = base if base[:1].isalpha() else f"in_{base}"
+        name, count = base, 1
+        while name in self.used:
+            name, count = f"{base}_{count}", count + 1
         self.used.add(name)
         return name
 

@@ -44,18 +44,20 @@ def _paddle_style():
 def test_open_input_dims_get_fresh_symbolic_names():
     model = onnxforge.load(_paddle_style())
     shapes = {v.name: v.shape for v in model.graph.inputs}
-    assert shapes == {"x": ("unk__0", 3, "unk__1", "unk__2"), "s": ("unk__3", 4), "t": ("unk__4", "unk__5"), "r": ()}
+    assert shapes == {"x": ("x_dim0", 3, "x_dim2", "x_dim3"), "s": ("s_dim0", 4), "t": ("t_dim0", "t_dim1"), "r": ()}
     # outside the inputs, -1 and "?" are unknown (None), and a 0 is a real size
     y, z, _ = model.graph.outputs
     assert y.shape[0] is None and y.shape[2] is None and z.shape == (0, 4)
 
 
 def test_fresh_names_do_not_collide_with_the_models_own():
-    proto = _model([_input("a", ["unk__0", -1]), _input("b", ["unk__1", "?"])],
-                   [helper.make_tensor_value_info("c", F, None)], [helper.make_node("Add", ["a", "b"], ["c"])])
+    proto = _model([_input("a", ["a_dim1", -1]), _input("b.0", ["unk__1", "?"]), _input("2", [-1])],
+                   [helper.make_tensor_value_info("c", F, None)],
+                   [helper.make_node("Add", ["a", "b.0"], ["s"]), helper.make_node("Add", ["s", "2"], ["c"])])
     model = onnxforge.load(proto)
-    a, b = model.graph.inputs
-    assert a.shape == ("unk__0", "unk__2") and b.shape == ("unk__1", "unk__3")
+    a, b, two = model.graph.inputs
+    # fresh names are identifiers (sympy parses them inside shape expressions)
+    assert a.shape == ("a_dim1", "a_dim1_1") and b.shape == ("unk__1", "b_0_dim1") and two.shape == ("in_2_dim0",)
 
 
 def test_saved_model_keeps_the_names_and_runs_at_any_size(tmp_path):
@@ -64,7 +66,7 @@ def test_saved_model_keeps_the_names_and_runs_at_any_size(tmp_path):
     proto = onnx.load(tmp_path / "m.onnx")
     onnx.checker.check_model(proto, full_check=True)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["unk__0", 3, "unk__1", "unk__2"]
+    assert dims == ["x_dim0", 3, "x_dim2", "x_dim3"]
     assert [v.shape for v in onnxforge.load(proto).graph.inputs] == [v.shape for v in model.graph.inputs]
     feeds = {"x": np.ones((2, 3, 5, 7), np.float32), "s": np.ones((3, 4), np.float32),
              "t": np.ones((1, 2), np.float32), "r": np.array(16000)}

@@ -99,6 +99,22 @@ def layer_norm(variant: str = "pow-div", gamma: bool = True, beta: bool = True, 
     return net.model([("x", [batch, 5, hidden], F)], [y], opset=opset), net
 
 
+def rms_norm(opset: int = 17, gamma: bool = True, form: str = "reciprocal"):
+    """The RMS norm T5 / LLaMA exports write: x * 1/Sqrt(ReduceMean(x ** 2) + eps) * gamma."""
+    net = Net()
+    hidden = 8
+    sq = net.op("Pow", "x", net.const(np.float32(2.0)))
+    if opset >= 18:
+        mean = net.op("ReduceMean", sq, net.const(np.array([-1], np.int64)))
+    else:
+        mean = net.op("ReduceMean", sq, axes=[-1])
+    std = net.op("Sqrt", net.op("Add", mean, net.const(np.float32(1e-6))))
+    y = net.op("Mul", "x", net.op("Reciprocal", std)) if form == "reciprocal" else net.op("Div", "x", std)
+    if gamma:
+        y = net.op("Mul", y, net.const(net.rng.uniform(0.5, 1.5, hidden).astype(np.float32)))
+    return net.model([("x", ["batch", 5, hidden], F)], [y], opset=opset)
+
+
 def gelu(form: str = "erf", grouping: int = 0, opset: int = 17, sqrt2=math.sqrt(2.0)):
     """x * 0.5 * (1 + erf(x / sqrt2)) (or the tanh form), grouped three ways."""
     net = Net()

@@ -25,7 +25,7 @@ from onnxforge.tools.zoo_check import sample_feeds
 from tests.models import transformers_zoo as zoo
 
 LAYERS = zoo.SMALL["layers"]
-FUSED = ("Attention", "LayerNormalization", "Gelu", "FastGelu", "QuickGelu")
+FUSED = ("Attention", "LayerNormalization", "RMSNormalization", "Gelu", "FastGelu", "QuickGelu")
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +67,8 @@ def test_both_exports_fuse_the_same(zoo_dir, arch):
         np.testing.assert_allclose(_run(result.model, feeds), _run(path, feeds), atol=1e-4, rtol=1e-4)
         assert not onnxforge.optimize(result.model, "-O2").changed, exporter
     assert counts["torchscript"] == counts["dynamo"]
-    if arch != "t5-encoder":  # T5 normalizes by RMS: a standard op only from opset 23
-        assert counts["dynamo"]["LayerNormalization"] == 2 * LAYERS + 1
+    norm = "RMSNormalization" if arch == "t5-encoder" else "LayerNormalization"  # T5: onnxforge's function
+    assert counts["dynamo"][norm] == 2 * LAYERS + 1
     if arch != "t5-encoder":  # ReLU
         assert sum(counts["dynamo"][op] for op in ("Gelu", "FastGelu", "QuickGelu")) >= LAYERS
 

@@ -6,10 +6,12 @@ from collections import Counter
 
 import numpy as np
 
+import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
 import onnxforge
+from onnxforge.ir.onnx_io import to_proto
 from tests.conftest import run_and_check
 from tests.models import fusion as fm
 
@@ -36,6 +38,33 @@ def test_layernorm_variants_fuse(variant, gamma, beta, opset):
     node = result.model.graph.nodes[0]
     assert node.attr("axis") == -1 and math.isclose(node.attr("epsilon"), 1e-5, rel_tol=1e-6)
     assert len(node.inputs) == (3 if beta else 2)
+
+
+@pytest.mark.parametrize("opset,form", [(17, "reciprocal"), (18, "div"), (23, "reciprocal")])
+def test_rmsnorm_fuses_below_and_from_opset_23(opset, form):
+    # below 23: one call of the model-local function onnxforge.RMSNormalization,
+    # which onnxruntime and the onnx checker read and codegen inlines
+    proto = fm.rms_norm(opset=opset, form=form)
+    result = run_and_check(proto, "fuse{patterns=rmsnorm}", atol=1e-5, rtol=1e-4)
+    saved = to_proto(result.model)
+    onnx.checker.check_model(saved, full_check=True)
+    if opset >= 23:
+        assert ops(result.model) == Counter({"RMSNormalization": 1}) and not saved.functions
+    else:
+        assert ops(result.model) == Counter({"onnxforge.RMSNormalization": 1})
+        assert [(f.domain, f.name) for f in saved.functions] == [("onnxforge", "RMSNormalization")]
+        assert result.model.graph.nodes[0].attr("axes") == [-1]
+    assert unchanged(proto, "fuse{patterns=rmsnorm standard_only=true}") == (opset < 23)
+
+
+def test_rmsnorm_function_compiles():
+    proto = fm.rms_norm(opset=17, gamma=False)
+    model = onnxforge.load(proto)
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    package = onnxforge.compile(onnxforge.optimize(model, "fuse{patterns=rmsnorm}").model, "x86", "-O0")
+    expected = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6)
+    (out,) = package({"x": x}).values()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_layernorm_over_two_trailing_axes():
