@@ -23,6 +23,7 @@ class Model:
         self.training_info: list[Any] = []  # TrainingInfoProto, carried through
         self.base_dir: str | None = None  # folder external data was read from
         self.analyses: dict[str, Any] = {}  # cache, see passes.analysis
+        self.symbolic_unknown: frozenset[str] = frozenset()  # values the symbolic shape tool left unknown
 
     def __repr__(self) -> str:
         return f"Model({self.graph.name!r}, {len(self.graph.nodes)} nodes, opset {self.opset})"

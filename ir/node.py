@@ -108,8 +108,8 @@ class Node:
         for attr in self.attributes.values():
             if isinstance(attr, Graph):
                 found.append(attr)
-            elif isinstance(attr, list):
-                found.extend(a for a in attr if isinstance(a, Graph))
+            elif isinstance(attr, list) and attr and isinstance(attr[0], Graph):  # lists hold one type
+                found.extend(attr)
         return found
 
     def attr(self, name: str, default: Any = None) -> Any:
