@@ -89,6 +89,7 @@ def compile(
     db: str | os.PathLike | None = None,
     calibration=None,
     dequantize: str = "run",
+    sign_key: str | os.PathLike | None = None,
 ) -> Package:
     """Optimize `model` with `pipeline`, lower it to TVM Relax, build it for the named
     `target` (see `onnxforge targets`) and write one package file to `output` (a
@@ -100,7 +101,9 @@ def compile(
     `dequantize`: "run" (default) dequantizes quantized weights inside every run, so
     memory holds them quantized; "load" does it once when the package is loaded
     (with every other computation on weights alone), so runs go at float speed and
-    memory holds float weights. The package file is the same size either way."""
+    memory holds float weights. The package file is the same size either way.
+    `sign_key`: a private key file (`onnxforge keygen`): the package is signed with
+    it, for loaders given its public key as trusted (codegen.signing)."""
     from .build import build_library  # imports tvm: only when compiling
 
     seconds: dict[str, float] = {}
@@ -110,6 +113,10 @@ def compile(
         raise PipelineError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, got {dequantize!r}")
     resolved = resolve_target(target)
     resolved.check_linker()  # before the slow part: a missing cross compiler fails at once
+    if sign_key is not None:  # so does a key that cannot sign
+        from .signing import load_private_key
+
+        load_private_key(sign_key)
     with _recurrent_lowering(resolved, cpu_kernels):
         model, source, optimized, lowered = prepare(model, pipeline, input_shapes, seconds, calibration)
     out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="onnxforge-")) / "model.ofpkg"
@@ -146,7 +153,7 @@ def compile(
             manifest["tuning"] = built["tuning"]
         if cpu_kernels == "blas":  # the library links OpenBLAS: the loader must find it where it runs
             manifest["native_libraries"] = [{"soname": OPENBLAS, "python_package": OPENBLAS_PACKAGE}]
-        fmt.write_package(out, manifest, {fmt.LIBRARY: lib.read_bytes(), fmt.WEIGHTS: weights})
+        fmt.write_package(out, manifest, {fmt.LIBRARY: lib.read_bytes(), fmt.WEIGHTS: weights}, sign_key=sign_key)
         seconds["package"] = time.perf_counter() - t0
     manifest, _ = fmt.read_package(out)  # what a loader will see, checksums included
     return Package(out, manifest, seconds, model=optimized.model)

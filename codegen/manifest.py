@@ -3,6 +3,7 @@
     manifest.json     inputs/outputs/params (names, dtypes, shapes), target, pipeline,
                       versions, and the sha256 and size of every other file
     manifest.sha256   sha256 of manifest.json's exact bytes
+    manifest.sig      optional: an ed25519 signature of manifest.json (signing.py)
     model.so          the compiled library (TVM Relax VM executable)
     weights.npz       the weights in their stored dtype (int8 stays int8), no pickle
 
@@ -35,6 +36,7 @@ MANIFEST_SUM = "manifest.sha256"
 LIBRARY = "model.so"
 WEIGHTS = "weights.npz"
 MEMBERS = (MANIFEST, MANIFEST_SUM, LIBRARY, WEIGHTS)
+SIGNATURE = "manifest.sig"  # optional
 SUFFIX = ".ofpkg"
 # Python packages whose native libraries a package may ask the loader to preload
 # (cpu_kernels=blas links OpenBLAS: codegen/device/libs.py)
@@ -76,11 +78,32 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_package(path: str | os.PathLike, manifest: dict[str, Any], files: dict[str, bytes]) -> None:
-    """Write the archive; fills manifest["files"] with each file's sha256 and size."""
+def write_package(path: str | os.PathLike, manifest: dict[str, Any], files: dict[str, bytes],
+                  sign_key: str | os.PathLike | None = None) -> None:
+    """Write the archive; fills manifest["files"] with each file's sha256 and size.
+    With `sign_key` (a private key file, signing.py), the manifest is signed."""
     manifest = dict(manifest, files={name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()})
     text = json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n"
     members = {MANIFEST: text, MANIFEST_SUM: (sha256(text) + "\n").encode(), **files}
+    if sign_key is not None:
+        from .signing import signature_for
+
+        members[SIGNATURE] = signature_for(text, sign_key)
+    _write_members(path, members)
+
+
+def sign_package(path: str | os.PathLike, key: str | os.PathLike) -> None:
+    """Sign a package in place with a private key file (replacing any signature):
+    it is read and verified first, and its manifest signed as it is, byte for byte."""
+    members = _read_members(os.fspath(path))
+    _verify(os.fspath(path), dict(members), None)  # never sign a damaged package
+    from .signing import signature_for
+
+    members[SIGNATURE] = signature_for(members[MANIFEST], key)
+    _write_members(path, members)
+
+
+def _write_members(path: str | os.PathLike, members: dict[str, bytes]) -> None:
     tmp = f"{os.fspath(path)}.tmp"
     try:
         # mtime=0 and no file name in the gzip header: the same build gives the same bytes.
@@ -143,11 +166,17 @@ def _inflate(data: bytes, path: str) -> bytes:
     return b"".join(parts)
 
 
-def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Read and verify a package: every checksum and size, the format and version.
-    Returns (manifest, files by name). Only the known members are read, as bytes;
-    nothing is extracted to disk."""
+def read_package(path: str | os.PathLike,
+                 trusted_keys: list[bytes] | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Read and verify a package: every checksum and size, the format and version;
+    with `trusted_keys` (raw ed25519 public keys, signing.public_key_bytes), also that
+    one of them signed it. Returns (manifest, files by name). Only the known members
+    are read, as bytes; nothing is extracted to disk."""
     path = os.fspath(path)
+    return _verify(path, _read_members(path), trusted_keys)
+
+
+def _read_members(path: str) -> dict[str, bytes]:
     if not os.path.isfile(path):
         raise PackageError(f"{path}: no such file")
     members: dict[str, bytes] = {}
@@ -158,7 +187,7 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, byt
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar.getmembers():
-                if info.name not in MEMBERS:
+                if info.name not in MEMBERS and info.name != SIGNATURE:
                     raise PackageError(f"{path}: unexpected file {info.name!r} in the package")
                 if not info.isfile():
                     raise PackageError(f"{path}: {info.name!r} is not a regular file")
@@ -172,11 +201,20 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, byt
     for name in MEMBERS:
         if name not in members:
             raise PackageError(f"{path}: the package has no {name}")
+    return members
+
+
+def _verify(path: str, members: dict[str, bytes], trusted_keys: list[bytes] | None):
     text = members.pop(MANIFEST)
     expected = members.pop(MANIFEST_SUM).decode("ascii", "replace").strip()
+    signature = members.pop(SIGNATURE, None)
     if sha256(text) != expected:
         raise PackageError(f"{path}: {MANIFEST} does not match its checksum in {MANIFEST_SUM}: the package was "
                            "modified or corrupted; rebuild it with `onnxforge compile`")
+    if trusted_keys is not None:  # before any field of the manifest is read
+        from .signing import check_signature
+
+        check_signature(path, text, signature, list(trusted_keys))
     try:
         manifest = json.loads(text)
     except ValueError as exc:

@@ -18,7 +18,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -29,12 +29,20 @@ from .elf_check import check_elf, probe_dlopen
 from .manifest import PackageError, TargetMismatchError, TensorSpec
 
 
-def load(path: str | os.PathLike, device_id: int = 0, threads: int | None = None) -> "CompiledModel":
+def load(path: str | os.PathLike, device_id: int = 0, threads: int | None = None,
+         trusted_keys: Sequence[str | os.PathLike | bytes] | None = None) -> "CompiledModel":
     """Verify and load a package; raises PackageError (corrupt, tampered) or
     TargetMismatchError (built for another machine). `threads` sets the size of
     TVM's CPU thread pool, which is per process (default, on the first load of the
-    process: TVM_NUM_THREADS if set, else one thread per core this process may use)."""
-    manifest, files = fmt.read_package(path)
+    process: TVM_NUM_THREADS if set, else one thread per core this process may use).
+    `trusted_keys` (public key files from `onnxforge keygen`, or raw 32-byte keys):
+    refuse the package unless one of them signed it (codegen.signing)."""
+    trusted = None
+    if trusted_keys is not None:
+        from .signing import trusted_key_bytes
+
+        trusted = trusted_key_bytes(trusted_keys)
+    manifest, files = fmt.read_package(path, trusted)
     check_target(manifest.get("target") or {}, os.fspath(path))
     quiet_pool_workers()
     model = CompiledModel(Path(path), manifest, files, device_id)

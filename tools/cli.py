@@ -26,7 +26,8 @@ from ..passes.check import compare_outputs, load_inputs, run_ort
 from ..passes.invent import invent_inputs
 from ..passes.registry import option_text
 from .bench.command import bench_cmd
-from .codegen_cmds import _calibration, _pipeline_spec, check_writable, compare_cmd, compile_cmd, run_cmd, targets_cmd
+from .codegen_cmds import (_calibration, _pipeline_spec, check_writable, compare_cmd, compile_cmd, keygen_cmd, run_cmd,
+                           sign_cmd, targets_cmd)
 from .profile_cmd import profile_cmd
 from .tune_cmd import tune_cmd
 from .summary import human_bytes, human_count, summarize
@@ -233,6 +234,8 @@ def passes_cmd(as_json: bool = typer.Option(False, "--json", help="print as JSON
 app.command("bench")(bench_cmd)
 app.command("compile")(compile_cmd)
 app.command("run")(run_cmd)
+app.command("keygen")(keygen_cmd)
+app.command("sign")(sign_cmd)
 app.command("targets")(targets_cmd)
 app.command("compare")(compare_cmd)
 app.command("tune")(tune_cmd)

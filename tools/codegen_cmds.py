@@ -114,6 +114,7 @@ def compile_cmd(
     dequantize: str = typer.Option("run", "--dequantize",
                                    help="quantized weights: dequantize in every run (run: low memory) or once at load "
                                         "(load: float speed, float weights in memory)"),
+    sign: Optional[str] = typer.Option(None, "--sign", help="sign the package with this private key (onnxforge keygen)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ):
     """Compile a model with TVM for a named target into one package file."""
@@ -129,7 +130,7 @@ def compile_cmd(
     with err.status(f"compiling for {resolved.name}...", spinner="dots") if not as_json else _nothing():
         t0 = time.perf_counter()
         pkg = compile_model(model, target, spec, output=out, input_shapes=shapes or None, cpu_kernels=cpu_kernels,
-                            db=db, calibration=calibration, dequantize=dequantize)
+                            db=db, calibration=calibration, dequantize=dequantize, sign_key=sign)
         seconds = time.perf_counter() - t0
     files = pkg.manifest["files"]
     report = {
@@ -137,7 +138,7 @@ def compile_cmd(
         "passes": pkg.manifest["passes"], "seconds": {**pkg.seconds, "total": seconds},
         "bytes": {"package": pkg.path.stat().st_size, **{name: f["bytes"] for name, f in files.items()}},
         "inputs": pkg.manifest["inputs"], "outputs": pkg.manifest["outputs"],
-        "cpu_kernels": pkg.manifest.get("cpu_kernels"), "tuning": pkg.manifest.get("tuning"),
+        "cpu_kernels": pkg.manifest.get("cpu_kernels"), "tuning": pkg.manifest.get("tuning"), "signed": sign is not None,
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -156,6 +157,8 @@ def compile_cmd(
         tuning = report["tuning"]
         t.add_row("tuning", escape(f"{tuning.get('kernels_tuned', 0)} of {tuning.get('kernels', '?')} kernels from {tuning['db']}"
                   if tuning["has_records"] else f"{tuning['db']} has no records for {resolved.name} ({tuning['target_key']})"))
+    if sign:
+        t.add_row("signed", escape(f"with {sign}"))
     t.add_row("sizes", ", ".join(f"{k} {human_bytes(v)}" for k, v in report["bytes"].items()))
     t.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
     console.print(t)
@@ -202,6 +205,7 @@ def run_cmd(
     inputs_npz: Optional[str] = typer.Option(None, "--inputs", help=".npz holding the inputs by name"),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="write the outputs to this .npz"),
     repeat: int = typer.Option(1, "--repeat", help="run this many times and report the median latency"),
+    trust: List[str] = typer.Option([], "--trust", help="run only if signed by this key (KEY.pub; repeatable)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ):
     """Run a package with the runtime loader (numpy + TVM runtime) and print or save its outputs."""
@@ -211,7 +215,7 @@ def run_cmd(
         raise typer.BadParameter("--repeat must be at least 1")
     if output:
         check_writable(output, "--output")
-    pkg = load_package(package)
+    pkg = load_package(package, trusted_keys=trust or None)
     feeds, random = _gather_inputs(pkg, input_items, inputs_npz)
     if random and not as_json:
         shapes = ", ".join(f"{k}: {v.dtype.name}[{','.join(map(str, v.shape))}]" for k, v in feeds.items())
@@ -254,6 +258,28 @@ def _stats(array: np.ndarray) -> dict:
     return {"dtype": array.dtype.name, "shape": list(array.shape),
             "min": float(as_float.min()) if numeric else None, "max": float(as_float.max()) if numeric else None,
             "mean": float(as_float.mean()) if numeric else None}
+
+
+# ---------------------------------------------------------------- signing
+def keygen_cmd(key: str = typer.Argument(..., metavar="KEY", help="private key file to write (KEY.pub beside it)")):
+    """Make an ed25519 key pair for signing packages: KEY (private, keep it) and KEY.pub (give it to loaders)."""
+    from ..codegen.signing import keygen
+
+    check_writable(key, "KEY")
+    private, public = keygen(key)
+    console.print(escape(f"wrote {private} (private: sign with `onnxforge compile ... --sign {private}`) and "
+                         f"{public} (public: load with `onnxforge run PACKAGE --trust {public}`)"))
+
+
+def sign_cmd(package: str = typer.Argument(..., metavar="PACKAGE", help="a package written by `onnxforge compile`"),
+             key: str = typer.Option(..., "--key", help="private key file (onnxforge keygen)")):
+    """Sign a package in place (its checksums are verified first)."""
+    from ..codegen.manifest import sign_package
+    from ..codegen.signing import load_private_key
+
+    load_private_key(key)
+    sign_package(package, key)
+    console.print(escape(f"signed {package} with {key}"))
 
 
 # ---------------------------------------------------------------- targets
