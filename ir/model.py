@@ -23,7 +23,8 @@ class Model:
         self.training_info: list[Any] = []  # TrainingInfoProto, carried through
         self.base_dir: str | None = None  # folder external data was read from
         self.analyses: dict[str, Any] = {}  # cache, see passes.analysis
-        self.symbolic_unknown: frozenset[str] = frozenset()  # values the symbolic shape tool left unknown
+        # (graph input shapes, values left unknown) at the symbolic shape tool's last run (ir.shapes)
+        self.symbolic_unknown: tuple[tuple, frozenset[str]] = ((), frozenset())
 
     def __repr__(self) -> str:
         return f"Model({self.graph.name!r}, {len(self.graph.nodes)} nodes, opset {self.opset})"

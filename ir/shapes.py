@@ -37,13 +37,16 @@ def infer_all_shapes(model: Model) -> int:
     gained = infer_shapes(model)
     unknown = _unknown_names(model)
     # The symbolic tool (the slow part) runs again only for values it has not seen
-    # stay unknown: a pass that changed nothing near them cannot help it.
-    if unknown and not unknown <= model.symbolic_unknown:
+    # stay unknown, or when the inputs' shapes changed: a pass that changed nothing
+    # near them cannot help it.
+    inputs = tuple((v.name, v.shape) for v in model.graph.inputs)
+    seen_inputs, seen_unknown = model.symbolic_unknown
+    if unknown and (inputs != seen_inputs or not unknown <= seen_unknown):
         try:
             gained += infer_shapes_symbolic(model)
         except Exception:  # noqa: BLE001 - onnxruntime's tool raises anything; unknowns are counted
             pass
-        model.symbolic_unknown = _unknown_names(model)
+        model.symbolic_unknown = (inputs, _unknown_names(model))
     return gained
 
 
@@ -170,7 +173,7 @@ def _resize_by_scales(tool, node, own=None) -> None:
     feature pyramid has nested floor expressions (16 s on PP-OCRv4 det); with the
     scales as exact rationals, floor of an integer multiple simplifies by itself.
     Other forms (sizes, tf_crop_and_resize) go to the tool's rule; Upsample, which
-    the tool lacks, gets new named dims there."""
+    the tool lacks, gets fresh dim names where its scales are not constant."""
     import sympy
     from onnxruntime.tools.symbolic_shape_infer import get_opset, get_shape_from_sympy_shape
 
