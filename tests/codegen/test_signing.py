@@ -22,7 +22,7 @@ from onnxforge.codegen import runtime  # noqa: E402
 from onnxforge.codegen.manifest import SIGNATURE, PackageError, read_package, sign_package  # noqa: E402
 from onnxforge.codegen.signing import keygen  # noqa: E402
 from onnxforge.ir.errors import DataError  # noqa: E402
-from onnxforge.tools.fuzz import repack_package  # noqa: E402
+from onnxforge.tools.fuzz import _tar, repack_package  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +40,17 @@ def signed(packages, keys, tmp_path_factory):
     return path
 
 
-def _members(path) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(path.read_bytes()))) as tar:
+def _members_from(package: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(package))) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
+def _members(path) -> dict[str, bytes]:
+    return _members_from(path.read_bytes())
+
+
 def _write(path, members: dict[str, bytes]):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    path.write_bytes(gzip.compress(buf.getvalue()))
+    path.write_bytes(gzip.compress(_tar(members)))
     return path
 
 
@@ -100,11 +98,6 @@ def test_recomputed_checksums_without_the_key_are_refused(signed, keys, tmp_path
     read_package(bad)  # the checksums alone are fine
     with pytest.raises(PackageError, match="does not match the manifest"):
         runtime.load(bad, trusted_keys=[keys[0][1]])
-
-
-def _members_from(package: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(package))) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
 def test_a_package_signed_with_another_key_is_refused(signed, keys):
