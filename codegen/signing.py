@@ -64,10 +64,11 @@ def _read_key_file(path: str | os.PathLike) -> bytes:
         raise DataError(f"cannot read the key {os.fspath(path)}: {exc.strerror}") from None
 
 
-def load_private_key(path: str | os.PathLike):
+def load_private_key(path: str | os.PathLike, data: bytes | None = None):
+    """The ed25519 private key in the PEM file at `path` (`data`: its bytes, if read)."""
     serialization, ed25519 = _crypto()
     try:
-        key = serialization.load_pem_private_key(_read_key_file(path), password=None)
+        key = serialization.load_pem_private_key(_read_key_file(path) if data is None else data, password=None)
     except (ValueError, TypeError) as exc:
         raise DataError(f"{os.fspath(path)} is not an unencrypted PEM private key ({exc}); make one with "
                         "`onnxforge keygen KEY`") from None
@@ -82,7 +83,7 @@ def public_key_bytes(path: str | os.PathLike) -> bytes:
     serialization, ed25519 = _crypto()
     data = _read_key_file(path)
     if b"PRIVATE KEY" in data:
-        key = load_private_key(path).public_key()
+        key = load_private_key(path, data).public_key()
     else:
         try:
             key = serialization.load_pem_public_key(data)

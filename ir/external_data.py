@@ -3,7 +3,6 @@ checked against the declared shape) and the loader a Value calls lazily."""
 from __future__ import annotations
 
 import math
-
 import os
 from typing import Callable
 

@@ -81,8 +81,7 @@ def _run_symbolic_tool(proto: onnx.ModelProto) -> onnx.ModelProto:
             rules[op] = lambda node, rule=rule, own=rules[op]: rule(tool, node, own)
     for op, rule in rules.items():
         rules[op] = lambda node, rule=rule: _guarded(tool, node, rule)
-    _print_each_dim_once(tool, ssi)
-    printer, ssi.get_shape_from_sympy_shape = ssi.get_shape_from_sympy_shape, tool._shape_text
+    printer, ssi.get_shape_from_sympy_shape = ssi.get_shape_from_sympy_shape, _print_each_dim_once(tool, ssi)
     try:
         tool._preprocess(proto)
         while tool.run_:
@@ -95,10 +94,12 @@ def _run_symbolic_tool(proto: onnx.ModelProto) -> onnx.ModelProto:
     return tool.out_mp_
 
 
-def _print_each_dim_once(tool, ssi) -> None:
+def _print_each_dim_once(tool, ssi):
     """The tool prints every computed dim (a sympy expression) three times per node,
     and sympy's printer dominates its run time on deep conv nets (0.6 s of 0.8 on
-    PP-OCRv4 det): the same two steps with each distinct expression printed once."""
+    PP-OCRv4 det): the same two steps with each distinct expression printed once.
+    Replaces the tool's _update_computed_dims; returns the stand-in for the module's
+    get_shape_from_sympy_shape."""
     import functools
 
     text = functools.lru_cache(maxsize=None)(str)
@@ -114,7 +115,7 @@ def _print_each_dim_once(tool, ssi) -> None:
                 shape[i] = tool.symbolic_dims_[tool.suggested_merge_[name]]
 
     tool._update_computed_dims = update_computed_dims
-    tool._shape_text = lambda shape: [None if d is None else int(d) if ssi.is_literal(d) else text(d) for d in shape]
+    return lambda shape: [None if d is None else int(d) if ssi.is_literal(d) else text(d) for d in shape]
 
 
 def _guarded(tool, node, rule) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..ir import Model, Node, Value
+from ..ir.shapes import is_unknown_dim
 from .util import const
 
 # ops whose every input broadcasts to the output (numpy rules); unary ops included
@@ -136,10 +137,6 @@ def _shape(value: Value | None):
     if array is not None:
         return tuple(array.shape)
     return value.shape
-
-
-def _unknown(d) -> bool:
-    return d is None or (isinstance(d, str) and d.startswith("unk__"))
 
 
 def _same(a, b) -> bool:
@@ -263,7 +260,7 @@ class _Builder:
                     continue
                 if d == 1 and oshape[o] != 1:
                     continue
-                if (d == oshape[o] and d is not None) or (isinstance(d, int) and _unknown(oshape[o])):
+                if (d == oshape[o] and d is not None) or (isinstance(d, int) and is_unknown_dim(oshape[o])):
                     self.union(self.dim(value, i), self.dim(out, o))
                 else:
                     reason = f"cannot tell how {node.op_type} {node.name!r} broadcasts"
@@ -357,7 +354,7 @@ class _Builder:
             for i in range(len(s) - 2):
                 if s[i] == 1:
                     continue
-                if (s[i] == sy[i + off] and s[i] is not None) or (isinstance(s[i], int) and _unknown(sy[i + off])):
+                if (s[i] == sy[i + off] and s[i] is not None) or (isinstance(s[i], int) and is_unknown_dim(sy[i + off])):
                     self.union(self.dim(v, i), self.dim(y, i + off))
                 elif s[i] != 1:
                     self.block(self.dim(v, i), f"MatMul {node.name!r} batch broadcast")
@@ -794,11 +791,8 @@ def _shape_entries(shape: Value | None) -> list[str | None] | None:
 def _fill_unknown(sx, sy):
     """An output shape with one unknown dim (a -1 onnx could not resolve) gets it
     from the element count when both sides hold the same symbolic dims."""
-    def unknown_dim(d) -> bool:
-        return d is None or (isinstance(d, str) and d.startswith("unk__"))
-
-    unknown = [i for i, d in enumerate(sy) if unknown_dim(d)]
-    if len(unknown) != 1 or any(unknown_dim(d) for d in sx):
+    unknown = [i for i, d in enumerate(sy) if is_unknown_dim(d)]
+    if len(unknown) != 1 or any(is_unknown_dim(d) for d in sx):
         return sy
     sy = tuple(None if i == unknown[0] else d for i, d in enumerate(sy))
     sym_x = sorted(d for d in sx if isinstance(d, str))

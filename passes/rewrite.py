@@ -44,6 +44,7 @@ class Builder:
         self.match = match
         self.nodes: list[Node] = []
         self.constants: list[Value] = []
+        self.functions: list[Any] = []
 
     @property
     def opset(self) -> int:
@@ -77,11 +78,17 @@ class Builder:
         self.constants.append(value)
         return value
 
+    def use_function(self, function) -> None:
+        """A model-local function (onnx.FunctionProto) the new nodes call: added to the
+        model on commit unless it already has one of that domain and name."""
+        self.functions.append(function)
+
     def discard(self) -> None:
         for node in self.nodes:
             node.detach_inputs()
         self.nodes.clear()
         self.constants.clear()
+        self.functions.clear()
 
     def commit(self, before: Node) -> None:
         for value in self.constants:
@@ -91,6 +98,9 @@ class Builder:
             self.graph.insert_node(node, before=before)
             if node.domain not in ("", "ai.onnx") and node.domain not in self.model.opset_imports:
                 self.model.opset_imports[node.domain] = 1
+        for function in self.functions:
+            if not any((f.domain, f.name) == (function.domain, function.name) for f in self.model.functions):
+                self.model.functions.append(function)
 
 
 @dataclasses.dataclass

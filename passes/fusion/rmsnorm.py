@@ -57,11 +57,6 @@ def rms_function(opset: int) -> onnx.FunctionProto:
                                 doc_string="RMS norm over `axes` (onnxforge fuse rmsnorm, below opset 23)")
 
 
-def _ensure_function(model) -> None:
-    if not any(f.domain == FUNCTION_DOMAIN and f.name == "RMSNormalization" for f in model.functions):
-        model.functions.append(rms_function(model.opset))
-
-
 def rules(standard_only: bool = False) -> RuleSet:
     def fuse(m, b, gamma: str | None):
         if b.opset < 23 and standard_only:
@@ -79,7 +74,7 @@ def rules(standard_only: bool = False) -> RuleSet:
         epsilon = float(m.const("eps").reshape(()))
         if b.opset >= 23:
             return b.op("RMSNormalization", x, scale, axis=-k, epsilon=epsilon)
-        _ensure_function(b.model)
+        b.use_function(rms_function(b.opset))
         return b.op("RMSNormalization", x, scale, domain=FUNCTION_DOMAIN, axes=list(range(-k, 0)),
                     epsilon=epsilon, dtype=x.dtype)
 
