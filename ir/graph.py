@@ -143,9 +143,10 @@ class Graph:
             self.nodes.append(node)
 
     def _index(self, node: Node) -> int:
-        for i, n in enumerate(self.nodes):
-            if n is node:
-                return i
+        try:
+            return self.nodes.index(node)  # Node has no __eq__: compares by identity, in C
+        except ValueError:
+            pass
         raise VerifierError(f"node {node.name!r} ({node.op_type}) is not in graph {self.name!r}")
 
     # -- removing -----------------------------------------------------------

@@ -25,6 +25,9 @@ class Model:
         self.analyses: dict[str, Any] = {}  # cache, see passes.analysis
         # (graph input shapes, values left unknown) at the symbolic shape tool's last run (ir.shapes)
         self.symbolic_unknown: tuple[tuple, frozenset[str]] = ((), frozenset())
+        # What onnx shape inference last saw, per value name (ir.shape_update); None
+        # after a change that may alter values in place (the next run is a full one).
+        self.shape_stamps: dict[str, tuple] | None = None
 
     def __repr__(self) -> str:
         return f"Model({self.graph.name!r}, {len(self.graph.nodes)} nodes, opset {self.opset})"

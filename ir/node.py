@@ -102,18 +102,33 @@ class Node:
 
     # -- subgraphs ----------------------------------------------------------
     def subgraphs(self) -> list[Graph]:
-        from .graph import Graph
-
         found: list[Graph] = []
         for attr in self.attributes.values():
-            if isinstance(attr, Graph):
+            kind = type(attr)
+            if kind in _SCALARS:  # most attributes: nothing to look at (this runs per node per sweep)
+                continue
+            if kind is _graph_class():
                 found.append(attr)
-            elif isinstance(attr, list) and attr and isinstance(attr[0], Graph):  # lists hold one type
+            elif kind is list and attr and type(attr[0]) is _graph_class():  # lists hold one type
                 found.extend(attr)
         return found
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attributes.get(name, default)
+
+
+_SCALARS = frozenset({int, float, str, bytes})
+
+
+_GRAPH_CLASS: list = []
+
+
+def _graph_class():
+    if not _GRAPH_CLASS:
+        from .graph import Graph  # graph.py imports this module: import on first use
+
+        _GRAPH_CLASS.append(Graph)
+    return _GRAPH_CLASS[0]
 
 
 def _drop_use(value: Value, node: Node, index: int) -> None:

@@ -12,11 +12,18 @@ import onnx
 
 from .model import Model
 from .onnx_io import _read_type, save, to_proto_without_weights
+from .shape_update import infer_changed, stamps
 
 
 def infer_shapes(model: Model) -> int:
     """Fill dtype/shape of values from onnx shape inference (with data propagation).
-    Returns how many values gained information."""
+    Returns how many values gained information. Where model.shape_stamps says what
+    the last run saw (kept by passes that preserve values), only what changed since
+    is inferred again."""
+    if model.shape_stamps is not None:
+        gained = infer_changed(model, model.shape_stamps)
+        if gained is not None:
+            return gained
     big = sum(v.nbytes for g in model.graph.all_graphs() for v in g.initializers.values()) > 2**31 - 2**24
     if not big:
         proto = to_proto_without_weights(model)
@@ -27,15 +34,22 @@ def infer_shapes(model: Model) -> int:
             save(model, src, external_data=True)
             onnx.shape_inference.infer_shapes_path(src, src, data_prop=True)
             inferred = onnx.load_model(src, load_external_data=False)
-    return _apply(model.graph, inferred.graph)
+    gained = _apply(model.graph, inferred.graph)
+    model.shape_stamps = stamps(model)
+    return gained
 
 
-def infer_all_shapes(model: Model) -> int:
+def infer_all_shapes(model: Model, symbolic: str = "always") -> int:
     """onnx shape inference, then symbolic inference where dims stay unknown.
     Returns how many values gained information. The symbolic step is best effort:
-    where it stops (an op it does not know), what it inferred up to there stands."""
+    where it stops (an op it does not know), what it inferred up to there stands.
+    symbolic="auto" runs it only where an unknown dim can matter to a rewrite (see
+    _symbolic_may_help): on conv nets with symbolic image sizes it is most of the
+    time -O2 takes and changes nothing."""
     gained = infer_shapes(model)
     unknown = _unknown_names(model)
+    if symbolic == "auto" and not _symbolic_may_help(model, unknown):
+        return gained
     # The symbolic tool (the slow part) runs again only for values it has not seen
     # stay unknown, or when the inputs' shapes changed: a pass that changed nothing
     # near them cannot help it.
@@ -46,8 +60,37 @@ def infer_all_shapes(model: Model) -> int:
             gained += infer_shapes_symbolic(model)
         except Exception:  # noqa: BLE001 - onnxruntime's tool raises anything; unknowns are counted
             pass
+        if model.shape_stamps is not None:  # its dims went through the whole graph already
+            model.shape_stamps = stamps(model)
         model.symbolic_unknown = (inputs, _unknown_names(model))
     return gained
+
+
+# Ops whose rewrites never read their inputs' dims: unknown (spatial) dims that only
+# flow through these cannot change what the passes do. Shape readers, layout ops
+# (Reshape, Transpose, Slice, Expand, ...), MatMul/Gemm, Softmax and the
+# normalizations fusions match are not here.
+_DIM_BLIND = frozenset({
+    "Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "LRN",
+    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
+    "Tanh", "Softplus", "Softsign", "Mish", "Clip", "Exp", "Log", "Sqrt", "Erf", "Abs", "Neg",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos", "Identity", "Dropout",
+    "Resize", "Upsample", "Concat", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean",
+})
+
+
+def _symbolic_may_help(model: Model, unknown: frozenset[str]) -> bool:
+    """Whether a value with unknown dims is read by a node outside _DIM_BLIND."""
+    if not unknown:
+        return False
+    for graph in model.graph.all_graphs():
+        for node in graph.nodes:
+            if node.op_type in _DIM_BLIND and node.domain in ("", "ai.onnx") and not node.subgraphs():
+                continue
+            if any(v is not None and v.name in unknown for v in node.inputs):
+                return True
+    return False
 
 
 def infer_shapes_symbolic(model: Model) -> int:

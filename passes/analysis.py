@@ -28,16 +28,30 @@ def get_analysis(model: Model, name: str) -> Any:
 
 
 def invalidate(model: Model, keep: frozenset[str] = frozenset()) -> None:
+    """Drop the analyses not in `keep`. "values" in keep: the pass left every value
+    it did not remove meaning what it meant (same dtype and shape), so shape
+    inference may redo only what changed."""
     for name in list(model.analyses):
         if name not in keep:
             del model.analyses[name]
+    if "values" not in keep:
+        model.shape_stamps = None
 
 
 @analysis("shapes")
 def _shapes(model: Model) -> int:
     """Runs onnx shape inference, then onnxruntime's symbolic inference where dims
-    stay unknown, onto the values; the result is how many gained info."""
-    return infer_all_shapes(model)
+    stay unknown and can matter to a rewrite, onto the values; the result is how
+    many gained info."""
+    return infer_all_shapes(model, symbolic="auto")
+
+
+@analysis("all-shapes")
+def _all_shapes(model: Model) -> int:
+    """As "shapes", with the symbolic step wherever dims stay unknown: for passes
+    that need every activation's dims (channel groups, FLOPs)."""
+    model.analyses["shapes"] = gained = infer_all_shapes(model)
+    return gained
 
 
 @analysis("params")
@@ -112,7 +126,7 @@ def _attention_flops(node) -> int | None:
 
 @analysis("flops")
 def flops(model: Model) -> dict[str, Any]:
-    get_analysis(model, "shapes")  # onnx's and onnxruntime's symbolic inference; unknown nodes are counted
+    get_analysis(model, "all-shapes")  # onnx's and onnxruntime's symbolic inference; unknown nodes are counted
     total = 0
     by_op: Counter = Counter()
     unknown = 0

@@ -125,6 +125,13 @@ class _Cleaner:
             return True
         self.shapes()
         out = node.outputs[0]
+        if (inner is not None and inner.op_type == "Reshape" and is_standard(inner) and target is not None
+                and not node.attr("allowzero", 0)):
+            # its 0 entries copy dims the first reshape moved: a target for the first's input
+            direct = reshape_target(inner.inputs[0].shape, out.shape) if out.shape is not None else None
+            if direct is not None:
+                node.set_inputs([inner.inputs[0], graph.add_initializer(np.array(direct, np.int64), name="reshape_target")])
+                return True
         return _same_shape(src, out) and bypass(graph, node, src)
 
     def rule_Expand(self, graph, node) -> bool:
@@ -204,6 +211,8 @@ class Cleanup(Pass):
     """Remove dead nodes, unused initializers, Identity, inference Dropout, no-op
     Reshape/Transpose/Cast/Expand/Pad/Concat; collapse Reshape and Transpose chains
     and Slices of Slices; fold zero Pad into the following Conv."""
+
+    preserves = frozenset({"values"})  # removes or bypasses nodes; what stays means the same
 
     def run(self, model) -> PassResult:
         cleaner = _Cleaner(model)

@@ -26,7 +26,7 @@ def constants_to_initializers(graph) -> int:
 class ConstantsToInitializers(Pass):
     """Move Constant nodes' values into initializers (same names)."""
 
-    preserves = frozenset({"shapes", "flops", "params"})
+    preserves = frozenset({"shapes", "all-shapes", "flops", "params", "values"})
 
     def run(self, model) -> PassResult:
         moved = constants_to_initializers(model.graph)

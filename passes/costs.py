@@ -43,7 +43,7 @@ def static_clone(model: Model, calibration=None) -> Model:
     # tokens for 64 positions): the model's own symbolic shapes at the pinned sizes.
     sizes = {d: p for v, c in zip(model.graph.inputs, work.graph.inputs) if v.shape is not None and c.shape is not None
              for d, p in zip(v.shape, c.shape) if isinstance(d, str) and isinstance(p, int)}
-    get_analysis(model, "shapes")
+    get_analysis(model, "all-shapes")
     for node, copy in zip(model.graph.nodes, work.graph.nodes):
         for v, c in zip(node.outputs, copy.outputs):
             if c.shape is None or not all(isinstance(d, int) for d in c.shape):

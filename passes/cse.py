@@ -68,7 +68,7 @@ def _cse_graph(graph: Graph, stats: dict[str, int]) -> None:
 class CommonSubexpressionElimination(Pass):
     """Merge nodes with identical op, attributes and inputs, and identical constants."""
 
-    preserves = frozenset({"shapes"})
+    preserves = frozenset({"shapes", "all-shapes", "values"})
 
     def run(self, model) -> PassResult:
         stats: dict[str, int] = {}

@@ -236,6 +236,7 @@ class FoldConstants(Pass):
     Shape/Size of static shapes, turn Constant nodes into initializers."""
 
     Options = FoldOptions
+    preserves = frozenset({"values"})
 
     def run(self, model) -> PassResult:
         stats: dict[str, int] = {}

@@ -861,7 +861,7 @@ def build_groups(model: Model) -> ChannelGroups:
     """Compute the channel dependency groups of the model's top-level graph."""
     from .analysis import get_analysis
 
-    get_analysis(model, "shapes")  # with the symbolic step: unknown shapes block their groups
+    get_analysis(model, "all-shapes")  # with the symbolic step: unknown shapes block their groups
     graph = model.graph
     b = _Builder(model)
     for value in graph.inputs:

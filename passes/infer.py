@@ -11,9 +11,9 @@ class InferShapes(Pass):
     """Run onnx shape inference (with data propagation), then onnxruntime's symbolic
     inference where dims stay unknown, and keep the results."""
 
-    preserves = frozenset({"shapes", "flops", "params"})
+    preserves = frozenset({"shapes", "all-shapes", "flops", "params", "values"})
 
     def run(self, model) -> PassResult:
         gained = infer_all_shapes(model)
-        model.analyses["shapes"] = gained
+        model.analyses["shapes"] = model.analyses["all-shapes"] = gained
         return PassResult(gained > 0, {"values_typed": gained, "shapes_unknown": unknown_shapes(model)})

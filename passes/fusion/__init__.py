@@ -72,6 +72,7 @@ class Fuse(RewritePass):
 
     Options = FuseOptions
     effect = Effect.TOLERANCE  # folded weights round differently
+    preserves = frozenset({"values"})  # fused nodes produce the values the matched ones did
     atol = 1e-4
     rtol = 1e-3
 

@@ -46,12 +46,27 @@ def test_cleanup_near_misses_change_nothing():
         helper.make_node("Cast", ["a"], ["b"], to=TensorProto.DOUBLE),  # a real cast
         helper.make_node("Transpose", ["b"], ["c"], perm=[1, 0]),
         helper.make_node("Reshape", ["c", "zero_shape"], ["d"]),
-        helper.make_node("Reshape", ["d", "s2"], ["y"]),  # has a 0 dim: copies from d, cannot collapse
+        helper.make_node("Reshape", ["d", "s2"], ["y"]),  # a run-time target: cannot collapse
         helper.make_node("Identity", ["x"], ["z"]),  # graph input -> graph output: keep
-    ], [T("x", [2, 6]), T("train", [], TensorProto.BOOL)], [T("y", [3, 2, 2], TensorProto.DOUBLE), T("z", [2, 6])],
-        [I("ratio", np.array(0.5, np.float32)), I("zero_shape", np.array([3, 4], np.int64)), I("s2", np.array([0, 2, -1], np.int64))])
+    ], [T("x", [2, 6]), T("train", [], TensorProto.BOOL), T("s2", [3], TensorProto.INT64)],
+        [T("y", [3, 2, 2], TensorProto.DOUBLE), T("z", [2, 6])],
+        [I("ratio", np.array(0.5, np.float32)), I("zero_shape", np.array([3, 4], np.int64))])
     result = onnxforge.optimize(onnxforge.load(proto), "cleanup")
     assert not result.changed
+
+
+@pytest.mark.parametrize("batch", [2, "n"])
+def test_reshape_chain_whose_zeros_copy_moved_dims_collapses(batch):
+    """[b,2,1,4] -> [b,1,2,4] -> [0,0,-1]: the second 0 copies a dim the first reshape
+    moved; with the output shape known, one Reshape of x with its own target."""
+    proto = build.model([
+        helper.make_node("Reshape", ["x", "s1"], ["d"]),
+        helper.make_node("Reshape", ["d", "s2"], ["y"]),
+    ], [T("x", [batch, 2, 1, 4])], [T("y", [batch, 1, 8])],
+        [I("s1", np.array([0, 1, 2, 4], np.int64)), I("s2", np.array([0, 0, -1], np.int64))])
+    result = run_and_check(proto, "-O2")
+    assert ops(result) == Counter({"Reshape": 1})
+    assert result.model.graph.nodes[0].inputs[0].name == "x"
 
 
 def test_cse_merges_duplicates():

@@ -1,0 +1,119 @@
+"""Incremental shape inference (ir/shape_update.py): after value-preserving passes
+only what changed is inferred again, and the result is what a full run gives."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnxforge.ir.shapes as shapes_mod
+from onnxforge.ir import from_proto
+from onnxforge.passes import optimize
+from tests.models.fusion import attention
+from tests.models.pruning import convnet
+
+F = TensorProto.FLOAT
+
+
+def _runtime_reshape_model(layers: int = 3):
+    """torch-exporter style: view(x.size(0), x.size(1), heads, -1) with the target
+    built from Shape -> Gather -> Unsqueeze -> Concat, on symbolic batch/seq."""
+    nodes, inits = [], []
+    x = "x"
+    for i in range(layers):
+        w = f"w{i}"
+        inits.append(helper.make_tensor(w, F, [16, 16], np.random.default_rng(i).standard_normal(256).astype(np.float32)))
+        nodes += [
+            helper.make_node("MatMul", [x, w], [f"p{i}"]),
+            helper.make_node("Shape", [f"p{i}"], [f"s{i}"]),
+            helper.make_node("Gather", [f"s{i}", "zero"], [f"b{i}"], axis=0),
+            helper.make_node("Gather", [f"s{i}", "one"], [f"t{i}"], axis=0),
+            helper.make_node("Unsqueeze", [f"b{i}", "axes0"], [f"bu{i}"]),
+            helper.make_node("Unsqueeze", [f"t{i}", "axes0"], [f"tu{i}"]),
+            helper.make_node("Concat", [f"bu{i}", f"tu{i}", "heads"], [f"target{i}"], axis=0),
+            helper.make_node("Reshape", [f"p{i}", f"target{i}"], [f"r{i}"]),
+            helper.make_node("Identity", [f"r{i}"], [f"id{i}"]),
+            helper.make_node("Reshape", [f"id{i}", "flat"], [f"y{i}"]),
+            helper.make_node("Relu", [f"y{i}"], [f"a{i}"]),
+        ]
+        x = f"a{i}"
+    consts = {"zero": np.array(0, np.int64), "one": np.array(1, np.int64), "axes0": np.array([0], np.int64),
+              "heads": np.array([4, -1], np.int64), "flat": np.array([0, 0, 16], np.int64)}
+    inits += [helper.make_tensor(k, TensorProto.INT64, v.shape, v.ravel()) for k, v in consts.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["batch", "seq", 16])],
+                              [helper.make_tensor_value_info(x, F, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _symbolic_image_convnet():
+    proto = convnet()
+    del proto.graph.input[0].type.tensor_type.shape.dim[2:]
+    for name in ("height", "width"):
+        proto.graph.input[0].type.tensor_type.shape.dim.add().dim_param = name
+    return proto
+
+
+def _signature(model):
+    """Op sequence and every value's dtype/shape, unknown dims (unk__*) made equal."""
+    def dims(shape):
+        return None if shape is None else tuple("?" if isinstance(d, str) and d.startswith("unk__") else d for d in shape)
+    return [(n.op_type, tuple((v.dtype, dims(v.shape)) for v in n.outputs)) for g in model.graph.all_graphs()
+            for n in g.nodes]
+
+
+MODELS = {
+    "runtime-reshape": _runtime_reshape_model,
+    "attention": lambda: attention(layers=2)[0],
+    "convnet-symbolic-image": _symbolic_image_convnet,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_incremental_inference_gives_what_full_runs_give(name, monkeypatch):
+    model = from_proto(MODELS[name]())
+    incremental = optimize(model, "-O2").model
+    monkeypatch.setattr(shapes_mod, "infer_changed", lambda m, known: None)  # every run a full one
+    full = optimize(model, "-O2").model
+    assert _signature(incremental) == _signature(full)
+
+
+def test_only_changed_nodes_are_inferred_again(monkeypatch):
+    sizes = []
+    real = onnx.shape_inference.infer_shapes
+
+    def counting(proto, *args, **kwargs):
+        sizes.append(len(proto.graph.node))
+        return real(proto, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", counting)
+    model = from_proto(_runtime_reshape_model(layers=4))
+    result = optimize(model, "-O2")
+    assert sizes and sizes[0] == len(model.graph.nodes)  # the first run sees the whole graph
+    assert len(sizes) > 1 and max(sizes[1:]) < sizes[0]  # later ones only what passes changed
+    # the reshape pairs cancel once their run-time targets are known: MatMul -> Relu is left
+    assert [n.op_type for n in result.model.graph.nodes] == ["MatMul", "Relu"] * 4
+    assert all(v.shape == ("batch", "seq", 16) for n in result.model.graph.nodes for v in n.outputs)
+
+
+def test_changed_graph_input_means_a_full_run():
+    model = from_proto(_runtime_reshape_model(layers=1))
+    shapes_mod.infer_shapes(model)
+    assert model.shape_stamps is not None
+    model.graph.inputs[0].shape = (2, 5, 16)  # pinned
+    assert shapes_mod.infer_changed(model, model.shape_stamps) is None
+    shapes_mod.infer_shapes(model)
+    assert model.graph.nodes[0].outputs[0].shape == (2, 5, 16)
+
+
+def test_symbolic_step_runs_where_unknown_dims_can_matter(monkeypatch):
+    calls = []
+    real = shapes_mod.infer_shapes_symbolic
+    monkeypatch.setattr(shapes_mod, "infer_shapes_symbolic", lambda m: calls.append(1) or real(m))
+    conv = from_proto(_symbolic_image_convnet())
+    shapes_mod.infer_all_shapes(conv, symbolic="auto")  # spatial dims only reach Conv/Relu/Add...
+    assert not calls
+    shapes_mod.infer_all_shapes(conv, symbolic="always")
+    assert calls
+    calls.clear()
+    reshape = from_proto(_runtime_reshape_model(layers=1))
+    shapes_mod.infer_all_shapes(reshape, symbolic="auto")  # ... a Reshape reads its output
+    assert calls
