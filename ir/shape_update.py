@@ -134,20 +134,21 @@ def _infer_nodes(model: Model, nodes: list) -> int:
     inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     infos = {vi.name: vi.type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     rename = _fresh_unknowns(graph)
-    gained = 0
-    for node in nodes:
-        for value in node.outputs:
-            type_proto = infos.get(value.name)
-            if type_proto is None or not value.name:
-                continue
-            before = (value.dtype, value.shape, value.type_proto)
-            _read_type(value, type_proto)
-            if value.shape is not None:
-                value.shape = _refine(before[1], tuple(rename(d) for d in value.shape))
-            else:
-                value.shape = before[1]
-            gained += (value.dtype, value.shape, value.type_proto) != before
-    return gained
+
+    def combine(old, new):
+        return old if new is None else _refine(old, tuple(rename(d) for d in new))
+
+    return sum(take_inferred(value, infos[value.name], combine)
+               for node in nodes for value in node.outputs if value.name and value.name in infos)
+
+
+def take_inferred(value, type_proto, combine) -> bool:
+    """Copy an inferred type onto `value`, its shape combine(shape before, inferred
+    shape or None); whether the value gained anything."""
+    before = (value.dtype, value.shape, value.type_proto)
+    _read_type(value, type_proto)
+    value.shape = combine(before[1], value.shape)
+    return (value.dtype, value.shape, value.type_proto) != before
 
 
 def _refine(old, new):

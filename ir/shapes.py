@@ -11,8 +11,8 @@ import tempfile
 import onnx
 
 from .model import Model
-from .onnx_io import _read_type, save, to_proto_without_weights
-from .shape_update import infer_changed, stamps
+from .onnx_io import save, to_proto_without_weights
+from .shape_update import infer_changed, stamps, take_inferred
 
 
 def infer_shapes(model: Model) -> int:
@@ -310,21 +310,13 @@ def _merge(old, new):
 
 def _apply(graph, proto_graph, only_better: bool = False) -> int:
     infos = {vi.name: vi.type for vi in list(proto_graph.value_info) + list(proto_graph.output)}
+    combine = _merge if only_better else (lambda old, new: old if new is None else new)
     gained = 0
     for node in graph.nodes:
         if only_better and node.op_type in ("If", "Loop", "Scan"):
             continue  # where onnx could not merge the branches' shapes, the symbolic tool picks one
-        for value in node.outputs:
-            type_proto = infos.get(value.name)
-            if type_proto is None or not value.name:
-                continue
-            before = (value.dtype, value.shape, value.type_proto)
-            _read_type(value, type_proto)
-            if value.shape is None and before[1] is not None:
-                value.shape = before[1]
-            if only_better:
-                value.shape = _merge(before[1], value.shape)
-            gained += (value.dtype, value.shape, value.type_proto) != before
+        gained += sum(take_inferred(value, infos[value.name], combine)
+                      for value in node.outputs if value.name and value.name in infos)
     for node, node_proto in zip(graph.nodes, proto_graph.node):  # export keeps node order
         for attr in node_proto.attribute:
             sub = node.attributes.get(attr.name)
