@@ -62,9 +62,13 @@ def concat(bb, node, inputs):
     """The frontend's Concat, after giving every input the first input's dims off
     the concat axis where Relax cannot prove them equal (an upsampled
     2 * ((h - 1) // 2 + 1) next to a strided h): ONNX requires them equal, so a
-    match_cast states it (checked when the model runs) and the result keeps its
-    shape instead of becoming R.Tensor(ndim=4) with unknown dims, which Reshape
-    and others cannot take."""
+    reshape (a view) states it and the result keeps its shape instead of becoming
+    R.Tensor(ndim=4) with unknown dims, which Reshape and others cannot take. Not
+    a match_cast: TVM's CanonicalizeBindings (run by LiftTransformParams, so in
+    every package with packed weights) reads a match_cast to dims already bound
+    elsewhere as their definition and rewrites the types after it, which then
+    disagree with the types their values give ("emit_te now only supports Tensor
+    that has ShapeExpr shape" at the build)."""
     from tvm.relax.frontend.onnx.onnx_frontend import Concat
 
     attrs = dict(node.attributes)
@@ -88,7 +92,7 @@ def concat(bb, node, inputs):
             differ = [k for k in range(rank) if k != axis and not _same(dims[k], ref[k])]
             if differ and not all(hasattr(dims[k], "value") and hasattr(ref[k], "value") for k in differ):
                 target = [dims[k] if k == axis else ref[k] for k in range(rank)]
-                t = bb.match_cast(t, relax.TensorType(target, ty.dtype.dtype))
+                t = bb.normalize(relax.op.reshape(t, target))
             fixed.append(t)
         tensors = fixed
     return Concat._impl_v13(bb, tensors, attrs, ({}, {}))

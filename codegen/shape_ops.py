@@ -14,6 +14,7 @@ from ..ir import LoweringError
 from .op_helpers import _attr_str, _const, _constant_array, _dims, _dtype, _input, axis_flags, \
     emit_opaque_when_symbolic, frontend_attrs, kept_dims_shape, shape_tensor, with_ir_shape
 from .registry import register_lowering
+from .shape_values import expand_target
 
 op = relax.op
 
@@ -70,27 +71,14 @@ def constant_of_shape(bb, node, inputs):
 @register_lowering("Expand")
 def expand(bb, node, inputs):
     """Broadcast both ways (a target dim of 1 keeps the input's: (3, 1) to (2, 1, 6)
-    is (2, 3, 6)); a target shape computed at run time is resolved the same way
-    when the model runs."""
+    is (2, 3, 6)), at compile time where the target's values are constants or
+    symbolic dims that decide it (shape_values.expand_target); otherwise the target
+    is resolved the same way when the model runs."""
     x = bb.normalize(inputs[0])
     dims = _dims(x)
-    shape = _constant_array(inputs[1]) if not isinstance(inputs[1].ty, relax.ShapeType) else None
-    if shape is None and isinstance(inputs[1], relax.ShapeExpr):
-        shape = inputs[1].values
-    if shape is not None and all(isinstance(v, (int, np.integer, tirx.IntImm)) for v in np.asarray(shape).reshape(-1)):
-        target = [int(getattr(d, "value", d)) for d in np.asarray(shape).reshape(-1)]
-        rank = max(len(dims), len(target))
-        dims = [1] * (rank - len(dims)) + dims
-        target = [1] * (rank - len(target)) + target
-        out = []
-        for d, t in zip(dims, target):
-            if t == 1:
-                out.append(d)
-            elif isinstance(d, int) and d not in (1, t):
-                raise LoweringError(f"Expand of dims {_dims(x)} to {target}: {d} does not broadcast to {t}")
-            else:
-                out.append(t)
-        return op.broadcast_to(x, out)
+    known = expand_target(bb, x, inputs[1])
+    if known is not None:
+        return op.broadcast_to(x, known)
     n = _vector_length(bb, node, 1, inputs[1])
     target = _as_int64(bb, inputs[1])
     rank = max(len(dims), n)

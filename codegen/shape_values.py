@@ -18,6 +18,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..ir import LoweringError
+
 MAX_LENGTH = 16  # shape vectors only
 
 
@@ -133,3 +135,42 @@ def reshape_target(bb: relax.BlockBuilder, data, target, allowzero: bool) -> rel
         out[infer] = tvm.tirx.floordiv(total, rest)
     return relax.ShapeExpr([analyzer.simplify(v) for v in out])
 
+
+
+def expand_target(bb: relax.BlockBuilder, data, target) -> list | None:
+    """ONNX Expand's output dims (two-way broadcast of the input's dims and the
+    target's) where the target's values are known as symbolic dims and every pair
+    resolves without run-time values: a static dim on either side, or dims provably
+    equal. None otherwise (a symbolic dim against a symbolic target that may be 1
+    is decided when the model runs); an error for static dims that do not
+    broadcast. Known dims
+    keep the anchor grids of detection heads shaped like the feature maps they
+    are added to (fresh run-time dims per Expand made TVM lose their shapes)."""
+    values = symbolic_values(bb, target)
+    shape = getattr(data.ty, "shape", None)
+    if values is None or not isinstance(shape, relax.ShapeExpr):
+        return None
+    dims = [_i64(v) for v in shape.values]
+    rank = max(len(dims), len(values))
+    one = tvm.tirx.IntImm("int64", 1)
+    dims = [one] * (rank - len(dims)) + dims
+    values = [one] * (rank - len(values)) + list(values)
+    analyzer = tvm.sym.Analyzer()
+    out = []
+    for d, t in zip(dims, values):
+        d, t = analyzer.simplify(d), analyzer.simplify(t)
+        d_static, t_static = isinstance(d, tvm.tirx.IntImm), isinstance(t, tvm.tirx.IntImm)
+        if d_static and t_static and 1 not in (int(d), int(t)) and int(d) != int(t):
+            raise LoweringError(f"Expand of dims {[_show(v) for v in shape.values]} to {[_show(v) for v in values]}: "
+                                f"{int(d)} does not broadcast to {int(t)}")
+        if (t_static and int(t) == 1) or (d_static and int(d) != 1) or analyzer.can_prove_equal(d, t):
+            out.append(d)  # a static d other than 1: t is 1 or d
+        elif t_static or (d_static and int(d) == 1):
+            out.append(t)  # a static t other than 1: d is 1 or t
+        else:
+            return None
+    return out
+
+
+def _show(v):
+    return int(v) if isinstance(v, tvm.tirx.IntImm) else v

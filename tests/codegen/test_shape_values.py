@@ -1,7 +1,9 @@
 """Shapes computed at run time, as exporters write them: a Reshape target built
 from the input's own Shape (through Cast, Slice, Concat) keeps the input's
-symbolic dims; a broadcast against fresh dims lowers; and uses of dims bound
-mid-function stay after the match_cast that binds them, whatever fusion did."""
+symbolic dims; an Expand to a shape read off a tensor keeps its dims; a broadcast
+against fresh dims lowers; a detection head's anchor grid builds unpinned next to
+packed weights; and uses of dims bound mid-function stay after the match_cast that
+binds them, whatever fusion did."""
 import numpy as np
 import onnx
 import pytest
@@ -90,6 +92,71 @@ def test_a_broadcast_against_run_time_dims_builds_and_runs(tmp_path):
         want, got = run_ort(fresh_dims_model(), feeds), pkg(**feeds)
         np.testing.assert_allclose(got["y"], want["y"], rtol=1e-6)
         np.testing.assert_array_equal(got["ys"], want["ys"])
+
+
+def anchor_grid_model(lengths: str) -> onnx.ModelProto:
+    """A detection head as YOLOv8 exports it, in small: y = Conv(x) (x [1, 3, H, W]),
+    an anchor grid from y's own H and W (Range -> Reshape to (H, 1) and (1, W) ->
+    Expand both to (H, W) -> Unsqueeze -> Concat -> Reshape (-1, 2)), and a Concat of
+    y with an upsampled strided branch (H next to 2 * ((H - 1) // 2 + 1)).
+    lengths="gather": Range limits from Shape -> Gather of a scalar index (the
+    export's form; the grid's dims are H and W at compile time); "squeeze": through
+    a Squeeze of a 1-element Gather, which leaves the Range lengths to run time, so
+    each Expand resolves its target when the model runs."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1, "w2"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             _const("zero", 0), _const("one", 1), _const("ones", [1]), _const("ax0", [0]), _const("last", [-1]),
+             _const("pairs", [-1, 2])]
+    if lengths == "gather":
+        inits += [_const("i2", 2), _const("i3", 3)]
+        limits = [helper.make_node("Gather", ["sh", "i2"], ["hs"], axis=0),
+                  helper.make_node("Gather", ["sh", "i3"], ["ws"], axis=0),
+                  helper.make_node("Unsqueeze", ["hs", "ax0"], ["hh"]), helper.make_node("Unsqueeze", ["ws", "ax0"], ["ww"])]
+    else:
+        inits += [_const("i2", [2]), _const("i3", [3])]
+        limits = [helper.make_node("Gather", ["sh", "i2"], ["hh"], axis=0),
+                  helper.make_node("Gather", ["sh", "i3"], ["ww"], axis=0),
+                  helper.make_node("Squeeze", ["hh", "ax0"], ["hs"]), helper.make_node("Squeeze", ["ww", "ax0"], ["ws"])]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["y", "w2"], ["ys"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Resize", ["ys", "", "scales"], ["up"], mode="nearest"),
+             helper.make_node("Concat", ["y", "up"], ["cat"], axis=1),
+             helper.make_node("Shape", ["y"], ["sh"]), *limits,
+             helper.make_node("Range", ["zero", "hs", "one"], ["rh"]), helper.make_node("Range", ["zero", "ws", "one"], ["rw"]),
+             helper.make_node("Cast", ["rh"], ["fh"], to=F), helper.make_node("Cast", ["rw"], ["fw"], to=F),
+             helper.make_node("Concat", ["hh", "ones"], ["h1"], axis=0), helper.make_node("Concat", ["ones", "ww"], ["w1"], axis=0),
+             helper.make_node("Reshape", ["fh", "h1"], ["gh"]), helper.make_node("Reshape", ["fw", "w1"], ["gw"]),
+             helper.make_node("Concat", ["hh", "ww"], ["hw"], axis=0),
+             helper.make_node("Expand", ["gh", "hw"], ["eh"]), helper.make_node("Expand", ["gw", "hw"], ["ew"]),
+             helper.make_node("Unsqueeze", ["ew", "last"], ["uw"]), helper.make_node("Unsqueeze", ["eh", "last"], ["uh"]),
+             helper.make_node("Concat", ["uw", "uh"], ["g"], axis=-1),
+             helper.make_node("Reshape", ["g", "pairs"], ["grid"])]
+    graph = helper.make_graph(nodes, "anchors", [helper.make_tensor_value_info("x", F, [1, 3, "H", "W"])],
+                              [helper.make_tensor_value_info("grid", F, ["G", 2]),
+                               helper.make_tensor_value_info("cat", F, [1, 32, "H", "W"])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_expand_to_the_shape_of_a_tensor_keeps_its_dims():
+    text = lower(from_proto(anchor_grid_model("gather"))).mod["main"].script(show_meta=False)
+    assert "broadcast_to" in text and "expand_dim_" not in text  # no fresh dims: (H, W) at compile time
+
+
+@pytest.mark.parametrize("lengths", ["gather", "squeeze"])
+def test_an_unpinned_anchor_grid_next_to_packed_convolutions_builds_and_matches(lengths, tmp_path):
+    # -O2 packs the convolutions' weights, so the build lifts them into main_transform_params (TVM's
+    # LiftTransformParams), whose binding canonicalization lost this graph's shapes before
+    model = anchor_grid_model(lengths)
+    pkg = onnxforge.compile(model, "x86", "-O2", output=tmp_path / "anchors.ofpkg")
+    assert pkg.manifest.get("transform_params") is True
+    for hw in ((8, 12), (6, 10)):
+        x = np.random.default_rng(hw[0]).standard_normal((1, 3, *hw)).astype(np.float32)
+        want, got = run_ort(model, {"x": x}), pkg(x=x)
+        assert got["grid"].shape == (hw[0] * hw[1], 2)
+        np.testing.assert_array_equal(got["grid"], want["grid"])
+        np.testing.assert_allclose(got["cat"], want["cat"], rtol=1e-4, atol=1e-4)
 
 
 def _reshape_after_match_cast() -> tvm.IRModule:
