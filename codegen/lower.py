@@ -64,11 +64,57 @@ def _fold_shape_arithmetic(model: Model) -> Model:
     return optimize(model, "fold-constants{max_bytes=4096}").model
 
 
+def _inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Model-local functions inlined. onnx's inliner leaves a call alone when the
+    function imports another version of an opset than the model (a function fused at
+    opset 12 in a model a later pass moved to 13); where every op of the body has the
+    same definition at both versions, the function is relabelled to the model's
+    version, which changes nothing; otherwise onnx's version converter runs."""
+    model_versions = {o.domain or "": o.version for o in proto.opset_import}
+    convert = False
+    for function in proto.functions:
+        for imp in function.opset_import:
+            want = model_versions.get(imp.domain or "")
+            if want is None or want == imp.version:
+                continue
+            same = True
+            for node in function.node:
+                if (node.domain or "") != (imp.domain or ""):
+                    continue
+                try:
+                    a = onnx.defs.get_schema(node.op_type, imp.version, node.domain or "").since_version
+                    b = onnx.defs.get_schema(node.op_type, want, node.domain or "").since_version
+                except onnx.defs.SchemaError:
+                    a, b = None, -1
+                same = same and a == b
+            if same:
+                imp.version = want
+            else:
+                convert = True
+    if convert:  # the converter reads the types of the values a call passes
+        typed = {v.name for v in (*proto.graph.input, *proto.graph.value_info)}
+        proto.graph.value_info.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                                      for t in proto.graph.initializer if t.name not in typed)
+        with contextlib.suppress(Exception):
+            proto = onnx.shape_inference.infer_shapes(proto)
+    try:
+        inlined = onnx.inliner.inline_local_functions(proto, convert_version=convert)
+    except Exception as exc:  # noqa: BLE001 - onnx's converter asserts in C++
+        inlined, why = None, str(exc).strip().splitlines()[-1][:200]
+    left = {(f.domain, f.name) for f in proto.functions}
+    left = left if inlined is None else {(n.domain, n.op_type) for n in inlined.graph.node} & left
+    if left:
+        raise LoweringError(f"the model-local function {'.'.join(sorted(left)[0])} could not be inlined: its opset "
+                            f"versions differ from the model's{f' ({why})' if inlined is None else ''}; export the "
+                            "model with one opset version")
+    return inlined
+
+
 def lower(model: Model) -> Lowered:
     """Lower a model (already optimized) to Relax; raises LoweringError naming the
     node and op that failed."""
     if model.functions:  # the frontend does not know model-local functions; their constants fold below
-        model = from_proto(onnx.inliner.inline_local_functions(to_proto(model)), model.base_dir)
+        model = from_proto(_inline_functions(to_proto(model)), model.base_dir)
     model = _fold_shape_arithmetic(model)  # a copy
     constants_to_initializers(model.graph)  # Constant-node weights become parameters too
     graph = model.graph

@@ -126,6 +126,26 @@ def test_model_local_functions_are_inlined():
     np.testing.assert_array_equal(pkg(x=x)["y"], x * x)
 
 
+@pytest.mark.parametrize("function_opset", [12, 13])
+def test_a_local_function_of_another_opset_version_than_the_model_is_inlined(function_opset):
+    """A function of opset 12 in a model of opset 13 (what -O2,quantize-weights left on
+    PP-OCRv4 rec before raise_opset moved functions along; onnx's checker refuses
+    such a file, exporters' functions can still be like that): onnx's inliner alone
+    leaves the calls in place; lowering relabels or converts the function first."""
+    from onnxforge.passes.fusion.rmsnorm import rms_function
+
+    g = models.Graph()
+    g.op("RMSNormalization", "x", g.const(np.full(3, 2.0, np.float32)), domain="onnxforge", axes=[-1], epsilon=1e-5,
+         dtype=TensorProto.FLOAT, out="y")
+    proto = g.model([("x", [2, 3], TensorProto.FLOAT)], [("y", [2, 3], TensorProto.FLOAT)], opset=13,
+                    extra_opsets=[("onnxforge", 1)])
+    proto.functions.append(rms_function(function_opset))
+    pkg = onnxforge.compile(onnxforge.load(proto), pipeline="-O0")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
+    want = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * 2
+    np.testing.assert_allclose(pkg(x=x)["y"], want, rtol=1e-5, atol=1e-6)
+
+
 def test_shape_arithmetic_the_frontend_cannot_evaluate_is_folded_first():
     """PP-OCRv4's pattern: Reshape to [0, Shape(x)[1], 3, 4] built by Shape -> Cast
     -> Slice -> Cast -> Concat, Transpose, Slice [0:1] and Squeeze of that axis.

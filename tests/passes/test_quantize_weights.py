@@ -419,3 +419,25 @@ def test_gather_embedding_is_opt_in_and_dequantizes_rows_only(granularity):
         assert dq.attributes == attributes, spec
         assert rel_err(run_ort(m, feeds)["y"], run_ort(four.model, feeds)["y"]) < (0.2 if "bits=4" in spec else 0.02)
 
+
+
+def test_raising_the_opset_moves_model_local_functions_along():
+    """PP-OCRv4 rec at opset 12: -O2 fuses its RMS norms into the model-local function
+    onnxforge.RMSNormalization (opset 12), then quantize-weights raises the model to
+    13 for per-channel DequantizeLinear; the function must import 13 too, or the saved
+    model fails onnx's checker and the compiler cannot inline it."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Mul", ["x", "x"], ["xx"]), helper.make_node("ReduceMean", ["xx"], ["ms"], axes=[-1]),
+             helper.make_node("Add", ["ms", "eps"], ["v"]), helper.make_node("Sqrt", ["v"], ["s"]),
+             helper.make_node("Div", ["x", "s"], ["n"]), helper.make_node("Mul", ["n", "g"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    m = onnxforge.load(model(nodes, [tensor("x", [4, 64])], [tensor("y", [4, 32])],
+                             [init("eps", np.array(1e-6, np.float32)), init("g", rng.random(64).astype(np.float32) + 0.5),
+                              init("w", rng.standard_normal((64, 32)).astype(np.float32))], opset=12))
+    out = onnxforge.optimize(m.clone(), "-O2,quantize-weights").model
+    assert [f.name for f in out.functions] == ["RMSNormalization"] and out.opset == 13
+    proto = to_proto(out)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [(o.domain, o.version) for o in proto.functions[0].opset_import] == [("", 13)]
+    feeds = sample_inputs(m, seed=1)
+    assert rel_err(run_ort(m, feeds)["y"], run_ort(out, feeds)["y"]) < 0.02
