@@ -17,6 +17,9 @@ namespace inflate {
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+struct LimitError : Error {  // the output would pass the caller's limit
+  using Error::Error;
+};
 
 // Bits are read least significant first (RFC 1951 3.1.1).
 class BitReader {
@@ -129,7 +132,10 @@ class Inflater {
 
  private:
   void Grow(size_t extra) {
-    if (used_ + extra > out_.size()) out_.resize(std::max(out_.size() * 2, used_ + extra));
+    if (used_ + extra > out_.size()) {
+      if (used_ + extra > limit_) throw LimitError("inflates to more than " + std::to_string(limit_ >> 20) + " MiB");
+      out_.resize(std::min(std::max(out_.size() * 2, used_ + extra), limit_));
+    }
   }
 
   void Stored() {
@@ -228,6 +234,7 @@ class Inflater {
   const uint8_t* raw_ = nullptr;  // the whole input, for stored blocks
   size_t raw_size_ = 0;
   size_t start_ = 0;  // where this stream's output begins (back-references stay inside it)
+  size_t limit_ = SIZE_MAX;  // the most output allowed (a compression bomb stops here)
 
  private:
   BitReader& in_;
@@ -255,14 +262,15 @@ inline bool IsGzip(const std::string& data) {
 }
 
 // The decompressed bytes of a gzip file (every member of a multi-member one),
-// each member's CRC-32 and size checked.
-inline std::string Gunzip(const std::string& gz) {
+// each member's CRC-32 and size checked; a LimitError once they would pass `limit`
+// bytes (memory never holds more than that).
+inline std::string Gunzip(const std::string& gz, size_t limit = SIZE_MAX) {
   const auto* p = reinterpret_cast<const uint8_t*>(gz.data());
   size_t n = gz.size(), at = 0, used = 0;
   std::string out;
   auto le32 = [&](size_t i) { return uint32_t(p[i]) | uint32_t(p[i + 1]) << 8 | uint32_t(p[i + 2]) << 16 | uint32_t(p[i + 3]) << 24; };
   // A first guess: the last member's size (mod 2^32), at most DEFLATE's best ratio.
-  if (n >= 8) out.resize(std::min<size_t>(std::max<size_t>(le32(n - 4), 1024), n * 1032));
+  if (n >= 8) out.resize(std::min<size_t>(std::min<size_t>(std::max<size_t>(le32(n - 4), 1024), n * 1032), limit));
   while (at < n) {
     if (n - at < 18 || p[at] != 0x1f || p[at + 1] != 0x8b) throw Error("not gzip data or truncated");
     if (p[at + 2] != 8) throw Error("unsupported gzip compression method");
@@ -281,7 +289,7 @@ inline std::string Gunzip(const std::string& gz) {
     need(8);
     BitReader bits(p + h, n - h);
     Inflater inflater(bits, out, used);
-    inflater.raw_ = p + h, inflater.raw_size_ = n - h, inflater.start_ = used;
+    inflater.raw_ = p + h, inflater.raw_size_ = n - h, inflater.start_ = used, inflater.limit_ = limit;
     size_t begin = used;
     inflater.Run();
     size_t end = h + bits.AlignedPosition();

@@ -30,7 +30,7 @@ from .. import manifest as fmt
 from .libs import OPENBLAS, cache_root, openblas_dir, runtime_for
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("ofrun.cc", "npy.h", "package.h", "inflate.h")
+SOURCES = ("ofrun.cc", "checks.h", "npy.h", "package.h", "inflate.h")
 CROSS = {"aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
          "x86_64": ("x86_64-linux-gnu-g++", "g++-x86-64-linux-gnu")}
 QEMU = {"aarch64": ("qemu-aarch64-static", "qemu-aarch64"), "x86_64": ("qemu-x86_64-static", "qemu-x86_64")}

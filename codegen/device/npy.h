@@ -49,36 +49,48 @@ inline Array Parse(const std::string& bytes, const std::string& where) {
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) throw Error(where, "not a .npy file");
   const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
   int major = b[6];
+  if (major != 1 && bytes.size() < 12) throw Error(where, "unsupported or truncated .npy header");
   size_t len = major == 1 ? (b[8] | b[9] << 8) : (b[8] | b[9] << 8 | b[10] << 16 | size_t(b[11]) << 24);
   size_t start = major == 1 ? 10 : 12;
   if (major < 1 || major > 3 || start + len > bytes.size()) throw Error(where, "unsupported or truncated .npy header");
   std::string header = bytes.substr(start, len);
   Array out;
   std::string descr = After(header, "descr", where);
-  descr = descr.substr(1, descr.find('\'', 1) - 1);
+  size_t quote = descr.find('\'', 1);
+  if (descr.size() < 2 || descr[0] != '\'' || quote == std::string::npos) throw Error(where, "a malformed .npy header");
+  descr = descr.substr(1, quote - 1);
   size_t item = 0;
   for (const Descr& d : Descrs())
     if (d.descr == descr || (d.descr[0] == '<' && descr == "=" + d.descr.substr(1))) out.dtype = d.name, item = d.itemsize;
-  if (out.dtype.empty()) throw Error(where, "dtype '" + descr + "' is not supported (little-endian numbers and bool only)");
+  if (out.dtype.empty()) throw Error(where, "dtype '" + descr.substr(0, 40) + "' is not supported (little-endian numbers and bool only)");
   if (After(header, "fortran_order", where).rfind("False", 0) != 0)
     throw Error(where, "Fortran-order arrays are not supported: save np.ascontiguousarray(a)");
   std::string shape = After(header, "shape", where);
-  shape = shape.substr(1, shape.find(')') - 1);
-  size_t count = 1;
+  size_t close = shape.find(')');
+  if (shape.empty() || shape[0] != '(' || close == std::string::npos) throw Error(where, "a malformed .npy header");
+  shape = shape.substr(1, close - 1);
+  uint64_t count = 1;
   for (size_t i = 0; i < shape.size();) {
     size_t end = shape.find(',', i);
     std::string dim = shape.substr(i, end == std::string::npos ? std::string::npos : end - i);
-    if (dim.find_first_not_of(' ') != std::string::npos) {
-      out.shape.push_back(std::stoll(dim));
-      count *= size_t(out.shape.back());
+    size_t a = dim.find_first_not_of(' '), b = dim.find_last_not_of(' ');
+    if (a != std::string::npos) {
+      dim = dim.substr(a, b - a + 1);
+      int64_t d = 0;
+      for (char c : dim)  // digits only: a dim is >= 0
+        if (c < '0' || c > '9' || __builtin_mul_overflow(d, int64_t(10), &d) || __builtin_add_overflow(d, int64_t(c - '0'), &d))
+          throw Error(where, "a malformed dim '" + dim.substr(0, 20) + "' in the .npy header");
+      out.shape.push_back(d);
+      if (__builtin_mul_overflow(count, uint64_t(d), &count)) throw Error(where, "an impossible .npy shape");
     }
     if (end == std::string::npos) break;
     i = end + 1;
   }
   out.data = bytes.substr(start + len);
-  if (out.data.size() != count * item)
+  uint64_t want = 0;
+  if (__builtin_mul_overflow(count, uint64_t(item), &want) || out.data.size() != want)
     throw Error(where, "holds " + std::to_string(out.data.size()) + " data bytes, its header says " +
-                           std::to_string(count * item));
+                           std::to_string(want));
   return out;
 }
 
@@ -116,16 +128,18 @@ inline std::map<std::string, std::string> ReadZip(const std::string& zip, const 
   while (at + 30 <= zip.size() && Le(zip, at, 4) == 0x04034b50) {  // local file header
     uint64_t flags = Le(zip, at + 6, 2), method = Le(zip, at + 8, 2);
     uint64_t size = Le(zip, at + 18, 4), name_len = Le(zip, at + 26, 2), extra_len = Le(zip, at + 28, 2);
+    if (name_len + extra_len > zip.size() - at - 30) throw Error(where, "truncated zip header");
     std::string name = zip.substr(at + 30, name_len);
     if (method != 0 || (flags & 8))
       throw Error(where, "member " + name + " is compressed: write the .npz with numpy.savez, not savez_compressed");
     size_t extra = at + 30 + name_len;
     for (size_t e = extra; size == 0xffffffffu && e + 4 <= extra + extra_len;) {  // zip64: numpy always adds it
-      if (Le(zip, e, 2) == 1) size = Le(zip, e + 4, 8);
+      if (Le(zip, e, 2) == 1 && e + 12 <= extra + extra_len) size = Le(zip, e + 4, 8);
       e += 4 + Le(zip, e + 2, 2);
     }
     size_t data = extra + extra_len;
-    if (data + size > zip.size()) throw Error(where, "truncated zip member " + name);
+    if (size > zip.size() - data) throw Error(where, "truncated zip member " + name);
+    if (out.count(name)) throw Error(where, "member " + name + " appears twice");
     out[name] = zip.substr(data, size);
     at = data + size;
   }

@@ -33,6 +33,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <sched.h>
 #include <fstream>
 #include <optional>
@@ -40,6 +43,7 @@
 #include <sstream>
 #include <unistd.h>
 
+#include "checks.h"
 #include "npy.h"
 #include "package.h"
 
@@ -142,10 +146,13 @@ static Options ParseArgs(int argc, char** argv) {
 
 static std::string Str(const ffi::Any& v) { return v.try_cast<ffi::String>().value_or(ffi::String("")); }
 
-static Json ReadManifest(const std::string& path, std::map<std::string, std::string>* files) {
+// The manifest of the package bytes `data` (read from `path`), every member it lists
+// checked against its sha256 and size and kept in `files`; a PackageError for anything
+// else, before any field is used (checks.h).
+static Json ReadManifestBytes(std::string data, const std::string& path, std::map<std::string, std::string>* files) {
   std::map<std::string, std::string> members;
   try {
-    members = pkg::ReadTar(path);
+    members = pkg::ReadPackageBytes(std::move(data), path);
   } catch (const std::runtime_error& e) {
     throw PackageError(e.what());
   }
@@ -156,16 +163,28 @@ static Json ReadManifest(const std::string& path, std::map<std::string, std::str
     throw PackageError(path + ": manifest.json does not match its checksum in manifest.sha256: the package was "
                        "modified or corrupted; rebuild it with `onnxforge compile`");
   ffi::String error;
-  ffi::Any parsed = ffi::json::Parse(text, &error);
+  ffi::Any parsed;
+  try {
+    parsed = ffi::json::Parse(text, &error);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
   auto manifest = parsed.try_cast<Json>();
-  if (!error.empty() || !manifest) throw PackageError(path + ": manifest.json is not a JSON object: " + std::string(error));
+  if (!error.empty() || !manifest || !checks::IsObject(parsed))
+    throw PackageError(path + ": manifest.json is not a JSON object: " + std::string(error).substr(0, 200));
   if (Str(manifest->Get("format").value_or(nullptr)) != "onnxforge-package" ||
-      manifest->Get("format_version").value_or(nullptr).try_cast<int64_t>().value_or(0) != 1)
+      !checks::IsInt(manifest->Get("format_version").value_or(nullptr)) ||
+      manifest->Get("format_version").value_or(nullptr).cast<int64_t>() != 1)
     throw PackageError(path + ": not an onnxforge package of format version 1");
-  Json listed = manifest->Get("files").value_or(Json()).try_cast<Json>().value_or(Json());
+  std::string problem = checks::CheckManifest(parsed);
+  if (!problem.empty())
+    throw PackageError(path + ": manifest.json: " + problem.substr(0, 300) + ": the package is damaged or was not "
+                       "written by onnxforge; rebuild it with `onnxforge compile`");
+  Json listed = manifest->Get("files").value().cast<Json>();
   for (const char* name : {"model.so", "weights.npz"}) {
     auto entry = listed.Get(name).value_or(nullptr).try_cast<Json>();
-    if (!entry || Str(entry->Get("sha256").value_or(nullptr)) != pkg::Sha256Hex(members[name]))
+    if (!entry || entry->Get("bytes").value().cast<int64_t>() != static_cast<int64_t>(members[name].size()) ||
+        Str(entry->Get("sha256").value()) != pkg::Sha256Hex(members[name]))
       throw PackageError(path + ": checksum mismatch for " + name + ": the file was modified or corrupted; "
                          "rebuild the package with `onnxforge compile`");
     (*files)[name] = members[name];
@@ -213,12 +232,18 @@ struct AlignedAlloc {  // 64-byte aligned, as TVM's own CPU allocator
 
 static ffi::Tensor ToTensor(const std::string& dtype, const std::vector<int64_t>& shape, const std::string& data,
                             const std::string& what) {
-  ffi::Tensor t = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(shape.begin(), shape.end()),
-                                           ffi::StringToDLDataType(dtype), DLDevice{kDLCPU, 0});
-  if (ffi::GetDataSize(*t.GetDLTensorPtr()) != data.size())
+  DLDataType t = ffi::StringToDLDataType(dtype);
+  uint64_t bits = uint64_t(t.bits) * t.lanes, count = 1;  // as ffi::GetDataSize, without wrapping around
+  for (int64_t d : shape)
+    if (d < 0 || __builtin_mul_overflow(count, uint64_t(d), &count))
+      throw PackageError(what + ": an impossible shape");
+  if (count > (UINT64_MAX - 7) / (bits ? bits : 1) || (count * bits + 7) / 8 != data.size())
     throw PackageError(what + ": " + std::to_string(data.size()) + " bytes for " + dtype + " of that shape");
-  std::copy(data.begin(), data.end(), static_cast<char*>(t.data_ptr()));
-  return t;
+  ffi::Tensor tensor = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(shape.begin(), shape.end()), t,
+                                                DLDevice{kDLCPU, 0});
+  if (!tensor.data_ptr() && !data.empty()) throw std::bad_alloc();
+  std::copy(data.begin(), data.end(), static_cast<char*>(tensor.data_ptr()));
+  return tensor;
 }
 
 static std::string ShapeText(const ffi::Array<ffi::Any>& shape) {
@@ -349,12 +374,78 @@ static void PreloadNativeLibraries(const Json& manifest, const std::string& path
   }
 }
 
+#if defined(__aarch64__)
+static const int kElfMachine = 183;
+#elif defined(__x86_64__)
+static const int kElfMachine = 62;
+#else
+static const int kElfMachine = 0;
+#endif
+
+static void CheckLibrary(const std::string& so, const std::string& path) {
+  std::string problem = checks::CheckElf(so, kElfMachine);
+  if (!problem.empty())
+    throw PackageError(path + ": its model.so cannot be loaded: " + problem + "; rebuild the package with "
+                       "`onnxforge compile`");
+}
+
+// dlopen `lib` in a forked child first, binding every symbol (RTLD_NOW): damage the ELF
+// check cannot see (a garbled symbol table or relocation) crashes or stops the dynamic
+// loader, and there it costs only the child (codegen/elf_check.py's probe_dlopen).
+static void ProbeLibrary(const std::string& lib, const std::string& path) {
+  fflush(stdout), fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return;  // no child: the real load decides
+  if (pid == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) dup2(null, 2);
+    _exit(dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL) ? 0 : 3);
+  }
+  int status = 0;
+  for (int waited = 0; waitpid(pid, &status, WNOHANG) == 0; ++waited) {
+    if (waited > 5000) {  // 5 s: leave the verdict to the real load
+      kill(pid, SIGKILL), waitpid(pid, &status, 0);
+      return;
+    }
+    usleep(1000);
+  }
+  if (WIFSIGNALED(status))
+    throw PackageError(path + ": loading its model.so crashed the dynamic loader (signal " +
+                       std::to_string(WTERMSIG(status)) + "); rebuild the package with `onnxforge compile`");
+  if (WEXITSTATUS(status) == 3) {
+    void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);  // the same refusal here, for its message
+    const char* why = h ? nullptr : dlerror();
+    if (h) dlclose(h);
+    throw PackageError(path + ": the dynamic loader refuses its model.so: " + std::string(why ? why : "unknown error"));
+  }
+  if (WEXITSTATUS(status) != 0)
+    throw PackageError(path + ": the dynamic loader stopped on its model.so (exit " +
+                       std::to_string(WEXITSTATUS(status)) + ")");
+}
+
+// Everything ofrun checks before it loads code: manifest, checksums, target, weights,
+// the library's ELF headers. Returns the manifest and fills `files` and `weights`.
+static Json CheckPackage(std::string data, const std::string& path, std::map<std::string, std::string>* files,
+                         std::vector<ffi::Tensor>* weights) {
+  Json manifest = ReadManifestBytes(std::move(data), path, files);
+  CheckTarget(manifest, path);
+  *weights = ReadWeights((*files)["weights.npz"], manifest, path);
+  CheckLibrary((*files)["model.so"], path);
+  return manifest;
+}
+
 static int Run(const Options& o) {
   std::map<std::string, std::string> files;
-  Json manifest = ReadManifest(o.package, &files);
-  CheckTarget(manifest, o.package);
+  std::vector<ffi::Tensor> weights;
+  std::string data;
+  try {
+    data = pkg::ReadFile(o.package);
+  } catch (const std::runtime_error& e) {
+    throw UsageError(e.what());
+  }
+  Json manifest = CheckPackage(std::move(data), o.package, &files, &weights);
   std::vector<ffi::Tensor> args = ReadInputs(o, manifest);
-  for (ffi::Tensor& w : ReadWeights(files["weights.npz"], manifest, o.package)) args.push_back(w);
+  for (ffi::Tensor& w : weights) args.push_back(w);
   PreloadNativeLibraries(manifest, o.package);
 
   // dlopen needs a file: write model.so to a temporary one, removed once loaded.
@@ -368,6 +459,7 @@ static int Run(const Options& o) {
   std::optional<ffi::Module> vm;
   try {
     if (!written) throw std::runtime_error("cannot write " + lib);
+    ProbeLibrary(lib, o.package);
     ffi::Module exe = ffi::Module::LoadFromFile(lib);
     vm = exe->GetFunction("vm_load_executable", /*query_imports=*/true).value()().cast<ffi::Module>();
   } catch (...) {
@@ -443,6 +535,7 @@ static int Run(const Options& o) {
   return 0;
 }
 
+#ifndef OFRUN_NO_MAIN  // (the fuzz driver, tests/fuzz/ofrun_fuzz.cc, includes this file)
 int main(int argc, char** argv) {
   try {
     return Run(ParseArgs(argc, argv));
@@ -452,6 +545,9 @@ int main(int argc, char** argv) {
   } catch (const PackageError& e) {
     fprintf(stderr, "ofrun: error: %s\n", e.what());
     return 3;
+  } catch (const std::bad_alloc&) {
+    fprintf(stderr, "ofrun: error: not enough memory: the package or its inputs are too large for this machine\n");
+    return 1;
   } catch (const ffi::Error& e) {  // raised inside TVM: loading the library, running main
     fprintf(stderr, "ofrun: error: %s: %s\n", e.kind().c_str(), e.what());
     return 1;
@@ -460,3 +556,4 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+#endif

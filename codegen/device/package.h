@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -38,31 +39,46 @@ inline uint64_t Octal(const char* p, size_t n) {
   return v;
 }
 
+// A decimal number (all of `text`), or false: a hostile header must not reach std::stoul.
+inline bool Decimal(const std::string& text, uint64_t* value) {
+  if (text.empty() || text.size() > 19) return false;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + uint64_t(c - '0');
+  }
+  *value = v;
+  return true;
+}
+
 // pax records ("LEN key=value\n"): the ones that override a member's path and size.
-inline void Pax(const std::string& body, std::string* name, uint64_t* size) {
-  for (size_t at = 0; at < body.size();) {
+inline void Pax(const std::string& body, std::string* name, uint64_t* size, const std::string& path) {
+  auto bad = [&] { return std::runtime_error(path + ": corrupt package (a malformed pax header)"); };
+  for (size_t at = 0; at < body.size() && body[at] != '\0';) {
     size_t space = body.find(' ', at);
-    if (space == std::string::npos) break;
-    size_t len = std::stoul(body.substr(at, space - at));
-    if (len == 0) break;
+    uint64_t len = 0;
+    if (space == std::string::npos || !Decimal(body.substr(at, space - at), &len)) throw bad();
+    if (len < space - at + 3 || len > body.size() - at || body[at + len - 1] != '\n') throw bad();
     std::string record = body.substr(space + 1, len - (space - at) - 2);
     size_t eq = record.find('=');
-    if (record.compare(0, eq, "path") == 0) *name = record.substr(eq + 1);
-    if (record.compare(0, eq, "size") == 0) *size = std::stoull(record.substr(eq + 1));
+    if (eq == std::string::npos) throw bad();
+    std::string key = record.substr(0, eq), value = record.substr(eq + 1);
+    if (key == "path") *name = value;
+    if (key == "size" && !Decimal(value, size)) throw bad();
     at += len;
   }
 }
 
-// name -> bytes of every regular file; anything else in the archive is an error.
-inline std::map<std::string, std::string> ReadTar(const std::string& path) {
-  std::string tar = ReadFile(path);
-  if (inflate::IsGzip(tar)) {
-    try {
-      tar = inflate::Gunzip(tar);
-    } catch (const inflate::Error& e) {
-      throw std::runtime_error(path + ": corrupt or truncated package (" + e.what() + ")");
-    }
-  }
+// The files a package may hold (codegen/manifest.py: MEMBERS and the signature).
+inline bool KnownMember(const std::string& name) {
+  for (const char* known : {"manifest.json", "manifest.sha256", "model.so", "weights.npz", "manifest.sig"})
+    if (name == known) return true;
+  return false;
+}
+
+// name -> bytes of every member of the tar `tar`: only the known members, only as
+// regular files, each once; every size checked against what is there.
+inline std::map<std::string, std::string> ParseTar(const std::string& tar, const std::string& path) {
   std::map<std::string, std::string> out;
   std::string pax_name;
   uint64_t pax_size = UINT64_MAX;
@@ -75,23 +91,61 @@ inline std::map<std::string, std::string> ReadTar(const std::string& path) {
     if (!prefix.empty()) name = prefix + "/" + name;
     uint64_t size = Octal(h + 124, 12);
     char type = h[156];
-    if (type == 'x') {
-      Pax(tar.substr(at + 512, size), &pax_name, &pax_size);
-    } else if (type == 'g') {  // global pax header: nothing we use
-    } else if (type == '0' || type == '\0') {
+    if (type == '0' || type == '\0') {
       if (!pax_name.empty()) name = pax_name;
       if (pax_size != UINT64_MAX) size = pax_size;
       pax_name.clear(), pax_size = UINT64_MAX;
-      if (at + 512 + size > tar.size()) throw std::runtime_error(path + ": truncated package (" + name + ")");
+    }
+    const size_t left = tar.size() - at - 512;
+    if (size > left) throw std::runtime_error(path + ": truncated package (" + name.substr(0, 100) + ")");
+    if (type == 'x') {
+      Pax(tar.substr(at + 512, size), &pax_name, &pax_size, path);
+    } else if (type == 'g') {  // global pax header: nothing we use
+    } else if (type == '0' || type == '\0') {
+      if (!KnownMember(name))
+        throw std::runtime_error(path + ": unexpected file '" + name.substr(0, 100) + "' in the package");
       if (out.count(name)) throw std::runtime_error(path + ": " + name + " appears twice");
       out[name] = tar.substr(at + 512, size);
     } else {
-      throw std::runtime_error(path + ": '" + name + "' is not a regular file");
+      throw std::runtime_error(path + ": '" + name.substr(0, 100) + "' is not a regular file");
     }
-    at += 512 + (size + 511) / 512 * 512;
+    size_t padded = size_t(size + 511) / 512 * 512;  // size <= left < SIZE_MAX - 511: no wrap
+    if (padded > left) break;                        // the last member ends the file
+    at += 512 + padded;
   }
   return out;
 }
+
+// Inflated bytes a package may take: 64 MiB plus 64 per compressed byte (packages
+// inflate 1.1-4x; a gzip bomb ~1000x), or ONNXFORGE_PACKAGE_MAX_BYTES; as
+// codegen/manifest.py's inflate_limit.
+inline size_t InflateLimit(size_t compressed) {
+  const char* env = getenv("ONNXFORGE_PACKAGE_MAX_BYTES");
+  uint64_t v = 0;
+  if (env && Decimal(env, &v)) return size_t(v);
+  return (size_t(64) << 20) + (compressed < (SIZE_MAX >> 7) ? 64 * compressed : SIZE_MAX >> 1);
+}
+
+// The members of the package file `data` (read from `path`), gunzipped within InflateLimit.
+inline std::map<std::string, std::string> ReadPackageBytes(std::string data, const std::string& path) {
+  if (inflate::IsGzip(data)) {
+    size_t limit = InflateLimit(data.size());
+    try {
+      data = inflate::Gunzip(data, limit);
+    } catch (const inflate::LimitError&) {
+      throw std::runtime_error(path + ": the package inflates to more than " + std::to_string(limit >> 20) +
+                               " MiB from " + std::to_string(data.size() >> 20) + " MiB (a compression bomb?); "
+                               "if it is genuine, set ONNXFORGE_PACKAGE_MAX_BYTES to a larger limit");
+    } catch (const inflate::Error& e) {
+      throw std::runtime_error(path + ": corrupt or truncated package (" + e.what() + ")");
+    } catch (const std::bad_alloc&) {
+      throw std::runtime_error(path + ": not enough memory to unpack the package");
+    }
+  }
+  return ParseTar(data, path);
+}
+
+inline std::map<std::string, std::string> ReadTar(const std::string& path) { return ReadPackageBytes(ReadFile(path), path); }
 
 // ---- sha256 (FIPS 180-4) ----
 
