@@ -41,6 +41,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
 from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_packed_te, conv_te, conv_transpose_te, dwconv_te, pack_te,
+                           softmax_te,
                            pack_weight, packed_te, rows_te, sgemm_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
 from .relax_types import dtype_of as _dtype, shape_dims, static_shape
@@ -98,6 +99,7 @@ class _BlasRewriter(PyExprMutator):
         self._conv2d_transpose = tvm.ir.Op.get("relax.nn.conv2d_transpose")
         self._attention = tvm.ir.Op.get("relax.nn.attention_bias")
         self._broadcast_to = tvm.ir.Op.get("relax.broadcast_to")
+        self._softmax = tvm.ir.Op.get("relax.nn.softmax")
         # of the function being rewritten, before rewriting (see analyze)
         self._weights: set = set()  # parameters past "num_input": weights, packed at load
         self._epilogues = EpilogueMatcher()
@@ -131,6 +133,8 @@ class _BlasRewriter(PyExprMutator):
                 new = self._rewrite_conv2d_transpose(call)
             elif call.op.same_as(self._attention):
                 new = self._rewrite_attention(call)
+            elif call.op.same_as(self._softmax):
+                new = self._rewrite_softmax(call.args[0], int(call.attrs.axis))
             elif self._epilogues.triggers(call):
                 new = self._rewrite_epilogue(original)
             return call if new is None else new
@@ -341,9 +345,29 @@ class _BlasRewriter(PyExprMutator):
         scores = bb.emit(op.multiply(self._gemm(qt, kt), relax.const(scale, "float32")))
         if bias is not None:
             scores = bb.emit(op.add(scores, bias))
-        probs = bb.emit(op.nn.softmax(scores, axis=-1))
+        probs = self._rewrite_softmax(scores, -1)
+        probs = bb.emit(op.nn.softmax(scores, axis=-1) if probs is None else probs)
         out = self._gemm(probs, vt)
         return op.permute_dims(out, [0, 2, 1, 3])
+
+    def _rewrite_softmax(self, x, axis: int):
+        """float32 softmax -> kernels.c's onnxforge_softmax_rows over the last axis; over
+        another one (YOLOv8's box decoder: 16 values 8,400 floats apart) the axis is moved
+        last and back, two cheap transposes. Dims may be symbolic."""
+        dims = shape_dims(x)
+        if dims is None or not dims or _dtype(x) != "float32":
+            return None
+        rank, axis = len(dims), axis % len(dims)
+        bb, op = self.builder_, relax.op
+        perm = [d for d in range(rank) if d != axis] + [axis]
+        moved = x if axis == rank - 1 else bb.emit(op.permute_dims(x, perm))
+        rows = 1
+        for d in perm[:-1]:
+            rows = rows * dims[d]
+        y = bb.call_te(softmax_te, moved, rows=rows, n=dims[axis], name="softmax_rows", primfunc_name_hint="softmax_rows")
+        if axis == rank - 1:
+            return y
+        return op.permute_dims(bb.emit(y), [perm.index(d) for d in range(rank)])
 
     def _rewrite_conv2d(self, call, epilogue=NO_EPILOGUE):
         x, w = call.args

@@ -188,3 +188,14 @@ def conv_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
     co, _, kh, kw = w.shape
     return _conv_extern("onnxforge_conv2d", x, w, rest, co=co, kh=kh, kw=kw, out_shape=out_shape, strides=strides,
                         pad=pad, dil=dil, groups=groups, name=name, act=act)
+
+
+def softmax_te(x, *, rows, n, name):
+    """te.extern: softmax of x over its last axis (n values per row, `rows` rows) via
+    kernels.c's onnxforge_softmax_rows."""
+
+    def body(ins, outs):
+        return tirx.call_extern("int32", "onnxforge_softmax_rows", extern_arg(rows, "int64"), extern_arg(n, "int32"),
+                                ins[0].data, outs[0].data)
+
+    return te.extern([x.shape], [x], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name, dtype="float32")

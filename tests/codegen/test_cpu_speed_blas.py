@@ -308,6 +308,7 @@ def test_products_with_symbolic_batch_and_sequence_go_to_sgemm(tmp_path):
     dispatch = DispatchBLAS()
     text = dispatch(lower(optimized).mod)["main"].script(show_meta=False)
     assert dispatch.count == 8 and "R.matmul(" not in text  # 2 layers x (QKV, Q@K^T, P@V, output)
+    assert text.count("softmax_rows") == 2 and "R.nn.softmax" not in text  # kernels.c's, one per layer
     pkg = onnxforge.compile(optimized, "x86", "-O0", output=tmp_path / "m.ofpkg", cpu_kernels="blas")
     for batch, seq in ((2, 5), (1, 11)):
         feeds = fusion.attention_feeds(batch, seq, seed=seq)

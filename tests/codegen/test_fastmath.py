@@ -1,5 +1,6 @@
 """codegen/cpu/fastmath.py: GELU, Erf, Tanh, Sigmoid and Softmax compile to vectorizable
-polynomials on CPU; outputs stay at float32 rounding level of onnxruntime's."""
+polynomials on CPU (with cpu_kernels="blas", Softmax is kernels.c's
+onnxforge_softmax_rows); outputs stay at float32 rounding level of onnxruntime's."""
 import numpy as np
 import pytest
 
@@ -24,12 +25,14 @@ def _inputs(shape, seed=0):
     return {"x": x}
 
 
-@pytest.mark.parametrize("op,attrs", [("Gelu", {}), ("Erf", {}), ("Tanh", {}), ("Sigmoid", {}), ("Softmax", {"axis": -1}),
-                                      ("Softmax", {"axis": 1}), ("Softmax", {"axis": 0})])
-def test_fast_math_matches_onnxruntime(op, attrs):
+@pytest.mark.parametrize("op,attrs,kernels", [
+    ("Gelu", {}, "schedule"), ("Erf", {}, "schedule"), ("Tanh", {}, "schedule"), ("Sigmoid", {}, "schedule"),
+    ("Softmax", {"axis": -1}, "schedule"), ("Softmax", {"axis": 1}, "schedule"), ("Softmax", {"axis": 0}, "schedule"),
+    ("Softmax", {"axis": -1}, "blas"), ("Softmax", {"axis": 1}, "blas"), ("Softmax", {"axis": 0}, "blas")])
+def test_fast_math_matches_onnxruntime(op, attrs, kernels):
     shape = [2, 16, 40]
     model = onnxforge.load(_model(op, shape, **attrs))
-    pkg = onnxforge.compile(model, "x86", "-O0", cpu_kernels="schedule")
+    pkg = onnxforge.compile(model, "x86", "-O0", cpu_kernels=kernels)
     feeds = _inputs(shape)
     want = run_ort(model, feeds)["y"]
     got = pkg(feeds)["y"]
@@ -37,13 +40,27 @@ def test_fast_math_matches_onnxruntime(op, attrs):
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
 
 
-def test_softmax_of_a_masked_row_keeps_its_zeros_near_zero():
+@pytest.mark.parametrize("kernels", ["schedule", "blas"])
+def test_softmax_of_a_masked_row_keeps_its_zeros_near_zero(kernels):
     shape = [1, 4, 16]
     model = onnxforge.load(_model("Softmax", shape, axis=-1))
     x = _inputs(shape)["x"]
     x[0, 1, :8] = -1e9  # attention masks add a large negative number
-    got = onnxforge.compile(model, "x86", "-O0", cpu_kernels="schedule")({"x": x})["y"]
+    got = onnxforge.compile(model, "x86", "-O0", cpu_kernels=kernels)({"x": x})["y"]
     assert np.all(got[0, 1, :8] < 1e-30) and abs(float(got[0, 1].sum()) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_softmax_over_symbolic_dims_in_the_c_kernel(axis):
+    """One package for every batch and length (rows and row length read at run time),
+    over the last axis and over another one (moved last and back)."""
+    g = models.Graph(3)
+    g.op("Softmax", g.op("Mul", "x", g.const(np.float32(1.0))), axis=axis, out="y")
+    model = onnxforge.load(g.model([("x", ["n", 12, "t"], F)], [("y", ["n", 12, "t"], F)], opset=20))
+    pkg = onnxforge.compile(model, "x86", "-O0", cpu_kernels="blas")
+    for shape in ([1, 12, 7], [3, 12, 130]):
+        feeds = _inputs(shape, seed=shape[-1])
+        np.testing.assert_allclose(pkg(feeds)["y"], run_ort(model, feeds)["y"], rtol=2e-6, atol=1e-6)
 
 
 def test_the_kernels_are_polynomials_not_libm_calls():
