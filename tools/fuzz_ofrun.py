@@ -8,7 +8,8 @@ library, writes N package mutants to a corpus file and runs them through it in o
 process. The mutants are tools/fuzz.py's hostile packages (truncated, flipped,
 recomputed checksums, hostile manifests, extra members, gzip bombs) plus what only a
 native reader meets: uncompressed tars with garbled headers and hostile pax records,
-and .npy headers with hostile shapes and dtypes (checksums recomputed). A case is
+.npy headers with hostile shapes and dtypes (checksums recomputed), and hostile
+signatures (every other case is checked as `ofrun --trust` with one key). A case is
 ok (every check passed), refused (ofrun's one-line PackageError / UsageError) or
 BAD: another exception, a sanitizer finding or a crash (the driver names the case
 as it dies; the run goes on from the next one).
@@ -33,7 +34,7 @@ from ..codegen.device.libs import cache_root, runtime_for
 from ..codegen.host import host_arch
 
 SOURCE_DIR = Path(__file__).resolve().parents[1] / "codegen" / "device"
-SOURCES = ("fuzz_driver.cc", "ofrun.cc", "checks.h", "npy.h", "package.h", "inflate.h")
+SOURCES = ("fuzz_driver.cc", "ofrun.cc", "checks.h", "npy.h", "package.h", "inflate.h", "signature.h")
 FLAGS = ("-std=c++17", "-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=undefined")
 # leaks: TVM's FFI keeps its registries for the process; a failed allocation throws
@@ -147,7 +148,7 @@ def native_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
     from .fuzz import repack_package
 
     rng = random.Random(seed * 1_000_039 + index)
-    kind = rng.randrange(5)
+    kind = rng.randrange(6)
     if kind <= 1:
         return _cached_mutant(original, index, seed)
     members = package_members(original)
@@ -169,6 +170,15 @@ def native_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
         return out + bytes(1024), f"pax record {record[:30]!r}"
     text = members.pop("manifest.json")
     members.pop("manifest.sha256")
+    if kind == 5:  # a hostile signature (the driver trusts the key 01 x 32 on every other case)
+        key = "01" * 32
+        members["manifest.sig"] = rng.choice([
+            json.dumps({"algorithm": "ed25519", "public_key": key, "signature": os.urandom(64).hex()}).encode(),
+            json.dumps({"algorithm": "ed25519", "public_key": key, "signature": "zz" * 64}).encode(),
+            json.dumps({"algorithm": "rsa", "public_key": key[:10], "signature": ""}).encode(),
+            json.dumps({"algorithm": "ed25519", "public_key": 5, "signature": None}).encode(),
+            b"[]", b"{}", b"null", b"{", os.urandom(96)])
+        return repack_package(text, members), f"manifest.sig {members['manifest.sig'][:40]!r}"
     members["weights.npz"], what = _npz_with(members["weights.npz"], rng)
     data = repack_package(text, members)
     return (data if rng.random() < 0.5 else gzip.decompress(data)), f"weights .npy {what}, checksums recomputed"

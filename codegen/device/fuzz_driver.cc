@@ -1,5 +1,5 @@
 // A driver that runs ofrun's package checks (codegen/device/ofrun.cc: CheckPackage,
-// everything before model.so is loaded) over a corpus of package mutants, in one
+// everything before model.so is loaded, with and without a trusted key) over a corpus of package mutants, in one
 // process, for builds with AddressSanitizer and UndefinedBehaviorSanitizer
 // (tools/fuzz_ofrun.py builds it and writes the corpus).
 //
@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   }
   __sanitizer_set_death_callback(OnDeath);
   std::string corpus = pkg::ReadFile(argv[1]);
+  const std::vector<std::string> keys = {std::string(32, '\x01')};
   size_t at = 0;
   for (current_case = 0; at + 8 <= corpus.size(); ++current_case) {
     uint64_t n = checks::Le(corpus, at, 8);
@@ -44,8 +45,8 @@ int main(int argc, char** argv) {
     std::map<std::string, std::string> files;
     std::vector<ffi::Tensor> weights;
     std::string verdict = "ok";
-    try {
-      CheckPackage(std::move(data), "case.ofpkg", &files, &weights);
+    try {  // every other case as `ofrun --trust` with one key (0x01 x 32; tools/fuzz_ofrun.py signs with nothing)
+      CheckPackage(std::move(data), "case.ofpkg", &files, &weights, current_case % 2 ? &keys : nullptr);
     } catch (const PackageError&) {
       verdict = "refused";
     } catch (const UsageError&) {

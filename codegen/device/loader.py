@@ -30,7 +30,7 @@ from .. import manifest as fmt
 from .libs import OPENBLAS, cache_root, openblas_dir, runtime_for
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("ofrun.cc", "checks.h", "npy.h", "package.h", "inflate.h")
+SOURCES = ("ofrun.cc", "checks.h", "npy.h", "package.h", "inflate.h", "signature.h")
 CROSS = {"aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
          "x86_64": ("x86_64-linux-gnu-g++", "g++-x86-64-linux-gnu")}
 QEMU = {"aarch64": ("qemu-aarch64-static", "qemu-aarch64"), "x86_64": ("qemu-x86_64-static", "qemu-x86_64")}
@@ -161,14 +161,17 @@ def native_env(cmd: Sequence[str]) -> dict[str, str]:
 
 
 def run_native(package: str | os.PathLike, inputs: Mapping[str, np.ndarray], *, threads: int | None = None,
-               repeat: int = 1, loader: str | os.PathLike | None = None, timeout: float = 600) -> NativeRun:
+               repeat: int = 1, loader: str | os.PathLike | None = None, timeout: float = 600,
+               extra_args: Sequence[str] = ()) -> NativeRun:
     """Run `package` once (or `repeat` times) with ofrun, under qemu-user when it was
-    built for another architecture. Input and output errors raise what
-    onnxforge.runtime raises (DataError, PackageError); other failures DeviceError."""
+    built for another architecture (`extra_args`: more ofrun options, e.g. --trust
+    KEY.pub). Input and output errors raise what onnxforge.runtime raises (DataError,
+    PackageError); other failures DeviceError."""
     with tempfile.TemporaryDirectory(prefix="ofrun-io-") as tmp:
         feeds, outs = os.path.join(tmp, "inputs.npz"), os.path.join(tmp, "outputs.npz")
         write_npz(feeds, inputs)
         args = ["--inputs", feeds, "-o", outs, "--repeat", str(repeat)] + (["--threads", str(threads)] if threads else [])
+        args += list(extra_args)
         cmd = command_for(package, args, loader)
         t0 = time.perf_counter()
         try:

@@ -2,13 +2,14 @@
 // on the kind of machine it was compiled for (an aarch64 board for `arm64`).
 //
 //   ofrun model.ofpkg -i x=x.npy [-i NAME=FILE.npy ...] [--inputs in.npz]
-//         [-o out.npz] [--repeat N] [--threads N]
+//         [-o out.npz] [--repeat N] [--threads N] [--trust KEY.pub ...]
 //
 // It does what onnxforge.runtime.load(path)(**inputs) does: verifies the manifest
 // and every checksum, refuses a package built for another architecture or for a
 // GPU, checks input names, dtypes and shapes, loads model.so into the Relax VM on
 // the CPU and calls main(inputs..., weights...), the weights coming from
-// weights.npz in the manifest's order. Outputs go to an .npz (numpy.load reads it)
+// weights.npz in the manifest's order; with --trust, only a package signed by one of the
+// keys (signature.h). Outputs go to an .npz (numpy.load reads it)
 // or are summarised on stdout; --repeat N also prints the median latency.
 // Exit codes: 0 ok, 1 the model failed to run, 2 bad usage or inputs,
 // 3 a corrupt or tampered package, or one built for another machine.
@@ -46,6 +47,7 @@
 #include "checks.h"
 #include "npy.h"
 #include "package.h"
+#include "signature.h"
 
 namespace ffi = tvm::ffi;
 using Json = ffi::Map<ffi::Any, ffi::Any>;
@@ -68,6 +70,7 @@ struct PackageError : std::runtime_error {  // exit code 3: fix or rebuild the p
 struct Options {
   std::string package, inputs_npz, output;
   std::vector<std::pair<std::string, std::string>> inputs;  // name, .npy path
+  std::vector<std::string> trust;                          // public key files (--trust)
   int repeat = 1, threads = 0;
 };
 
@@ -97,7 +100,8 @@ static void ConfigThreads(int threads) {
 }
 
 static const char* kUsage =
-    "usage: ofrun PACKAGE.ofpkg [-i NAME=FILE.npy ...] [--inputs FILE.npz] [-o OUT.npz] [--repeat N] [--threads N]\n";
+    "usage: ofrun PACKAGE.ofpkg [-i NAME=FILE.npy ...] [--inputs FILE.npz] [-o OUT.npz] [--repeat N] [--threads N]\n"
+    "             [--trust KEY.pub ...]   (refuse packages not signed by one of these keys)\n";
 
 static int PositiveInt(const std::string& flag, const std::string& text) {
   char* end = nullptr;
@@ -130,6 +134,8 @@ static Options ParseArgs(int argc, char** argv) {
       o.repeat = PositiveInt(a, value());
     } else if (a == "--threads") {
       o.threads = PositiveInt(a, value());
+    } else if (a == "--trust") {
+      o.trust.push_back(value());
     } else if (!a.empty() && a[0] == '-') {
       throw UsageError("unknown option " + a);
     } else if (o.package.empty()) {
@@ -146,10 +152,48 @@ static Options ParseArgs(int argc, char** argv) {
 
 static std::string Str(const ffi::Any& v) { return v.try_cast<ffi::String>().value_or(ffi::String("")); }
 
+// With trusted keys (raw ed25519 public keys): manifest.sig must be a valid signature of
+// the manifest's bytes by one of them (signature.h), checked before any field is read.
+static void CheckSignature(const std::string& path, const std::string& manifest,
+                           const std::map<std::string, std::string>& members, const std::vector<std::string>& trusted) {
+  auto it = members.find("manifest.sig");
+  if (it == members.end())
+    throw PackageError(path + ": the package is not signed, and trusted keys were given: sign it with "
+                       "`onnxforge sign PACKAGE --key KEY` (or compile with --sign KEY)");
+  ffi::String error;
+  ffi::Any parsed;
+  try {
+    parsed = ffi::json::Parse(it->second, &error);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  std::string key, signature;
+  auto entry = parsed.try_cast<Json>();
+  bool ok = error.empty() && entry && checks::IsObject(parsed) &&
+            checks::Object(parsed, {{"algorithm", false, checks::Str}, {"public_key", false, checks::Str},
+                                    {"signature", false, checks::Str}}).empty() &&
+            Str(entry->Get("algorithm").value()) == "ed25519" &&
+            sig::FromHex(Str(entry->Get("public_key").value()), &key) && key.size() == 32 &&
+            sig::FromHex(Str(entry->Get("signature").value()), &signature) && signature.size() == 64;
+  if (!ok) throw PackageError(path + ": manifest.sig is malformed: the package was damaged or tampered with");
+  if (std::find(trusted.begin(), trusted.end(), key) == trusted.end())
+    throw PackageError(path + ": signed by key " + sig::Hex(key).substr(0, 16) + "..., which is not among the trusted keys");
+  std::optional<sig::Verifier> verifier;
+  try {
+    verifier.emplace();
+  } catch (const sig::Error& e) {
+    throw UsageError(e.what());
+  }
+  if (!verifier->Check(key, signature, manifest))
+    throw PackageError(path + ": the signature does not match the manifest: the package was changed after it was "
+                       "signed");
+}
+
 // The manifest of the package bytes `data` (read from `path`), every member it lists
 // checked against its sha256 and size and kept in `files`; a PackageError for anything
-// else, before any field is used (checks.h).
-static Json ReadManifestBytes(std::string data, const std::string& path, std::map<std::string, std::string>* files) {
+// else, before any field is used (checks.h). With `trusted` keys, the signature first.
+static Json ReadManifestBytes(std::string data, const std::string& path, std::map<std::string, std::string>* files,
+                              const std::vector<std::string>* trusted = nullptr) {
   std::map<std::string, std::string> members;
   try {
     members = pkg::ReadPackageBytes(std::move(data), path);
@@ -162,6 +206,7 @@ static Json ReadManifestBytes(std::string data, const std::string& path, std::ma
   if (pkg::Sha256Hex(text) != expected)
     throw PackageError(path + ": manifest.json does not match its checksum in manifest.sha256: the package was "
                        "modified or corrupted; rebuild it with `onnxforge compile`");
+  if (trusted) CheckSignature(path, text, members, *trusted);
   ffi::String error;
   ffi::Any parsed;
   try {
@@ -426,8 +471,8 @@ static void ProbeLibrary(const std::string& lib, const std::string& path) {
 // Everything ofrun checks before it loads code: manifest, checksums, target, weights,
 // the library's ELF headers. Returns the manifest and fills `files` and `weights`.
 static Json CheckPackage(std::string data, const std::string& path, std::map<std::string, std::string>* files,
-                         std::vector<ffi::Tensor>* weights) {
-  Json manifest = ReadManifestBytes(std::move(data), path, files);
+                         std::vector<ffi::Tensor>* weights, const std::vector<std::string>* trusted = nullptr) {
+  Json manifest = ReadManifestBytes(std::move(data), path, files, trusted);
   CheckTarget(manifest, path);
   *weights = ReadWeights((*files)["weights.npz"], manifest, path);
   CheckLibrary((*files)["model.so"], path);
@@ -443,7 +488,15 @@ static int Run(const Options& o) {
   } catch (const std::runtime_error& e) {
     throw UsageError(e.what());
   }
-  Json manifest = CheckPackage(std::move(data), o.package, &files, &weights);
+  std::vector<std::string> trusted;  // raw public keys
+  for (const std::string& file : o.trust) {
+    try {
+      trusted.push_back(sig::PublicKeyFromPem(pkg::ReadFile(file), file));
+    } catch (const std::runtime_error& e) {
+      throw UsageError(e.what());
+    }
+  }
+  Json manifest = CheckPackage(std::move(data), o.package, &files, &weights, o.trust.empty() ? nullptr : &trusted);
   std::vector<ffi::Tensor> args = ReadInputs(o, manifest);
   for (ffi::Tensor& w : weights) args.push_back(w);
   PreloadNativeLibraries(manifest, o.package);

@@ -81,7 +81,7 @@ def _ofrun(path, *args):
     return subprocess.run([str(ofrun), str(path), "-i", "x=/nonexistent.npy", *args], capture_output=True, text=True)
 
 
-def _repacked(pkg, tmp_path, name, change):
+def _repacked(package, tmp_path, name, change):
     """The package with its members changed by `change(members, manifest)` and every
     checksum recomputed, as anyone can."""
     import json
@@ -89,7 +89,7 @@ def _repacked(pkg, tmp_path, name, change):
     from onnxforge.tools.fuzz import repack_package
     from onnxforge.tools.fuzz_ofrun import package_members
 
-    members = package_members(pkg.path.read_bytes())
+    members = package_members(package.read_bytes())
     manifest = json.loads(members.pop("manifest.json"))
     members.pop("manifest.sha256")
     change(members, manifest)
@@ -112,7 +112,7 @@ def test_ofrun_refuses_a_tampered_package_in_one_line(packages, tmp_path, case, 
     """Checksums recomputed (they catch damage, not malice): ofrun still refuses before
     any field is used or code loaded, exit 3 and one line, never a crash."""
     pkg = packages.get("conv_net")
-    done = _ofrun(_repacked(pkg, tmp_path, f"{case}.ofpkg", change))
+    done = _ofrun(_repacked(pkg.path, tmp_path, f"{case}.ofpkg", change))
     assert done.returncode == 3, (done.returncode, done.stderr)
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
@@ -140,3 +140,37 @@ def test_ofrun_checks_survive_sanitized_fuzzing():
     report = fuzz_ofrun.run(300, seed=7)
     assert report["bad"] == [] and report["counts"]["BAD"] == 0, report["bad"][:5]
     assert report["counts"]["refused"] > 200 and report["counts"]["ok"] > 0  # the mutants reach the checks
+
+
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory):
+    pytest.importorskip("cryptography")
+    from onnxforge.codegen.signing import keygen
+
+    folder = tmp_path_factory.mktemp("keys")
+    return keygen(folder / "team"), keygen(folder / "other")
+
+
+def test_ofrun_trusts_only_packages_signed_by_its_keys(packages, signing_keys, tmp_path):
+    """ofrun --trust KEY.pub (OpenSSL's ed25519): a package signed by the key runs; one
+    signed by another key, an unsigned one and one changed after signing (checksums
+    recomputed, as anyone can) are refused, exit 3, before the manifest is used."""
+    import shutil
+
+    from onnxforge.codegen.manifest import sign_package
+
+    (team, team_pub), (_, other_pub) = signing_keys
+    pkg = packages.get("conv_net")
+    feeds = sample_inputs(onnxforge.load(models.conv_net()), seed=5)
+    signed = tmp_path / "signed.ofpkg"
+    shutil.copy(pkg.path, signed)
+    sign_package(signed, team)
+    run = device.run_native(signed, feeds, threads=1, extra_args=["--trust", str(team_pub)])
+    assert compare_outputs(pkg(**feeds), run.outputs, 1e-6, 1e-6).ok
+    changed = _repacked(signed, tmp_path, "changed.ofpkg", lambda m, j: j.update(note="edited after signing"))
+    for path, key, message in [(signed, other_pub, "not among the trusted keys"), (pkg.path, team_pub, "is not signed"),
+                               (changed, team_pub, "changed after it was signed")]:
+        done = _ofrun(path, "--trust", str(key))
+        assert done.returncode == 3 and message in done.stderr, (path.name, done.stderr)
+    done = _ofrun(signed, "--trust", str(team))  # the private key is not a --trust key
+    assert done.returncode == 2 and "private key" in done.stderr, done.stderr
