@@ -200,40 +200,43 @@ def _bomb(size: int) -> bytes:
 
 
 # --------------------------------------------------------------------------- run
-def run(cases: int, seed: int = 0, original: bytes | None = None, timeout: float = 1800.0) -> dict:
-    """{"counts": {"ok": n, "refused": n, "BAD": n}, "bad": [{"index", "mutation", "message"}], "driver"}."""
+def run(cases: int, seed: int = 0, original: bytes | None = None, timeout: float = 1800.0, batch: int = 2000) -> dict:
+    """{"counts": {"ok": n, "refused": n, "BAD": n}, "bad": [{"index", "mutation", "message"}], "driver"}.
+    Cases go through the driver `batch` at a time (a mutant is ~200 KiB)."""
     driver = build_driver()
     if original is None:
         from .fuzz import _example_package
 
         with tempfile.TemporaryDirectory(prefix="onnxforge-fuzz-") as tmp:
             original = _example_package(Path(tmp))
-    mutants = [native_mutant(original, i, seed) for i in range(cases)]
     counts = {"ok": 0, "refused": 0, "BAD": 0}
     bad: list[dict] = []
     # the inflate limit at 16 MiB (the seed inflates to under 1 MiB): bombs stop there, not at 64 MiB
     env = dict(os.environ, ASAN_OPTIONS=ASAN_OPTIONS, UBSAN_OPTIONS="print_stacktrace=1",
                ONNXFORGE_PACKAGE_MAX_BYTES=str(16 << 20))
-    pending = list(range(cases))
     with tempfile.TemporaryDirectory(prefix="onnxforge-ofrun-fuzz-") as tmp:
         corpus = Path(tmp) / "corpus"
-        while pending:
-            with open(corpus, "wb") as f:
-                for i in pending:
-                    f.write(struct.pack("<Q", len(mutants[i][0])) + mutants[i][0])
-            done = subprocess.run([str(driver), str(corpus)], capture_output=True, text=True, env=env, timeout=timeout)
-            verdicts = done.stdout.splitlines()
-            for i, verdict in zip(pending, verdicts):
-                status = verdict.split(" ", 1)[0]
-                counts[status] += 1
-                if status == "BAD":
-                    bad.append({"index": i, "mutation": mutants[i][1][:200], "message": json.loads(verdict[4:])})
-            if len(verdicts) >= len(pending):
-                break
-            i = pending[len(verdicts)]  # the driver died on this one
-            finding = [line for line in done.stderr.splitlines() if "ERROR:" in line or "runtime error:" in line]
-            counts["BAD"] += 1
-            bad.append({"index": i, "mutation": mutants[i][1][:200],
-                        "message": (finding[0] if finding else f"the driver exited with {done.returncode}")[:300]})
-            pending = pending[len(verdicts) + 1:]
+        for first in range(0, cases, batch):
+            mutants = {i: native_mutant(original, i, seed) for i in range(first, min(first + batch, cases))}
+            pending = list(mutants)
+            while pending:
+                with open(corpus, "wb") as f:
+                    for i in pending:
+                        f.write(struct.pack("<Q", len(mutants[i][0])) + mutants[i][0])
+                done = subprocess.run([str(driver), str(corpus)], capture_output=True, text=True, env=env,
+                                      timeout=timeout)
+                verdicts = done.stdout.splitlines()
+                for i, verdict in zip(pending, verdicts):
+                    status = verdict.split(" ", 1)[0]
+                    counts[status] += 1
+                    if status == "BAD":
+                        bad.append({"index": i, "mutation": mutants[i][1][:200], "message": json.loads(verdict[4:])})
+                if len(verdicts) >= len(pending):
+                    break
+                i = pending[len(verdicts)]  # the driver died on this one
+                finding = [line for line in done.stderr.splitlines() if "ERROR:" in line or "runtime error:" in line]
+                counts["BAD"] += 1
+                bad.append({"index": i, "mutation": mutants[i][1][:200],
+                            "message": (finding[0] if finding else f"the driver exited with {done.returncode}")[:300]})
+                pending = pending[len(verdicts) + 1:]
     return {"counts": counts, "bad": bad, "driver": str(driver)}
