@@ -3,7 +3,7 @@ through load -> optimize -O2 -> save, tampered and hostile packages through the
 runtime loader, garbled pipelines through the pipeline parser.
 
     python -m onnxforge.tools.fuzz [--models N] [--packages N] [--pipelines N]
-        [--seed S] [--timeout SECONDS] [--memory-mb MB] [--json out.json]
+        [--ofrun N] [--seed S] [--timeout SECONDS] [--memory-mb MB] [--json out.json]
 
 Each case runs in a worker subprocess under a memory limit (RLIMIT_AS) and a time
 limit; a worker that dies (a signal, the time limit) is replaced and its case
@@ -454,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=300)
     parser.add_argument("--packages", type=int, default=150)
     parser.add_argument("--pipelines", type=int, default=50)
+    parser.add_argument("--ofrun", type=int, default=0,
+                        help="package mutants through ofrun's checks built with ASan/UBSan (tools/fuzz_ofrun.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB)
@@ -461,6 +463,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = run(args.models, args.packages, args.pipelines, args.seed, args.timeout, args.memory_mb,
                  progress=lambda n, total, b: print(f"{n}/{total} cases, {b} BAD", file=sys.stderr, flush=True))
+    if args.ofrun:
+        from . import fuzz_ofrun
+
+        try:
+            native = fuzz_ofrun.run(args.ofrun, args.seed)
+        except fuzz_ofrun.DriverUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        report["counts"]["ofrun"] = native["counts"]
+        report["bad"] += [dict(b, kind="ofrun") for b in native["bad"]]
     for kind, c in report["counts"].items():
         print(f"{kind:9s} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     for b in report["bad"]:
