@@ -20,10 +20,12 @@ from tests.codegen import models
 F = TensorProto.FLOAT
 
 
-def softmax_model() -> onnx.ModelProto:
-    """Two small tunable kernels and nothing for OpenBLAS."""
+def tunable_model() -> onnx.ModelProto:
+    """Two small tunable kernels (a row mean; its subtraction and Tanh) and nothing for
+    OpenBLAS or the C kernels (a Softmax would be kernels.c's)."""
     g = models.Graph(5)
-    y = g.op("Softmax", g.op("Mul", "x", g.const(g.rng.standard_normal(64).astype(np.float32))), axis=1)
+    x = g.op("Mul", "x", g.const(g.rng.standard_normal(64).astype(np.float32)))
+    y = g.op("Sub", x, g.op("ReduceMean", x, axes=[1], keepdims=1))
     g.op("Tanh", y, out="y")
     return g.model([("x", [16, 64], F)], [("y", [16, 64], F)])
 
@@ -50,7 +52,7 @@ def _keep_every_record(monkeypatch):
 def tuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tune")
     path = folder / "m.onnx"
-    onnx.save(softmax_model(), path)
+    onnx.save(tunable_model(), path)
     with pytest.MonkeyPatch.context() as monkeypatch:
         _keep_every_record(monkeypatch)
         result = tune(path, "x86", db=folder / "db", trials=4, trials_per_iter=2)
@@ -72,7 +74,7 @@ def test_records_that_lose_to_the_default_schedule_are_not_kept(tmp_path, monkey
     from onnxforge.codegen import tune as tune_module
 
     path = tmp_path / "m.onnx"
-    onnx.save(softmax_model(), path)
+    onnx.save(tunable_model(), path)
     # a default faster than any real kernel: no tuned schedule beats it
     monkeypatch.setattr(tune_module, "_default_times", lambda ms, contexts, *a: [1e-12] * len(contexts))
     result = tune(path, "x86", db=tmp_path / "db", trials=4, trials_per_iter=2)
@@ -143,7 +145,7 @@ def test_concurrent_writers_do_not_corrupt_the_db(tuned, tmp_path):
 
 def test_time_budget_stops_after_the_first_batch(tmp_path, keep_every_record):
     path = tmp_path / "m.onnx"
-    onnx.save(softmax_model(), path)
+    onnx.save(tunable_model(), path)
     result = tune(path, "x86", db=tmp_path / "db", trials=500, time_budget=0.01, trials_per_iter=2)
     assert result.stopped == "time" and 1 <= result.trials <= 2 and result.records_added >= 1
 
@@ -157,7 +159,7 @@ def test_rpc_tracker_with_two_servers(tmp_path, keep_every_record):
                           silent=True) for _ in range(2)]
     try:
         path = tmp_path / "m.onnx"
-        onnx.save(softmax_model(), path)
+        onnx.save(tunable_model(), path)
         result = tune(path, "x86", db=tmp_path / "db", trials=4, trials_per_iter=2,
                       rpc_tracker=f"127.0.0.1:{tracker.port}", rpc_key="ofx")
         assert result.records_added >= 1 and any(k.best_ms for k in result.kernels)
@@ -171,7 +173,7 @@ def test_rpc_tracker_with_two_servers(tmp_path, keep_every_record):
 
 def test_bad_requests_are_clear_errors(tmp_path):
     path = tmp_path / "m.onnx"
-    onnx.save(softmax_model(), path)
+    onnx.save(tunable_model(), path)
     with pytest.raises(BuildError, match="GPU schedules"):
         tune(path, "cuda-sm80", db=tmp_path / "db")
     with pytest.raises(BuildError, match="--rpc-tracker"):
