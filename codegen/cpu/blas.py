@@ -41,7 +41,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
 from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_packed_te, conv_te, conv_transpose_te, dwconv_te, pack_te,
-                           softmax_te,
+                           layer_norm_te, softmax_te,
                            pack_weight, packed_te, rows_te, sgemm_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
 from .relax_types import dtype_of as _dtype, shape_dims, static_shape
@@ -100,6 +100,7 @@ class _BlasRewriter(PyExprMutator):
         self._attention = tvm.ir.Op.get("relax.nn.attention_bias")
         self._broadcast_to = tvm.ir.Op.get("relax.broadcast_to")
         self._softmax = tvm.ir.Op.get("relax.nn.softmax")
+        self._layer_norm = tvm.ir.Op.get("relax.nn.layer_norm")
         # of the function being rewritten, before rewriting (see analyze)
         self._weights: set = set()  # parameters past "num_input": weights, packed at load
         self._epilogues = EpilogueMatcher()
@@ -135,6 +136,8 @@ class _BlasRewriter(PyExprMutator):
                 new = self._rewrite_attention(call)
             elif call.op.same_as(self._softmax):
                 new = self._rewrite_softmax(call.args[0], int(call.attrs.axis))
+            elif call.op.same_as(self._layer_norm):
+                new = self._rewrite_layer_norm(call)
             elif self._epilogues.triggers(call):
                 new = self._rewrite_epilogue(original)
             return call if new is None else new
@@ -368,6 +371,31 @@ class _BlasRewriter(PyExprMutator):
         if axis == rank - 1:
             return y
         return op.permute_dims(bb.emit(y), [perm.index(d) for d in range(rank)])
+
+    def _rewrite_layer_norm(self, call):
+        """float32 layer_norm over trailing axes (ONNX's LayerNormalization always is) with a
+        scale and a bias of those dims -> kernels.c's onnxforge_layer_norm_rows over rows of
+        their product (dims may be symbolic). TVM's own takes the variance as E[x^2] -
+        mean^2, which loses digits on rows with a large mean."""
+        x, gamma, beta = call.args
+        attrs = call.attrs
+        dims = shape_dims(x)
+        if dims is None or not dims or not (attrs.center and attrs.scale):
+            return None
+        rank = len(dims)
+        axes = sorted(int(a) % rank for a in attrs.axes)
+        k = len(axes)
+        if axes != list(range(rank - k, rank)) or k == 0:
+            return None
+        if any(_dtype(t) != "float32" for t in (x, gamma, beta)) or any(shape_dims(t) != dims[rank - k:] for t in (gamma, beta)):
+            return None
+        rows, n = 1, 1
+        for d in dims[:rank - k]:
+            rows = rows * d
+        for d in dims[rank - k:]:
+            n = n * d
+        return self.builder_.call_te(layer_norm_te, x, gamma, beta, rows=rows, n=n, epsilon=float(attrs.epsilon),
+                                     name="layer_norm_rows", primfunc_name_hint="layer_norm_rows")
 
     def _rewrite_conv2d(self, call, epilogue=NO_EPILOGUE):
         x, w = call.args

@@ -199,3 +199,16 @@ def softmax_te(x, *, rows, n, name):
                                 ins[0].data, outs[0].data)
 
     return te.extern([x.shape], [x], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name, dtype="float32")
+
+
+def layer_norm_te(x, gamma, beta, *, rows, n, epsilon, name):
+    """te.extern: layer normalization of x over its last axis (n values per row) with
+    scale gamma and bias beta (n values each), via kernels.c's onnxforge_layer_norm_rows."""
+
+    def body(ins, outs):
+        return tirx.call_extern("int32", "onnxforge_layer_norm_rows", extern_arg(rows, "int64"), extern_arg(n, "int32"),
+                                ins[0].data, ins[1].data, ins[2].data, tirx.const(float(epsilon), "float32"),
+                                outs[0].data)
+
+    return te.extern([x.shape], [x, gamma, beta], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype="float32")

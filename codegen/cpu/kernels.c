@@ -94,6 +94,7 @@ typedef struct {
                int, int);
   void (*epilogue)(float *, int32_t, int32_t, int32_t, const float *, const float *, const Act *);
   void (*softmax)(const float *, float *, int32_t);
+  void (*layer_norm)(const float *, const float *, const float *, float, float *, int32_t);
 } KernelSet;
 static const KernelSet *kernel_set(void);
 
@@ -344,6 +345,31 @@ static inline __attribute__((always_inline)) void softmax_row_body(const float *
   for (q = 0; q < n; ++q) y[q] *= inv;
 }
 
+/* ---- layer normalization over the last axis: y = (x - mean) / sqrt(var + eps) * g + b ----
+ * Two passes per row (the mean, then the squared deviations: no cancellation), each over
+ * 8 partial sums so that it vectorizes. TVM's schedule took 0.07 ms per MiniLM row block
+ * of 128 x 384. */
+static inline __attribute__((always_inline)) void layer_norm_row_body(const float *__restrict x,
+                                                                      const float *__restrict g,
+                                                                      const float *__restrict b, float eps,
+                                                                      float *__restrict y, int32_t n) {
+  float part[8] = {0};
+  int32_t q = 0;
+  for (; q + 8 <= n; q += 8)
+    for (int i = 0; i < 8; ++i) part[i] += x[q + i];
+  float s = 0.0f;
+  for (; q < n; ++q) s += x[q];
+  for (int i = 0; i < 8; ++i) s += part[i], part[i] = 0.0f;
+  const float mean = s / (float)n;
+  for (q = 0; q + 8 <= n; q += 8)
+    for (int i = 0; i < 8; ++i) part[i] += (x[q + i] - mean) * (x[q + i] - mean);
+  float v = 0.0f;
+  for (; q < n; ++q) v += (x[q] - mean) * (x[q] - mean);
+  for (int i = 0; i < 8; ++i) v += part[i];
+  const float inv = 1.0f / sqrtf(v / (float)n + eps);
+  for (q = 0; q < n; ++q) y[q] = (x[q] - mean) * inv * g[q] + b[q];
+}
+
 /* The hot functions once per ISA (x86-64 gcc: AVX-512, AVX2+FMA, baseline; elsewhere
  * baseline only), the best the CPU has picked at run time, capped by ONNXFORGE_CPU_ISA
  * (onnxforge_cpu_isa_level, gemm_packed.c). The window and stride are compile-time
@@ -379,7 +405,12 @@ static inline __attribute__((always_inline)) void softmax_row_body(const float *
     sgemm_epilogue_body(c, ldc, rows, cols, bias_col, bias_row, act);                                           \
   }                                                                                                             \
   static ATTR DW_OPT void softmax_##SFX(const float *x, float *y, int32_t n) { softmax_row_body(x, y, n); }      \
-  static const KernelSet kernels_##SFX = {dw_flat_##SFX, dw_rows_##SFX, epilogue_##SFX, softmax_##SFX};
+  static ATTR DW_OPT void layer_norm_##SFX(const float *x, const float *g, const float *b, float eps, float *y,   \
+                                           int32_t n) {                                                        \
+    layer_norm_row_body(x, g, b, eps, y, n);                                                                    \
+  }                                                                                                             \
+  static const KernelSet kernels_##SFX = {dw_flat_##SFX, dw_rows_##SFX, epilogue_##SFX, softmax_##SFX,          \
+                                          layer_norm_##SFX};
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 DW_VARIANT(avx512, __attribute__((target("avx512f,avx2,fma"))))
@@ -453,6 +484,35 @@ int32_t onnxforge_softmax_rows(int64_t rows, int32_t n, const float *x, float *y
     return 0;
   }
   return TVMBackendParallelLaunch(softmax_task, &job, 0);
+}
+
+typedef struct {
+  const float *x, *g, *b;
+  float eps, *y;
+  int64_t rows;
+  int32_t n;
+  void (*row)(const float *, const float *, const float *, float, float *, int32_t);
+} LayerNormJob;
+
+static int layer_norm_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
+  const LayerNormJob *j = (const LayerNormJob *)cdata;
+  int64_t tasks = penv ? penv->num_task : 1;
+  int64_t lo = j->rows * task_id / tasks, hi = j->rows * (task_id + 1) / tasks;
+  for (int64_t r = lo; r < hi; ++r) j->row(j->x + r * j->n, j->g, j->b, j->eps, j->y + r * j->n, j->n);
+  return 0;
+}
+
+/* y = layer_norm(x) over the last axis with scale g and bias b (n values each); x and y
+ * (rows, n) row-major, distinct. */
+int32_t onnxforge_layer_norm_rows(int64_t rows, int32_t n, const float *x, const float *g, const float *b, float eps,
+                                  float *y) {
+  if (rows <= 0 || n <= 0) return 0;
+  LayerNormJob job = {x, g, b, eps, y, rows, n, kernel_set()->layer_norm};
+  if (serial_depth || rows < 2 || rows * n < (1 << 14)) {
+    layer_norm_task(0, NULL, &job);
+    return 0;
+  }
+  return TVMBackendParallelLaunch(layer_norm_task, &job, 0);
 }
 
 #ifdef __cplusplus

@@ -1,10 +1,12 @@
 """codegen/cpu/fastmath.py: GELU, Erf, Tanh, Sigmoid and Softmax compile to vectorizable
 polynomials on CPU (with cpu_kernels="blas", Softmax is kernels.c's
-onnxforge_softmax_rows); outputs stay at float32 rounding level of onnxruntime's."""
+onnxforge_softmax_rows, LayerNormalization over the last axis its
+onnxforge_layer_norm_rows); outputs stay at float32 rounding level of onnxruntime's."""
 import numpy as np
 import pytest
 
 import onnxforge
+from onnxforge.ir import to_proto
 from onnxforge.passes.check import run_ort
 from tests.codegen import models
 
@@ -61,6 +63,27 @@ def test_softmax_over_symbolic_dims_in_the_c_kernel(axis):
     for shape in ([1, 12, 7], [3, 12, 130]):
         feeds = _inputs(shape, seed=shape[-1])
         np.testing.assert_allclose(pkg(feeds)["y"], run_ort(model, feeds)["y"], rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_layer_norm_in_the_c_kernel_over_symbolic_dims(axis):
+    """LayerNormalization (over the last axis, or the last two) -> kernels.c, for any
+    batch. Rows with a large mean: the variance is taken about the mean (TVM's own
+    layer_norm, E[x^2] - mean^2, was 2e-4 off here)."""
+    rng = np.random.default_rng(4)
+    n = 40
+    scale_shape = [n] if axis == -1 else [12, n]
+    g = models.Graph(3)
+    g.op("LayerNormalization", "x", g.const((rng.random(scale_shape) + 0.5).astype(np.float32)),
+         g.const(rng.standard_normal(scale_shape).astype(np.float32)), axis=axis, epsilon=1e-5, out="y")
+    model = onnxforge.load(g.model([("x", ["n", 12, n], F)], [("y", ["n", 12, n], F)], opset=17))
+    text = models.blas_dispatched(to_proto(model))
+    assert "layer_norm_rows" in text and "R.nn.layer_norm" not in text
+    pkg = onnxforge.compile(model, "x86", "-O0", cpu_kernels="blas")
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 12, n)).astype(np.float32) + 300.0
+        want = run_ort(model, {"x": x})["y"]
+        np.testing.assert_allclose(pkg({"x": x})["y"], want, rtol=1e-4, atol=2e-4)
 
 
 def test_the_kernels_are_polynomials_not_libm_calls():
