@@ -180,8 +180,8 @@ def raise_opset(model: Model, target: int, why: str, pass_name: str, hint: str =
                 break
             if adapt:
                 actions.append((node, adapt))
-    functions = []  # model-local functions import the model's version (onnx's checker): theirs move too
-    for function in model.functions:
+    functions = set()  # model-local functions import the model's version (onnx's checker): theirs move too
+    for index, function in enumerate(model.functions):
         for imp in function.opset_import:
             if (imp.domain or "") not in ("", "ai.onnx") or imp.version >= target:
                 continue
@@ -189,7 +189,7 @@ def raise_opset(model: Model, target: int, why: str, pass_name: str, hint: str =
                 changes = [v for v in versions.get(fnode.op_type, ()) if imp.version < v <= target]
                 if (fnode.domain or "") in ("", "ai.onnx") and any(any(_plan(model, fnode.op_type, v)) for v in changes):
                     blockers.append(f"{fnode.op_type} in the function {function.domain}.{function.name}")
-            functions.append(imp)
+            functions.add(index)
     if blockers:
         shown = "; ".join(blockers[:5]) + (f"; and {len(blockers) - 5} more" if len(blockers) > 5 else "")
         raise PassError(pass_name, f"{why} needs opset {target}, but the model imports opset {old} and raising it "
@@ -197,8 +197,13 @@ def raise_opset(model: Model, target: int, why: str, pass_name: str, hint: str =
                         f"(onnx.version_converter.convert_version(model, {target})){hint}")
     for node, adapt in actions:
         adapt(node)
-    for imp in functions:
-        imp.version = target
+    for index in functions:  # a copy: clones of the model share their FunctionProtos
+        function = type(model.functions[index])()
+        function.CopyFrom(model.functions[index])
+        for imp in function.opset_import:
+            if (imp.domain or "") in ("", "ai.onnx") and imp.version < target:
+                imp.version = target
+        model.functions[index] = function
     model.opset_imports[key] = target
     for opset, ir in _IR_FOR_OPSET:
         if target >= opset:

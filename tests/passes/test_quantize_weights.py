@@ -434,8 +434,10 @@ def test_raising_the_opset_moves_model_local_functions_along():
     m = onnxforge.load(model(nodes, [tensor("x", [4, 64])], [tensor("y", [4, 32])],
                              [init("eps", np.array(1e-6, np.float32)), init("g", rng.random(64).astype(np.float32) + 0.5),
                               init("w", rng.standard_normal((64, 32)).astype(np.float32))], opset=12))
-    out = onnxforge.optimize(m.clone(), "-O2,quantize-weights").model
+    fused = onnxforge.optimize(m.clone(), "-O2").model
+    out = onnxforge.optimize(fused.clone(), "quantize-weights").model
     assert [f.name for f in out.functions] == ["RMSNormalization"] and out.opset == 13
+    assert [o.version for o in fused.functions[0].opset_import] == [12]  # the clone's source keeps its function
     proto = to_proto(out)
     onnx.checker.check_model(proto, full_check=True)
     assert [(o.domain, o.version) for o in proto.functions[0].opset_import] == [("", 13)]
