@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gzip
 import hashlib
 import io
@@ -222,11 +223,21 @@ def repack_package(manifest_text: bytes, files: dict[str, bytes], extra=()) -> b
     return gzip.compress(_tar(members, list(extra)), compresslevel=1)
 
 
+def package_members(original: bytes) -> dict[str, bytes]:
+    """The members of a gzip package, by name."""
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(original))) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+@functools.lru_cache(maxsize=None)
+def _bomb(size: int) -> bytes:
+    """size zero bytes gzipped: a bomb, compressed once per size (~1 s each)."""
+    return gzip.compress(bytes(size), compresslevel=1)
+
+
 def package_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
     rng = random.Random(seed * 1_000_033 + index)
-    raw = gzip.decompress(original)
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    members = package_members(original)
     text = members.pop("manifest.json")
     members.pop("manifest.sha256")
     manifest = json.loads(text)
@@ -275,7 +286,7 @@ def package_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
             extra.size = 16
         return repack_package(text, members, [extra]), f"extra member {extra.name!r} ({'link' if extra.issym() else 'file'})"
     size = rng.choice([80 << 20, 200 << 20])  # a gzip bomb: megabytes of zeros in kilobytes
-    return gzip.compress(bytes(size), compresslevel=1), f"gzip bomb ({size >> 20} MiB of zeros)"
+    return _bomb(size), f"gzip bomb ({size >> 20} MiB of zeros)"
 
 
 # --------------------------------------------------------------------------- pipelines

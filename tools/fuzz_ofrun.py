@@ -25,9 +25,7 @@ import random
 import shutil
 import struct
 import subprocess
-import tarfile
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 from ..codegen.device.libs import cache_root, runtime_for
@@ -92,12 +90,6 @@ _PAX = [b"99999999999999999999 path=x\n", b"5 size=1\n", b"14 size=-5\n", b"30 p
         b"17 path=../x.so\n", b"40 size=1\n"]
 
 
-def package_members(original: bytes) -> dict[str, bytes]:
-    """The members of a gzip package, by name."""
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(original))) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-
-
 def _npy_mutant(npy: bytes, rng: random.Random) -> tuple[bytes, str]:
     start = 10 if npy[6] == 1 else 12
     length = struct.unpack_from("<H" if npy[6] == 1 else "<I", npy, 8)[0]
@@ -145,21 +137,20 @@ def _npz_with(npz: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 def native_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
     """A package mutant for the native readers (see the module doc)."""
-    from .fuzz import repack_package
+    from .fuzz import package_members, package_mutant, repack_package
 
     rng = random.Random(seed * 1_000_039 + index)
     kind = rng.randrange(6)
     if kind <= 1:
-        return _cached_mutant(original, index, seed)
-    members = package_members(original)
-    plain = gzip.decompress(original)
+        return package_mutant(original, index, seed)
     if kind == 2:  # an uncompressed tar with header bytes garbled
-        b = bytearray(plain)
+        b = bytearray(gzip.decompress(original))
         starts = [0] + [i for i in range(512, len(b) - 512, 512) if b[i + 257:i + 262] == b"ustar"]
         for _ in range(rng.randint(1, 6)):
             at = rng.choice(starts) + rng.choice([rng.randrange(512), 124 + rng.randrange(12), 156, 0, 345])
             b[at] = rng.randrange(256)
         return bytes(b), "plain tar, header bytes garbled"
+    members = package_members(original)
     if kind == 3:  # hostile pax records before a member
         record = rng.choice(_PAX)
         out = b""
@@ -182,21 +173,6 @@ def native_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
     members["weights.npz"], what = _npz_with(members["weights.npz"], rng)
     data = repack_package(text, members)
     return (data if rng.random() < 0.5 else gzip.decompress(data)), f"weights .npy {what}, checksums recomputed"
-
-
-def _cached_mutant(original: bytes, index: int, seed: int) -> tuple[bytes, str]:
-    from .fuzz import package_mutant
-
-    rng = random.Random(seed * 1_000_033 + index)
-    if rng.randrange(9) == 8:  # package_mutant's gzip bomb: compress each size once
-        size = rng.choice([80 << 20, 200 << 20])
-        return _bomb(size), f"gzip bomb ({size >> 20} MiB of zeros)"
-    return package_mutant(original, index, seed)
-
-
-@lru_cache(maxsize=None)
-def _bomb(size: int) -> bytes:
-    return gzip.compress(bytes(size), compresslevel=1)
 
 
 # --------------------------------------------------------------------------- run

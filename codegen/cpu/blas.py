@@ -364,10 +364,8 @@ class _BlasRewriter(PyExprMutator):
         bb, op = self.builder_, relax.op
         perm = [d for d in range(rank) if d != axis] + [axis]
         moved = x if axis == rank - 1 else bb.emit(op.permute_dims(x, perm))
-        rows = 1
-        for d in perm[:-1]:
-            rows = rows * dims[d]
-        y = bb.call_te(softmax_te, moved, rows=rows, n=dims[axis], name="softmax_rows", primfunc_name_hint="softmax_rows")
+        y = bb.call_te(softmax_te, moved, rows=math.prod(dims[d] for d in perm[:-1]), n=dims[axis], name="softmax_rows",
+                       primfunc_name_hint="softmax_rows")
         if axis == rank - 1:
             return y
         return op.permute_dims(bb.emit(y), [perm.index(d) for d in range(rank)])
@@ -389,12 +387,8 @@ class _BlasRewriter(PyExprMutator):
             return None
         if any(_dtype(t) != "float32" for t in (x, gamma, beta)) or any(shape_dims(t) != dims[rank - k:] for t in (gamma, beta)):
             return None
-        rows, n = 1, 1
-        for d in dims[:rank - k]:
-            rows = rows * d
-        for d in dims[rank - k:]:
-            n = n * d
-        return self.builder_.call_te(layer_norm_te, x, gamma, beta, rows=rows, n=n, epsilon=float(attrs.epsilon),
+        return self.builder_.call_te(layer_norm_te, x, gamma, beta, rows=math.prod(dims[:rank - k]),
+                                     n=math.prod(dims[rank - k:]), epsilon=float(attrs.epsilon),
                                      name="layer_norm_rows", primfunc_name_hint="layer_norm_rows")
 
     def _rewrite_conv2d(self, call, epilogue=NO_EPILOGUE):

@@ -465,54 +465,51 @@ int32_t onnxforge_dwconv2d_plane(int32_t plane, int32_t c, int32_t h, int32_t wd
   return 0;
 }
 
-typedef struct { const float *x; float *y; int64_t rows; int32_t n; void (*row)(const float *, float *, int32_t); } SoftmaxJob;
-
-static int softmax_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
-  const SoftmaxJob *j = (const SoftmaxJob *)cdata;
-  int64_t tasks = penv ? penv->num_task : 1;
-  int64_t lo = j->rows * task_id / tasks, hi = j->rows * (task_id + 1) / tasks;
-  for (int64_t r = lo; r < hi; ++r) j->row(j->x + r * j->n, j->y + r * j->n, j->n);
-  return 0;
-}
-
-/* y = softmax(x) over the last axis, x and y (rows, n) row-major (may be the same). */
-int32_t onnxforge_softmax_rows(int64_t rows, int32_t n, const float *x, float *y) {
-  if (rows <= 0 || n <= 0) return 0;
-  SoftmaxJob job = {x, y, rows, n, kernel_set()->softmax};
-  if (serial_depth || rows < 2 || rows * n < (1 << 14)) { /* 64 KiB: not worth waking the pool */
-    softmax_task(0, NULL, &job);
-    return 0;
-  }
-  return TVMBackendParallelLaunch(softmax_task, &job, 0);
-}
-
-typedef struct {
-  const float *x, *g, *b;
+/* Row kernels (softmax, layer norm) over a (rows, n) row-major tensor: rows split over
+ * TVM's pool, or on the calling thread when small. */
+typedef struct RowJob {
+  const float *x, *g, *b; /* input; layer norm's scale and bias */
   float eps, *y;
   int64_t rows;
   int32_t n;
-  void (*row)(const float *, const float *, const float *, float, float *, int32_t);
-} LayerNormJob;
+  const KernelSet *ks;
+  void (*row)(const struct RowJob *, int64_t);
+} RowJob;
 
-static int layer_norm_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
-  const LayerNormJob *j = (const LayerNormJob *)cdata;
+static int row_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
+  const RowJob *j = (const RowJob *)cdata;
   int64_t tasks = penv ? penv->num_task : 1;
-  int64_t lo = j->rows * task_id / tasks, hi = j->rows * (task_id + 1) / tasks;
-  for (int64_t r = lo; r < hi; ++r) j->row(j->x + r * j->n, j->g, j->b, j->eps, j->y + r * j->n, j->n);
+  for (int64_t r = j->rows * task_id / tasks, hi = j->rows * (task_id + 1) / tasks; r < hi; ++r) j->row(j, r);
   return 0;
+}
+
+static int32_t run_rows(RowJob *job) {
+  if (job->rows <= 0 || job->n <= 0) return 0;
+  if (serial_depth || job->rows < 2 || job->rows * job->n < (1 << 14)) { /* 64 KiB: not worth waking the pool */
+    row_task(0, NULL, job);
+    return 0;
+  }
+  return TVMBackendParallelLaunch(row_task, job, 0);
+}
+
+static void softmax_one(const RowJob *j, int64_t r) { j->ks->softmax(j->x + r * j->n, j->y + r * j->n, j->n); }
+
+static void layer_norm_one(const RowJob *j, int64_t r) {
+  j->ks->layer_norm(j->x + r * j->n, j->g, j->b, j->eps, j->y + r * j->n, j->n);
+}
+
+/* y = softmax(x) over the last axis, x and y (rows, n) row-major, distinct. */
+int32_t onnxforge_softmax_rows(int64_t rows, int32_t n, const float *x, float *y) {
+  RowJob job = {x, NULL, NULL, 0.0f, y, rows, n, kernel_set(), softmax_one};
+  return run_rows(&job);
 }
 
 /* y = layer_norm(x) over the last axis with scale g and bias b (n values each); x and y
  * (rows, n) row-major, distinct. */
 int32_t onnxforge_layer_norm_rows(int64_t rows, int32_t n, const float *x, const float *g, const float *b, float eps,
                                   float *y) {
-  if (rows <= 0 || n <= 0) return 0;
-  LayerNormJob job = {x, g, b, eps, y, rows, n, kernel_set()->layer_norm};
-  if (serial_depth || rows < 2 || rows * n < (1 << 14)) {
-    layer_norm_task(0, NULL, &job);
-    return 0;
-  }
-  return TVMBackendParallelLaunch(layer_norm_task, &job, 0);
+  RowJob job = {x, g, b, eps, y, rows, n, kernel_set(), layer_norm_one};
+  return run_rows(&job);
 }
 
 #ifdef __cplusplus

@@ -1,14 +1,22 @@
 // What ofrun checks in a package before it reads a field or loads code, as the
 // Python loader does: the manifest against the schema of codegen/manifest_schema.py
 // (the fields ofrun reads), and the compiled library against its own file
-// (codegen/elf_check.py: dlopen of a library cut short dies of SIGBUS). Damage and
-// careless tampering end in one line naming the field; only a signature says who
-// built a package.
+// (codegen/elf_check.py: dlopen of a library cut short dies of SIGBUS), then a dlopen
+// in a forked child. Damage and careless tampering end in one line naming the field;
+// only a signature says who built a package.
 #pragma once
 
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
 #include <tvm/ffi/string.h>
+
+#include "npy.h"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
@@ -131,11 +139,7 @@ inline std::string CheckManifest(const Any& manifest) {
 
 // ---- ELF: a complete 64-bit little-endian shared library for this machine ----
 
-inline uint64_t Le(const std::string& d, size_t at, int n) {
-  uint64_t v = 0;
-  for (int i = n - 1; i >= 0; --i) v = v << 8 | static_cast<unsigned char>(d[at + i]);
-  return v;
-}
+using npy::Le;  // little-endian fields; every offset below is checked against the size first
 
 // Why `data` is not a shared library whose headers, segments and sections lie inside
 // it, for ELF machine `machine` (62 x86-64, 183 aarch64; 0: any), or "".
@@ -172,6 +176,42 @@ inline std::string CheckElf(const std::string& data, int machine) {
         return "section " + std::to_string(i) + " lies outside the file (truncated?)";
     }
   }
+  return "";
+}
+
+// dlopen `lib` in a forked child first, binding every symbol (RTLD_NOW): damage the ELF
+// check cannot see (a garbled symbol table or relocation) crashes or stops the dynamic
+// loader, and there it costs only the child (codegen/elf_check.py's probe_dlopen).
+// Why the library cannot be loaded, or "" (also when no child could be made or it hangs:
+// the real load decides then).
+inline std::string ProbeDlopen(const std::string& lib) {
+  fflush(stdout), fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return "";
+  if (pid == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) dup2(null, 2);
+    _exit(dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL) ? 0 : 3);
+  }
+  int status = 0;
+  for (int waited = 0; waitpid(pid, &status, WNOHANG) == 0; ++waited) {
+    if (waited > 5000) {  // 5 s
+      kill(pid, SIGKILL), waitpid(pid, &status, 0);
+      return "";
+    }
+    usleep(1000);
+  }
+  if (WIFSIGNALED(status))
+    return "loading its model.so crashed the dynamic loader (signal " + std::to_string(WTERMSIG(status)) +
+           "); rebuild the package with `onnxforge compile`";
+  if (WEXITSTATUS(status) == 3) {
+    void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);  // the same refusal here, for its message
+    const char* why = h ? nullptr : dlerror();
+    if (h) dlclose(h);
+    return "the dynamic loader refuses its model.so: " + std::string(why ? why : "unknown error");
+  }
+  if (WEXITSTATUS(status) != 0)
+    return "the dynamic loader stopped on its model.so (exit " + std::to_string(WEXITSTATUS(status)) + ")";
   return "";
 }
 

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> keys = {std::string(32, '\x01')};
   size_t at = 0;
   for (current_case = 0; at + 8 <= corpus.size(); ++current_case) {
-    uint64_t n = checks::Le(corpus, at, 8);
+    uint64_t n = npy::Le(corpus, at, 8);
     if (n > corpus.size() - at - 8) break;
     std::string data = corpus.substr(at + 8, n);
     at += 8 + n;

@@ -34,9 +34,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <dlfcn.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <sched.h>
 #include <fstream>
 #include <optional>
@@ -152,6 +149,20 @@ static Options ParseArgs(int argc, char** argv) {
 
 static std::string Str(const ffi::Any& v) { return v.try_cast<ffi::String>().value_or(ffi::String("")); }
 
+// `text` parsed as JSON; what went wrong in `error` (TVM's parser reports some errors
+// there and throws on others).
+static ffi::Any ParseJson(const std::string& text, std::string* error) {
+  ffi::String reported;
+  try {
+    ffi::Any parsed = ffi::json::Parse(text, &reported);
+    *error = std::string(reported);
+    return parsed;
+  } catch (const std::exception& e) {
+    *error = e.what();
+    return ffi::Any();
+  }
+}
+
 // With trusted keys (raw ed25519 public keys): manifest.sig must be a valid signature of
 // the manifest's bytes by one of them (signature.h), checked before any field is read.
 static void CheckSignature(const std::string& path, const std::string& manifest,
@@ -160,13 +171,8 @@ static void CheckSignature(const std::string& path, const std::string& manifest,
   if (it == members.end())
     throw PackageError(path + ": the package is not signed, and trusted keys were given: sign it with "
                        "`onnxforge sign PACKAGE --key KEY` (or compile with --sign KEY)");
-  ffi::String error;
-  ffi::Any parsed;
-  try {
-    parsed = ffi::json::Parse(it->second, &error);
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
+  std::string error;
+  ffi::Any parsed = ParseJson(it->second, &error);
   std::string key, signature;
   auto entry = parsed.try_cast<Json>();
   bool ok = error.empty() && entry && checks::IsObject(parsed) &&
@@ -207,16 +213,11 @@ static Json ReadManifestBytes(std::string data, const std::string& path, std::ma
     throw PackageError(path + ": manifest.json does not match its checksum in manifest.sha256: the package was "
                        "modified or corrupted; rebuild it with `onnxforge compile`");
   if (trusted) CheckSignature(path, text, members, *trusted);
-  ffi::String error;
-  ffi::Any parsed;
-  try {
-    parsed = ffi::json::Parse(text, &error);
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
+  std::string error;
+  ffi::Any parsed = ParseJson(text, &error);
   auto manifest = parsed.try_cast<Json>();
   if (!error.empty() || !manifest || !checks::IsObject(parsed))
-    throw PackageError(path + ": manifest.json is not a JSON object: " + std::string(error).substr(0, 200));
+    throw PackageError(path + ": manifest.json is not a JSON object: " + error.substr(0, 200));
   if (Str(manifest->Get("format").value_or(nullptr)) != "onnxforge-package" ||
       !checks::IsInt(manifest->Get("format_version").value_or(nullptr)) ||
       manifest->Get("format_version").value_or(nullptr).cast<int64_t>() != 1)
@@ -434,38 +435,9 @@ static void CheckLibrary(const std::string& so, const std::string& path) {
                        "`onnxforge compile`");
 }
 
-// dlopen `lib` in a forked child first, binding every symbol (RTLD_NOW): damage the ELF
-// check cannot see (a garbled symbol table or relocation) crashes or stops the dynamic
-// loader, and there it costs only the child (codegen/elf_check.py's probe_dlopen).
 static void ProbeLibrary(const std::string& lib, const std::string& path) {
-  fflush(stdout), fflush(stderr);
-  pid_t pid = fork();
-  if (pid < 0) return;  // no child: the real load decides
-  if (pid == 0) {
-    int null = open("/dev/null", O_WRONLY);
-    if (null >= 0) dup2(null, 2);
-    _exit(dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL) ? 0 : 3);
-  }
-  int status = 0;
-  for (int waited = 0; waitpid(pid, &status, WNOHANG) == 0; ++waited) {
-    if (waited > 5000) {  // 5 s: leave the verdict to the real load
-      kill(pid, SIGKILL), waitpid(pid, &status, 0);
-      return;
-    }
-    usleep(1000);
-  }
-  if (WIFSIGNALED(status))
-    throw PackageError(path + ": loading its model.so crashed the dynamic loader (signal " +
-                       std::to_string(WTERMSIG(status)) + "); rebuild the package with `onnxforge compile`");
-  if (WEXITSTATUS(status) == 3) {
-    void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);  // the same refusal here, for its message
-    const char* why = h ? nullptr : dlerror();
-    if (h) dlclose(h);
-    throw PackageError(path + ": the dynamic loader refuses its model.so: " + std::string(why ? why : "unknown error"));
-  }
-  if (WEXITSTATUS(status) != 0)
-    throw PackageError(path + ": the dynamic loader stopped on its model.so (exit " +
-                       std::to_string(WEXITSTATUS(status)) + ")");
+  std::string problem = checks::ProbeDlopen(lib);
+  if (!problem.empty()) throw PackageError(path + ": " + problem);
 }
 
 // Everything ofrun checks before it loads code: manifest, checksums, target, weights,

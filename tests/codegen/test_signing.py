@@ -4,14 +4,12 @@ pass. A valid signature, a flipped byte, a recomputed checksum without the key, 
 wrong key, an unsigned package with and without trust; the CLI's keygen / sign /
 compile --sign / run --trust."""
 import gzip
-import io
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from onnxforge.codegen import runtime  # noqa: E402
 from onnxforge.codegen.manifest import SIGNATURE, PackageError, read_package, sign_package  # noqa: E402
 from onnxforge.codegen.signing import keygen  # noqa: E402
 from onnxforge.ir.errors import DataError  # noqa: E402
-from onnxforge.tools.fuzz import _tar, repack_package  # noqa: E402
+from onnxforge.tools.fuzz import _tar, package_members, repack_package  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +38,8 @@ def signed(packages, keys, tmp_path_factory):
     return path
 
 
-def _members_from(package: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(package))) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-
-
 def _members(path) -> dict[str, bytes]:
-    return _members_from(path.read_bytes())
+    return package_members(path.read_bytes())
 
 
 def _write(path, members: dict[str, bytes]):
@@ -92,7 +85,7 @@ def test_recomputed_checksums_without_the_key_are_refused(signed, keys, tmp_path
     weights = bytearray(members["weights.npz"])
     weights[-30] ^= 0xFF
     members["weights.npz"] = bytes(weights)
-    repacked = _members_from(repack_package(text, members))
+    repacked = package_members(repack_package(text, members))
     repacked[SIGNATURE] = signature
     bad = _write(tmp_path / "resummed.ofpkg", repacked)
     read_package(bad)  # the checksums alone are fine
