@@ -335,7 +335,8 @@ static inline __attribute__((always_inline)) void softmax_row_body(const float *
   float m = -INFINITY, s = 0.0f;
   for (; q < n; ++q) m = x[q] > m ? x[q] : m;
   for (int i = 0; i < 8; ++i) m = part[i] > m ? part[i] : m;
-  for (q = 0; q < n; ++q) y[q] = act_exp(x[q] - m);
+  const ExpRange range = act_exp_range();
+  for (q = 0; q < n; ++q) y[q] = act_exp(x[q] - m, range);
   for (int i = 0; i < 8; ++i) part[i] = 0.0f;
   for (q = 0; q + 8 <= n; q += 8)
     for (int i = 0; i < 8; ++i) part[i] += y[q + i];
