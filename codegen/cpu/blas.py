@@ -52,7 +52,7 @@ GEMM_PACKED_C = Path(__file__).with_name("gemm_packed.c")  # weights packed once
 CONV_C = Path(__file__).with_name("conv.c")  # Conv (im2col by blocks) and ConvTranspose
 C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C, CONV_C)
 # included by the sources (part of their cache key)
-C_HEADERS = (Path(__file__).with_name("activation.h"), Path(__file__).with_name("thread_pool.h"))
+C_HEADERS = tuple(Path(__file__).with_name(h) for h in ("activation.h", "exp_approx.h", "thread_pool.h"))
 
 BLAS_SONAME = OPENBLAS
 

@@ -321,7 +321,7 @@ static inline __attribute__((always_inline)) void dw_plane_flat(const float *__r
 }
 
 /* ---- softmax over the last axis: y = exp(x - max) / sum, row by row ----
- * activation.h's exp (~1 ulp) in a plain loop (gcc vectorizes it), then the sum and the max
+ * exp_approx.h's exp (~1 ulp) in a plain loop (gcc vectorizes it), then the sum and the max
  * over 8 partial results, so that they vectorize without reassociating float additions
  * (which gcc does only under -ffast-math). TVM's schedule of fast_softmax took 0.33 ms for
  * MiniLM's 12 x 128 x 128 scores per layer. x and y are distinct buffers (TVM's outputs). */
@@ -335,8 +335,8 @@ static inline __attribute__((always_inline)) void softmax_row_body(const float *
   float m = -INFINITY, s = 0.0f;
   for (; q < n; ++q) m = x[q] > m ? x[q] : m;
   for (int i = 0; i < 8; ++i) m = part[i] > m ? part[i] : m;
-  const ExpRange range = act_exp_range();
-  for (q = 0; q < n; ++q) y[q] = act_exp(x[q] - m, range);
+  const ExpRange range = exp_range();
+  for (q = 0; q < n; ++q) y[q] = exp_approx(x[q] - m, range);
   for (int i = 0; i < 8; ++i) part[i] = 0.0f;
   for (q = 0; q + 8 <= n; q += 8)
     for (int i = 0; i < 8; ++i) part[i] += y[q + i];

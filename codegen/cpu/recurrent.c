@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_approx.h"
 #include "thread_pool.h"
 
 #ifdef __cplusplus
@@ -40,38 +41,26 @@ enum { KIND_RNN = 0, KIND_GRU = 1, KIND_LSTM = 2 };
 typedef struct { int32_t code; float alpha, beta; } Act;
 
 /* The gate loops run 4*H activations per row and step: libm's expf/tanhf are calls the
- * compiler cannot vectorize. exp_gate is 2^k * p(r), r = x - k ln2 (two-part ln2),
- * p the degree-7 Taylor polynomial (relative error < 1e-7 on |r| <= ln2/2), the
- * power of two built in the exponent bits: plain arithmetic, so the loops vectorize
- * (compiled once per ISA and picked at run time, as in kernels.c). */
+ * compiler cannot vectorize; exp_approx.h's exp is plain arithmetic, so the loops
+ * vectorize (compiled once per ISA and picked at run time, as in kernels.c). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define GATE_OPT __attribute__((optimize("O3", "no-trapping-math")))
 #else
 #define GATE_OPT
 #endif
 
-static inline __attribute__((always_inline)) float exp_gate(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-  float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
-  float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666668e-2f + r * (8.3333338e-3f
-            + r * (1.3888889e-3f + r * 1.9841270e-4f))))));
-  int32_t bits = ((int32_t)k + 127) << 23;
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
 static inline __attribute__((always_inline)) void sigmoid_body(float *__restrict x, int32_t n) {
-  for (int32_t i = 0; i < n; ++i) x[i] = 1.0f / (1.0f + exp_gate(-x[i]));
+  const ExpRange range = exp_range();
+  for (int32_t i = 0; i < n; ++i) x[i] = 1.0f / (1.0f + exp_approx(-x[i], range));
 }
 
 /* tanh(x) = 1 - 2 / (e^2x + 1); near 0 (|x| < 1/4) its series, which keeps the
  * relative error small where the difference would cancel. */
 static inline __attribute__((always_inline)) void tanh_body(float *__restrict x, int32_t n, float alpha, float beta) {
+  const ExpRange range = exp_range();
   for (int32_t i = 0; i < n; ++i) {
     float v = beta * x[i], v2 = v * v;
-    float big = 1.0f - 2.0f / (exp_gate(2.0f * v) + 1.0f);
+    float big = 1.0f - 2.0f / (exp_approx(2.0f * v, range) + 1.0f);
     float small = v * (1.0f + v2 * (-0.33333333f + v2 * (0.13333333f + v2 * (-0.053968254f + v2 * 0.021869489f))));
     x[i] = alpha * (v2 < 0.0625f ? small : big);
   }
