@@ -22,7 +22,7 @@ from tvm import relax
 
 from .extern_calls import ACT_CLAMP, ACT_HARD_GATE, ACT_NONE, ACT_SIGMOID_GATE
 from ..op_helpers import _constant_array
-from .relax_types import dtype_of, static_shape
+from .relax_types import dtype_of, shape_dims, static_shape
 
 
 @dataclasses.dataclass
@@ -184,12 +184,16 @@ class EpilogueMatcher:
 
     def _bias_fits(self, core, bias) -> bool:
         """A constant-shaped float32 bias that adds one value per output channel: (1, C, 1, 1)
-        or (C, 1, 1) after a conv, (..., 1, N) or (N,) after a matmul, no broadcast growth."""
-        so, sb = static_shape(core), static_shape(bias)
+        or (C, 1, 1) after a conv, (..., 1, N) or (N,) after a matmul, no broadcast growth.
+        The core's other dims may be symbolic (a package for any batch or image size:
+        left unfolded there, every SiLU of YOLOv8n ran as a TVM kernel of its own)."""
+        so, sb = shape_dims(core), static_shape(bias)
         if so is None or sb is None or dtype_of(bias) != "float32" or len(sb) > len(so):
             return False
         sb = [1] * (len(so) - len(sb)) + sb
         axis = len(so) - 1 if _is(core, "matmul") else 1
+        if not isinstance(so[axis], int):
+            return False
         return all(d == (so[axis] if i == axis else 1) for i, d in enumerate(sb))
 
     def _activation_follows(self, call) -> bool:

@@ -94,3 +94,32 @@ def test_value_read_elsewhere_is_not_folded(tmp_path, act):
     text = models.blas_dispatched(model)
     assert "R.sigmoid" in text or "R.clip" in text
     _check(tmp_path, model)
+
+
+@pytest.mark.parametrize("core", ["conv3x3", "conv1x1", "gemm"])
+def test_activation_folds_with_symbolic_dims(tmp_path, core):
+    """One package for any batch and image size (or row count): the bias and the SiLU
+    still fold into the C call when only the output-channel dim is static, and the
+    package is right at two sizes."""
+    import onnx
+
+    import onnxforge
+
+    model = _model(core, "silu")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    names = ["rows", None] if core == "gemm" else ["batch", None, "height", "width"]
+    for dim, name in zip(dims, names):
+        if name:
+            dim.dim_param = name
+    text = models.blas_dispatched(model)
+    assert "R.sigmoid" not in text and "R.add" not in text, text
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    pkg = onnxforge.compile(path, target="x86", pipeline="cleanup", output=tmp_path / "m.ofpkg", cpu_kernels="blas")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fixed = _CORES[core][0]
+    for grow in (1, 2):
+        shape = [fixed[0] * grow, fixed[1]] if core == "gemm" else [grow, fixed[1], fixed[2] + grow, fixed[3] - grow]
+        x = np.random.default_rng(grow).standard_normal(shape).astype(np.float32) * 4
+        (ref,) = session.run(None, {"x": x})
+        np.testing.assert_allclose(pkg(x=x)["y"], ref, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(ref).max())))
