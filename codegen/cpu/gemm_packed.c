@@ -204,7 +204,10 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
           const float *a = j->a + mb * lda + kb;                   \
           float *c = j->c + mb * ldc + col0;                                                                    \
           int32_t r = mb;                                                                                       \
-          for (; r + MR <= me; r += MR, a += MR * lda, c += MR * ldc, pf = NULL)      \
+          /* MR 6 with 2 rows left: the last 8 as two 4-row tiles (a 2-row tile has too few                     \
+           * accumulators to hide the FMA latency; 10-20% faster on 14 or 20 rows in cache) */                  \
+          const int32_t mr_end = MR == 6 && (me - mb) % MR == 2 && me - mb > MR ? me - 8 : me;                  \
+          for (; r + MR <= mr_end; r += MR, a += MR * lda, c += MR * ldc, pf = NULL)      \
             NAME##_block(kc, a, lda, bp, pf, c, ldc, cols, first, last, bias, &j->act);                     \
           for (; r + 4 <= me; r += 4, a += 4 * lda, c += 4 * ldc, pf = NULL)           \
             NAME##_block4(kc, a, lda, bp, pf, c, ldc, cols, first, last, bias, &j->act);                    \

@@ -65,7 +65,7 @@ ACTS = [((0, 0, 0, 1, 0), lambda v: v), ((1, -0.5, 0.7, 1, 0), lambda v: np.clip
         ((2, 0, 0, 1, 0), lambda v: v * sigmoid(v)), ((2, 0, 0, 1.702, 0.1), lambda v: v * sigmoid(1.702 * v + 0.1)),
         ((3, 0, 1, 1 / 6, 0.5), lambda v: v * np.clip(v / 6 + 0.5, 0, 1))]
 for m, n, k in [(1, 1, 1), (3, 17, 5), (7, 33, 1030), (13, 40, 77), (25, 16, 2000), (40, 100, 513),
-                (130, 48, 64), (2, 8210, 40), (5, 3, 0)]:
+                (130, 48, 64), (2, 8210, 40), (5, 3, 0), (20, 33, 300), (14, 16, 9)]:
     a = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((n, k)).astype(np.float32)  # stored transposed, as Gemm transB=1
     bias = rng.standard_normal(n).astype(np.float32)
