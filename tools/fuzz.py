@@ -16,8 +16,8 @@ counted. Every case is classified:
   ran-changed-code  a package whose model.so bytes were changed (checksums
               recomputed) passed the loader's checks (ELF headers, a probe load in
               a forked child) and crashed running the changed code, at load (the
-              weight transform) or at the call: a hostile build, which only a
-              signature refuses. Counted apart, not as ok.
+              weight transform) or at the call, or hung once it had loaded: a
+              hostile build, which only a signature refuses. Counted apart, not as ok.
 The report lists every BAD case with its mutation and message; the exit code is 1
 if there is one. Mutants are deterministic for a seed.
 
@@ -392,10 +392,12 @@ class _Pool:
         self.proc = None
         why = f"timeout after {self.timeout:.0f} s" if not ready else \
             f"worker died ({f'signal {-code}' if code < 0 else f'exit {code}'})"
-        if ready and case.get("code_changed"):
+        if case.get("code_changed") and (ready or stage):
             # model.so's bytes were changed and it passed the loader's checks (headers, the probe load in a
-            # child), then crashed running its code: at load (the weight transform) or at the call. A
-            # hostile build, which only a signature refuses.
+            # child), then crashed running its code: at load (the weight transform) or at the call; or, past
+            # the load, never returned (its code is arbitrary now, and a crash inside TVM's thread pool or
+            # its segfault handler can leave the process waiting: seen once in CI, on a garbled symbol
+            # value). A hostile build, which only a signature refuses.
             return {"status": "ran-changed-code", "message": why + (" after the package loaded" if stage else "")}
         return {"status": "BAD", "message": why + (" after the package loaded" if stage else "")}
 

@@ -47,8 +47,67 @@ def _kernel_module(mod, target, mode, database=None):
         return (default_schedule_pass()(mod) if mode != "tvm" else mod), tuned
 
 
+def _int_arg(arg: str) -> int | None:
+    """An integer argument as TIR prints it (7, T.int64(7), T.Cast("int32", T.int64(7))), else None."""
+    arg = arg.strip()
+    m = re.fullmatch(r'T\.Cast\("\w+", (.*)\)', arg)
+    if m:
+        return _int_arg(m.group(1))
+    m = re.fullmatch(r"(?:T\.int(?:32|64)\()?(-?\d+)\)?", arg)
+    return int(m.group(1)) if m else None
+
+
+def _extern_ints(text: str, name: str, count: int) -> list | None:
+    """The first `count` arguments of the call_extern of `name` in `text` as ints
+    (None for one that is not a literal), or None when there is no such call."""
+    call = re.search(rf'call_extern\("\w+", "{name}", ', text)  # not the name in an attribute
+    if call is None:
+        return None
+    args, depth, start = [], 0, call.end()
+    for i in range(start, len(text)):
+        ch = text[i]
+        if ch == "(":
+            depth += 1
+        elif ch in "),":
+            if depth == 0:
+                args.append(_int_arg(text[start:i]))
+                if ch == ")" or len(args) == count:
+                    break
+                start = i + 1
+            elif ch == ")":
+                depth -= 1
+    return args + [None] * (count - len(args))
+
+
+# Per value: softmax max, subtract, exp, sum, scale; layer norm mean, subtract,
+# square, sum, scale by 1/std, gamma, beta (conventions: both are memory-bound).
+_ROW_FLOPS = {"onnxforge_softmax_rows": 5, "onnxforge_layer_norm_rows": 7}
+_RNN_GATES = {0: 1, 1: 3, 2: 4}  # recurrent.c's KIND_RNN, KIND_GRU, KIND_LSTM -> gates
+
+
+def _c_kernel_flops(text: str) -> float | None:
+    """FLOPs of kernels.c / recurrent.c calls: the row kernels per _ROW_FLOPS; the
+    recurrence (onnxforge_rnn: kind, steps, batch, hidden, directions) as its hidden-state
+    products, 2 * dirs * steps * batch * gates * hidden^2 (the input projection is a
+    GEMM kernel of its own; the gates' elementwise work is not counted)."""
+    for name, per in _ROW_FLOPS.items():
+        args = _extern_ints(text, name, 2)
+        if args is not None:
+            return float(per * args[0] * args[1]) if None not in args else float("nan")
+    args = _extern_ints(text, "onnxforge_rnn", 5)
+    if args is not None:
+        kind, steps, batch, hidden, dirs = args
+        if None in args or kind not in _RNN_GATES:
+            return float("nan")
+        return 2.0 * dirs * steps * batch * _RNN_GATES[kind] * hidden * hidden
+    return None
+
+
 def _flops(func) -> float:
     text = func.script(show_meta=False)
+    c_kernel = _c_kernel_flops(text)
+    if c_kernel is not None:
+        return c_kernel
     m = _SGEMM.search(text)
     if m:
         b, mm, n, k = (int(v) for v in m.groups())
