@@ -141,10 +141,11 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
  * origin of the tile's first pixel in the zero-padded input, SX: the stride along the
  * row) and multiplies the packed weight's row q, as the GEMM tile multiplies A's.
  * The sums go to tile[ROWS][16]; conv_store puts them in the NCHW output.
- * CONV_TILE makes two: NAME for any stride (sx), NAME##_s1 for stride 1 with the loop
- * unrolled by 3 (the pixels' loads at constant offsets, a third of the loop overhead:
- * the same speed on a quiet core, 10-25% faster when the VM's core is busier, as on
- * 32 -> 32 3x3 at 80x80 in an interleaved single-thread micro-benchmark). */
+ * CONV_TILE makes three: NAME for any stride (sx), NAME##_s1 and NAME##_s2 for strides
+ * 1 and 2 with the loop unrolled by 3 (the pixels' loads at constant offsets, a third
+ * of the loop overhead: the same speed on a quiet core, 10-25% faster when the VM's
+ * core is busier, as on 32 -> 32 3x3 at 80x80 in an interleaved single-thread
+ * micro-benchmark). */
 #define CONV_TILE_SX(NAME, ATTR, ROWS, VT, VTU, VW, SX, UNROLL)                                                  \
   static ATTR void NAME(int32_t kc, const float *x, const int32_t *off, int32_t sx, const float *bp,             \
                         float *tile) {                                                                          \
@@ -165,7 +166,8 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
   }
 #define CONV_TILE(NAME, ATTR, ROWS, VT, VTU, VW)                                                                 \
   CONV_TILE_SX(NAME, ATTR, ROWS, VT, VTU, VW, sx, "GCC unroll 1")                                                \
-  CONV_TILE_SX(NAME##_s1, ATTR, ROWS, VT, VTU, VW, 1, "GCC unroll 3")
+  CONV_TILE_SX(NAME##_s1, ATTR, ROWS, VT, VTU, VW, 1, "GCC unroll 3")                                            \
+  CONV_TILE_SX(NAME##_s2, ATTR, ROWS, VT, VTU, VW, 2, "GCC unroll 3")
 
 /* One variant: NAME##_block (MR rows), NAME##_block4, NAME##_block2, NAME##_row (one
  * row, four partial sums over k so the FMA latency is hidden), NAME##_range (rows
@@ -256,19 +258,19 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
             float *o = oi + co0 * npix + (int64_t)y * j->ow;                                                    \
             int32_t ox = 0;                                                                                     \
             for (; ox + MR <= j->ow; ox += MR) {                                                                \
-              (j->sw == 1 ? NAME##_conv_s1 : NAME##_conv)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                  \
+              (j->sw == 1 ? NAME##_conv_s1 : j->sw == 2 ? NAME##_conv_s2 : NAME##_conv)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                  \
               conv_store(o + ox, npix, tile, MR, cols, first, last, tbias, tact);                               \
             }                                                                                                   \
             for (; ox + 4 <= j->ow; ox += 4) {                                                                  \
-              (j->sw == 1 ? NAME##_conv4_s1 : NAME##_conv4)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
+              (j->sw == 1 ? NAME##_conv4_s1 : j->sw == 2 ? NAME##_conv4_s2 : NAME##_conv4)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
               conv_store(o + ox, npix, tile, 4, cols, first, last, tbias, tact);                                \
             }                                                                                                   \
             for (; ox + 2 <= j->ow; ox += 2) {                                                                  \
-              (j->sw == 1 ? NAME##_conv2_s1 : NAME##_conv2)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
+              (j->sw == 1 ? NAME##_conv2_s1 : j->sw == 2 ? NAME##_conv2_s2 : NAME##_conv2)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
               conv_store(o + ox, npix, tile, 2, cols, first, last, tbias, tact);                                \
             }                                                                                                   \
             if (ox < j->ow) {                                                                                   \
-              (j->sw == 1 ? NAME##_conv1_s1 : NAME##_conv1)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
+              (j->sw == 1 ? NAME##_conv1_s1 : j->sw == 2 ? NAME##_conv1_s2 : NAME##_conv1)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
               conv_store(o + ox, npix, tile, 1, cols, first, last, tbias, tact);                                \
             }                                                                                                   \
             if (row_act)                                                                                        \
