@@ -14,8 +14,10 @@ from tvm import te, tirx
 # Products with a constant weight and at most this many rows take gemm_packed.c (the
 # weight packed once: pack_weight / pack_te) instead of OpenBLAS (which repacks it on every call). Above
 # it OpenBLAS's packed-A kernel is faster (measured on Zen 3, 2 threads: 20x8210x1024
-# 5.3 -> 4.1 ms; at 128 rows about equal; 1024x1024x1024 20 ms against OpenBLAS's 13).
-PACKED_MAX_ROWS = 96
+# 5.3 -> 4.1 ms; 1024x1024x1024 20 ms against OpenBLAS's 13). Since the tile's k loop
+# is unrolled, MiniLM-L6 end to end: 128 rows 0.91-0.92x of onnxruntime packed against
+# 0.97-1.03x with OpenBLAS, 256 rows a tie, 512 rows OpenBLAS ahead (1.03x vs 1.06-1.15x).
+PACKED_MAX_ROWS = 192
 PANEL = 16  # gemm_packed.c's NR
 PACK_KERNEL = "pack_weight"  # the packing kernels' name: the CPU pipeline lifts them to load time
 
