@@ -396,7 +396,7 @@ class _Pool:
             # model.so's bytes were changed and it passed the loader's checks (headers, the probe load in a
             # child), then crashed running its code: at load (the weight transform) or at the call; or, past
             # the load, never returned (its code is arbitrary now, and a crash inside TVM's thread pool or
-            # its segfault handler can leave the process waiting: seen once in CI, on a garbled symbol
+            # its segfault handler can leave the process waiting: seen once in a full test run, on a garbled symbol
             # value). A hostile build, which only a signature refuses.
             return {"status": "ran-changed-code", "message": why + (" after the package loaded" if stage else "")}
         return {"status": "BAD", "message": why + (" after the package loaded" if stage else "")}
