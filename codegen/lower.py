@@ -70,6 +70,12 @@ def _inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
     opset 12 in a model a later pass moved to 13); where every op of the body has the
     same definition at both versions, the function is relabelled to the model's
     version, which changes nothing; otherwise onnx's version converter runs."""
+    def since(node, version):  # the version that defined the op as seen at `version`, None if unknown
+        try:
+            return onnx.defs.get_schema(node.op_type, version, node.domain or "").since_version
+        except onnx.defs.SchemaError:
+            return None
+
     model_versions = {o.domain or "": o.version for o in proto.opset_import}
     convert = False
     for function in proto.functions:
@@ -77,17 +83,8 @@ def _inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
             want = model_versions.get(imp.domain or "")
             if want is None or want == imp.version:
                 continue
-            same = True
-            for node in function.node:
-                if (node.domain or "") != (imp.domain or ""):
-                    continue
-                try:
-                    a = onnx.defs.get_schema(node.op_type, imp.version, node.domain or "").since_version
-                    b = onnx.defs.get_schema(node.op_type, want, node.domain or "").since_version
-                except onnx.defs.SchemaError:
-                    a, b = None, -1
-                same = same and a == b
-            if same:
+            nodes = [n for n in function.node if (n.domain or "") == (imp.domain or "")]
+            if all(since(n, imp.version) is not None and since(n, imp.version) == since(n, want) for n in nodes):
                 imp.version = want
             else:
                 convert = True

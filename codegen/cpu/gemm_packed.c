@@ -180,6 +180,9 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
   CONV_TILE_SX(NAME##_s1, ATTR, ROWS, VT, VTU, VW, 1, "GCC unroll 3")                                            \
   CONV_TILE_SX(NAME##_s2, ATTR, ROWS, VT, VTU, VW, 2, "GCC unroll 3")
 
+/* A conv tile function (CONV_TILE_SX's signature). */
+typedef void (*ConvTileFn)(int32_t, const float *, const int32_t *, int32_t, const float *, float *);
+
 /* One variant: NAME##_block (MR rows), NAME##_block4, NAME##_block2, NAME##_row (one
  * row, four partial sums over k so the FMA latency is hidden), NAME##_range (rows
  * r0..r1, panels p0..p1). */
@@ -246,6 +249,12 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
   static ATTR void NAME##_direct(const DirectJob *j, int64_t img, int32_t y0, int32_t y1, int32_t p0, int32_t p1) { \
     float tile[MR * NR] __attribute__((aligned(64)));                                                           \
     const Act none = act_make(ACT_NONE, 0.0f, 0.0f, 1.0f, 0.0f);                                                \
+    static const int32_t width[4] = {MR, 4, 2, 1};                                                              \
+    static const ConvTileFn by_stride[3][4] = {                                                                \
+        {NAME##_conv, NAME##_conv4, NAME##_conv2, NAME##_conv1},                                                \
+        {NAME##_conv_s1, NAME##_conv4_s1, NAME##_conv2_s1, NAME##_conv1_s1},                                    \
+        {NAME##_conv_s2, NAME##_conv4_s2, NAME##_conv2_s2, NAME##_conv1_s2}};                                   \
+    const ConvTileFn *tiles = by_stride[j->sw == 1 ? 1 : j->sw == 2 ? 2 : 0];                                   \
     const int64_t k = j->k, npix = (int64_t)j->oh * j->ow;                                                      \
     const float *xi = j->x + img * j->x_image;                                                                  \
     float *oi = j->out + img * j->co * npix;                                                                    \
@@ -268,22 +277,11 @@ static PG_OPT void conv_store(float *out, int64_t npix, float *tile, int32_t row
             const float *xr = xi + (int64_t)y * j->sh * j->x_row;                                               \
             float *o = oi + co0 * npix + (int64_t)y * j->ow;                                                    \
             int32_t ox = 0;                                                                                     \
-            for (; ox + MR <= j->ow; ox += MR) {                                                                \
-              (j->sw == 1 ? NAME##_conv_s1 : j->sw == 2 ? NAME##_conv_s2 : NAME##_conv)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                  \
-              conv_store(o + ox, npix, tile, MR, cols, first, last, tbias, tact);                               \
-            }                                                                                                   \
-            for (; ox + 4 <= j->ow; ox += 4) {                                                                  \
-              (j->sw == 1 ? NAME##_conv4_s1 : j->sw == 2 ? NAME##_conv4_s2 : NAME##_conv4)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
-              conv_store(o + ox, npix, tile, 4, cols, first, last, tbias, tact);                                \
-            }                                                                                                   \
-            for (; ox + 2 <= j->ow; ox += 2) {                                                                  \
-              (j->sw == 1 ? NAME##_conv2_s1 : j->sw == 2 ? NAME##_conv2_s2 : NAME##_conv2)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
-              conv_store(o + ox, npix, tile, 2, cols, first, last, tbias, tact);                                \
-            }                                                                                                   \
-            if (ox < j->ow) {                                                                                   \
-              (j->sw == 1 ? NAME##_conv1_s1 : j->sw == 2 ? NAME##_conv1_s2 : NAME##_conv1)(kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                 \
-              conv_store(o + ox, npix, tile, 1, cols, first, last, tbias, tact);                                \
-            }                                                                                                   \
+            for (int t = 0; t < 4; ++t) /* tiles of MR pixels, then 4, 2, 1 for the rest of the row */         \
+              for (; ox + width[t] <= j->ow; ox += width[t]) {                                                  \
+                tiles[t](kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, tile);                                   \
+                conv_store(o + ox, npix, tile, width[t], cols, first, last, tbias, tact);                        \
+              }                                                                                                 \
             if (row_act)                                                                                        \
               for (int32_t c = 0; c < cols; ++c)                                                                \
                 act_row(o + c * npix, j->ow, NULL, bias ? bias[c] : 0.0f, &j->act);                             \
