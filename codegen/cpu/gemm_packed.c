@@ -181,28 +181,35 @@ static PG_OPT void block_to_nchw(float *out, int64_t npix, const float *buf, int
     tile_store(c, ldc, &tile[0][0], ROWS, cols, first, last, bias, act);                               \
   }
 
-/* Direct convolution: a tile of ROWS output pixels of one output row x 16 output
- * channels over taps [0, kc): tap q of pixel r reads x[off[q] + r * SX] (x: the window
- * origin of the tile's first pixel in the zero-padded input, SX: the stride along the
- * row) and multiplies the packed weight's row q, as the GEMM tile multiplies A's.
- * The sums go to dst[ROWS][16] (written by the first k chunk, added to by later ones).
- * CONV_TILE makes three: NAME for any stride (sx), NAME##_s1 and NAME##_s2 for strides
- * 1 and 2 with the loop unrolled by 3 (the pixels' loads at constant offsets, a third
- * of the loop overhead: the same speed on a quiet core, 10-25% faster when the VM's
- * core is busier, as on 32 -> 32 3x3 at 80x80 in an interleaved single-thread
- * micro-benchmark). */
-#define CONV_TILE_SX(NAME, ATTR, ROWS, VT, VTU, VW, SX, UNROLL)                                                  \
-  static ATTR void NAME(int32_t kc, const float *x, const int32_t *off, int32_t sx, const float *bp,             \
-                        float *dst, int first) {                                                                \
+/* Direct convolution: a tile of ROWS output pixels x 16 output channels over taps
+ * [0, kc): tap q of pixel r reads x[off[q] + PIX(r)] (x: the window origin of the
+ * tile's first pixel in the zero-padded input) and multiplies the packed weight's row
+ * q, as the GEMM tile multiplies A's. The sums go to dst[ROWS][16] (written by the
+ * first k chunk, added to by later ones). Two kinds:
+ * - along one output row, PIX(r) = r * SX (SX: the stride along the row). CONV_TILE
+ *   makes three: NAME for any stride (sx), NAME##_s1 and NAME##_s2 for strides 1 and 2
+ *   with the loop unrolled by 3 (the pixels' loads at constant offsets, a third of the
+ *   loop overhead: the same speed on a quiet core, 10-25% faster when the VM's core is
+ *   busier, as on 32 -> 32 3x3 at 80x80 in an interleaved single-thread benchmark);
+ * - NAME##_px: any ROWS pixels of a block, rows may end inside the tile, PIX(r) =
+ *   px[r] (held in registers). For short rows, which the first kind ends in 4-, 2- and
+ *   1-pixel tiles that hide the FMA latency poorly: 10-pixel rows (YOLOv8n's deepest
+ *   3x3 layers) ran at 72-88 GFLOP/s that way, 96-100 in MR tiles across rows (one
+ *   thread, C harness); on 80-pixel rows the constant offsets are 7-9% faster. */
+#define CONV_TILE_BODY(NAME, ATTR, ROWS, VT, VTU, VW, SETUP, PIX, XQ, UNROLL)                                    \
+  static ATTR void NAME(int32_t kc, const float *x, const int32_t *off, const int32_t *px, int32_t sx,          \
+                        const float *bp, float *dst, int first) {                                               \
     VT acc[ROWS][NR / VW];                                                                                      \
+    SETUP                                                                                                       \
     _Pragma("GCC unroll 16") for (int r = 0; r < ROWS; ++r)                                                     \
       _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) acc[r][v] = (VT){0};                           \
     _Pragma(UNROLL) for (int32_t q = 0; q < kc; ++q) {                                                          \
       VT b[NR / VW];                                                                                            \
       _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) b[v] = *(const VTU *)(bp + (int64_t)q * NR + v * VW); \
       const float *xq = x + off[q];                                                                             \
+      XQ                                                                                                        \
       _Pragma("GCC unroll 16") for (int r = 0; r < ROWS; ++r) {                                                 \
-        float s = xq[r * (SX)];                                                                                 \
+        float s = xq[PIX(r)];                                                                                   \
         _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) acc[r][v] += s * b[v];                       \
       }                                                                                                         \
     }                                                                                                           \
@@ -213,13 +220,25 @@ static PG_OPT void block_to_nchw(float *out, int64_t npix, const float *buf, int
       _Pragma("GCC unroll 16") for (int r = 0; r < ROWS; ++r)                                                   \
         _Pragma("GCC unroll 4") for (int v = 0; v < NR / VW; ++v) *(VTU *)(dst + r * NR + v * VW) += acc[r][v]; \
   }
+#define PIX_STRIDE_sx(r) ((r) * sx)
+#define PIX_STRIDE_1(r) (r)
+#define PIX_STRIDE_2(r) ((r) * 2)
+/* the pixel offsets in registers; xq as a base register (an empty asm), so each load
+ * is xq + po[r] * 4 rather than an add of off[q] and po[r] per pixel */
+#define PX_SETUP(ROWS)                                                                                           \
+  int64_t po[ROWS];                                                                                             \
+  _Pragma("GCC unroll 16") for (int r = 0; r < ROWS; ++r) po[r] = px[r];
+#define PIX_PX(r) po[r]
+#define XQ_BASE __asm__("" : "+r"(xq));
 #define CONV_TILE(NAME, ATTR, ROWS, VT, VTU, VW)                                                                 \
-  CONV_TILE_SX(NAME, ATTR, ROWS, VT, VTU, VW, sx, "GCC unroll 1")                                                \
-  CONV_TILE_SX(NAME##_s1, ATTR, ROWS, VT, VTU, VW, 1, "GCC unroll 3")                                            \
-  CONV_TILE_SX(NAME##_s2, ATTR, ROWS, VT, VTU, VW, 2, "GCC unroll 3")
+  CONV_TILE_BODY(NAME, ATTR, ROWS, VT, VTU, VW, (void)px;, PIX_STRIDE_sx, , "GCC unroll 1")                      \
+  CONV_TILE_BODY(NAME##_s1, ATTR, ROWS, VT, VTU, VW, (void)px; (void)sx;, PIX_STRIDE_1, , "GCC unroll 3")        \
+  CONV_TILE_BODY(NAME##_s2, ATTR, ROWS, VT, VTU, VW, (void)px; (void)sx;, PIX_STRIDE_2, , "GCC unroll 3")        \
+  CONV_TILE_BODY(NAME##_px, ATTR, ROWS, VT, VTU, VW, PX_SETUP(ROWS) (void)sx;, PIX_PX, XQ_BASE, "GCC unroll 3")
 
-/* A conv tile function (CONV_TILE_SX's signature). */
-typedef void (*ConvTileFn)(int32_t, const float *, const int32_t *, int32_t, const float *, float *, int);
+/* A conv tile function (CONV_TILE_BODY's signature). */
+typedef void (*ConvTileFn)(int32_t, const float *, const int32_t *, const int32_t *, int32_t, const float *, float *,
+                           int);
 
 /* One variant: NAME##_block (MR rows), NAME##_block4, NAME##_block2, NAME##_row (one
  * row, four partial sums over k so the FMA latency is hidden), NAME##_range (rows
@@ -287,34 +306,49 @@ typedef void (*ConvTileFn)(int32_t, const float *, const int32_t *, int32_t, con
   static ATTR void NAME##_direct(const DirectJob *j, int64_t img, int32_t y0, int32_t y1, int32_t p0, int32_t p1, \
                                  float *buf) {                                                                  \
     static const int32_t width[4] = {MR, 4, 2, 1};                                                              \
-    static const ConvTileFn by_stride[3][4] = {                                                                \
+    static const ConvTileFn by_kind[4][4] = {                                                                  \
         {NAME##_conv, NAME##_conv4, NAME##_conv2, NAME##_conv1},                                                \
         {NAME##_conv_s1, NAME##_conv4_s1, NAME##_conv2_s1, NAME##_conv1_s1},                                    \
-        {NAME##_conv_s2, NAME##_conv4_s2, NAME##_conv2_s2, NAME##_conv1_s2}};                                   \
-    const ConvTileFn *tiles = by_stride[j->sw == 1 ? 1 : j->sw == 2 ? 2 : 0];                                   \
+        {NAME##_conv_s2, NAME##_conv4_s2, NAME##_conv2_s2, NAME##_conv1_s2},                                    \
+        {NAME##_conv_px, NAME##_conv4_px, NAME##_conv2_px, NAME##_conv1_px}};                                   \
+    /* rows shorter than 4 tiles: tiles across rows (see CONV_TILE_BODY) */                                     \
+    const int across = j->ow < 4 * MR;                                                                          \
+    const ConvTileFn *tiles = by_kind[across ? 3 : j->sw == 1 ? 1 : j->sw == 2 ? 2 : 0];                        \
     const int64_t k = j->k, npix = (int64_t)j->oh * j->ow;                                                      \
     const float *xi = j->x + img * j->x_image;                                                                  \
     float *oi = j->out + img * j->co * npix;                                                                    \
+    int32_t px[MR];                                                                                             \
     for (int32_t yb = y0; yb < y1; yb += j->rows_per_block) {                                                   \
       int32_t ye = yb + j->rows_per_block < y1 ? yb + j->rows_per_block : y1;                                   \
+      const int32_t n = (ye - yb) * j->ow;                                                                      \
       for (int32_t p = p0; p < p1; ++p) {                                                                       \
         int32_t co0 = p * NR, cols = j->co - co0 < NR ? j->co - co0 : NR;                                       \
         for (int32_t kb = 0; kb < j->k; kb += CONV_KC) {                                                        \
           int32_t kc = j->k - kb <= CONV_KC + CONV_KC / 2 ? j->k - kb : CONV_KC;                                \
           const int32_t *off = j->off + kb;                                                                     \
           const float *bp = j->bp + ((int64_t)p * k + kb) * NR;                                                 \
-          float *d = buf;                                                                                       \
-          for (int32_t y = yb; y < ye; ++y) {                                                                   \
-            const float *xr = xi + (int64_t)y * j->sh * j->x_row;                                               \
-            int32_t ox = 0;                                                                                     \
-            for (int t = 0; t < 4; ++t) /* tiles of MR pixels, then 4, 2, 1 for the rest of the row */         \
-              for (; ox + width[t] <= j->ow; ox += width[t], d += width[t] * NR)                                \
-                tiles[t](kc, xr + (int64_t)ox * j->sw, off, j->sw, bp, d, kb == 0);                             \
+          if (across) { /* the block's pixels in order: tiles of MR, then 4, 2, 1 */                            \
+            const float *xb = xi + (int64_t)yb * j->sh * j->x_row;                                              \
+            int32_t q = 0;                                                                                      \
+            for (int t = 0; t < 4; ++t)                                                                         \
+              for (; q + width[t] <= n; q += width[t]) {                                                        \
+                for (int r = 0; r < width[t]; ++r) /* pixel q + r: its window origin from xb */                 \
+                  px[r] = ((q + r) / j->ow) * j->sh * j->x_row + ((q + r) % j->ow) * j->sw;                     \
+                tiles[t](kc, xb, off, px, j->sw, bp, buf + (int64_t)q * NR, kb == 0);                           \
+              }                                                                                                 \
+          } else {                                                                                              \
+            float *d = buf;                                                                                     \
+            for (int32_t y = yb; y < ye; ++y) {                                                                 \
+              const float *xr = xi + (int64_t)y * j->sh * j->x_row;                                             \
+              int32_t ox = 0;                                                                                   \
+              for (int t = 0; t < 4; ++t) /* tiles of MR pixels, then 4, 2, 1 for the rest of the row */       \
+                for (; ox + width[t] <= j->ow; ox += width[t], d += width[t] * NR)                              \
+                  tiles[t](kc, xr + (int64_t)ox * j->sw, off, px, j->sw, bp, d, kb == 0);                       \
+            }                                                                                                   \
           }                                                                                                     \
           if (kb + kc == j->k) break;                                                                           \
         }                                                                                                       \
         float *o = oi + co0 * npix + (int64_t)yb * j->ow;                                                       \
-        const int32_t n = (ye - yb) * j->ow;                                                                    \
         block_to_nchw(o, npix, buf, n, cols);                                                                   \
         if (j->bias || j->act.kind != ACT_NONE)                                                                 \
           for (int32_t c = 0; c < cols; ++c)                                                                    \

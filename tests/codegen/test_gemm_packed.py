@@ -95,7 +95,9 @@ assert rows(10, 30, 20, 9, a.ctypes.data, w.ctypes.data, 0, bp.ctypes.data, c.ct
             None, 0, 0, 0, 0, 1, 0) == 7  # above: OpenBLAS (kernels.c; the stand-in here)
 # the direct convolution over a packed weight: windows, strides, dilations, paddings
 # (none, uneven, wider than the window), output rows of every tile width (MR, 4, 2, 1),
-# tap counts past one k chunk, few output rows (channel stripes) and many
+# tap counts past one k chunk, few output rows (channel stripes) and many; rows
+# shorter than 4 tiles take tiles across rows, longer ones (ow >= 48, so for every
+# variant) tiles along each row at strides 1, 2 and 3
 conv = lib.onnxforge_conv2d_packed
 conv.argtypes = [ctypes.c_int32] * 15 + [ctypes.c_void_p] * 4 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 4
 
@@ -116,7 +118,9 @@ for nb, ci, h, wd, co, kh, kw, s, p, d in [
         (1, 32, 10, 10, 40, 3, 3, (1, 1), (1, 1), (2, 2)), (3, 5, 7, 7, 7, 7, 7, (1, 1), (3, 3), (1, 1)),
         (1, 2, 30, 40, 18, 3, 3, (1, 1), (0, 0), (1, 1)), (1, 1, 5, 37, 3, 1, 4, (1, 1), (0, 1), (1, 1)),
         (1, 48, 4, 5, 17, 3, 3, (1, 1), (1, 1), (1, 1)), (1, 3, 2, 2, 4, 3, 3, (1, 1), (2, 2), (1, 1)),
-        (1, 4, 13, 40, 16, 3, 3, (3, 3), (1, 1), (1, 1))]:  # stride 3: the any-stride tile (1 and 2 have their own)
+        (1, 4, 13, 40, 16, 3, 3, (3, 3), (1, 1), (1, 1)),
+        (1, 3, 5, 53, 20, 3, 3, (1, 1), (1, 1), (1, 1)), (1, 4, 7, 110, 17, 3, 3, (2, 2), (1, 1), (1, 1)),
+        (1, 3, 9, 160, 8, 3, 3, (3, 3), (1, 1), (1, 1))]:  # stride 3: the any-stride tile (1 and 2 have their own)
     x = rng.standard_normal((nb, ci, h, wd)).astype(np.float32)
     w = rng.standard_normal((co, ci, kh, kw)).astype(np.float32)
     b = rng.standard_normal(co).astype(np.float32)
