@@ -25,6 +25,7 @@ def _default_pipeline(tvm_target):
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.relax.backend.cuda import pipeline as cuda
 
+    from .reshape_views import with_reshape_views
     from .shape_reads import order_dim_reads
 
     backend = cuda if tvm_target.kind.name == "cuda" else cpu
@@ -32,7 +33,7 @@ def _default_pipeline(tvm_target):
     @tvm.transform.module_pass(opt_level=0, name="onnxforge.DefaultPipeline")
     def _pipeline(mod, _ctx):
         with tvm_target:
-            passes = (backend.library_dispatch_passes(tvm_target) + backend.legalize_passes(tvm_target)
+            passes = (backend.library_dispatch_passes(tvm_target) + with_reshape_views(backend.legalize_passes(tvm_target))
                       + [order_dim_reads] + backend.dataflow_lower_passes(tvm_target)
                       + backend.finalize_passes(tvm_target))
             return tvm.transform.Sequential(passes)(mod)

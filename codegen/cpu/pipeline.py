@@ -21,6 +21,7 @@ from ..device.libs import cache_root
 from .blas import C_HEADERS, C_SOURCES, DispatchBLAS, blas_lib_dir, link_options
 from .extern_calls import PACK_KERNEL
 from .fastmath import fast_math
+from ..reshape_views import with_reshape_views
 from ..shape_reads import order_dim_reads
 from .schedules import default_schedule_pass
 
@@ -30,7 +31,7 @@ def front_passes(target: tvm.target.Target, mode: str) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     return (([DispatchBLAS()] if mode == "blas" else []) + [fast_math] + cpu.library_dispatch_passes(target)
-            + cpu.legalize_passes(target))
+            + with_reshape_views(cpu.legalize_passes(target)))
 
 
 def cpu_pipeline(target: tvm.target.Target, mode: str, database=None, stats: dict | None = None,
