@@ -148,7 +148,7 @@ int32_t onnxforge_conv2d(int32_t nb, int32_t ci, int32_t h, int32_t w, int32_t c
   int64_t block = ((65536 / k) + 15) & ~(int64_t)15;
   if (block < 128) block = 128;
   job.block = (int32_t)(block < npix ? block : npix);
-  if (onnxforge_in_serial() || 2 * npix * k * co * nb < (1 << 18)) return conv_task(0, NULL, &job);
+  if (onnxforge_in_serial() || 2 * npix * k * co * nb < ONNXFORGE_PARALLEL_MIN_FLOPS) return conv_task(0, NULL, &job);
   return TVMBackendParallelLaunch(conv_task, &job, 0);
 }
 
@@ -230,7 +230,7 @@ int32_t onnxforge_conv2d_transpose(int32_t nb, int32_t ci, int32_t h, int32_t w,
   ConvTJob job = {nb, ci, h, w, co, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, groups, x, wt, bias_kind ? bias : NULL,
                   out, act_make(act, lo, hi, alpha, beta), stripes};
   const int64_t flops = 2LL * nb * ci * h * w * cog * kh * kw;
-  if (onnxforge_in_serial() || flops < (1 << 18) || (int64_t)h * w == 0) {
+  if (onnxforge_in_serial() || flops < ONNXFORGE_PARALLEL_MIN_FLOPS || (int64_t)h * w == 0) {
     job.stripes = 1;
     return convt_task(0, NULL, &job);
   }

@@ -122,6 +122,10 @@ def rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, **a
 # (same process, interleaved). Serial had been the choice while OpenBLAS's own threads
 # spun next to TVM's pool: the parallel loop then fell to ~450 ms under outside load.
 DW_PARALLEL = True
+# Smaller depthwise convolutions run on the calling thread (see thread_pool.h's
+# ONNXFORGE_PARALLEL_MIN_FLOPS): a quarter of its bound, as the plane kernel does ~20
+# GFLOP/s, a fifth of a GEMM's, so this is 20-30 us of work too.
+DW_PARALLEL_MIN_FLOPS = 1 << 19
 
 
 def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
@@ -137,7 +141,9 @@ def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
                                 i32(wd), i32(oh), i32(ow), i32(kh), i32(kw), i32(strides[0]), i32(strides[1]),
                                 i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
                                 *epilogue_args(ins, outs, 1, **act), outs[0].data)
-        kind = tirx.ForKind.PARALLEL if DW_PARALLEL else tirx.ForKind.SERIAL
+        sizes = [int(d.value) if isinstance(d, tirx.IntImm) else d for d in (nb, c, oh, ow, kh, kw)]
+        small = all(isinstance(d, int) for d in sizes) and 2 * math.prod(sizes) < DW_PARALLEL_MIN_FLOPS
+        kind = tirx.ForKind.PARALLEL if DW_PARALLEL and not small else tirx.ForKind.SERIAL
         planes = tirx.Cast("int64", nb) * tirx.Cast("int64", c)
         return tirx.For(plane, tirx.const(0, "int64"), planes, kind, tirx.Evaluate(call))
 

@@ -468,7 +468,7 @@ int32_t onnxforge_sgemm_packed(int32_t m, int32_t n, int32_t k, const float *a, 
   const Variant *v = current_variant();
   int32_t panels = (n + NR - 1) / NR;
   PackedTask task = {&job, v, panels >= 8 || m < 2 * v->mr};
-  if (onnxforge_in_serial() || 2LL * m * n * k < (1 << 18)) {
+  if (onnxforge_in_serial() || 2LL * m * n * k < ONNXFORGE_PARALLEL_MIN_FLOPS) {
     packed_task(0, NULL, &task);
     return 0;
   }
@@ -570,10 +570,10 @@ int32_t onnxforge_conv2d_packed(int32_t nb, int32_t ci, int32_t h, int32_t w, in
   for (int32_t c = 0, q = 0; c < ci; ++c)
     for (int32_t ky = 0; ky < kh; ++ky)
       for (int32_t kx = 0; kx < kw; ++kx, ++q) off[q] = (int32_t)(c * plane + (int64_t)ky * dh * row + (int64_t)kx * dw);
-  const int serial = onnxforge_in_serial() || 2LL * nb * npix * k * co < (1 << 18);
+  const int serial = onnxforge_in_serial() || 2LL * nb * npix * k * co < ONNXFORGE_PARALLEL_MIN_FLOPS;
   if (padded) {
     PadJob pad = {x, scratch, nb * ci, h, w, hp, wp, pt, pl};
-    if (serial || (int64_t)nb * ci * plane < (1 << 16)) pad_task(0, NULL, &pad);
+    if (serial || (int64_t)nb * ci * plane < ONNXFORGE_PARALLEL_MIN_VALUES) pad_task(0, NULL, &pad);
     else TVMBackendParallelLaunch(pad_task, &pad, 0);
   }
   int32_t rows_per_block = 256 / ow;

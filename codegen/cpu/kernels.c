@@ -166,7 +166,7 @@ int32_t onnxforge_sgemm(int32_t batch, int32_t m, int32_t n, int32_t k, const fl
   }
   int64_t flops = 2LL * batch * m * n * k;
   int32_t min_parts = job.split == 0 ? 2 : 32;  /* stripes of >= 16 rows/columns for 2 threads */
-  if (serial_depth || flops < (1 << 18) || job.parts < min_parts) {  /* too small to be worth a second thread */
+  if (serial_depth || flops < ONNXFORGE_PARALLEL_MIN_FLOPS || job.parts < min_parts) {  /* too small for a second thread */
     sgemm_task(0, NULL, &job);
     return 0;
   }
@@ -486,7 +486,7 @@ static int row_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
 
 static int32_t run_rows(RowJob *job) {
   if (job->rows <= 0 || job->n <= 0) return 0;
-  if (serial_depth || job->rows < 2 || job->rows * job->n < (1 << 14)) { /* 64 KiB: not worth waking the pool */
+  if (serial_depth || job->rows < 2 || job->rows * job->n < ONNXFORGE_PARALLEL_MIN_VALUES) {
     row_task(0, NULL, job);
     return 0;
   }

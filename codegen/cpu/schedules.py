@@ -20,6 +20,24 @@ from tvm.s_tir.dlight.base.transform import ApplyDefaultSchedule
 from tvm.s_tir.dlight.cpu import Reduction
 
 VECTOR_LANES = 8  # float32 lanes of AVX2 / two NEON registers
+# Kernels with fewer iterations (all loops, static extents) stay on the calling thread:
+# waking a sleeping pool worker costs more than it saves (thread_pool.h's
+# ONNXFORGE_PARALLEL_MIN_VALUES, the same bound for the C kernels).
+PARALLEL_MIN_ITERATIONS = 1 << 17
+
+
+def _parallel(sch, block, loop) -> None:
+    """Parallelize `loop` of `block` unless the block's static iteration count is small."""
+    total = 1
+    for lp in sch.get_loops(block):
+        extent = sch.get(lp).extent
+        if not isinstance(extent, tirx.IntImm):
+            break  # a size known at run time: may be large
+        total *= int(extent.value)
+    else:
+        if total < PARALLEL_MIN_ITERATIONS:
+            return
+    sch.parallel(loop)
 
 
 def has_extern(func: tirx.PrimFunc) -> bool:
@@ -59,7 +77,7 @@ class Fallback(ScheduleRule):
         if not loops or len(loops) != len(stmt.iter_vars):
             # not a one-loop-per-iter-var nest: parallelize the outer loop only
             if loops:
-                sch.parallel(loops[0])
+                _parallel(sch, block, loops[0])
             return
         kinds = []
         for iv in stmt.iter_vars:
@@ -111,8 +129,7 @@ class Fallback(ScheduleRule):
                 _, inner = sch.split(vec, [None, VECTOR_LANES])
                 sch.unroll(inner)
         if lead:
-            fused = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-            sch.parallel(fused)
+            _parallel(sch, block, sch.fuse(*lead) if len(lead) > 1 else lead[0])
 
 
 class LongReduction(ScheduleRule):
@@ -155,7 +172,7 @@ class LongReduction(ScheduleRule):
             partial = sch.rfactor(lanes, factor_axis=len(spatial))
             sch.vectorize(sch.get_loops(partial)[-1])
             lead = sch.get_loops(partial)[:len(spatial)]
-            sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+            _parallel(sch, partial, sch.fuse(*lead) if len(lead) > 1 else lead[0])
             for other in sch.get_child_blocks(root):
                 name = sch.get(other).name_hint
                 if other != partial and not name.endswith("_init"):

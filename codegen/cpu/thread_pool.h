@@ -17,6 +17,15 @@ typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
 typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
 int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
 
+/* Work below which a kernel runs on the calling thread alone. TVM's pool workers sleep
+ * as soon as they run out of work (runtime.py: no spinning, which a loaded machine
+ * cannot afford), and waking one took 15-80 us per launch on a 2-core VM: the PP-OCR
+ * direction classifier (80 small kernels) ran in 2.0-2.5 ms on two threads against
+ * 0.98 ms on one. 2 MFLOP is 20-40 us on one core. */
+#define ONNXFORGE_PARALLEL_MIN_FLOPS (1LL << 21)
+/* the same for kernels that stream memory (values read and written) */
+#define ONNXFORGE_PARALLEL_MIN_VALUES (1LL << 17)
+
 /* kernels.c: inside a task of TVM's pool (run on the calling thread: no nested launch) */
 int32_t onnxforge_in_serial(void);
 /* gemm_packed.c: 0 baseline, 1 AVX2+FMA, 2 AVX-512F, capped by ONNXFORGE_CPU_ISA */

@@ -39,3 +39,29 @@ def test_long_reductions_take_vector_partial_sums(tmp_path, op, shape, attrs):
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = onnxforge.compile(path, target="x86", pipeline="cleanup", output=tmp_path / "m.ofpkg")(x=x)["y"]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,parallel", [((1, 16, 24, 96), False), ((1, 64, 48, 96), True)])
+def test_small_kernels_stay_on_the_calling_thread(shape, parallel):
+    """Fallback parallelizes a kernel only when its static iteration count reaches
+    PARALLEL_MIN_ITERATIONS (waking a sleeping pool worker costs more than a small
+    kernel saves); a depthwise conv likewise by its FLOPs."""
+    import tvm
+    from tvm import te
+
+    from onnxforge.codegen.cpu import extern_calls
+    from onnxforge.codegen.cpu.schedules import PARALLEL_MIN_ITERATIONS, Fallback
+
+    assert (np.prod(shape) >= PARALLEL_MIN_ITERATIONS) == parallel
+    x = te.placeholder(shape, "float32", name="x")
+    y = te.compute(shape, lambda *i: te.max(x(*i), tvm.tirx.const(0.0, "float32")), name="relu")
+    func = te.create_prim_func([x, y])
+    scheduled = Fallback().apply(func, tvm.target.Target("llvm"), False)
+    assert ("T.parallel" in scheduled.mod.script()) == parallel
+    n, c, h, w = shape
+    for kernel in (1, 3):
+        w = te.placeholder((c, 1, kernel, kernel), "float32", name="w")
+        dw = extern_calls.dwconv_te(x, w, out_shape=shape, kh=kernel, kw=kernel, strides=[1, 1], pad=[kernel // 2] * 4,
+                                    name="dw")
+        small = 2 * np.prod(shape) * kernel * kernel < extern_calls.DW_PARALLEL_MIN_FLOPS
+        assert ("T.parallel" in te.create_prim_func([x, w, dw]).script(show_meta=False)) == (not small)

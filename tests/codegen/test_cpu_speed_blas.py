@@ -163,6 +163,7 @@ def test_depthwise_kernel_bias_and_generic_path(tmp_path, monkeypatch, k, s, p, 
     from onnxforge.codegen.cpu.extern_calls import dwconv_te
 
     monkeypatch.setattr(extern_calls, "DW_PARALLEL", True)
+    monkeypatch.setattr(extern_calls, "DW_PARALLEL_MIN_FLOPS", 0)  # this small a conv would run serially
     from onnxforge.codegen.cpu.pipeline import export_kwargs
 
     n, c, h, wd = 1, 5, 11, 19
