@@ -182,12 +182,16 @@ def test_blocked_dequantize_with_zero_point_and_partial_block():
     assert [p["dtype"] for p in pkg.manifest["params"]] == ["uint8", "uint8", "float32"]
 
 
-def test_dequantize_feeds_blas_through_a_parallel_vectorised_kernel(quantized):
+def test_dequantize_feeds_blas_through_a_parallel_vectorised_kernel(quantized, monkeypatch):
     """The CPU blas pipeline keeps matmul(x, dequantize(w)) on sgemm; dequantize (and
-    int4 unpacking fused with it) is its own parallel, vectorised kernel."""
+    int4 unpacking fused with it) is its own parallel, vectorised kernel (at this test
+    model's size it would run serially: schedules.PARALLEL_MIN_ITERATIONS, lowered here)."""
     tvm = pytest.importorskip("tvm")
+    from onnxforge.codegen.cpu import schedules
     from onnxforge.codegen.cpu.pipeline import front_passes
     from onnxforge.codegen.cpu.schedules import default_schedule_pass
+
+    monkeypatch.setattr(schedules, "PARALLEL_MIN_ITERATIONS", 1)
     from onnxforge.codegen.lower import lower
     from onnxforge.codegen.targets import resolve_target
 
