@@ -483,7 +483,11 @@ int32_t onnxforge_sgemm_packed(int32_t m, int32_t n, int32_t k, const float *a, 
  * im2col; onnxforge's im2col by blocks + OpenBLAS (conv.c), which repacked both the
  * weight and the column block on every call, ran YOLOv8n's 3x3 convolutions at 57-94
  * GFLOP/s on 2 threads where onnxruntime's ran at 96-138. */
-typedef struct { const DirectJob *job; const Variant *v; int32_t nb, by_panels; } DirectTask;
+typedef struct PadJob PadJob;
+static int pad_task(int task_id, TVMParallelGroupEnv *penv, void *cdata);
+
+/* pad: the zero-padded copy the tasks make first (their shares, then a barrier), or NULL */
+typedef struct { const DirectJob *job; const Variant *v; int32_t nb, by_panels; PadJob *pad; } DirectTask;
 
 /* The calling thread's block buffer (rows_per_block output rows x 16 channels). */
 static __thread Scratch block_buffer;
@@ -493,6 +497,10 @@ static int direct_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
   const DirectJob *j = t->job;
   const int64_t tasks = penv ? penv->num_task : 1;
   const int32_t panels = (j->co + NR - 1) / NR;
+  if (t->pad) { /* in the same launch as the convolution: one wake-up of the pool, not two */
+    pad_task(task_id, penv, t->pad);
+    if (penv) TVMBackendParallelBarrier(task_id, penv);
+  }
   float *buf = scratch_grow(&block_buffer, (size_t)j->rows_per_block * j->ow * NR);
   if (!buf) return -1;
   if (t->by_panels) { /* few output rows: stripes of channel panels over every row */
@@ -512,7 +520,7 @@ static int direct_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
   return 0;
 }
 
-typedef struct { const float *x; float *xp; int32_t planes, h, w, hp, wp, pt, pl; } PadJob;
+struct PadJob { const float *x; float *xp; int32_t planes, h, w, hp, wp, pt, pl; };
 
 static int pad_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
   const PadJob *j = (const PadJob *)cdata;
@@ -571,17 +579,13 @@ int32_t onnxforge_conv2d_packed(int32_t nb, int32_t ci, int32_t h, int32_t w, in
     for (int32_t ky = 0; ky < kh; ++ky)
       for (int32_t kx = 0; kx < kw; ++kx, ++q) off[q] = (int32_t)(c * plane + (int64_t)ky * dh * row + (int64_t)kx * dw);
   const int serial = onnxforge_in_serial() || 2LL * nb * npix * k * co < ONNXFORGE_PARALLEL_MIN_FLOPS;
-  if (padded) {
-    PadJob pad = {x, scratch, nb * ci, h, w, hp, wp, pt, pl};
-    if (serial || (int64_t)nb * ci * plane < ONNXFORGE_PARALLEL_MIN_VALUES) pad_task(0, NULL, &pad);
-    else TVMBackendParallelLaunch(pad_task, &pad, 0);
-  }
+  PadJob pad = {x, scratch, nb * ci, h, w, hp, wp, pt, pl};
   int32_t rows_per_block = 256 / ow;
   DirectJob job = {co, oh, ow, sh, sw, (int32_t)k, padded ? scratch : x, ci * plane, row, off, bp,
                    bias_kind ? bias : NULL, out, epilogue, rows_per_block < 1 ? 1 : rows_per_block};
   const int32_t panels = (co + NR - 1) / NR;
   /* channel stripes when there are too few output rows for two tasks of 4 each */
-  DirectTask task = {&job, current_variant(), nb, (int64_t)nb * oh < 8 && panels >= 2};
+  DirectTask task = {&job, current_variant(), nb, (int64_t)nb * oh < 8 && panels >= 2, padded ? &pad : NULL};
   if (serial) return direct_task(0, NULL, &task);
   return TVMBackendParallelLaunch(direct_task, &task, 0);
 }

@@ -16,6 +16,8 @@ extern "C" {
 typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
 typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
 int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task);
+/* all tasks of a launch wait here for each other */
+int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv *penv);
 
 /* Work below which a kernel runs on the calling thread alone. TVM's pool workers sleep
  * as soon as they run out of work (runtime.py: no spinning, which a loaded machine
