@@ -63,8 +63,6 @@ typedef struct {
   Act act;
 } PackedJob;
 
-int32_t onnxforge_cpu_isa_level(void);
-
 /* -O3 for the micro-kernels and the tile stores */
 #if defined(__GNUC__) && !defined(__clang__)
 #define PG_OPT __attribute__((optimize("O3")))
