@@ -136,16 +136,27 @@ def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
     i32 = lambda v: extern_arg(v, "int32")  # noqa: E731
 
     def body(ins, outs):
-        plane = tirx.Var("plane", "int64")
-        call = tirx.call_extern("int32", "onnxforge_dwconv2d_plane", tirx.Cast("int32", plane), i32(c), i32(h),
-                                i32(wd), i32(oh), i32(ow), i32(kh), i32(kw), i32(strides[0]), i32(strides[1]),
-                                i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
-                                *epilogue_args(ins, outs, 1, **act), outs[0].data)
+        def loop(kind):  # a loop variable of its own per loop (TIR defines each once)
+            plane = tirx.Var("plane", "int64")
+            call = tirx.call_extern("int32", "onnxforge_dwconv2d_plane", tirx.Cast("int32", plane), i32(c), i32(h),
+                                    i32(wd), i32(oh), i32(ow), i32(kh), i32(kw), i32(strides[0]), i32(strides[1]),
+                                    i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
+                                    *epilogue_args(ins, outs, 1, **act), outs[0].data)
+            planes = tirx.Cast("int64", nb) * tirx.Cast("int64", c)
+            return tirx.For(plane, tirx.const(0, "int64"), planes, kind, tirx.Evaluate(call))
+
+        if not DW_PARALLEL:
+            return loop(tirx.ForKind.SERIAL)
         sizes = [int(d.value) if isinstance(d, tirx.IntImm) else d for d in (nb, c, oh, ow, kh, kw)]
-        small = all(isinstance(d, int) for d in sizes) and 2 * math.prod(sizes) < DW_PARALLEL_MIN_FLOPS
-        kind = tirx.ForKind.PARALLEL if DW_PARALLEL and not small else tirx.ForKind.SERIAL
-        planes = tirx.Cast("int64", nb) * tirx.Cast("int64", c)
-        return tirx.For(plane, tirx.const(0, "int64"), planes, kind, tirx.Evaluate(call))
+        if all(isinstance(d, int) for d in sizes):
+            small = 2 * math.prod(sizes) < DW_PARALLEL_MIN_FLOPS
+            return loop(tirx.ForKind.SERIAL if small else tirx.ForKind.PARALLEL)
+        # sizes known at run time (a package for any image size): the same choice, made then
+        flops = tirx.const(2, "int64")
+        for d in sizes:
+            flops = flops * extern_arg(d, "int64")
+        return tirx.IfThenElse(flops < tirx.const(DW_PARALLEL_MIN_FLOPS, "int64"), loop(tirx.ForKind.SERIAL),
+                               loop(tirx.ForKind.PARALLEL))
 
     return te.extern([out_shape], [x, w, *rest], body, name=name, dtype="float32")
 

@@ -65,3 +65,19 @@ def test_small_kernels_stay_on_the_calling_thread(shape, parallel):
                                     name="dw")
         small = 2 * np.prod(shape) * kernel * kernel < extern_calls.DW_PARALLEL_MIN_FLOPS
         assert ("T.parallel" in te.create_prim_func([x, w, dw]).script(show_meta=False)) == (not small)
+
+
+def test_depthwise_at_run_time_sizes_picks_serial_or_parallel_then():
+    """With sizes known only at run time, the depthwise loop carries both forms and
+    the work bound decides between them when the kernel runs."""
+    import tvm
+    from tvm import te
+
+    from onnxforge.codegen.cpu import extern_calls
+
+    b, h, w = (tvm.tirx.Var(n, "int64") for n in "bhw")
+    x = te.placeholder((b, 16, h, w), "float32", name="x")
+    k = te.placeholder((16, 1, 3, 3), "float32", name="k")
+    dw = extern_calls.dwconv_te(x, k, out_shape=(b, 16, h, w), kh=3, kw=3, strides=[1, 1], pad=[1, 1, 1, 1], name="dw")
+    script = te.create_prim_func([x, k, dw]).script(show_meta=False)
+    assert "T.parallel" in script and "if " in script and str(extern_calls.DW_PARALLEL_MIN_FLOPS) in script
