@@ -41,7 +41,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
 from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_packed_te, conv_te, conv_transpose_te, dwconv_te, pack_te,
-                           layer_norm_te, softmax_te,
+                           layer_norm_te, mean_te, softmax_te,
                            pack_weight, packed_te, rows_te, sgemm_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
 from .relax_types import dtype_of as _dtype, shape_dims, static_shape
@@ -101,6 +101,7 @@ class _BlasRewriter(PyExprMutator):
         self._broadcast_to = tvm.ir.Op.get("relax.broadcast_to")
         self._softmax = tvm.ir.Op.get("relax.nn.softmax")
         self._layer_norm = tvm.ir.Op.get("relax.nn.layer_norm")
+        self._mean = tvm.ir.Op.get("relax.mean")
         # of the function being rewritten, before rewriting (see analyze)
         self._weights: set = set()  # parameters past "num_input": weights, packed at load
         self._epilogues = EpilogueMatcher()
@@ -138,6 +139,8 @@ class _BlasRewriter(PyExprMutator):
                 new = self._rewrite_softmax(call.args[0], int(call.attrs.axis))
             elif call.op.same_as(self._layer_norm):
                 new = self._rewrite_layer_norm(call)
+            elif call.op.same_as(self._mean):
+                new = self._rewrite_mean(call)
             elif self._epilogues.triggers(call):
                 new = self._rewrite_epilogue(original)
             return call if new is None else new
@@ -369,6 +372,21 @@ class _BlasRewriter(PyExprMutator):
         if axis == rank - 1:
             return y
         return op.permute_dims(bb.emit(y), [perm.index(d) for d in range(rank)])
+
+    def _rewrite_mean(self, call):
+        """float32 mean over trailing axes (GlobalAveragePool, ReduceMean) whose size is
+        known only at run time -> kernels.c's onnxforge_mean_rows; static ones keep
+        schedules.LongReduction (as fast)."""
+        x = call.args[0]
+        dims, out = shape_dims(x), shape_dims(call)
+        if dims is None or out is None or not dims or _dtype(x) != "float32" or call.attrs.axis is None:
+            return None
+        rank = len(dims)
+        axes = sorted(int(a) % rank for a in call.attrs.axis)
+        if not axes or axes != list(range(rank - len(axes), rank)) or all(isinstance(d, int) for d in dims):
+            return None
+        return self.builder_.call_te(mean_te, x, rows=math.prod(dims[:axes[0]]), n=math.prod(dims[axes[0]:]),
+                                     out_shape=out, name="mean_rows", primfunc_name_hint="mean_rows")
 
     def _rewrite_layer_norm(self, call):
         """float32 layer_norm over trailing axes (ONNX's LayerNormalization always is) with a

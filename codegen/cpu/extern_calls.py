@@ -220,6 +220,17 @@ def softmax_te(x, *, rows, n, name):
     return te.extern([x.shape], [x], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name, dtype="float32")
 
 
+def mean_te(x, *, rows, n, out_shape, name):
+    """te.extern: the mean of each of x's `rows` rows of n values (its trailing axes)
+    via kernels.c's onnxforge_mean_rows, shaped out_shape."""
+
+    def body(ins, outs):
+        return tirx.call_extern("int32", "onnxforge_mean_rows", extern_arg(rows, "int64"), extern_arg(n, "int32"),
+                                ins[0].data, outs[0].data)
+
+    return te.extern([out_shape], [x], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name, dtype="float32")
+
+
 def layer_norm_te(x, gamma, beta, *, rows, n, epsilon, name):
     """te.extern: layer normalization of x over its last axis (n values per row) with
     scale gamma and bias beta (n values each), via kernels.c's onnxforge_layer_norm_rows."""

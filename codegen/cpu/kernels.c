@@ -95,6 +95,7 @@ typedef struct {
   void (*epilogue)(float *, int32_t, int32_t, int32_t, const float *, const float *, const Act *);
   void (*softmax)(const float *, float *, int32_t);
   void (*layer_norm)(const float *, const float *, const float *, float, float *, int32_t);
+  float (*mean)(const float *, int32_t);
 } KernelSet;
 static const KernelSet *kernel_set(void);
 
@@ -346,6 +347,20 @@ static inline __attribute__((always_inline)) void softmax_row_body(const float *
   for (q = 0; q < n; ++q) y[q] *= inv;
 }
 
+/* ---- mean over the last axis (GlobalAveragePool, ReduceMean over trailing axes) ----
+ * 8 partial sums so that it vectorizes. TVM's schedule of a mean whose size is known
+ * only at run time (squeeze-excitation blocks in a package for any image size) ran
+ * each as a parallel kernel with a scalar chain of adds. */
+static inline __attribute__((always_inline)) float mean_row_body(const float *__restrict x, int32_t n) {
+  float part[8] = {0}, s = 0.0f;
+  int32_t q = 0;
+  for (; q + 8 <= n; q += 8)
+    for (int i = 0; i < 8; ++i) part[i] += x[q + i];
+  for (; q < n; ++q) s += x[q];
+  for (int i = 0; i < 8; ++i) s += part[i];
+  return s / (float)n;
+}
+
 /* ---- layer normalization over the last axis: y = (x - mean) / sqrt(var + eps) * g + b ----
  * Two passes per row (the mean, then the squared deviations: no cancellation), each over
  * 8 partial sums so that it vectorizes. TVM's schedule took 0.07 ms per MiniLM row block
@@ -410,8 +425,9 @@ static inline __attribute__((always_inline)) void layer_norm_row_body(const floa
                                            int32_t n) {                                                        \
     layer_norm_row_body(x, g, b, eps, y, n);                                                                    \
   }                                                                                                             \
+  static ATTR DW_OPT float mean_##SFX(const float *x, int32_t n) { return mean_row_body(x, n); }                \
   static const KernelSet kernels_##SFX = {dw_flat_##SFX, dw_rows_##SFX, epilogue_##SFX, softmax_##SFX,          \
-                                          layer_norm_##SFX};
+                                          layer_norm_##SFX, mean_##SFX};
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 DW_VARIANT(avx512, __attribute__((target("avx512f,avx2,fma"))))
@@ -495,6 +511,8 @@ static int32_t run_rows(RowJob *job) {
 
 static void softmax_one(const RowJob *j, int64_t r) { j->ks->softmax(j->x + r * j->n, j->y + r * j->n, j->n); }
 
+static void mean_one(const RowJob *j, int64_t r) { j->y[r] = j->ks->mean(j->x + r * j->n, j->n); }
+
 static void layer_norm_one(const RowJob *j, int64_t r) {
   j->ks->layer_norm(j->x + r * j->n, j->g, j->b, j->eps, j->y + r * j->n, j->n);
 }
@@ -502,6 +520,12 @@ static void layer_norm_one(const RowJob *j, int64_t r) {
 /* y = softmax(x) over the last axis, x and y (rows, n) row-major, distinct. */
 int32_t onnxforge_softmax_rows(int64_t rows, int32_t n, const float *x, float *y) {
   RowJob job = {x, NULL, NULL, 0.0f, y, rows, n, kernel_set(), softmax_one};
+  return run_rows(&job);
+}
+
+/* y[r] = mean of row r of x (rows, n), row-major. */
+int32_t onnxforge_mean_rows(int64_t rows, int32_t n, const float *x, float *y) {
+  RowJob job = {x, NULL, NULL, 0.0f, y, rows, n, kernel_set(), mean_one};
   return run_rows(&job);
 }
 

@@ -81,3 +81,35 @@ def test_depthwise_at_run_time_sizes_picks_serial_or_parallel_then():
     dw = extern_calls.dwconv_te(x, k, out_shape=(b, 16, h, w), kh=3, kw=3, strides=[1, 1], pad=[1, 1, 1, 1], name="dw")
     script = te.create_prim_func([x, k, dw]).script(show_meta=False)
     assert "T.parallel" in script and "if " in script and str(extern_calls.DW_PARALLEL_MIN_FLOPS) in script
+
+
+@pytest.mark.parametrize("op,attrs", [("GlobalAveragePool", {}), ("ReduceMean", {"axes": [2, 3], "keepdims": 0})])
+def test_means_of_run_time_size_take_the_row_kernel(tmp_path, op, attrs):
+    """A mean over trailing axes whose size is known only at run time (squeeze-excitation
+    in a package for any image size) runs as kernels.c's onnxforge_mean_rows and matches
+    onnxruntime at two sizes."""
+    import onnx
+    import tvm
+
+    import onnxforge
+    from onnxforge.codegen.cpu.pipeline import front_passes
+    from onnxforge.codegen.lower import lower
+    from onnxforge.ir.onnx_io import load
+
+    opset = 17 if op == "ReduceMean" else 18  # ReduceMean's axes an attribute up to opset 17
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], **attrs)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 24, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    target = tvm.target.Target("llvm")
+    with target:
+        mod = tvm.transform.Sequential(front_passes(target, "blas"))(lower(load(model)).mod)
+    assert "onnxforge_mean_rows" in mod.script(show_meta=False)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    package = onnxforge.compile(path, target="x86", pipeline="-O2", output=tmp_path / "m.ofpkg")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 24, 7, 9), (2, 24, 40, 33)]:
+        x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(package(x=x)["y"], session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
