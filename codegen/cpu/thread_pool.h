@@ -23,10 +23,15 @@ int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv *penv);
  * as soon as they run out of work (runtime.py: no spinning, which a loaded machine
  * cannot afford), and waking one took 15-80 us per launch on a 2-core VM: the PP-OCR
  * direction classifier (80 small kernels) ran in 2.0-2.5 ms on two threads against
- * 0.98 ms on one. 2 MFLOP is 20-40 us on one core. */
+ * 0.98 ms on one. 2 MFLOP is 20-40 us on one core. Tests define both as 0 to run the
+ * split paths on small sizes. */
+#ifndef ONNXFORGE_PARALLEL_MIN_FLOPS
 #define ONNXFORGE_PARALLEL_MIN_FLOPS (1LL << 21)
+#endif
 /* the same for kernels that stream memory (values read and written) */
+#ifndef ONNXFORGE_PARALLEL_MIN_VALUES
 #define ONNXFORGE_PARALLEL_MIN_VALUES (1LL << 17)
+#endif
 
 /* kernels.c: inside a task of TVM's pool (run on the calling thread: no nested launch) */
 int32_t onnxforge_in_serial(void);

@@ -17,14 +17,39 @@ from onnxforge.codegen.cpu.blas import GEMM_PACKED_C
 from onnxforge.codegen.host import cpu_flags, host_arch
 from onnxforge.codegen.cpu.extern_calls import pack_weight
 
+# A stand-in for TVM's pool: 3 tasks on threads of their own, the other two starting late
+# (a worker being woken), and a barrier (the direct convolution pads its input in the
+# same launch and must wait for the other tasks' shares before reading them).
 _POOL = r"""
 #include <stdint.h>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
 extern "C" {
 typedef struct { void *sync_handle; int32_t num_task; } TVMParallelGroupEnv;
 typedef int (*FTVMParallelLambda)(int, TVMParallelGroupEnv *, void *);
+static std::atomic<int> arrived{0}, generation{0};
 int TVMBackendParallelLaunch(FTVMParallelLambda f, void *cdata, int num_task) {
-  TVMParallelGroupEnv env = {0, 2};
-  for (int t = 0; t < 2; ++t) f(t, &env, cdata);
+  TVMParallelGroupEnv env = {0, 3};
+  std::vector<std::thread> others;
+  for (int t = 1; t < 3; ++t)
+    others.emplace_back([=, &env] {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+      f(t, &env, cdata);
+    });
+  f(0, &env, cdata);
+  for (auto &th : others) th.join();
+  return 0;
+}
+int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv *penv) {
+  const int gen = generation.load();
+  if (arrived.fetch_add(1) + 1 == penv->num_task) {
+    arrived.store(0);
+    generation.fetch_add(1);
+  } else {
+    while (generation.load() == gen) std::this_thread::yield();
+  }
   return 0;
 }
 int32_t onnxforge_in_serial(void) { return 0; }
@@ -43,8 +68,11 @@ def library(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gemm")
     (folder / "pool.cc").write_text(_POOL)
     lib = folder / "libgemm.so"
-    subprocess.run([cxx, "-O2", "-fPIC", "-shared", "-DONNXFORGE_GEMM_TEST", str(GEMM_PACKED_C),
-                    str(folder / "pool.cc"), "-o", str(lib)], check=True)
+    # the serial bounds at 0: every call below takes the pool's split paths; -Bsymbolic: the
+    # stand-in pool, not libtvm_runtime's (loaded first, its symbols would take precedence)
+    subprocess.run([cxx, "-O2", "-fPIC", "-shared", "-Wl,-Bsymbolic", "-DONNXFORGE_GEMM_TEST",
+                    "-DONNXFORGE_PARALLEL_MIN_FLOPS=0", "-DONNXFORGE_PARALLEL_MIN_VALUES=0", str(GEMM_PACKED_C),
+                    str(folder / "pool.cc"), "-pthread", "-o", str(lib)], check=True)
     return lib
 
 
