@@ -84,7 +84,7 @@ def _inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
             if want is None or want == imp.version:
                 continue
             nodes = [n for n in function.node if (n.domain or "") == (imp.domain or "")]
-            if all(since(n, imp.version) is not None and since(n, imp.version) == since(n, want) for n in nodes):
+            if all((old := since(n, imp.version)) is not None and old == since(n, want) for n in nodes):
                 imp.version = want
             else:
                 convert = True

@@ -15,16 +15,12 @@ from __future__ import annotations
 import tvm
 from tvm import relax, tirx
 
-
-def _dims(expr) -> list:
-    ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return []
-    return list(ty.shape.values)
+from .cpu.relax_types import shape_dims
 
 
 def _legalize_reshape(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    if any(not isinstance(d, tirx.IntImm | tirx.Var) for d in _dims(call.args[0]) + _dims(call)):
+    dims = (shape_dims(call.args[0]) or []) + (shape_dims(call) or [])
+    if any(not isinstance(d, int | tirx.Var) for d in dims):
         return call  # stays relax.reshape: a view
     return tvm.ir.Op.get("relax.reshape").get_attr("FLegalize")(bb, call)
 

@@ -88,6 +88,13 @@ def _is_swap_last_two(call) -> bool:
     return axes == list(range(r - 2)) + [r - 1, r - 2]
 
 
+def _trailing(axes, rank: int) -> int | None:
+    """The first of `axes` when they are the trailing axes of a rank-`rank` tensor (at
+    least one), else None."""
+    got = sorted(int(a) % rank for a in axes) if rank else []
+    return got[0] if got and got == list(range(rank - len(got), rank)) else None
+
+
 @mutator
 class _BlasRewriter(PyExprMutator):
     def __init__(self, mod):
@@ -379,13 +386,12 @@ class _BlasRewriter(PyExprMutator):
         schedules.LongReduction (as fast)."""
         x = call.args[0]
         dims, out = shape_dims(x), shape_dims(call)
-        if dims is None or out is None or not dims or _dtype(x) != "float32" or call.attrs.axis is None:
+        if dims is None or out is None or _dtype(x) != "float32" or call.attrs.axis is None:
             return None
-        rank = len(dims)
-        axes = sorted(int(a) % rank for a in call.attrs.axis)
-        if not axes or axes != list(range(rank - len(axes), rank)) or all(isinstance(d, int) for d in dims):
+        first = _trailing(call.attrs.axis, len(dims))
+        if first is None or all(isinstance(d, int) for d in dims):
             return None
-        return self.builder_.call_te(mean_te, x, rows=math.prod(dims[:axes[0]]), n=math.prod(dims[axes[0]:]),
+        return self.builder_.call_te(mean_te, x, rows=math.prod(dims[:first]), n=math.prod(dims[first:]),
                                      out_shape=out, name="mean_rows", primfunc_name_hint="mean_rows")
 
     def _rewrite_layer_norm(self, call):
@@ -396,17 +402,15 @@ class _BlasRewriter(PyExprMutator):
         x, gamma, beta = call.args
         attrs = call.attrs
         dims = shape_dims(x)
-        if dims is None or not dims or not (attrs.center and attrs.scale):
+        if dims is None or not (attrs.center and attrs.scale):
             return None
-        rank = len(dims)
-        axes = sorted(int(a) % rank for a in attrs.axes)
-        k = len(axes)
-        if axes != list(range(rank - k, rank)) or k == 0:
+        first = _trailing(attrs.axes, len(dims))
+        if first is None:
             return None
-        if any(_dtype(t) != "float32" for t in (x, gamma, beta)) or any(shape_dims(t) != dims[rank - k:] for t in (gamma, beta)):
+        if any(_dtype(t) != "float32" for t in (x, gamma, beta)) or any(shape_dims(t) != dims[first:] for t in (gamma, beta)):
             return None
-        return self.builder_.call_te(layer_norm_te, x, gamma, beta, rows=math.prod(dims[:rank - k]),
-                                     n=math.prod(dims[rank - k:]), epsilon=float(attrs.epsilon),
+        return self.builder_.call_te(layer_norm_te, x, gamma, beta, rows=math.prod(dims[:first]),
+                                     n=math.prod(dims[first:]), epsilon=float(attrs.epsilon),
                                      name="layer_norm_rows", primfunc_name_hint="layer_norm_rows")
 
     def _rewrite_conv2d(self, call, epilogue=NO_EPILOGUE):

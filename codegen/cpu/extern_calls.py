@@ -209,26 +209,26 @@ def conv_te(x, w, *rest, out_shape, strides, pad, dil, groups, name, **act):
                         pad=pad, dil=dil, groups=groups, name=name, act=act)
 
 
+def _rows_te(kernel, x, *, rows, n, out_shape, name):
+    """te.extern: kernels.c's `kernel`(rows, n, x, y) over x's `rows` rows of n values."""
+
+    def body(ins, outs):
+        return tirx.call_extern("int32", kernel, extern_arg(rows, "int64"), extern_arg(n, "int32"), ins[0].data,
+                                outs[0].data)
+
+    return te.extern([out_shape], [x], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name, dtype="float32")
+
+
 def softmax_te(x, *, rows, n, name):
     """te.extern: softmax of x over its last axis (n values per row, `rows` rows) via
     kernels.c's onnxforge_softmax_rows."""
-
-    def body(ins, outs):
-        return tirx.call_extern("int32", "onnxforge_softmax_rows", extern_arg(rows, "int64"), extern_arg(n, "int32"),
-                                ins[0].data, outs[0].data)
-
-    return te.extern([x.shape], [x], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name, dtype="float32")
+    return _rows_te("onnxforge_softmax_rows", x, rows=rows, n=n, out_shape=x.shape, name=name)
 
 
 def mean_te(x, *, rows, n, out_shape, name):
     """te.extern: the mean of each of x's `rows` rows of n values (its trailing axes)
     via kernels.c's onnxforge_mean_rows, shaped out_shape."""
-
-    def body(ins, outs):
-        return tirx.call_extern("int32", "onnxforge_mean_rows", extern_arg(rows, "int64"), extern_arg(n, "int32"),
-                                ins[0].data, outs[0].data)
-
-    return te.extern([out_shape], [x], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name, dtype="float32")
+    return _rows_te("onnxforge_mean_rows", x, rows=rows, n=n, out_shape=out_shape, name=name)
 
 
 def layer_norm_te(x, gamma, beta, *, rows, n, epsilon, name):
