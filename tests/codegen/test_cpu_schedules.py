@@ -113,3 +113,68 @@ def test_means_of_run_time_size_take_the_row_kernel(tmp_path, op, attrs):
     for shape in [(1, 24, 7, 9), (2, 24, 40, 33)]:
         x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(package(x=x)["y"], session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_run_time_sized_kernels_go_parallel_only_when_large():
+    """A kernel whose size is known only at run time carries both loop forms; the
+    same iteration bound as for static sizes picks one when it runs."""
+    import tvm
+    from tvm import te
+
+    from onnxforge.codegen.cpu.schedules import PARALLEL_MIN_ITERATIONS, Fallback, run_time_parallel
+
+    b, h, w = (tvm.tirx.Var(n, "int64") for n in "bhw")
+    x = te.placeholder((b, 16, h, w), "float32", name="x")
+    y = te.compute(x.shape, lambda *i: te.max(x(*i), tvm.tirx.const(0.0, "float32")), name="relu")
+    scheduled = Fallback().apply(te.create_prim_func([x, y]), tvm.target.Target("llvm"), False)
+    mod = run_time_parallel(tvm.IRModule({"main": scheduled.mod["main"]}))
+    script = mod.script()
+    assert "T.parallel" in script and f">= T.int64({PARALLEL_MIN_ITERATIONS})" in script
+    assert "onnxforge.parallel_work" not in script  # the marker is consumed
+    tvm.tirx.analysis.verify_ssa(mod["main"])  # the body appears twice, with its own variables in each
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_pooling_windows_vectorize_and_match_onnxruntime(tmp_path, pinned):
+    """Max pool (with an Add fused after it) and strided average pool, for any size
+    and pinned: the window loops go outside the row loop (Fallback via SmallWindow,
+    not dlight's Reduction, which recomputes the padded window per output), rows of
+    static width vectorize, and both the serial and the parallel form (small and
+    large inputs) match onnxruntime."""
+    import onnx
+    import tvm
+
+    import onnxforge
+    from onnxforge.codegen.compiler import pin_input_shapes
+    from onnxforge.codegen.cpu.pipeline import front_passes
+    from onnxforge.codegen.cpu.schedules import default_schedule_pass
+    from onnxforge.codegen.lower import lower
+    from onnxforge.ir.onnx_io import load
+
+    nodes = [helper.make_node("MaxPool", ["x"], ["a"], kernel_shape=[5, 5], pads=[2, 2, 2, 2]),
+             helper.make_node("Add", ["a", "x"], ["y"]),
+             helper.make_node("AveragePool", ["x"], ["z"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "c", "h", "w"])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "yz"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sizes = [(1, 8, 10, 10), (1, 64, 48, 48)]  # below and above the parallel bound
+    for shape in sizes if not pinned else sizes[1:]:
+        ir = load(model)
+        if pinned:
+            ir = pin_input_shapes(ir, {"x": shape})
+        target = tvm.target.Target("llvm")
+        with target:
+            mod = tvm.transform.Sequential([*front_passes(target, "blas"), default_schedule_pass()])(lower(ir).mod)
+        script = mod.script(show_meta=False)
+        assert "pool_max_update" in script and "pool_sum_update" in script  # window loops outside the row
+        assert ("T.vectorized" in script) == pinned
+        package = onnxforge.compile(ir, target="x86", pipeline="-O2", output=tmp_path / f"m{pinned}.ofpkg")
+        for run_shape in sizes if not pinned else [shape]:
+            x = np.random.default_rng(5).standard_normal(run_shape).astype(np.float32)
+            got, ref = package(x=x), session.run(None, {"x": x})
+            np.testing.assert_allclose(got["y"], ref[0], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(got["z"], ref[1], rtol=1e-5, atol=1e-6)
