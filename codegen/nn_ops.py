@@ -106,7 +106,7 @@ def max_pool(bb, node, inputs):
     converter."""
     from tvm.relax.frontend.onnx.onnx_frontend import MaxPool
 
-    attrs = frontend_attrs(node)
+    attrs = _explicit_same_pads(frontend_attrs(node), _dims(bb.normalize(inputs[0])))
     y = bb.normalize(MaxPool._impl_v1(bb, [inputs[0]], attrs, {}))
     if len(node.outputs) < 2 or not node.outputs[1] or not getattr(node.outputs[1], "name", ""):
         return y
@@ -155,6 +155,46 @@ def max_pool(bb, node, inputs):
             stride *= extent
         first = op.add(op.multiply(op.floor_divide(first, _const(plane, "int64")), _const(plane, "int64")), col)
     return [y, first]
+
+
+def _explicit_same_pads(attrs: dict, dims) -> dict:
+    """auto_pad SAME_UPPER / SAME_LOWER as explicit pads (ONNX: output ceil(in /
+    stride), the odd pad at the end or the start) when the spatial dims are static,
+    or as a start pad + ceil_mode where that holds for every size.
+    TVM's converter reads every dim as an int for max pooling, the batch too (a
+    model for any batch failed to lower), and gives SAME_LOWER a floor."""
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    spatial = list(dims[2:])
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER") or attrs.get("ceil_mode", 0):
+        return attrs
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    strides = [int(s) for s in attrs.get("strides", [1] * len(spatial))]
+    dilations = [int(d) for d in attrs.get("dilations", [1] * len(spatial))]
+
+    def pads(size, k, stride, dilation):
+        total = max(0, (-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size)
+        begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+        return begin, total - begin
+
+    if all(isinstance(d, int) for d in spatial):
+        begins, ends = zip(*(pads(*axis) for axis in zip(spatial, kernel, strides, dilations)))
+        return {**attrs, "auto_pad": b"NOTSET", "pads": list(begins) + list(ends)}
+    # Sizes known at run time: where the start pad is the same for every size (2x2
+    # stride 2, as P-Net and YOLO-style nets write), pad the start and let ceil_mode
+    # take the partial last window, which is what padding the end with -inf gives.
+    begins = []
+    for k, stride, dilation in zip(kernel, strides, dilations):
+        span = (k - 1) * dilation + 1
+        sizes = range(span, span + 2 * stride)  # every residue mod stride
+        starts = {pads(size, k, stride, dilation)[0] for size in sizes}
+        if len(starts) != 1:
+            return attrs
+        begin = starts.pop()
+        if any(-(-(size + begin - span) // stride) + 1 != -(-size // stride) for size in sizes):
+            return attrs
+        begins.append(begin)
+    return {**attrs, "auto_pad": b"NOTSET", "pads": begins + [0] * len(begins), "ceil_mode": 1}
 
 
 def _static_dim(d):

@@ -131,3 +131,46 @@ def test_conv_transpose_with_output_shape(tmp_path):
              "b": rng.standard_normal(2).astype(np.float32)}
     node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[3, 2], output_shape=[10, 8])
     check_against_onnxruntime(tmp_path, [node], feeds, ["y"], opset=11, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+def test_max_pool_same_padding_for_any_batch(tmp_path, auto_pad):
+    """auto_pad SAME_* with the batch left open (MTCNN's O-Net as exported): the pads
+    come from the static spatial dims (TVM's converter wanted every dim an int, and
+    gave SAME_LOWER a floored output); odd sizes put the odd pad at the end or the start."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    import onnxforge
+
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], auto_pad=auto_pad)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 11, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    package = onnxforge.compile(onnxforge.ir.from_proto(model), target="x86", pipeline="-O2", output=tmp_path / "m.ofpkg")
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 4, 11, 10), np.float32)
+        np.testing.assert_array_equal(package(x=x)["y"], session.run(None, {"x": x})[0])
+
+
+def test_max_pool_same_padding_for_any_image_size(tmp_path):
+    """2x2 stride-2 SAME_UPPER pooling over sizes known only at run time (MTCNN's
+    P-Net, fully convolutional): the odd pad falls at the end for odd sizes only,
+    which ceil_mode gives; even and odd sizes match onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    import onnxforge
+
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_UPPER")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    package = onnxforge.compile(onnxforge.ir.from_proto(model), target="x86", pipeline="-O2", output=tmp_path / "m.ofpkg")
+    for shape in ((1, 3, 12, 10), (2, 3, 13, 9), (1, 3, 2, 1)):
+        x = rng.standard_normal(shape, np.float32)
+        np.testing.assert_array_equal(package(x=x)["y"], session.run(None, {"x": x})[0])
