@@ -439,9 +439,11 @@ class _BlasRewriter(PyExprMutator):
         # The direct kernel's tiles are 16 output channels wide: with 24 (PP-OCRv4 det's head) a quarter
         # of its lanes idled and im2col + OpenBLAS was 1.3x faster, so it takes channel counts that fill them.
         # Plain 1x1s too (a GEMM over x as it is otherwise): since its block-buffer stores it is 3-6% faster
-        # on whole models than OpenBLAS with AVX-512 and equal with AVX2 (2026-12-07).
+        # on whole models than OpenBLAS with AVX-512 and equal with AVX2 (2026-12-07); but not over 32 input
+        # channels or fewer, where the per-tile store and transpose outweigh the short k loop and OpenBLAS,
+        # writing NCHW rows directly, was 2.5-5% faster on YOLOv8n, EfficientNet-Lite0 and PP-LCNet.
         lanes = co / (16 * -(-co // 16))
-        if (groups == 1 and lanes >= 0.9 and isinstance(ci, int) and min(pad) >= 0
+        if (groups == 1 and lanes >= 0.9 and isinstance(ci, int) and not (plain_1x1 and ci <= 32) and min(pad) >= 0
                 and len(pad) == 4):
             bp = self._packed_conv_weight(w, co, ci * kh * kw)
             if bp is not None:  # direct, over the weight packed once (at load for a parameter)

@@ -23,8 +23,9 @@ _CASES = {
     "window5x3_stride3x1": ((1, 4, 21, 19), (7, 4, 5, 3), {"pads": [0, 1, 2, 1], "strides": [3, 1]}),
     "grouped": ((1, 12, 11, 15), (24, 3, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}),
     "1x1_strided": ((1, 16, 14, 14), (32, 16, 1, 1), {"strides": [2, 2]}),
-    "1x1": ((2, 24, 9, 30), (48, 24, 1, 1), {}),
-    "1x1_channels_unfilled": ((1, 16, 14, 14), (8, 16, 1, 1), {}),  # OpenBLAS over x as it is
+    "1x1": ((2, 40, 9, 30), (48, 40, 1, 1), {}),
+    "1x1_few_inputs": ((1, 32, 14, 14), (48, 32, 1, 1), {}),  # <= 32 input channels: OpenBLAS over x as it is
+    "1x1_channels_unfilled": ((1, 40, 14, 14), (8, 40, 1, 1), {}),  # OpenBLAS over x as it is
     "no_padding_wide": ((1, 2, 5, 300), (4, 2, 3, 3), {}),  # many blocks, each a slice of the rows
     "deep": ((1, 256, 6, 6), (96, 256, 3, 3), {"pads": [1, 1, 1, 1]}),  # few pixels: stripes of channels
 }
@@ -74,6 +75,7 @@ def test_conv_matches_onnxruntime(tmp_path, case):
     # direct where the 16-channel tiles fill (blas.py); grouped and 7 or 4 output channels: im2col
     direct = attrs.get("group", 1) == 1 and wshape[0] % 16 == 0
     plain_1x1 = wshape[2:] == (1, 1) and attrs.get("strides", [1, 1]) == [1, 1]
+    direct = direct and not (plain_1x1 and wshape[1] <= 32)
     kernel = '"onnxforge_conv2d_packed"' if direct else '"onnxforge_sgemm' if plain_1x1 else '"onnxforge_conv2d"'
     _compare(tmp_path, _model(xshape, wshape, attrs), [xshape], kernel=kernel)
 
