@@ -50,7 +50,8 @@ KERNELS_C = Path(__file__).with_name("kernels.c")
 RECURRENT_C = Path(__file__).with_name("recurrent.c")  # RNN/GRU/LSTM recurrences (codegen/recurrent.py)
 GEMM_PACKED_C = Path(__file__).with_name("gemm_packed.c")  # weights packed once (extern_calls.pack_weight)
 CONV_C = Path(__file__).with_name("conv.c")  # Conv (im2col by blocks) and ConvTranspose
-C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C, CONV_C)
+DEPTHWISE_C = Path(__file__).with_name("depthwise.c")  # strided depthwise Conv, 16 channels at a time
+C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C, CONV_C, DEPTHWISE_C)
 # included by the sources (part of their cache key)
 C_HEADERS = tuple(Path(__file__).with_name(h) for h in ("activation.h", "exp_approx.h", "thread_pool.h"))
 
@@ -508,7 +509,8 @@ class _BlasRewriter(PyExprMutator):
 
     def _rewrite_depthwise(self, call, sx, sw, so, epilogue=NO_EPILOGUE):
         """Depthwise conv2d (groups == channels, one filter per channel, any window up to
-        16 rows, any stride, dilation 1, any padding) -> onnxforge_dwconv2d_plane (kernels.c)."""
+        16 rows, any stride, dilation 1, any padding) -> onnxforge_dwconv2d_plane (kernels.c;
+        stride 1) or onnxforge_dwconv2d_block (depthwise.c; strided)."""
         x, w = call.args
         attrs = call.attrs
         nb, ci, h, wd = sx

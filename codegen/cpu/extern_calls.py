@@ -128,22 +128,32 @@ DW_PARALLEL = True
 DW_PARALLEL_MIN_FLOPS = 1 << 19
 
 
+DW_LANES, DW_BAND = 16, 8  # depthwise.c: channels per task, output rows per task
+
+
 def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
-    """te.extern: one onnxforge_dwconv2d_plane call per (image, channel), in a loop
-    (serial, or over TVM's thread pool when DW_PARALLEL); rest: the epilogue's bias."""
+    """te.extern: a loop (serial, or over TVM's thread pool when DW_PARALLEL) of
+    onnxforge_dwconv2d_plane calls, one per (image, channel), at stride 1, or of
+    onnxforge_dwconv2d_block calls, one per (image, 16-channel block, band of 8 output
+    rows), when strided; rest: the epilogue's bias."""
     nb, c, h, wd = x.shape  # ints, or symbolic sizes read at run time
     _, _, oh, ow = out_shape
     i32 = lambda v: extern_arg(v, "int32")  # noqa: E731
+    i64 = lambda v: extern_arg(v, "int64")  # noqa: E731
+    blocks = max(strides) > 1
 
     def body(ins, outs):
         def loop(kind):  # a loop variable of its own per loop (TIR defines each once)
-            plane = tirx.Var("plane", "int64")
-            call = tirx.call_extern("int32", "onnxforge_dwconv2d_plane", tirx.Cast("int32", plane), i32(c), i32(h),
-                                    i32(wd), i32(oh), i32(ow), i32(kh), i32(kw), i32(strides[0]), i32(strides[1]),
-                                    i32(pad[0]), i32(pad[1]), ins[0].data, ins[1].data,
-                                    *epilogue_args(ins, outs, 1, **act), outs[0].data)
-            planes = tirx.Cast("int64", nb) * tirx.Cast("int64", c)
-            return tirx.For(plane, tirx.const(0, "int64"), planes, kind, tirx.Evaluate(call))
+            index = tirx.Var("task" if blocks else "plane", "int64")
+            call = tirx.call_extern("int32", "onnxforge_dwconv2d_block" if blocks else "onnxforge_dwconv2d_plane",
+                                    tirx.Cast("int32", index), i32(c), i32(h), i32(wd), i32(oh), i32(ow), i32(kh),
+                                    i32(kw), i32(strides[0]), i32(strides[1]), i32(pad[0]), i32(pad[1]), ins[0].data,
+                                    ins[1].data, *epilogue_args(ins, outs, 1, **act), outs[0].data)
+            count = i64(nb) * i64(c)
+            if blocks:
+                count = (i64(nb) * tirx.floordiv(i64(c) + (DW_LANES - 1), DW_LANES)
+                         * tirx.floordiv(i64(oh) + (DW_BAND - 1), DW_BAND))
+            return tirx.For(index, tirx.const(0, "int64"), count, kind, tirx.Evaluate(call))
 
         if not DW_PARALLEL:
             return loop(tirx.ForKind.SERIAL)

@@ -18,12 +18,12 @@ from tvm import relax
 
 _SGEMM = re.compile(r'"onnxforge_sgemm", (\d+), (\d+), (\d+), (\d+)')
 _PACKED = re.compile(r'"onnxforge_sgemm_packed", (\d+), (\d+), (\d+)')
-# onnxforge_dwconv2d_plane(plane, c, h, w, oh, ow, kh, kw, ...)
+# onnxforge_dwconv2d_plane(plane, c, h, w, oh, ow, kh, kw, ...), onnxforge_dwconv2d_block(task, ...) alike
 # onnxforge_conv2d(nb, ci, h, w, co, oh, ow, kh, kw, ..., groups, ...)
 _CONV = re.compile(r'"onnxforge_conv2d(_transpose)?", ' + ", ".join([r"(\d+)"] * 16))
 # onnxforge_conv2d_packed(nb, ci, h, w, co, oh, ow, kh, kw, ...): groups 1
 _CONV_PACKED = re.compile(r'"onnxforge_conv2d_packed", ' + ", ".join([r"(\d+)"] * 9))
-_DWCONV = re.compile(r'"onnxforge_dwconv2d_plane", (?:T\.Cast\("int32", )?plane\)?, '
+_DWCONV = re.compile(r'"onnxforge_dwconv2d_(plane|block)", (?:T\.Cast\("int32", )?(?:plane|task)\)?, '
                      r'(\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)')
 
 
@@ -128,10 +128,13 @@ def _flops(func) -> float:
         return 2.0 * nb * co * oh * ow * ci * kh * kw
     m = _DWCONV.search(text)
     if m:
-        _, _, _, oh, ow, kh, kw = (int(v) for v in m.groups())
-        # one call per (image, channel): the loop's extent
-        planes = re.search(r"for plane in (?:T\.parallel|T\.serial|range)\((?:T\.int\d+\()?(\d+)", text)
-        return 2.0 * int(planes.group(1)) * oh * ow * kh * kw if planes else float("nan")
+        c, _, _, oh, ow, kh, kw = (int(v) for v in m.groups()[1:])
+        # the loop's extent: one call per (image, channel), or per (image, 16-channel block, band of 8 rows)
+        calls = re.search(r"for (?:plane|task) in (?:T\.parallel|T\.serial|range)\((?:T\.int\d+\()?(\d+)", text)
+        if not calls:
+            return float("nan")
+        planes = int(calls.group(1)) if m.group(1) == "plane" else int(calls.group(1)) // (-(-oh // 8)) // (-(-c // 16)) * c
+        return 2.0 * planes * oh * ow * kh * kw
     try:
         from tvm.s_tir.analysis import estimate_tir_flops
 

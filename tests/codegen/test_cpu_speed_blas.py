@@ -98,6 +98,32 @@ _DW_CASES = [
 ]
 
 
+@pytest.mark.parametrize("k,s,act", [((3, 3), (2, 2), "Relu"), ((5, 5), (2, 1), "HardSwish"), ((3, 3), (1, 2), None)])
+def test_strided_depthwise_in_16_channel_blocks(tmp_path, k, s, act):
+    """depthwise.c: 40 channels (two full blocks and a partial one), two images, 21 output
+    rows (three bands, the last short), odd widths (register transposes and their scalar
+    tails), the activation folded in; against onnxruntime."""
+    pytest.importorskip("scipy_openblas32")
+    import onnx
+
+    import onnxforge
+    from onnxforge.codegen.cpu.blas import DispatchBLAS
+    from onnxforge.codegen.lower import lower
+
+    model = _dw_model(k, s, [1, 2, 1, 0], True, (42, 37), c=40)
+    if act:
+        model.graph.node[0].output[0] = "c"
+        model.graph.node.append(helper.make_node(act, ["c"], ["y"]))
+    path = tmp_path / "dw.onnx"
+    onnx.save(model, path)
+    text = DispatchBLAS()(lower(onnxforge.load(path)).mod).script(show_meta=False)
+    assert "onnxforge_dwconv2d_block" in text and (act is None or act.lower() not in text.lower().replace("_", ""))
+    x = np.random.default_rng(6).standard_normal((2, 40, 42, 37)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    pkg = onnxforge.compile(path, target="x86", pipeline="-O1", output=tmp_path / "dw.ofpkg", cpu_kernels="blas")
+    np.testing.assert_allclose(pkg(x=x)["y"], ref, rtol=1e-5, atol=1e-5)
+
+
 def _dw_model(k, s, p, bias, hw, c=12, n=2):
     rng = np.random.default_rng(2)
     inits = [numpy_helper.from_array(rng.standard_normal((c, 1) + k).astype(np.float32), "w")]
@@ -127,9 +153,9 @@ def test_depthwise_conv_matches_onnxruntime(tmp_path, case):
     model = _dw_model(*case)
     path = tmp_path / "dw.onnx"
     onnx.save(model, path)
-    # the conv really goes to kernels.c
+    # the conv really goes to the C kernels: planes at stride 1, 16-channel blocks when strided
     mod = DispatchBLAS()(lower(onnxforge.load(path)).mod)
-    assert "onnxforge_dwconv2d_plane" in mod.script(show_meta=False)
+    assert ("onnxforge_dwconv2d_block" if max(s) > 1 else "onnxforge_dwconv2d_plane") in mod.script(show_meta=False)
     x = np.random.default_rng(3).standard_normal((2, 12, *hw)).astype(np.float32)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     pkg = onnxforge.compile(path, target="x86", pipeline="-O1", output=tmp_path / "dw.ofpkg", cpu_kernels="blas")
@@ -358,10 +384,10 @@ def test_convs_with_symbolic_dims_and_conv1d_go_to_sgemm(tmp_path, x_dims, convs
 
 @pytest.mark.parametrize("k,s,p", [((3, 3), (1, 1), [1, 1, 1, 1]), ((5, 5), (2, 2), [2, 1, 2, 1]),
                                    ((3, 3), (2, 1), [1, 1, 1, 1]), ((1, 7), (1, 1), [0, 3, 0, 3])])
-def test_depthwise_conv_with_symbolic_dims_goes_to_the_plane_kernel(tmp_path, k, s, p):
+def test_depthwise_conv_with_symbolic_dims_goes_to_the_c_kernels(tmp_path, k, s, p):
     """One package for every batch and image size (PP-OCRv4 rec unpinned: its depthwise
     convs fell to TVM's generic conv schedule, 9x slower than onnxruntime): the plane
-    kernel takes the sizes at run time."""
+    and block kernels take the sizes at run time."""
     pytest.importorskip("scipy_openblas32")
     import onnx
 
@@ -373,7 +399,7 @@ def test_depthwise_conv_with_symbolic_dims_goes_to_the_plane_kernel(tmp_path, k,
     path = tmp_path / "dw_sym.onnx"
     onnx.save(model, path)
     mod = DispatchBLAS()(lower(onnxforge.load(path)).mod)
-    assert "onnxforge_dwconv2d_plane" in mod.script(show_meta=False)
+    assert ("onnxforge_dwconv2d_block" if max(s) > 1 else "onnxforge_dwconv2d_plane") in mod.script(show_meta=False)
     pkg = onnxforge.compile(path, target="x86", pipeline="-O1", output=tmp_path / "dw.ofpkg", cpu_kernels="blas")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in [(1, 12, 9, 40), (3, 12, 17, 6)]:

@@ -211,13 +211,13 @@ def test_pack_weight_layout():
 
 
 def _isa_model(path):
-    """A dense layer with a weight (packed GEMM), a depthwise conv (kernels.c) and an
-    LSTM (recurrent.c gates): every ISA-picked kernel of a module."""
+    """A dense layer with a weight (packed GEMM), a depthwise conv (kernels.c), a strided
+    one (depthwise.c) and an LSTM (recurrent.c gates): every ISA-picked kernel of a module."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = {"dw": rng.standard_normal((4, 1, 3, 3)), "fc": rng.standard_normal((40, 24)) * 0.2,
+    inits = {"dw": rng.standard_normal((4, 1, 3, 3)), "dw2": rng.standard_normal((4, 1, 5, 5)), "fc": rng.standard_normal((40, 24)) * 0.2,
              "W": rng.standard_normal((1, 32, 24)) * 0.3, "R": rng.standard_normal((1, 32, 8)) * 0.3,
              "shape": np.array([6, 40])}
     inits = [numpy_helper.from_array(v.astype(np.int64 if k == "shape" else np.float32), k) for k, v in inits.items()]
@@ -225,11 +225,13 @@ def _isa_model(path):
              helper.make_node("Reshape", ["c", "shape"], ["flat"]),
              helper.make_node("MatMul", ["flat", "fc"], ["y"]),
              helper.make_node("Unsqueeze", ["y", "axis1"], ["seq"]),
-             helper.make_node("LSTM", ["seq", "W", "R"], ["h", "hn"], hidden_size=8)]
+             helper.make_node("LSTM", ["seq", "W", "R"], ["h", "hn"], hidden_size=8),
+             helper.make_node("Conv", ["x", "dw2"], ["z"], pads=[2, 2, 2, 2], strides=[2, 2], group=4)]
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
     graph = helper.make_graph(nodes, "isa", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 10])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("h", TensorProto.FLOAT, None)], inits)
+                               helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -268,7 +270,7 @@ def test_compiled_module_matches_under_every_isa_cap(tmp_path, isa):
     assert run.returncode == 0, run.stderr[-2000:]
     got = np.load(tmp_path / "out.npz")
     ref = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    for name, r in zip(("y", "h"), ref):
+    for name, r in zip(("y", "h", "z"), ref):
         np.testing.assert_allclose(got[name], r, rtol=1e-4, atol=1e-4)
 
 

@@ -66,21 +66,26 @@ def test_profile_names_each_kernels_time_and_code_path(example, capsys):
 
 
 def test_profile_counts_the_c_kernels_flops(tmp_path, capsys):
-    """Softmax, LayerNormalization and LSTM run in kernels.c / recurrent.c: their rows
-    carry FLOPs (per value for the row kernels; the hidden-state products for the
-    recurrence), not 0."""
+    """Softmax, LayerNormalization, LSTM and depthwise convolutions run in kernels.c /
+    recurrent.c / depthwise.c: their rows carry FLOPs (per value for the row kernels; the
+    hidden-state products for the recurrence; every tap of every output for the
+    depthwise plane and block kernels), not 0."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-             for name, shape in (("g", [16]), ("b", [16]), ("W", [1, 32, 16]), ("R", [1, 32, 8]))]
+             for name, shape in (("g", [16]), ("b", [16]), ("W", [1, 32, 16]), ("R", [1, 32, 8]), ("k", [20, 1, 3, 3]))]
     nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=-1),
              helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], axis=-1),
-             helper.make_node("LSTM", ["seq", "W", "R"], ["h"], hidden_size=8)]
+             helper.make_node("LSTM", ["seq", "W", "R"], ["h"], hidden_size=8),
+             helper.make_node("Conv", ["im", "k"], ["d1"], pads=[1, 1, 1, 1], group=20),  # planes
+             helper.make_node("Conv", ["im", "k"], ["d2"], pads=[1, 1, 1, 1], strides=[2, 2], group=20)]  # blocks
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16]),
-                                       helper.make_tensor_value_info("seq", TensorProto.FLOAT, [5, 1, 16])],
-                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s", "n", "h")], inits)
+                                       helper.make_tensor_value_info("seq", TensorProto.FLOAT, [5, 1, 16]),
+                                       helper.make_tensor_value_info("im", TensorProto.FLOAT, [2, 20, 18, 11])],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s", "n", "h", "d1", "d2")],
+                          inits)
     path = tmp_path / "c_kernels.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert main(["profile", str(path), "--pipeline", "cleanup", "--json"]) == 0
@@ -89,6 +94,7 @@ def test_profile_counts_the_c_kernels_flops(tmp_path, capsys):
     assert by_kind["softmax"] == [5 * 4 * 16], flops
     assert by_kind["layer_norm"] == [7 * 4 * 16], flops
     assert by_kind["lstm"] == [2 * 5 * 4 * 8 * 8], flops  # steps x gates x hidden^2, one direction
+    assert sorted(f for k, f in flops.items() if "dwconv" in k) == [2 * 2 * 20 * 9 * 6 * 9, 2 * 2 * 20 * 18 * 11 * 9]
 
 
 def test_profile_asks_for_static_shapes(tmp_path, capsys):
