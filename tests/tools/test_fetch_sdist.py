@@ -3,26 +3,21 @@ found on a PEP 503 index page, checked against the index's sha256, and unpacked 
 data (no links out of the folder, nothing built or run); all offline here, through a
 file:// index."""
 import hashlib
-import io
 import tarfile
 
 import pytest
 
-from onnxforge.tools import fetch_models
+from onnxforge.tools import fetch_models, fuzz
 
 
 def _archive(members: dict[str, bytes], link: tuple[str, str] | None = None) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        if link:
-            info = tarfile.TarInfo(link[0])
-            info.type, info.linkname = tarfile.SYMTYPE, link[1]
-            tf.addfile(info)
-    return buf.getvalue()
+    """A tar of `members` (and a symbolic link), as the fuzz harness builds hostile packages."""
+    extra = []
+    if link:
+        info = tarfile.TarInfo(link[0])
+        info.type, info.linkname = tarfile.SYMTYPE, link[1]
+        extra.append(info)
+    return fuzz._tar(members, extra)
 
 
 def _index(tmp_path, monkeypatch, data: bytes, digest: str | None = None):
