@@ -102,6 +102,8 @@ class Node:
 
     # -- subgraphs ----------------------------------------------------------
     def subgraphs(self) -> list[Graph]:
+        if self.op_type not in _GRAPH_OPS and self.domain in ("", "ai.onnx"):
+            return []  # the standard ops with graph attributes are _GRAPH_OPS (this runs per node per sweep)
         found: list[Graph] = []
         for attr in self.attributes.values():
             kind = type(attr)
@@ -118,6 +120,7 @@ class Node:
 
 
 _SCALARS = frozenset({int, float, str, bytes})
+_GRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
 _GRAPH_CLASS: list = []

@@ -17,6 +17,7 @@ from .errors import ModelLoadError, OnnxforgeError, VerifierError
 from .external_data import check_tensor_size, external_loader, uses_external_data
 from .graph import Graph
 from .model import Model
+from .gc_pause import gc_paused
 from .node import Node
 from .value import Value
 
@@ -42,7 +43,8 @@ def load(source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
         base_dir = os.path.dirname(os.path.abspath(path))
     where = "model" if base_dir is None else os.fspath(source)
     try:
-        return from_proto(proto, base_dir)
+        with gc_paused():  # see gc_pause.py
+            return from_proto(proto, base_dir)
     except OnnxforgeError:
         raise
     except Exception as exc:  # a corrupt proto can break onnx's helpers in many ways

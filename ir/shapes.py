@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import tempfile
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from .model import Model
-from .onnx_io import save, to_proto_without_weights
+from .onnx_io import _export_node, _value_info, save, to_proto_without_weights
 from .shape_update import infer_changed, stamps, take_inferred
 
 
@@ -43,26 +45,25 @@ def infer_all_shapes(model: Model, symbolic: str = "always") -> int:
     """onnx shape inference, then symbolic inference where dims stay unknown.
     Returns how many values gained information. The symbolic step is best effort:
     where it stops (an op it does not know), what it inferred up to there stands.
-    symbolic="auto" runs it only where an unknown dim can matter to a rewrite (see
-    _symbolic_may_help): on conv nets with symbolic image sizes it is most of the
-    time -O2 takes and changes nothing."""
+    symbolic="auto" runs it only for values whose unknown dims can matter to a
+    rewrite (see _symbolic_targets): on conv nets with symbolic image sizes the
+    whole-graph step is most of the time -O2 takes and changes nothing."""
     gained = infer_shapes(model)
-    unknown = _unknown_names(model)
-    if symbolic == "auto" and not _symbolic_may_help(model, unknown):
-        return gained
-    # The symbolic tool (the slow part) runs again only for values it has not seen
-    # stay unknown, or when the inputs' shapes changed: a pass that changed nothing
+    targets = _symbolic_targets(model, everywhere=symbolic != "auto")
+    # The symbolic tool (the slow part) runs again only for values it has not been
+    # asked about, or when the inputs' shapes changed: a pass that changed nothing
     # near them cannot help it.
     inputs = tuple((v.name, v.shape) for v in model.graph.inputs)
-    seen_inputs, seen_unknown = model.symbolic_unknown
-    if unknown and (inputs != seen_inputs or not unknown <= seen_unknown):
+    seen_inputs, seen = model.symbolic_unknown
+    asked = frozenset(v.name for v in targets)
+    if asked and (inputs != seen_inputs or not asked <= seen):
         try:
-            gained += infer_shapes_symbolic(model)
+            gained += infer_shapes_symbolic(model, targets)
         except Exception:  # noqa: BLE001 - onnxruntime's tool raises anything; unknowns are counted
             pass
-        if model.shape_stamps is not None:  # its dims went through the whole graph already
+        if model.shape_stamps is not None:  # its dims changed values the stamps describe
             model.shape_stamps = stamps(model)
-        model.symbolic_unknown = (inputs, _unknown_names(model))
+        model.symbolic_unknown = (inputs, asked | (seen if inputs == seen_inputs else frozenset()))
     return gained
 
 
@@ -80,29 +81,112 @@ _DIM_BLIND = frozenset({
 })
 
 
-def _symbolic_may_help(model: Model, unknown: frozenset[str]) -> bool:
-    """Whether a value with unknown dims is read by a node outside _DIM_BLIND."""
-    if not unknown:
-        return False
+def _symbolic_targets(model: Model, everywhere: bool) -> list:
+    """Values with unknown dims for the symbolic step: all of them (everywhere), or
+    the model's outputs and those read by a node outside _DIM_BLIND."""
+    found: dict[int, object] = {}
+    for value in model.graph.outputs:
+        if value.producer is not None and value.type_proto is None and not known_shape(value.shape):
+            found[id(value)] = value
     for graph in model.graph.all_graphs():
         for node in graph.nodes:
-            if node.op_type in _DIM_BLIND and node.domain in ("", "ai.onnx") and not node.subgraphs():
+            if everywhere:
+                values = node.outputs
+            elif node.op_type in _DIM_BLIND and node.domain in ("", "ai.onnx") and not node.subgraphs():
                 continue
-            if any(v is not None and v.name in unknown for v in node.inputs):
-                return True
-    return False
+            else:
+                values = node.inputs
+            for value in values:
+                if (value is not None and value.name and value.producer is not None
+                        and value.type_proto is None and not known_shape(value.shape)):
+                    found[id(value)] = value
+    return list(found.values())
 
 
-def infer_shapes_symbolic(model: Model) -> int:
+def infer_shapes_symbolic(model: Model, targets=None) -> int:
     """onnxruntime's symbolic shape inference, for what onnx's cannot do: shapes
     computed at run time (Shape -> Gather -> ... -> Pad) and com.microsoft ops
     (fused Attention, Gelu, ...), plus the rules in _EXTRA_RULES for ops it lacks.
     Graph inputs need concrete or named dims. Only fills dims that onnx left open.
-    Where the tool stops at a node it cannot infer, the shapes it found before that
-    node are kept (its own entry point discards them all). Returns how many values
-    gained information; raises whatever the tool raises."""
-    proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
-    return _apply(model.graph, _run_symbolic_tool(proto).graph, only_better=True)
+    With `targets` (values), the tool sees only the nodes their dims depend on (see
+    _nodes_for); otherwise, or where those reach a node with subgraphs, the whole
+    graph. Where the tool stops at a node it cannot infer, the shapes it found
+    before that node are kept (its own entry point discards them all). Returns how
+    many values gained information; raises whatever the tool raises."""
+    nodes = _nodes_for(targets) if targets is not None else None
+    if nodes is None:
+        proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
+        return _apply(model.graph, _run_symbolic_tool(proto).graph, only_better=True)
+    inferred = _run_symbolic_tool(_model_of(model, nodes)).graph
+    infos = {vi.name: vi.type for vi in list(inferred.value_info) + list(inferred.output)}
+    return sum(take_inferred(value, infos[value.name], _merge)
+               for node in nodes for value in node.outputs if value.name in infos)
+
+
+_INTS = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+
+
+def _nodes_for(targets) -> list | None:
+    """The nodes the targets' dims depend on, producers first: each target's
+    producer, and back through the inputs whose dims are unknown or whose integer
+    data the tool reads (_shape_data), stopping at values whose dims are all known (they enter as graph inputs). None where this reaches a node with
+    subgraphs (If/Loop outputs: the tool infers those through their bodies)."""
+    order: list = []
+    expanded: set[int] = set()
+    stack = [(value.producer, False) for value in targets]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            order.append(node)
+            continue
+        if id(node) in expanded:
+            continue
+        if node.subgraphs():
+            return None
+        expanded.add(id(node))
+        stack.append((node, True))
+        for value in node.inputs:
+            if value is None or value.producer is None or value.const_value() is not None:
+                continue
+            if _shape_data(value) or not known_shape(value.shape):
+                stack.append((value.producer, False))
+    return order
+
+
+def _shape_data(value) -> bool:
+    """A value the tool may read as data: shapes, pads, axes, masks of shape entries,
+    scales (rank 0, a few elements, as in the [-1, 2] pads Reshape/Transpose of
+    PyTorch's F.pad, or integers of rank 1)."""
+    shape = value.shape
+    if shape is None or len(shape) == 0 or (len(shape) == 1 and value.dtype in _INTS):
+        return True
+    return all(type(d) is int for d in shape) and int(np.prod(shape)) <= 64
+
+
+def _model_of(model: Model, nodes: list) -> onnx.ModelProto:
+    """A model of `nodes` alone (a node inside a branch reads outer values as inputs):
+    values they read from elsewhere enter as typed graph inputs, small constants as
+    initializers (the tool reads their data), every output is a graph output."""
+    made = {id(v) for n in nodes for v in n.outputs}
+    graph = onnx.GraphProto(name="focus")
+    taken: set[str] = set()
+    for node in nodes:
+        for value in node.inputs:
+            if value is None or not value.name or id(value) in made or value.name in taken:
+                continue
+            taken.add(value.name)
+            data = value.const_value()
+            if data is not None and data.nbytes < 1024:
+                graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(data), value.name))
+            else:
+                graph.input.append(_value_info(value))
+    graph.node.extend(_export_node(n) for n in nodes)
+    graph.output.extend(onnx.ValueInfoProto(name=v.name) for n in nodes for v in n.outputs if v.name)
+    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4), graph=graph)
+    for domain, version in model.opset_imports.items():
+        proto.opset_import.add(domain=domain, version=version)
+    proto.functions.extend(model.functions)
+    return proto
 
 
 def _run_symbolic_tool(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -7,6 +7,7 @@ import time
 from typing import Any, Iterable
 
 from ..ir import Model, OnnxforgeError, PassError, verify
+from ..ir.gc_pause import gc_paused
 from .analysis import invalidate
 from .base import Effect, Pass, PassResult
 from .calibration import Calibration, use_calibration
@@ -76,6 +77,10 @@ class PassManager:
 
     def run(self, model: Model) -> OptimizeResult:
         start = time.perf_counter()
+        with gc_paused():  # see ir/gc_pause.py
+            return self._run(model, start)
+
+    def _run(self, model: Model, start: float) -> OptimizeResult:
         work = model.clone()
         for inst in self.instruments:
             inst.before_pipeline(work)

@@ -107,7 +107,7 @@ def test_changed_graph_input_means_a_full_run():
 def test_symbolic_step_runs_where_unknown_dims_can_matter(monkeypatch):
     calls = []
     real = shapes_mod.infer_shapes_symbolic
-    monkeypatch.setattr(shapes_mod, "infer_shapes_symbolic", lambda m: calls.append(1) or real(m))
+    monkeypatch.setattr(shapes_mod, "infer_shapes_symbolic", lambda m, t=None: calls.append(1) or real(m, t))
     conv = from_proto(_symbolic_image_convnet())
     shapes_mod.infer_all_shapes(conv, symbolic="auto")  # spatial dims only reach Conv/Relu/Add...
     assert not calls
@@ -117,3 +117,43 @@ def test_symbolic_step_runs_where_unknown_dims_can_matter(monkeypatch):
     reshape = from_proto(_runtime_reshape_model(layers=1))
     shapes_mod.infer_all_shapes(reshape, symbolic="auto")  # ... a Reshape reads its output
     assert calls
+
+
+def test_symbolic_step_sees_only_the_nodes_the_unknown_dims_depend_on(monkeypatch):
+    """A conv net of any batch and image size with a head that flattens through a
+    run-time shape (PaddleOCR's classifier): the symbolic tool is given the head's
+    shape chain alone, not the backbone, and the head's dims come out named."""
+    proto = _symbolic_image_convnet()
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    del proto.graph.output[:]
+    flatten = next(n for n in proto.graph.node if n.op_type == "Flatten")
+    pooled = flatten.input[0]
+    keep = list(proto.graph.node)[:list(proto.graph.node).index(flatten)]
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep + [
+        helper.make_node("Shape", [pooled], ["shape"]),
+        helper.make_node("Cast", ["shape"], ["shape32"], to=TensorProto.INT32),
+        helper.make_node("Slice", ["shape32", "zero", "one"], ["batch32"]),
+        helper.make_node("Cast", ["batch32"], ["batch64"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["batch64", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", [pooled, "target"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "head"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ])
+    channels = next(i for i in proto.graph.initializer if i.name == "w_81").dims[1]
+    proto.graph.initializer.extend([
+        helper.make_tensor("zero", TensorProto.INT32, [1], [0]), helper.make_tensor("one", TensorProto.INT32, [1], [1]),
+        helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("head", F, [channels, 2], np.ones(channels * 2, np.float32))])
+    proto.graph.output.append(helper.make_tensor_value_info("probs", F, None))
+    model = from_proto(proto)
+    shapes_mod.infer_shapes(model)
+    flat = next(v for n in model.graph.nodes for v in n.outputs if v.name == "flat")
+    assert not shapes_mod.known_shape(flat.shape)  # onnx's data propagation stops at the int32 Cast
+    seen = []
+    real = shapes_mod._run_symbolic_tool
+    monkeypatch.setattr(shapes_mod, "_run_symbolic_tool", lambda p: seen.append(len(p.graph.node)) or real(p))
+    shapes_mod.infer_all_shapes(model, symbolic="auto")
+    assert flat.shape == ("batch", channels)
+    assert next(v for n in model.graph.nodes for v in n.outputs if v.name == "probs").shape == ("batch", 2)
+    assert seen and seen[0] < 10 < len(model.graph.nodes)  # the head's chain, not the backbone
