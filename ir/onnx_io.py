@@ -305,7 +305,7 @@ def to_proto(model: Model, writer: "_ExternalWriter | None" = None) -> onnx.Mode
         proto.opset_import.add(**_fields(domain=domain, version=version))
     proto.functions.extend(model.functions)
     proto.training_info.extend(model.training_info)
-    proto.graph.CopyFrom(_export_graph(model.graph, writer))
+    _export_graph(model.graph, writer, proto.graph)
     return proto
 
 
@@ -372,14 +372,22 @@ def _tensor_proto(value: Value, writer: "_ExternalWriter | None" = None) -> onnx
     return out
 
 
-def _export_graph(graph: Graph, writer: "_ExternalWriter | None" = None) -> onnx.GraphProto:
-    proto = onnx.GraphProto(**_fields(name=graph.name, doc_string=graph.doc_string))
+def _export_graph(graph: Graph, writer: "_ExternalWriter | None" = None,
+                  proto: onnx.GraphProto | None = None) -> onnx.GraphProto:
+    """The graph as a GraphProto, written into `proto` where given. Nodes and
+    subgraphs are built in place inside their parents: appending a finished message
+    copies it, once per nesting level (most of the export time of If-heavy models)."""
+    proto = onnx.GraphProto() if proto is None else proto
+    if graph.name:
+        proto.name = graph.name
+    if graph.doc_string:
+        proto.doc_string = graph.doc_string
     for key, val in graph.metadata_props.items():
         proto.metadata_props.add(key=key, value=val)
     proto.input.extend(_value_info(v) for v in graph.inputs)
     proto.initializer.extend(_tensor_proto(v, writer) for v in graph.initializers.values())
     for node in graph.nodes:
-        proto.node.append(_export_node(node, writer))
+        _export_node(node, writer, proto.node.add())
     proto.output.extend(_value_info(v) for v in graph.outputs)
     # value_info: imported entries first in their order, then anything else now known.
     interface = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
@@ -397,31 +405,35 @@ def _export_graph(graph: Graph, writer: "_ExternalWriter | None" = None) -> onnx
     return proto
 
 
-def _export_node(node: Node, writer: "_ExternalWriter | None" = None) -> onnx.NodeProto:
-    proto = onnx.NodeProto(**_fields(op_type=node.op_type, domain=node.domain, name=node.name, doc_string=node.doc_string))
-    if node.overload:
-        proto.overload = node.overload
+def _export_node(node: Node, writer: "_ExternalWriter | None" = None,
+                 proto: onnx.NodeProto | None = None) -> onnx.NodeProto:
+    proto = onnx.NodeProto() if proto is None else proto
+    for field in ("op_type", "domain", "name", "doc_string", "overload"):
+        text = getattr(node, field)
+        if text:
+            setattr(proto, field, text)
     for key, val in node.metadata_props.items():
         proto.metadata_props.add(key=key, value=val)
     proto.input.extend("" if v is None else v.name for v in node.inputs)
     proto.output.extend(v.name for v in node.outputs)
     for name, value in node.attributes.items():
-        proto.attribute.append(_export_attribute(node, name, value, writer))
+        if isinstance(value, Graph):
+            attr = proto.attribute.add(name=name, type=A.GRAPH)
+            _export_graph(value, writer, attr.g)
+        elif isinstance(value, list) and value and all(isinstance(v, Graph) for v in value):
+            attr = proto.attribute.add(name=name, type=A.GRAPHS)
+            for sub in value:
+                _export_graph(sub, writer, attr.graphs.add())
+        else:
+            proto.attribute.append(_export_attribute(node, name, value))
     return proto
 
 
-def _export_attribute(node: Node, name: str, value: Any, writer: "_ExternalWriter | None" = None) -> onnx.AttributeProto:
+def _export_attribute(node: Node, name: str, value: Any) -> onnx.AttributeProto:
+    """A non-graph attribute as an AttributeProto."""
     original = node._attr_protos.get(name)
     if isinstance(value, onnx.AttributeProto):
         return value
-    if isinstance(value, Graph):
-        attr = onnx.AttributeProto(name=name, type=A.GRAPH)
-        attr.g.CopyFrom(_export_graph(value, writer))
-        return attr
-    if isinstance(value, list) and value and all(isinstance(v, Graph) for v in value):
-        attr = onnx.AttributeProto(name=name, type=A.GRAPHS)
-        attr.graphs.extend(_export_graph(g, writer) for g in value)
-        return attr
     if original is not None and original[0] is value:
         return original[1]
     attr_type = original[1].type if original is not None else None

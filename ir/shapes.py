@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from .graph import outer_reads
 from .model import Model
 from .onnx_io import _export_node, _value_info, save, to_proto_without_weights
 from .shape_update import infer_changed, stamps, take_inferred
@@ -83,10 +84,12 @@ _DIM_BLIND = frozenset({
 
 def _symbolic_targets(model: Model, everywhere: bool) -> list:
     """Values with unknown dims for the symbolic step: all of them (everywhere), or
-    the model's outputs and those read by a node outside _DIM_BLIND."""
+    those read by a node outside _DIM_BLIND and the model's outputs (but not those
+    of an If/Loop: that would be its whole body, for no rewrite)."""
     found: dict[int, object] = {}
     for value in model.graph.outputs:
-        if value.producer is not None and value.type_proto is None and not known_shape(value.shape):
+        if (value.producer is not None and not value.producer.subgraphs() and value.type_proto is None
+                and not known_shape(value.shape)):
             found[id(value)] = value
     for graph in model.graph.all_graphs():
         for node in graph.nodes:
@@ -109,14 +112,15 @@ def infer_shapes_symbolic(model: Model, targets=None) -> int:
     (fused Attention, Gelu, ...), plus the rules in _EXTRA_RULES for ops it lacks.
     Graph inputs need concrete or named dims. Only fills dims that onnx left open.
     With `targets` (values), the tool sees only the nodes their dims depend on (see
-    _nodes_for); otherwise, or where those reach a node with subgraphs, the whole
-    graph. Where the tool stops at a node it cannot infer, the shapes it found
+    _nodes_for), else the whole graph. Where the tool stops at a node it cannot infer, the shapes it found
     before that node are kept (its own entry point discards them all). Returns how
     many values gained information; raises whatever the tool raises."""
-    nodes = _nodes_for(targets) if targets is not None else None
-    if nodes is None:
+    if targets is None:
         proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
         return _apply(model.graph, _run_symbolic_tool(proto).graph, only_better=True)
+    nodes = _nodes_for(targets)
+    if not nodes:
+        return 0
     inferred = _run_symbolic_tool(_model_of(model, nodes)).graph
     infos = {vi.name: vi.type for vi in list(inferred.value_info) + list(inferred.output)}
     return sum(take_inferred(value, infos[value.name], _merge)
@@ -126,11 +130,13 @@ def infer_shapes_symbolic(model: Model, targets=None) -> int:
 _INTS = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 
 
-def _nodes_for(targets) -> list | None:
+def _nodes_for(targets) -> list:
     """The nodes the targets' dims depend on, producers first: each target's
-    producer, and back through the inputs whose dims are unknown or whose integer
-    data the tool reads (_shape_data), stopping at values whose dims are all known (they enter as graph inputs). None where this reaches a node with
-    subgraphs (If/Loop outputs: the tool infers those through their bodies)."""
+    producer, and back through the inputs whose dims are unknown or whose data the
+    tool reads (_shape_data), stopping at values whose dims are all known (they
+    enter as graph inputs). A node with subgraphs (If/Loop: the tool infers its
+    outputs through its bodies) comes whole, with what its bodies read from outside
+    as inputs; nodes inside it are not repeated."""
     order: list = []
     expanded: set[int] = set()
     stack = [(value.producer, False) for value in targets]
@@ -141,16 +147,19 @@ def _nodes_for(targets) -> list | None:
             continue
         if id(node) in expanded:
             continue
-        if node.subgraphs():
-            return None
         expanded.add(id(node))
         stack.append((node, True))
-        for value in node.inputs:
+        for value in _reads(node):
             if value is None or value.producer is None or value.const_value() is not None:
                 continue
             if _shape_data(value) or not known_shape(value.shape):
                 stack.append((value.producer, False))
-    return order
+    inside = {id(inner) for node in order for sub in node.subgraphs() for inner in sub.all_nodes()}
+    return [node for node in order if id(node) not in inside]
+
+
+def _reads(node) -> list:
+    return list(node.inputs) + outer_reads(node) if node.subgraphs() else list(node.inputs)
 
 
 def _shape_data(value) -> bool:
@@ -171,7 +180,7 @@ def _model_of(model: Model, nodes: list) -> onnx.ModelProto:
     graph = onnx.GraphProto(name="focus")
     taken: set[str] = set()
     for node in nodes:
-        for value in node.inputs:
+        for value in _reads(node):
             if value is None or not value.name or id(value) in made or value.name in taken:
                 continue
             taken.add(value.name)
@@ -321,8 +330,22 @@ def _resize_by_scales(tool, node, own=None) -> None:
                  [get_shape_from_sympy_shape(shape)])
 
 
+def _slice_unsimplified(tool, node, own) -> None:
+    """The tool's Slice rule without its sympy.simplify of each sliced dim: on a dim
+    that is already a floor expression (an STFT's frame count) one call takes
+    10-110 ms and returns it unchanged; sympy keeps the rule's sums canonical
+    itself. A dim left in another form can only hide that two dims are equal."""
+    import sympy
+
+    simplify, sympy.simplify = sympy.simplify, lambda expr, *args, **kwargs: expr
+    try:
+        own(node)
+    finally:
+        sympy.simplify = simplify
+
+
 # Rules of the tool replaced by our own (op type: rule(tool, node, its own rule)).
-_REPLACED_RULES = {"Resize": _resize_by_scales}
+_REPLACED_RULES = {"Resize": _resize_by_scales, "Slice": _slice_unsimplified}
 
 # Ops onnxforge reads that onnxruntime's symbolic tool has no rule for (op type: rule(tool, node)).
 _EXTRA_RULES = {

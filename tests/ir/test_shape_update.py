@@ -157,3 +157,32 @@ def test_symbolic_step_sees_only_the_nodes_the_unknown_dims_depend_on(monkeypatc
     assert flat.shape == ("batch", channels)
     assert next(v for n in model.graph.nodes for v in n.outputs if v.name == "probs").shape == ("batch", 2)
     assert seen and seen[0] < 10 < len(model.graph.nodes)  # the head's chain, not the backbone
+
+
+def test_symbolic_step_infers_an_if_output_through_its_branches():
+    """A dim reader (MatMul) after an If whose branches reshape through a run-time
+    shape: the If goes to the tool whole, with the outer value its branches read."""
+    def branch(name, op):
+        return helper.make_graph([
+            helper.make_node(op, ["x"], [f"{name}_act"]),
+            helper.make_node("Shape", [f"{name}_act"], [f"{name}_shape"]),
+            helper.make_node("Cast", [f"{name}_shape"], [f"{name}_s32"], to=TensorProto.INT32),
+            helper.make_node("Slice", [f"{name}_s32", "zero", "one"], [f"{name}_b32"]),
+            helper.make_node("Cast", [f"{name}_b32"], [f"{name}_b64"], to=TensorProto.INT64),
+            helper.make_node("Concat", [f"{name}_b64", "minus_one"], [f"{name}_target"], axis=0),
+            helper.make_node("Reshape", [f"{name}_act", f"{name}_target"], [f"{name}_out"]),
+        ], name, [], [helper.make_tensor_value_info(f"{name}_out", F, None)])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Neg")),
+         helper.make_node("MatMul", ["y", "w"], ["z"])],
+        "g", [helper.make_tensor_value_info("x", F, ["batch", 4, 4]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("z", F, None)],
+        [helper.make_tensor("zero", TensorProto.INT32, [1], [0]), helper.make_tensor("one", TensorProto.INT32, [1], [1]),
+         helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1]),
+         helper.make_tensor("w", F, [16, 3], np.ones(48, np.float32))])
+    model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    shapes_mod.infer_all_shapes(model, symbolic="auto")
+    y, z = model.graph.nodes[0].outputs[0], model.graph.nodes[1].outputs[0]
+    assert z.shape == ("batch", 3)
+    assert y.shape == ("batch", 16)
