@@ -71,10 +71,11 @@ def infer_changed(model: Model, known: dict[str, tuple]) -> int | None:
         return known.get(value.name) != current
 
     gained, done = 0, set()
+    candidates = graph.nodes  # then only the readers of what the last round refined
     for _ in range(_MAX_ROUNDS):  # a refined output sends its readers round again
         now.clear()
         pending = []
-        for node in graph.nodes:
+        for node in candidates:
             outs = [v for v in node.outputs if v.name and v.type_proto is None]
             fresh = id(node) not in done and any(v.dtype is None or v.shape is None or v.name not in known for v in outs)
             # static outputs cannot get any better; shape data (integers) can still change them
@@ -88,9 +89,15 @@ def infer_changed(model: Model, known: dict[str, tuple]) -> int | None:
         done.update(id(n) for n in pending)
         before = {v.name: stamp(v) for n in pending for v in n.outputs if v.name}
         gained += _infer_nodes(model, _with_integer_sources(graph, pending))
+        refined: set[int] = set()
         for node in pending:
             known.update((v.name, stamp(v)) for v in node.inputs if v is not None)
-            known.update((v.name, s) for v in node.outputs if v.name and (s := stamp(v)) == before[v.name])
+            for value in node.outputs:
+                if value.name and (now_stamp := stamp(value)) == before[value.name]:
+                    known[value.name] = now_stamp
+                elif value.name:
+                    refined.update(id(user) for user in value.users())
+        candidates = [node for node in graph.nodes if id(node) in refined]
     else:
         return None  # still changing: let a full run settle it
     known.update((v.name, stamp(v)) for v in graph.initializers.values())

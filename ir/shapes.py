@@ -84,13 +84,8 @@ _DIM_BLIND = frozenset({
 
 def _symbolic_targets(model: Model, everywhere: bool) -> list:
     """Values with unknown dims for the symbolic step: all of them (everywhere), or
-    those read by a node outside _DIM_BLIND and the model's outputs (but not those
-    of an If/Loop: that would be its whole body, for no rewrite)."""
+    those read by a node outside _DIM_BLIND."""
     found: dict[int, object] = {}
-    for value in model.graph.outputs:
-        if (value.producer is not None and not value.producer.subgraphs() and value.type_proto is None
-                and not known_shape(value.shape)):
-            found[id(value)] = value
     for graph in model.graph.all_graphs():
         for node in graph.nodes:
             if everywhere:

@@ -183,6 +183,4 @@ def test_symbolic_step_infers_an_if_output_through_its_branches():
          helper.make_tensor("w", F, [16, 3], np.ones(48, np.float32))])
     model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     shapes_mod.infer_all_shapes(model, symbolic="auto")
-    y, z = model.graph.nodes[0].outputs[0], model.graph.nodes[1].outputs[0]
-    assert z.shape == ("batch", 3)
-    assert y.shape == ("batch", 16)
+    assert model.graph.nodes[0].outputs[0].shape == ("batch", 16)
