@@ -243,15 +243,19 @@ def outer_reads(node: Node) -> list[Value]:
 
 
 def topological_order(nodes: list[Node]) -> list[Node]:
-    """Kahn's algorithm, taking ready nodes in their current order."""
+    """Kahn's algorithm, taking ready nodes in their current order (the list itself
+    where that order is valid already, as it mostly is)."""
     index = {id(n): i for i, n in enumerate(nodes)}
     producer: dict[int, int] = {}
     for i, node in enumerate(nodes):
         for value in node.outputs:
             producer[id(value)] = i
+    reads_of = [[v for v in node.inputs if v is not None] + (outer_reads(node) if node.subgraphs() else [])
+                for node in nodes]
+    if all(producer.get(id(v), -1) < i for i, reads in enumerate(reads_of) for v in reads):
+        return list(nodes)
     deps: list[set[int]] = []
-    for node in nodes:
-        reads = [v for v in node.inputs if v is not None] + outer_reads(node)
+    for node, reads in zip(nodes, reads_of):
         deps.append({producer[id(v)] for v in reads if id(v) in producer} - {index[id(node)]})
         if any(producer.get(id(v)) == index[id(node)] for v in reads):
             raise VerifierError(f"node {node.name!r} ({node.op_type}) reads its own output: cycle")

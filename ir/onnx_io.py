@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from .errors import ModelLoadError, OnnxforgeError, VerifierError
 from .external_data import check_tensor_size, external_loader, uses_external_data
-from .graph import Graph
+from .graph import Graph, topological_order
 from .model import Model
 from .gc_pause import gc_paused
 from .node import Node
@@ -234,7 +234,9 @@ class _Importer:
                 node._attr_protos[attr.name] = (decoded, attr)
         for node in nodes:
             graph.insert_node(node)
-        graph.sort()  # ONNX requires order, but files in the wild are not always sorted
+        # ONNX requires order, but files in the wild are not always sorted (subgraphs
+        # were sorted as they were imported)
+        graph.nodes = topological_order(graph.nodes)
 
         for vi in proto.value_info:
             value = local.get(vi.name)
