@@ -153,6 +153,13 @@ class Graph:
     def remove_node(self, node: Node) -> None:
         """Remove a node whose outputs are unused; its inputs (and those of nodes in
         its subgraphs, which may read outer values) are detached."""
+        index = self._index(node)
+        self.detach_node(node)
+        self.nodes.pop(index)
+
+    def detach_node(self, node: Node) -> None:
+        """remove_node without taking the node out of self.nodes: for callers that
+        drop many nodes and then rebuild the list once."""
         for value in node.outputs:
             if value.uses:
                 users = ", ".join(sorted({u.name for u, _ in value.uses}))
@@ -163,7 +170,6 @@ class Graph:
                 raise VerifierError(
                     f"cannot remove node {node.name!r} ({node.op_type}): output {value.name!r} is a graph output"
                 )
-        self.nodes.pop(self._index(node))
         _detach_deep(node)
         node.graph = None
 

@@ -393,8 +393,8 @@ class Matcher:
 
     def _match_op(self, p: Op, value: Value, s: _State, graph: Graph | None) -> Iterator[_State]:
         node = value.producer
-        if node is None or node.graph is not graph or value.output_index != p.output:
-            return
+        if node is None or node.op_type not in p.op_types or node.graph is not graph or value.output_index != p.output:
+            return  # the op type first: most candidates fail there
         bound = s.nodes.get(p.key)
         if bound is not None:  # the same pattern object met again (a DAG): same node
             if bound is node:
@@ -402,8 +402,6 @@ class Matcher:
             return
         if any(n is node for n in s.matched):
             return  # one node cannot play two parts of a pattern
-        if node.op_type not in p.op_types:
-            return
         domain = "" if node.domain in STANDARD_DOMAINS else node.domain
         if domain != ("" if p.domain in STANDARD_DOMAINS else p.domain):
             return

@@ -41,11 +41,12 @@ class FoldOptions:
 
 def _shape_constants(model: Model, graph: Graph) -> int:
     """Shape(x) / Size(x) of a statically shaped x -> constant."""
+    readers = [node for node in graph.nodes if node.op_type in ("Shape", "Size") and is_standard(node)]
+    if not readers:
+        return 0  # no shape analysis for nothing (the first one infers the whole graph)
     get_analysis(model, "shapes")
     folded = 0
-    for node in list(graph.nodes):
-        if not is_standard(node) or node.op_type not in ("Shape", "Size"):
-            continue
+    for node in readers:
         src = node.inputs[0]
         if not src.is_static_shape() or src.type_proto is not None:
             continue

@@ -53,6 +53,8 @@ def _dim_sources(graph: Graph) -> dict[str, tuple]:
 
 def fold_shape_entries(model: Model, graph: Graph) -> tuple[int, int]:
     """Returns (entries made constant, entries now read from a graph input)."""
+    if not any(node.op_type == "Shape" for node in graph.nodes):
+        return 0, 0  # nothing to read entries from: no shape analysis
     get_analysis(model, "shapes")
     sources = _dim_sources(graph)
     shapes_of: dict[int, object] = {}  # one Shape per graph input, shared by all reads

@@ -36,12 +36,16 @@ def remove_dead(graph: Graph) -> int:
     """Drop nodes whose outputs nobody reads (innermost first), then unused
     initializers. Graph inputs are the interface and stay."""
     removed = 0
-    for node in reversed(list(graph.nodes)):
+    dead: set[int] = set()
+    for node in reversed(graph.nodes):
         for sub in node.subgraphs():
             removed += remove_dead(sub)
         if all(not v.uses and not v.is_graph_output for v in node.outputs):
-            graph.remove_node(node)
-            removed += 1
+            graph.detach_node(node)
+            dead.add(id(node))
+    if dead:  # one pass over the list, not one search per removed node
+        graph.nodes = [node for node in graph.nodes if id(node) not in dead]
+        removed += len(dead)
     for value in list(graph.initializers.values()):
         if not value.uses and not value.is_graph_output and not value.is_graph_input:
             graph.remove_initializer(value)
