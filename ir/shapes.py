@@ -79,6 +79,7 @@ _DIM_BLIND = frozenset({
     "Tanh", "Softplus", "Softsign", "Mish", "Clip", "Exp", "Log", "Sqrt", "Erf", "Abs", "Neg",
     "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos", "Identity", "Dropout",
     "Resize", "Upsample", "Concat", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean",
+    "Cast", "DynamicQuantizeLinear", "ConvInteger",
 })
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..ir import Graph, Model, Node, OnnxforgeError, PassError, Value
 from ..ir.pattern import Match, Matcher, Pattern, needs_inference, root_op_types
+from ..ir.shape_update import stamp
 from .analysis import get_analysis
 from .base import Effect, Pass, PassResult
 from .registry import register_pass
@@ -232,11 +233,16 @@ def _commit(graph: Graph, m: Match, b: Builder, root_value: Value, result: Build
     if any(v.uses or v.is_graph_output for v in others):
         return False  # the root's other outputs are still read: it cannot go
     b.commit(before=root)
+    seen = b.model.shape_stamps  # what shape inference last saw (ir/shape_update.py)
     for old, new in zip(olds, new_values):
         if new.dtype is None:
             new.dtype = old.dtype
         if new.shape is None:
             new.shape = old.shape
+        if seen is not None and old.name in seen and new.name not in seen and stamp(new)[:2] == stamp(old)[:2]:
+            # the replacement means what the old value meant: its readers need not be
+            # inferred again for it
+            seen[new.name] = stamp(new)
         graph.replace_all_uses(old, new)
     remove_unused(graph, list(m.matched))
     return True
