@@ -160,8 +160,9 @@ def test_symbolic_step_sees_only_the_nodes_the_unknown_dims_depend_on(monkeypatc
 
 
 def test_symbolic_step_infers_an_if_output_through_its_branches():
-    """A dim reader (MatMul) after an If whose branches reshape through a run-time
-    shape: the If goes to the tool whole, with the outer value its branches read."""
+    """A dim reader (Softmax) after an If whose branches reshape through a run-time
+    shape: the If goes to the tool whole, with the outer value its branches read; its
+    own output keeps onnx's shape (the tool picks one branch's where they disagree)."""
     def branch(name, op):
         return helper.make_graph([
             helper.make_node(op, ["x"], [f"{name}_act"]),
@@ -175,12 +176,13 @@ def test_symbolic_step_infers_an_if_output_through_its_branches():
 
     graph = helper.make_graph(
         [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Neg")),
-         helper.make_node("MatMul", ["y", "w"], ["z"])],
+         helper.make_node("MatMul", ["y", "w"], ["z"]), helper.make_node("Softmax", ["z"], ["p"])],
         "g", [helper.make_tensor_value_info("x", F, ["batch", 4, 4]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("z", F, None)],
+        [helper.make_tensor_value_info("p", F, None)],
         [helper.make_tensor("zero", TensorProto.INT32, [1], [0]), helper.make_tensor("one", TensorProto.INT32, [1], [1]),
          helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1]),
          helper.make_tensor("w", F, [16, 3], np.ones(48, np.float32))])
     model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     shapes_mod.infer_all_shapes(model, symbolic="auto")
-    assert model.graph.nodes[0].outputs[0].shape == ("batch", 16)
+    assert model.graph.nodes[1].outputs[0].shape == ("batch", 3)
+    assert model.graph.nodes[0].outputs[0].shape is None
