@@ -1,0 +1,242 @@
+/* onnxforge integer GEMM (issue 22's kernel family; not yet called by compiled modules):
+ *
+ *   C (m x n, int32) = A (m x k, uint8, row-major) @ B (k x n, int8)
+ *
+ * exactly, in int32, whatever the values (no saturating step). B is a weight, packed
+ * once by onnxforge_qgemm_pack: column panels of 16, k in groups of 4, each group of a
+ * panel 64 bytes with column j's 4 bytes (k = 4g .. 4g + 3) at 4j, k padded with zeros;
+ * the pack also returns B's column sums, which fold activation zero points out of the
+ * product (sum (a - za) b = sum a b - za * colsum). A is read in place.
+ *
+ * Variants (onnxforge_int8_isa, picked at the first call, capped like gemm_packed.c by
+ * ONNXFORGE_CPU_ISA=generic|avx2|avx512):
+ *   vnni512: vpdpbusd, 4 u8 x s8 products per int32 lane added without saturation,
+ *            tiles of 8 rows x 16 columns;
+ *   avx2:    the 4 bytes of a group widened to int16 and vpmaddwd (pairs of products,
+ *            each at most 255 * 128, summed in int32: exact; vpmaddubsw's int16 pair
+ *            sums would saturate at 2 * 255 * 127), tiles of 2 rows x 16 columns;
+ *   generic: plain C in int32.
+ * Rows are split over TVM's thread pool when the product is large (thread_pool.h).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "thread_pool.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QNR 16 /* columns per panel */
+#define QKG 4  /* k per group */
+
+static inline int32_t q_groups(int32_t k) { return (k + QKG - 1) / QKG; }
+static inline int32_t q_panels(int32_t n) { return (n + QNR - 1) / QNR; }
+
+/* Bytes of the packed weight of a k x n matrix. */
+int64_t onnxforge_qgemm_packed_size(int32_t k, int32_t n) {
+  return (int64_t)q_panels(n) * q_groups(k) * QNR * QKG;
+}
+
+/* b (k x n int8, row stride ldb) -> bp (onnxforge_qgemm_packed_size bytes); colsum[j] =
+ * sum over k of b[.][j] (n values; NULL: not wanted). */
+void onnxforge_qgemm_pack(int32_t k, int32_t n, const int8_t *b, int64_t ldb, int8_t *bp, int32_t *colsum) {
+  const int32_t groups = q_groups(k);
+  memset(bp, 0, (size_t)onnxforge_qgemm_packed_size(k, n));
+  for (int32_t p = 0; p < q_panels(n); ++p)
+    for (int32_t q = 0; q < k; ++q)
+      for (int32_t j = 0; j < QNR && p * QNR + j < n; ++j)
+        bp[((int64_t)p * groups + q / QKG) * QNR * QKG + j * QKG + q % QKG] = b[(int64_t)q * ldb + p * QNR + j];
+  if (colsum)
+    for (int32_t j = 0; j < n; ++j) {
+      int32_t s = 0;
+      for (int32_t q = 0; q < k; ++q) s += b[(int64_t)q * ldb + j];
+      colsum[j] = s;
+    }
+}
+
+/* The 4 bytes of row `a` at group g as one int32 (little-endian, as vpdpbusd reads
+ * them); past k: zeros (the packed weight is zero there too, and the last row may end
+ * at the end of its buffer). */
+static inline uint32_t q_quad(const uint8_t *a, int32_t k, int32_t g) {
+  uint32_t v = 0;
+  const int32_t q = g * QKG, left = k - q;
+  memcpy(&v, a + q, left >= QKG ? QKG : (size_t)left);
+  return v;
+}
+
+/* cols (<= 16) int32 of a tile row into c */
+static inline void q_store(int32_t *c, const int32_t *tile, int32_t cols) {
+  memcpy(c, tile, sizeof(int32_t) * (size_t)cols);
+}
+
+/* ---- generic: int32 products ---- */
+static void q_panel_generic(int32_t rows, int32_t k, const uint8_t *a, int64_t lda, const int8_t *bp, int32_t *c,
+                            int64_t ldc, int32_t cols) {
+  const int32_t groups = q_groups(k);
+  for (int32_t r = 0; r < rows; ++r) {
+    int32_t acc[QNR] = {0};
+    const uint8_t *ar = a + r * lda;
+    for (int32_t g = 0; g < groups; ++g) {
+      const int8_t *bg = bp + (int64_t)g * QNR * QKG;
+      const uint32_t quad = q_quad(ar, k, g);
+      for (int32_t j = 0; j < QNR; ++j)
+        for (int32_t i = 0; i < QKG; ++i) acc[j] += (int32_t)((quad >> (8 * i)) & 0xFF) * bg[j * QKG + i];
+    }
+    q_store(c + r * ldc, acc, cols);
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* ---- AVX2: int16 pairs through vpmaddwd ----
+ * A group's 64 bytes as 4 x 16 int8 (4 columns x 4 k each) widened to int16; the row's
+ * 4 bytes widened and repeated to match; vpmaddwd gives per column two int32 pair
+ * sums, added up across groups and folded at the end (hadd + a lane permute). */
+#define Q_AVX2_ROWS 2
+__attribute__((target("avx2"))) static void q_panel_avx2(int32_t rows, int32_t k, const uint8_t *a, int64_t lda,
+                                                         const int8_t *bp, int32_t *c, int64_t ldc, int32_t cols) {
+  const int32_t groups = q_groups(k), full = k / QKG;
+  for (int32_t r = 0; r < rows; r += Q_AVX2_ROWS) {
+    const int32_t nr = rows - r < Q_AVX2_ROWS ? rows - r : Q_AVX2_ROWS;
+    __m256i acc[Q_AVX2_ROWS][4];
+    for (int i = 0; i < Q_AVX2_ROWS; ++i)
+      for (int v = 0; v < 4; ++v) acc[i][v] = _mm256_setzero_si256();
+    for (int32_t g = 0; g < groups; ++g) {
+      const int8_t *bg = bp + (int64_t)g * QNR * QKG;
+      __m256i b[4];
+      for (int v = 0; v < 4; ++v) b[v] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(bg + 16 * v)));
+      for (int i = 0; i < Q_AVX2_ROWS; ++i) {
+        if (i >= nr) break;
+        uint32_t quad;
+        if (g < full)
+          memcpy(&quad, a + (r + i) * lda + (int64_t)g * QKG, sizeof quad);
+        else
+          quad = q_quad(a + (r + i) * lda, k, g);
+        /* the 4 bytes as int16, repeated 4 times: the 4 columns of each 16-byte part */
+        const __m256i aw = _mm256_cvtepu8_epi16(_mm_set1_epi32((int32_t)quad));
+        for (int v = 0; v < 4; ++v) acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(b[v], aw));
+      }
+    }
+    for (int i = 0; i < nr; ++i) {
+      /* acc[v]: columns 4v .. 4v + 3, two partial sums each: [c0 c0 c1 c1 | c2 c2 c3 c3] */
+      int32_t tile[QNR];
+      for (int v = 0; v < 4; v += 2) {
+        const __m256i h = _mm256_hadd_epi32(acc[i][v], acc[i][v + 1]); /* [c0 c1 c4 c5 | c2 c3 c6 c7] */
+        _mm256_storeu_si256((__m256i *)(tile + 4 * v), _mm256_permute4x64_epi64(h, 0xD8));
+      }
+      q_store(c + (r + i) * ldc, tile, cols);
+    }
+  }
+}
+
+/* ---- AVX-512 VNNI: vpdpbusd ---- */
+#define Q_VNNI_ROWS 8
+__attribute__((target("avx512f,avx512vnni"))) static void q_panel_vnni512(int32_t rows, int32_t k, const uint8_t *a,
+                                                                          int64_t lda, const int8_t *bp, int32_t *c,
+                                                                          int64_t ldc, int32_t cols) {
+  const int32_t groups = q_groups(k), full = k / QKG; /* groups read straight from A (all 4 bytes in the row) */
+  const __mmask16 mask = (__mmask16)((1u << cols) - 1u);
+  for (int32_t r = 0; r < rows; r += Q_VNNI_ROWS) {
+    const int32_t nr = rows - r < Q_VNNI_ROWS ? rows - r : Q_VNNI_ROWS;
+    const uint8_t *ar = a + r * lda;
+    __m512i acc[Q_VNNI_ROWS];
+    for (int i = 0; i < Q_VNNI_ROWS; ++i) acc[i] = _mm512_setzero_si512();
+    if (nr == Q_VNNI_ROWS) {
+      for (int32_t g = 0; g < full; ++g) {
+        const __m512i b = _mm512_loadu_si512((const void *)(bp + (int64_t)g * QNR * QKG));
+        for (int i = 0; i < Q_VNNI_ROWS; ++i) {
+          int32_t quad;
+          memcpy(&quad, ar + i * lda + (int64_t)g * QKG, sizeof quad);
+          acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_set1_epi32(quad), b);
+        }
+      }
+    }
+    for (int32_t g = nr == Q_VNNI_ROWS ? full : 0; g < groups; ++g) { /* short tiles, and k's last group */
+      const __m512i b = _mm512_loadu_si512((const void *)(bp + (int64_t)g * QNR * QKG));
+      for (int i = 0; i < nr; ++i)
+        acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_set1_epi32((int32_t)q_quad(ar + i * lda, k, g)), b);
+    }
+    for (int i = 0; i < nr; ++i) _mm512_mask_storeu_epi32(c + (r + i) * ldc, mask, acc[i]);
+  }
+}
+#endif
+
+typedef void (*QPanelFn)(int32_t, int32_t, const uint8_t *, int64_t, const int8_t *, int32_t *, int64_t, int32_t);
+
+/* 0 generic, 1 AVX2, 2 AVX-512 VNNI: what the CPU has, capped by ONNXFORGE_CPU_ISA
+ * (through gemm_packed.c's onnxforge_cpu_isa_level: avx512 allows VNNI). */
+int32_t onnxforge_int8_isa(void) {
+  static int32_t level = -1;
+  if (level < 0) {
+    int32_t most = onnxforge_cpu_isa_level(), have = most > 0 ? 1 : 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (most >= 2 && __builtin_cpu_supports("avx512vnni")) have = 2;
+#else
+    have = 0;
+#endif
+    level = have;
+  }
+  return level;
+}
+
+static QPanelFn q_panel_fn(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  switch (onnxforge_int8_isa()) {
+    case 2: return q_panel_vnni512;
+    case 1: return q_panel_avx2;
+    default: break;
+  }
+#endif
+  return q_panel_generic;
+}
+
+typedef struct {
+  int32_t m, n, k;
+  const uint8_t *a;
+  int64_t lda;
+  const int8_t *bp;
+  int32_t *c;
+  int64_t ldc;
+  QPanelFn panel;
+} QJob;
+
+/* task t of T: rows [m t / T, m (t + 1) / T), every panel */
+static int q_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
+  const QJob *j = (const QJob *)cdata;
+  const int64_t tasks = penv ? penv->num_task : 1;
+  const int32_t r0 = (int32_t)(j->m * task_id / tasks), r1 = (int32_t)(j->m * (task_id + 1) / tasks);
+  const int64_t panel_bytes = (int64_t)q_groups(j->k) * QNR * QKG;
+  for (int32_t p = 0; p < q_panels(j->n); ++p) {
+    const int32_t cols = j->n - p * QNR < QNR ? j->n - p * QNR : QNR;
+    if (r1 > r0)
+      j->panel(r1 - r0, j->k, j->a + r0 * j->lda, j->lda, j->bp + p * panel_bytes, j->c + r0 * j->ldc + p * QNR,
+               j->ldc, cols);
+  }
+  return 0;
+}
+
+/* c (m x n, row stride ldc) = a (m x k uint8, row stride lda) @ the packed weight, in int32. */
+int32_t onnxforge_qgemm_u8s8(int32_t m, int32_t n, int32_t k, const uint8_t *a, int64_t lda, const int8_t *bp,
+                             int32_t *c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return 0;
+  if (k <= 0) {
+    for (int32_t r = 0; r < m; ++r) memset(c + r * ldc, 0, sizeof(int32_t) * (size_t)n);
+    return 0;
+  }
+  QJob job = {m, n, k, a, lda, bp, c, ldc, q_panel_fn()};
+  if (onnxforge_in_serial() || m < 2 || 2LL * m * n * k < ONNXFORGE_PARALLEL_MIN_FLOPS) return q_task(0, NULL, &job);
+  return TVMBackendParallelLaunch(q_task, &job, 0);
+}
+
+/* The variant's name, for tests and profiles. */
+const char *onnxforge_int8_isa_name(void) {
+  static const char *names[] = {"generic", "avx2", "vnni512"};
+  return names[onnxforge_int8_isa()];
+}
+
+#ifdef __cplusplus
+}
+#endif
