@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from .model import Model
 from .onnx_io import _export_node, _read_type, _tensor_proto, _value_info
@@ -119,17 +121,22 @@ def _with_integer_sources(graph, pending: list) -> list:
     return [n for n in graph.nodes if id(n) in chosen]
 
 
-def _infer_nodes(model: Model, nodes: list) -> int:
+def nodes_model(model: Model, nodes: list, reads=lambda node: node.inputs) -> onnx.ModelProto:
+    """A model of `nodes` alone, in their order: what they read (`reads`) from
+    elsewhere enters as typed graph inputs, constants under _SMALL bytes as
+    initializers (inference reads their data), and every output is a graph output."""
     made = {id(v) for n in nodes for v in n.outputs}
-    graph = onnx.GraphProto(name="changed")
+    graph = onnx.GraphProto(name="nodes")
     taken: set[str] = set()
     for node in nodes:
-        for value in node.inputs:
-            if value is None or id(value) in made or value.name in taken:
+        for value in reads(node):
+            if value is None or not value.name or id(value) in made or value.name in taken:
                 continue
             taken.add(value.name)
             if value.is_initializer and not value.is_graph_input and value.nbytes < _SMALL:
                 graph.initializer.append(_tensor_proto(value))
+            elif value.producer is not None and (data := value.const_value()) is not None and data.nbytes < _SMALL:
+                graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(data), value.name))
             else:
                 graph.input.append(_value_info(value))
     graph.node.extend(_export_node(n) for n in nodes)
@@ -138,6 +145,12 @@ def _infer_nodes(model: Model, nodes: list) -> int:
     for domain, version in model.opset_imports.items():
         proto.opset_import.add(domain=domain, version=version)
     proto.functions.extend(model.functions)
+    return proto
+
+
+def _infer_nodes(model: Model, nodes: list) -> int:
+    proto = nodes_model(model, nodes)
+    graph = proto.graph
     inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     infos = {vi.name: vi.type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     rename = _fresh_unknowns(graph)

@@ -10,12 +10,11 @@ import tempfile
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 
 from .graph import outer_reads
 from .model import Model
-from .onnx_io import _export_node, _value_info, save, to_proto_without_weights
-from .shape_update import infer_changed, stamps, take_inferred
+from .onnx_io import save, to_proto_without_weights
+from .shape_update import infer_changed, nodes_model, stamps, take_inferred
 
 
 def infer_shapes(model: Model) -> int:
@@ -108,16 +107,17 @@ def infer_shapes_symbolic(model: Model, targets=None) -> int:
     (fused Attention, Gelu, ...), plus the rules in _EXTRA_RULES for ops it lacks.
     Graph inputs need concrete or named dims. Only fills dims that onnx left open.
     With `targets` (values), the tool sees only the nodes their dims depend on (see
-    _nodes_for), else the whole graph. Where the tool stops at a node it cannot infer, the shapes it found
-    before that node are kept (its own entry point discards them all). Returns how
-    many values gained information; raises whatever the tool raises."""
+    _nodes_for), else the whole graph. Where the tool stops at a node it cannot
+    infer, the shapes it found before that node are kept (its own entry point
+    discards them all). Returns how many values gained information; raises whatever
+    the tool raises."""
     if targets is None:
         proto = to_proto_without_weights(model)  # shape tensors (< 1 KiB) stay constants
         return _apply(model.graph, _run_symbolic_tool(proto).graph, only_better=True)
     nodes = _nodes_for(targets)
     if not nodes:
         return 0
-    inferred = _run_symbolic_tool(_model_of(model, nodes)).graph
+    inferred = _run_symbolic_tool(nodes_model(model, nodes, _reads)).graph
     infos = {vi.name: vi.type for vi in list(inferred.value_info) + list(inferred.output)}
     return sum(take_inferred(value, infos[value.name], _merge)
                for node in nodes if not node.subgraphs()  # as in _apply: the tool picks one branch's shape
@@ -167,32 +167,6 @@ def _shape_data(value) -> bool:
     if shape is None or len(shape) == 0 or (len(shape) == 1 and value.dtype in _INTS):
         return True
     return all(type(d) is int for d in shape) and int(np.prod(shape)) <= 64
-
-
-def _model_of(model: Model, nodes: list) -> onnx.ModelProto:
-    """A model of `nodes` alone (a node inside a branch reads outer values as inputs):
-    values they read from elsewhere enter as typed graph inputs, small constants as
-    initializers (the tool reads their data), every output is a graph output."""
-    made = {id(v) for n in nodes for v in n.outputs}
-    graph = onnx.GraphProto(name="focus")
-    taken: set[str] = set()
-    for node in nodes:
-        for value in _reads(node):
-            if value is None or not value.name or id(value) in made or value.name in taken:
-                continue
-            taken.add(value.name)
-            data = value.const_value()
-            if data is not None and data.nbytes < 1024:
-                graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(data), value.name))
-            else:
-                graph.input.append(_value_info(value))
-    graph.node.extend(_export_node(n) for n in nodes)
-    graph.output.extend(onnx.ValueInfoProto(name=v.name) for n in nodes for v in n.outputs if v.name)
-    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4), graph=graph)
-    for domain, version in model.opset_imports.items():
-        proto.opset_import.add(domain=domain, version=version)
-    proto.functions.extend(model.functions)
-    return proto
 
 
 def _run_symbolic_tool(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from onnxforge.codegen.cpu.blas import GEMM_PACKED_C
-from onnxforge.codegen.host import cpu_flags, host_arch
-from tests.codegen.test_gemm_packed import _POOL
+from onnxforge.codegen.host import host_arch
+from tests.codegen.test_gemm_packed import _POOL, _host_has
 
 GEMM_INT8_C = Path(GEMM_PACKED_C).with_name("gemm_int8.c")
 
@@ -76,10 +76,6 @@ def _run(library, isa):
     assert out.returncode == 0, out.stderr[-2000:]
     name, checked = out.stdout.split()
     return name, int(checked)
-
-
-def _host_has(flag: str) -> bool:
-    return flag in cpu_flags()
 
 
 @pytest.mark.parametrize("isa, variant", [("generic", "generic"), ("avx2", "avx2"), ("avx512", "vnni512")])
