@@ -42,7 +42,7 @@ from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
 from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_packed_te, conv_te, conv_transpose_te, dwconv_te, pack_te,
                            layer_norm_te, mean_te, softmax_te,
-                           pack_weight, packed_te, rows_te, sgemm_te)
+                           pack_weight, packed_te, qmatmul_te, rows_te, sgemm_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
 from .relax_types import dtype_of as _dtype, shape_dims, static_shape
 
@@ -51,7 +51,8 @@ RECURRENT_C = Path(__file__).with_name("recurrent.c")  # RNN/GRU/LSTM recurrence
 GEMM_PACKED_C = Path(__file__).with_name("gemm_packed.c")  # weights packed once (extern_calls.pack_weight)
 CONV_C = Path(__file__).with_name("conv.c")  # Conv (im2col by blocks) and ConvTranspose
 DEPTHWISE_C = Path(__file__).with_name("depthwise.c")  # strided depthwise Conv, 16 channels at a time
-C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C, CONV_C, DEPTHWISE_C)
+GEMM_INT8_C = Path(__file__).with_name("gemm_int8.c")  # integer products of quantized layers
+C_SOURCES = (KERNELS_C, RECURRENT_C, GEMM_PACKED_C, CONV_C, DEPTHWISE_C, GEMM_INT8_C)
 # included by the sources (part of their cache key)
 C_HEADERS = tuple(Path(__file__).with_name(h) for h in ("activation.h", "exp_approx.h", "thread_pool.h"))
 
@@ -110,6 +111,8 @@ class _BlasRewriter(PyExprMutator):
         self._softmax = tvm.ir.Op.get("relax.nn.softmax")
         self._layer_norm = tvm.ir.Op.get("relax.nn.layer_norm")
         self._mean = tvm.ir.Op.get("relax.mean")
+        self._astype = tvm.ir.Op.get("relax.astype")
+        self._subtract = tvm.ir.Op.get("relax.subtract")
         # of the function being rewritten, before rewriting (see analyze)
         self._weights: set = set()  # parameters past "num_input": weights, packed at load
         self._epilogues = EpilogueMatcher()
@@ -185,6 +188,10 @@ class _BlasRewriter(PyExprMutator):
 
     def _rewrite_matmul(self, call, epilogue=NO_EPILOGUE):
         a, b = call.args
+        if epilogue is NO_EPILOGUE:
+            integer = self._rewrite_integer_matmul(call)
+            if integer is not None:
+                return integer
         if _dtype(a) != "float32" or _dtype(b) != "float32" or _dtype(call) != "float32":
             return None
         sa, sb, so = static_shape(a), static_shape(b), static_shape(call)
@@ -225,6 +232,53 @@ class _BlasRewriter(PyExprMutator):
         return self.builder_.call_te(sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m_eff, n=n, k=k,
                                      stride_a=stride_a, stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
                                      bias_kind=1, **act, primfunc_name_hint="blas_matmul")
+
+    # ---- integer products: what codegen/integer.py makes of MatMulInteger, float32(a -
+    # za) @ float32(w - zw) where its sums are exact in float32, else the same in int32,
+    # through gemm_int8.c
+    def _astype_source(self, expr, dtypes):
+        """x where expr is astype(x) with x of one of `dtypes`, else None."""
+        prod = self._producer(expr)
+        if prod is None or not isinstance(prod, relax.Call) or not prod.op.same_as(self._astype):
+            return None
+        return prod.args[0] if _dtype(prod.args[0]) in dtypes else None
+
+    def _centered_source(self, expr, dtypes):
+        """(x, zero point or None) where expr is astype(x) [- astype(zp)], else None."""
+        x = self._astype_source(expr, dtypes)
+        if x is not None:
+            return x, None
+        prod = self._producer(expr)
+        if prod is None or not isinstance(prod, relax.Call) or not prod.op.same_as(self._subtract):
+            return None
+        x, zp = (self._astype_source(arg, dtypes) for arg in prod.args)
+        return (x, zp) if x is not None and zp is not None and _dtype(x) == _dtype(zp) else None
+
+    def _rewrite_integer_matmul(self, call):
+        """uint8 activations (any leading dims, symbolic too) times a 2-D int8/uint8
+        weight, zero points per tensor (activations) and per tensor or per column
+        (weight): the same values, computed in int32 by onnxforge_qmatmul."""
+        a, b = call.args
+        out_dtype = _dtype(call)
+        if out_dtype not in ("float32", "int32") or _dtype(a) != out_dtype or _dtype(b) != out_dtype:
+            return None
+        lhs, rhs = self._centered_source(a, ("uint8",)), self._centered_source(b, ("int8", "uint8"))
+        sa, sw, so = shape_dims(a), static_shape(b), shape_dims(call)
+        if lhs is None or rhs is None or sa is None or sw is None or so is None or len(sw) != 2 or len(sa) < 2:
+            return None
+        (x, za), (w, zw) = lhs, rhs
+        k, n = sw
+        if not _same_dim(sa[-1], k) or len(so) != len(sa) or k == 0 or n == 0:
+            return None
+        sza = static_shape(za) if za is not None else ()
+        szw = static_shape(zw) if zw is not None else ()
+        if sza is None or szw is None or math.prod(sza) != 1:
+            return None  # per-row activation zero points: left to the float product
+        if math.prod(szw) not in (1, n) or (math.prod(szw) == n and tuple(szw) not in ((n,), (1, n))):
+            return None
+        self.count += 1
+        return self.builder_.call_te(qmatmul_te, x, w, za=za, zw=zw, out_shape=so, m=math.prod(sa[:-1]), n=n, k=k,
+                                     dtype=out_dtype, name="qmatmul", primfunc_name_hint="qmatmul")
 
     def _packed_weight(self, b, trans_b, k, n):
         """B packed for gemm_packed.c when it is a constant or a weight parameter (its

@@ -101,6 +101,28 @@ def packed_te(a, bp, *rest, out_shape, m, n, k, name, bias_kind=0, **act):
                      dtype="float32")
 
 
+def qmatmul_te(a, w, za, zw, *, out_shape, m, n, k, dtype, name):
+    """te.extern: out = (a - za) @ (w - zw) computed in int32 by gemm_int8.c's
+    onnxforge_qmatmul, as `dtype` (int32, or float32: exact as float32 where the
+    lowering chose it): a uint8 (its leading dims folded into m rows), w a k x n
+    int8/uint8 weight, za / zw their zero points (None: 0; zw one value or n)."""
+    extra = [t for t in (za, zw) if t is not None]
+
+    def body(ins, outs):
+        at = iter(ins[2:])
+        za_ = next(at) if za is not None else None
+        zw_ = next(at) if zw is not None else None
+        count = lambda t: tirx.const(0 if t is None else math.prod(int(d) for d in t.shape), "int32")  # noqa: E731
+        return tirx.call_extern("int32", "onnxforge_qmatmul", extern_arg(m, "int32"), extern_arg(n, "int32"),
+                                extern_arg(k, "int32"), ins[0].data, (outs[0] if za_ is None else za_).data, count(za_),
+                                ins[1].data, tirx.const(int(w.dtype == "uint8"), "int32"),
+                                (outs[0] if zw_ is None else zw_).data, count(zw_), outs[0].data,
+                                tirx.const(int(dtype == "float32"), "int32"))
+
+    return te.extern([out_shape], [a, w, *extra], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype=dtype)
+
+
 def rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, **act):
     """te.extern: out = act(a @ B [+ bias]) with the row count m known at run
     time: onnxforge_sgemm_rows takes the packed `bp` up to PACKED_MAX_ROWS rows, else

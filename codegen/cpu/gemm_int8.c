@@ -231,6 +231,65 @@ int32_t onnxforge_qgemm_u8s8(int32_t m, int32_t n, int32_t k, const uint8_t *a, 
   return TVMBackendParallelLaunch(q_task, &job, 0);
 }
 
+/* out (m x n) = (A - za) @ (W - zw), exact (int32 sums), as int32, or as float32 when
+ * out_float (what codegen/integer.py's MatMulInteger computes when the sums are exact
+ * in float32, and what its int32 product computes otherwise): A uint8 (m x k),
+ * za its zero point (za_count 1; 0: none); W the weight (k x n, int8, or uint8 when
+ * w_unsigned), zw its zero point (zw_count 1 or n values of W's type; 0: none). An unsigned weight
+ * goes to the kernel as W - 128 (exact in int8) and the rest through row and column
+ * sums: (A - za)(W - zw) = A (W - o) + rowsum(A) o - za colsum(W - zw), o = 128 - zw for
+ * uint8, -zw for int8. The weight is packed on every call; the int32 sums are formed in
+ * `out` itself (float output: converted in place). */
+int32_t onnxforge_qmatmul(int32_t m, int32_t n, int32_t k, const uint8_t *a, const uint8_t *za, int32_t za_count,
+                          const void *w, int32_t w_unsigned, const void *zw, int32_t zw_count, void *out,
+                          int32_t out_float) {
+  static __thread Scratch scratch;
+  if (m <= 0 || n <= 0) return 0;
+  const int64_t packed = onnxforge_qgemm_packed_size(k, n);
+  int8_t *bp = (int8_t *)scratch_grow(&scratch, (size_t)(packed / 4 + 2 * (int64_t)n + m + 1));
+  if (!bp) return -1;
+  int32_t *off = (int32_t *)(bp + packed), *colsum = off + n, *rowsum = colsum + n;
+  const uint8_t *wu = (const uint8_t *)w;
+  const int8_t *ws = (const int8_t *)w;
+  const int32_t groups = q_groups(k);
+  memset(bp, 0, (size_t)packed);
+  int any_offset = 0;
+  for (int32_t j = 0; j < n; ++j) {
+    const int32_t z = !zw_count ? 0 : w_unsigned ? ((const uint8_t *)zw)[zw_count > 1 ? j : 0]
+                                            : ((const int8_t *)zw)[zw_count > 1 ? j : 0];
+    int32_t s = 0;
+    int8_t *col = bp + (int64_t)(j / QNR) * groups * QNR * QKG + (j % QNR) * QKG;
+    for (int32_t q = 0; q < k; ++q) {
+      const int32_t v = w_unsigned ? (int32_t)wu[(int64_t)q * n + j] : (int32_t)ws[(int64_t)q * n + j];
+      s += v;
+      col[(int64_t)(q / QKG) * QNR * QKG + q % QKG] = (int8_t)(w_unsigned ? v - 128 : v);
+    }
+    off[j] = (w_unsigned ? 128 : 0) - z;
+    colsum[j] = s - k * z;
+    any_offset |= off[j] != 0;
+  }
+  for (int32_t r = 0; r < m; ++r) {
+    int32_t s = 0;
+    if (any_offset)
+      for (int32_t q = 0; q < k; ++q) s += a[(int64_t)r * k + q];
+    rowsum[r] = s;
+  }
+  int32_t *acc = (int32_t *)out; /* a float output has the same size */
+  if (onnxforge_qgemm_u8s8(m, n, k, a, k, bp, acc, n)) return -1;
+  const int32_t zero = za_count ? (int32_t)*za : 0;
+  float *flt = (float *)out;
+  for (int32_t r = 0; r < m; ++r)
+    for (int32_t j = 0; j < n; ++j) {
+      const int64_t at = (int64_t)r * n + j;
+      const int32_t v = acc[at] + rowsum[r] * off[j] - zero * colsum[j];
+      if (out_float)
+        flt[at] = (float)v;
+      else
+        acc[at] = v;
+    }
+  return 0;
+}
+
 /* The variant's name, for tests and profiles. */
 const char *onnxforge_int8_isa_name(void) {
   static const char *names[] = {"generic", "avx2", "vnni512"};

@@ -1,0 +1,46 @@
+"""quantize-dynamic packages compute their MatMulIntegers in integers on CPU
+(gemm_int8.c through blas.py's integer rewrite): uint8 and int8 weights, per
+column and per tensor, a symbolic batch, and a reduction long enough that the
+float32 product would not be exact (the lowering's int32 product, rewritten too).
+The outputs equal onnxruntime's on the same quantized model bit for bit."""
+from __future__ import annotations
+
+import tarfile
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxforge
+from tests.codegen.test_quant_codegen import ort_reference
+
+F = TensorProto.FLOAT
+
+
+def _dense(batch_dims, k, n, seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((k, n)) * 0.2).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])], "dense",
+        [helper.make_tensor_value_info("x", F, [*batch_dims, k])], [helper.make_tensor_value_info("z", F, None)],
+        [numpy_helper.from_array(w, "w")])
+    return onnxforge.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _kernel_names(pkg) -> bytes:
+    with tarfile.open(pkg.path) as tar:
+        return tar.extractfile("model.so").read()
+
+
+@pytest.mark.parametrize("options", ["", "{weights=int8}", "{per_channel=false}", "{weights=int8 per_channel=false}"])
+@pytest.mark.parametrize("batch_dims, k, n, feed", [(["batch", 10], 64, 96, (3, 10)), ([5], 2048, 40, (5,))])
+def test_dynamic_matmuls_run_in_integers(tmp_path, options, batch_dims, k, n, feed):
+    model = onnxforge.optimize(_dense(batch_dims, k, n, seed=k), "quantize-dynamic" + options).model
+    assert "MatMulInteger" in {node.op_type for node in model.graph.nodes}
+    pkg = onnxforge.compile(model, target="x86", pipeline="-O2", output=tmp_path / "int8.ofpkg")
+    assert b"\x00qmatmul" in _kernel_names(pkg)  # the integer kernel's TIR wrapper
+    x = np.random.default_rng(1).standard_normal((*feed, k)).astype(np.float32)
+    x[..., 0] = 4.0  # a wide range: zero points away from the middle
+    got = pkg({"x": x})["z"]
+    want = ort_reference(model, {"x": x})["z"]
+    np.testing.assert_array_equal(got, want)
