@@ -42,7 +42,8 @@ from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
 from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_packed_te, conv_te, conv_transpose_te, dwconv_te, pack_te,
                            layer_norm_te, mean_te, softmax_te,
-                           pack_weight, packed_te, qmatmul_te, rows_te, sgemm_te)
+                           pack_weight, packed_te, qcols_te, qmatmul_packed_te, qmatmul_te, qpack_te, rows_te,
+                           sgemm_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
 from .relax_types import dtype_of as _dtype, shape_dims, static_shape
 
@@ -113,6 +114,7 @@ class _BlasRewriter(PyExprMutator):
         self._mean = tvm.ir.Op.get("relax.mean")
         self._astype = tvm.ir.Op.get("relax.astype")
         self._subtract = tvm.ir.Op.get("relax.subtract")
+        self._reshape = tvm.ir.Op.get("relax.reshape")
         # of the function being rewritten, before rewriting (see analyze)
         self._weights: set = set()  # parameters past "num_input": weights, packed at load
         self._epilogues = EpilogueMatcher()
@@ -254,6 +256,15 @@ class _BlasRewriter(PyExprMutator):
         x, zp = (self._astype_source(arg, dtypes) for arg in prod.args)
         return (x, zp) if x is not None and zp is not None and _dtype(x) == _dtype(zp) else None
 
+    def _reshaped_source(self, expr):
+        """What a reshape (codegen/integer.py's per-column zero point [1, n], a scalar's
+        [] view) was made from: the parameter itself, read with its own shape."""
+        prod = self._producer(expr) if expr is not None else None
+        while isinstance(prod, relax.Call) and prod.op.same_as(self._reshape):
+            expr = prod.args[0]
+            prod = self._producer(expr)
+        return expr
+
     def _rewrite_integer_matmul(self, call):
         """uint8 activations (any leading dims, symbolic too) times a 2-D int8/uint8
         weight, zero points per tensor (activations) and per tensor or per column
@@ -277,7 +288,16 @@ class _BlasRewriter(PyExprMutator):
         if math.prod(szw) not in (1, n) or (math.prod(szw) == n and tuple(szw) not in ((n,), (1, n))):
             return None
         self.count += 1
-        return self.builder_.call_te(qmatmul_te, x, w, za=za, zw=zw, out_shape=so, m=math.prod(sa[:-1]), n=n, k=k,
+        m = math.prod(sa[:-1])
+        zw = self._reshaped_source(zw)
+        if w in self._weights and (zw is None or zw in self._weights or isinstance(zw, tvm.ir.Constant)):
+            # packed once, at load (the build lifts the PACK_KERNEL kernels into main_transform_params)
+            bb = self.builder_
+            bp = bb.emit(bb.call_te(qpack_te, w, k=k, n=n, primfunc_name_hint=PACK_KERNEL + "_int8"))
+            cols = bb.emit(bb.call_te(qcols_te, w, zw=zw, k=k, n=n, primfunc_name_hint=PACK_KERNEL + "_int8_cols"))
+            return bb.call_te(qmatmul_packed_te, x, bp, cols, za=za, out_shape=so, m=m, n=n, k=k, dtype=out_dtype,
+                              name="qmatmul", primfunc_name_hint="qmatmul")
+        return self.builder_.call_te(qmatmul_te, x, w, za=za, zw=zw, out_shape=so, m=m, n=n, k=k,
                                      dtype=out_dtype, name="qmatmul", primfunc_name_hint="qmatmul")
 
     def _packed_weight(self, b, trans_b, k, n):

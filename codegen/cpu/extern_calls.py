@@ -123,6 +123,61 @@ def qmatmul_te(a, w, za, zw, *, out_shape, m, n, k, dtype, name):
                      dtype=dtype)
 
 
+QPANEL, QGROUP = 16, 4  # gemm_int8.c: columns per panel, k per group
+
+
+def qpack_te(w, *, k, n):
+    """gemm_int8.c's packed weight (onnxforge_qgemm_pack's layout; a uint8 weight as
+    w - 128) from a k x n int8/uint8 weight parameter, as a TIR kernel the build lifts
+    to load time (PACK_KERNEL)."""
+    unsigned = w.dtype == "uint8"
+
+    def f(p, g, j, i):
+        q, col = g * QGROUP + i, p * QPANEL + j
+        v = tirx.Cast("int32", w[te.min(q, k - 1), te.min(col, n - 1)])  # no read past the weight
+        v = v - 128 if unsigned else v
+        return tirx.if_then_else(tirx.all(q < k, col < n), tirx.Cast("int8", v), tirx.const(0, "int8"))
+
+    return te.compute((-(-n // QPANEL), -(-k // QGROUP), QPANEL, QGROUP), f, name=PACK_KERNEL + "_int8")
+
+
+def qcols_te(w, zw, *, k, n):
+    """Per column of the weight: row 0 its offset o (128 - zw for uint8, -zw for
+    int8), row 1 the sum of w - zw over k (int32), lifted to load time like qpack_te."""
+    unsigned = w.dtype == "uint8"
+    q = te.reduce_axis((0, k), name="q")
+    sums = te.compute((n,), lambda j: te.sum(tirx.Cast("int32", w[q, j]), axis=q), name=PACK_KERNEL + "_int8_sums")
+
+    def zero(j):  # zw: none, one value (any rank) or one per column ((n,) or (1, n))
+        if zw is None:
+            return tirx.const(0, "int32")
+        index = [0] * len(zw.shape)
+        if math.prod(int(d) for d in zw.shape) > 1:
+            index[-1] = j
+        return tirx.Cast("int32", zw(*index))
+
+    def f(r, j):
+        z = zero(j)
+        return tirx.if_then_else(r == 0, tirx.const(128 if unsigned else 0, "int32") - z, sums[j] - k * z)
+
+    return te.compute((2, n), f, name=PACK_KERNEL + "_int8_cols")
+
+
+def qmatmul_packed_te(a, bp, cols, za, *, out_shape, m, n, k, dtype, name):
+    """te.extern: as qmatmul_te, the weight packed beforehand (qpack_te, qcols_te)."""
+    extra = [za] if za is not None else []
+
+    def body(ins, outs):
+        za_ = ins[3] if za is not None else None
+        return tirx.call_extern("int32", "onnxforge_qmatmul_packed", extern_arg(m, "int32"), extern_arg(n, "int32"),
+                                extern_arg(k, "int32"), ins[0].data, (outs[0] if za_ is None else za_).data,
+                                tirx.const(0 if za_ is None else 1, "int32"), ins[1].data, ins[2].data,
+                                outs[0].data, tirx.const(int(dtype == "float32"), "int32"))
+
+    return te.extern([out_shape], [a, bp, cols, *extra], lambda ins, outs: tirx.Evaluate(body(ins, outs)), name=name,
+                     dtype=dtype)
+
+
 def rows_te(a, b, bp, *rest, out_shape, m, n, k, trans_b, name, bias_kind=0, **act):
     """te.extern: out = act(a @ B [+ bias]) with the row count m known at run
     time: onnxforge_sgemm_rows takes the packed `bp` up to PACKED_MAX_ROWS rows, else

@@ -82,9 +82,40 @@ def lift_weight_transforms(mod, dequantize: str):
         func = mod[main]
         quantized = {p for p in func.params[int(func.attrs["num_input"]):]
                      if not isinstance(p.ty, relax.TensorType) or str(p.ty.dtype.dtype) != "float32"}
+        quantized -= _read_only_by_packing(mod, func, quantized)
         if quantized:
             mod = _keep_in_main(mod, main, quantized)
     return relax.transform.LiftTransformParams()(mod), True
+
+
+def _read_only_by_packing(mod, func, params) -> set:
+    """Those of `params` that only PACK_KERNEL kernels read (an integer weight that
+    gemm_int8.c's kernels take packed): their packing moves to load time too, as the
+    same bytes in another order."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    readers: dict = {p: set() for p in params}
+
+    def note(expr, packing: bool) -> None:
+        if isinstance(expr, relax.Tuple):
+            for field in expr.fields:
+                note(field, packing)
+        elif expr in readers:
+            readers[expr].add(packing)
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.same_as(call_tir):
+                packing = value.args[0].name_hint.startswith(PACK_KERNEL)
+                for arg in value.args[1:]:
+                    note(arg, packing)
+            elif isinstance(value, relax.Call):
+                for arg in value.args:
+                    note(arg, False)
+            else:
+                note(value, False)
+    note(func.body.body, False)
+    return {p for p, kinds in readers.items() if kinds == {True}}
 
 
 @mutator
