@@ -40,10 +40,9 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
-from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_packed_te, conv_te, conv_transpose_te, dwconv_te, pack_te,
-                           layer_norm_te, mean_te, softmax_te,
-                           pack_weight, packed_te, qcols_te, qmatmul_packed_te, qmatmul_te, qpack_te, rows_te,
-                           sgemm_te)
+from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_packed_te, conv_te, conv_transpose_te, dwconv_te,
+                           extreme_te, layer_norm_te, mean_te, pack_te, pack_weight, packed_te, qcols_te,
+                           qmatmul_packed_te, qmatmul_te, qpack_te, rows_te, sgemm_te, softmax_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
 from .relax_types import dtype_of as _dtype, shape_dims, static_shape
 
@@ -115,6 +114,8 @@ class _BlasRewriter(PyExprMutator):
         self._astype = tvm.ir.Op.get("relax.astype")
         self._subtract = tvm.ir.Op.get("relax.subtract")
         self._reshape = tvm.ir.Op.get("relax.reshape")
+        self._max = tvm.ir.Op.get("relax.max")
+        self._min = tvm.ir.Op.get("relax.min")
         # of the function being rewritten, before rewriting (see analyze)
         self._weights: set = set()  # parameters past "num_input": weights, packed at load
         self._epilogues = EpilogueMatcher()
@@ -154,6 +155,8 @@ class _BlasRewriter(PyExprMutator):
                 new = self._rewrite_layer_norm(call)
             elif call.op.same_as(self._mean):
                 new = self._rewrite_mean(call)
+            elif call.op.same_as(self._max) or call.op.same_as(self._min):
+                new = self._rewrite_extreme(call, call.op.same_as(self._max))
             elif self._epilogues.triggers(call):
                 new = self._rewrite_epilogue(original)
             return call if new is None else new
@@ -468,6 +471,20 @@ class _BlasRewriter(PyExprMutator):
             return None
         return self.builder_.call_te(mean_te, x, rows=math.prod(dims[:first]), n=math.prod(dims[first:]),
                                      out_shape=out, name="mean_rows", primfunc_name_hint="mean_rows")
+
+    def _rewrite_extreme(self, call, top: bool):
+        """float32 max / min over all axes or trailing ones (a dynamic quantization's
+        range, ReduceMax/Min) -> kernels.c's onnxforge_max_rows / onnxforge_min_rows."""
+        x = call.args[0]
+        dims, out = shape_dims(x), shape_dims(call)
+        if dims is None or out is None or _dtype(x) != "float32" or not dims:
+            return None
+        first = 0 if call.attrs.axis is None else _trailing(call.attrs.axis, len(dims))
+        if first is None or any(isinstance(d, int) and d == 0 for d in dims[first:]):
+            return None  # an empty reduction: TVM's identity element
+        return self.builder_.call_te(extreme_te, x, top=top, rows=math.prod(dims[:first]),
+                                     n=math.prod(dims[first:]), out_shape=out, name="extreme_rows",
+                                     primfunc_name_hint="extreme_rows")
 
     def _rewrite_layer_norm(self, call):
         """float32 layer_norm over trailing axes (ONNX's LayerNormalization always is) with a

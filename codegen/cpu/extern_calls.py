@@ -316,6 +316,13 @@ def mean_te(x, *, rows, n, out_shape, name):
     return _rows_te("onnxforge_mean_rows", x, rows=rows, n=n, out_shape=out_shape, name=name)
 
 
+def extreme_te(x, *, top, rows, n, out_shape, name):
+    """te.extern: the max (top) or min of each of x's `rows` rows of n values (its
+    trailing axes) via kernels.c's onnxforge_max_rows / onnxforge_min_rows."""
+    kernel = "onnxforge_max_rows" if top else "onnxforge_min_rows"
+    return _rows_te(kernel, x, rows=rows, n=n, out_shape=out_shape, name=name)
+
+
 def layer_norm_te(x, gamma, beta, *, rows, n, epsilon, name):
     """te.extern: layer normalization of x over its last axis (n values per row) with
     scale gamma and bias beta (n values each), via kernels.c's onnxforge_layer_norm_rows."""

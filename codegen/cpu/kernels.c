@@ -96,6 +96,8 @@ typedef struct {
   void (*softmax)(const float *, float *, int32_t);
   void (*layer_norm)(const float *, const float *, const float *, float, float *, int32_t);
   float (*mean)(const float *, int32_t);
+  float (*max)(const float *, int32_t);
+  float (*min)(const float *, int32_t);
 } KernelSet;
 static const KernelSet *kernel_set(void);
 
@@ -361,6 +363,22 @@ static inline __attribute__((always_inline)) float mean_row_body(const float *__
   return s / (float)n;
 }
 
+/* ---- max / min over the last axis (a dynamic quantization's range: the whole tensor as
+ * one row) ----
+ * 8 partial results, so that they vectorize (NaNs are not propagated: x > e ? x : e).
+ * TVM's schedule of the whole-tensor max and min took 70 us each on MiniLM's 128 x 384
+ * activations, 18 of each per run. */
+static inline __attribute__((always_inline)) float extreme_row_body(const float *__restrict x, int32_t n, int top) {
+  float part[8], e = top ? -INFINITY : INFINITY;
+  for (int i = 0; i < 8; ++i) part[i] = e;
+  int32_t q = 0;
+  for (; q + 8 <= n; q += 8)
+    for (int i = 0; i < 8; ++i) part[i] = (top ? x[q + i] > part[i] : x[q + i] < part[i]) ? x[q + i] : part[i];
+  for (; q < n; ++q) e = (top ? x[q] > e : x[q] < e) ? x[q] : e;
+  for (int i = 0; i < 8; ++i) e = (top ? part[i] > e : part[i] < e) ? part[i] : e;
+  return e;
+}
+
 /* ---- layer normalization over the last axis: y = (x - mean) / sqrt(var + eps) * g + b ----
  * Two passes per row (the mean, then the squared deviations: no cancellation), each over
  * 8 partial sums so that it vectorizes. TVM's schedule took 0.07 ms per MiniLM row block
@@ -426,8 +444,10 @@ static inline __attribute__((always_inline)) void layer_norm_row_body(const floa
     layer_norm_row_body(x, g, b, eps, y, n);                                                                    \
   }                                                                                                             \
   static ATTR DW_OPT float mean_##SFX(const float *x, int32_t n) { return mean_row_body(x, n); }                \
+  static ATTR DW_OPT float max_##SFX(const float *x, int32_t n) { return extreme_row_body(x, n, 1); }           \
+  static ATTR DW_OPT float min_##SFX(const float *x, int32_t n) { return extreme_row_body(x, n, 0); }           \
   static const KernelSet kernels_##SFX = {dw_flat_##SFX, dw_rows_##SFX, epilogue_##SFX, softmax_##SFX,          \
-                                          layer_norm_##SFX, mean_##SFX};
+                                          layer_norm_##SFX, mean_##SFX, max_##SFX, min_##SFX};
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 DW_VARIANT(avx512, __attribute__((target("avx512f,avx2,fma"))))
@@ -513,6 +533,10 @@ static void softmax_one(const RowJob *j, int64_t r) { j->ks->softmax(j->x + r * 
 
 static void mean_one(const RowJob *j, int64_t r) { j->y[r] = j->ks->mean(j->x + r * j->n, j->n); }
 
+static void max_one(const RowJob *j, int64_t r) { j->y[r] = j->ks->max(j->x + r * j->n, j->n); }
+
+static void min_one(const RowJob *j, int64_t r) { j->y[r] = j->ks->min(j->x + r * j->n, j->n); }
+
 static void layer_norm_one(const RowJob *j, int64_t r) {
   j->ks->layer_norm(j->x + r * j->n, j->g, j->b, j->eps, j->y + r * j->n, j->n);
 }
@@ -526,6 +550,17 @@ int32_t onnxforge_softmax_rows(int64_t rows, int32_t n, const float *x, float *y
 /* y[r] = mean of row r of x (rows, n), row-major. */
 int32_t onnxforge_mean_rows(int64_t rows, int32_t n, const float *x, float *y) {
   RowJob job = {x, NULL, NULL, 0.0f, y, rows, n, kernel_set(), mean_one};
+  return run_rows(&job);
+}
+
+/* y[r] = the max (min) of row r of x (rows, n), row-major. */
+int32_t onnxforge_max_rows(int64_t rows, int32_t n, const float *x, float *y) {
+  RowJob job = {x, NULL, NULL, 0.0f, y, rows, n, kernel_set(), max_one};
+  return run_rows(&job);
+}
+
+int32_t onnxforge_min_rows(int64_t rows, int32_t n, const float *x, float *y) {
+  RowJob job = {x, NULL, NULL, 0.0f, y, rows, n, kernel_set(), min_one};
   return run_rows(&job);
 }
 

@@ -38,9 +38,33 @@ def test_dynamic_matmuls_run_in_integers(tmp_path, options, batch_dims, k, n, fe
     model = onnxforge.optimize(_dense(batch_dims, k, n, seed=k), "quantize-dynamic" + options).model
     assert "MatMulInteger" in {node.op_type for node in model.graph.nodes}
     pkg = onnxforge.compile(model, target="x86", pipeline="-O2", output=tmp_path / "int8.ofpkg")
-    assert b"\x00qmatmul" in _kernel_names(pkg)  # the integer kernel's TIR wrapper
+    names = _kernel_names(pkg)
+    assert b"\x00qmatmul" in names  # the integer kernel's TIR wrapper
+    assert b"\x00extreme_rows" in names  # the dynamic quantization's range (kernels.c)
     x = np.random.default_rng(1).standard_normal((*feed, k)).astype(np.float32)
     x[..., 0] = 4.0  # a wide range: zero points away from the middle
     got = pkg({"x": x})["z"]
     want = ort_reference(model, {"x": x})["z"]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op, axes", [("ReduceMax", None), ("ReduceMin", None), ("ReduceMax", [2, 3]),
+                                      ("ReduceMin", [-1])])
+def test_max_and_min_over_trailing_axes_run_in_kernels_c(tmp_path, op, axes):
+    """Over all axes or trailing ones, symbolic dims too: kernels.c's row kernels, the
+    values onnxruntime gives (row lengths off the 8-wide partial results)."""
+    attrs = {"keepdims": 0}
+    inputs = ["x"]
+    inits = []
+    if axes is not None:
+        inits.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+        inputs.append("axes")
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"], **attrs)], "reduce",
+                              [helper.make_tensor_value_info("x", F, ["n", 3, 5, 7])],
+                              [helper.make_tensor_value_info("y", F, None)], inits)
+    model = onnxforge.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    pkg = onnxforge.compile(model, target="x86", pipeline="-O0", output=tmp_path / "reduce.ofpkg")
+    assert b"\x00extreme_rows" in _kernel_names(pkg)
+    for n in (1, 4):
+        x = np.random.default_rng(n).standard_normal((n, 3, 5, 7)).astype(np.float32)
+        np.testing.assert_array_equal(pkg({"x": x})["y"], ort_reference(model, {"x": x})["y"])
