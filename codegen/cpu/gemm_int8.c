@@ -249,7 +249,28 @@ typedef struct {
   int64_t ldc;
   QPanelFn panel;
   QPanel2Fn panel2; /* two panels at once, where the variant has it */
+  /* onnxforge_qmatmul_packed's corrections, applied by each task to its rows (off NULL:
+   * none): + rowsum(A) off[j] - zero colsum[j], then float32 where out_float */
+  const int32_t *off, *colsum;
+  int32_t zero, any_offset, out_float;
 } QJob;
+
+static void q_correct(const QJob *j, int32_t r0, int32_t r1) {
+  float *flt = (float *)j->c; /* the same buffer: a float output has int32's size */
+  for (int32_t r = r0; r < r1; ++r) {
+    int32_t rowsum = 0;
+    if (j->any_offset)
+      for (int32_t q = 0; q < j->k; ++q) rowsum += j->a[r * j->lda + q];
+    for (int32_t c = 0; c < j->n; ++c) {
+      const int64_t at = r * j->ldc + c;
+      const int32_t v = j->c[at] + rowsum * j->off[c] - j->zero * j->colsum[c];
+      if (j->out_float)
+        flt[at] = (float)v;
+      else
+        j->c[at] = v;
+    }
+  }
+}
 
 /* task t of T: rows [m t / T, m (t + 1) / T), every panel */
 static int q_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
@@ -272,10 +293,22 @@ static int q_task(int task_id, TVMParallelGroupEnv *penv, void *cdata) {
              j->ldc, cols);
     p += 1;
   }
+  if (j->off) q_correct(j, r0, r1);
   return 0;
 }
 
 /* c (m x n, row stride ldc) = a (m x k uint8, row stride lda) @ the packed weight, in int32. */
+static int32_t q_run(QJob *job) {
+  job->panel = q_panel_fn();
+  job->panel2 = NULL;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (job->panel == q_panel_vnni512) job->panel2 = q_panel2_vnni512;
+#endif
+  if (onnxforge_in_serial() || job->m < 2 || 2LL * job->m * job->n * job->k < ONNXFORGE_PARALLEL_MIN_FLOPS)
+    return q_task(0, NULL, job);
+  return TVMBackendParallelLaunch(q_task, job, 0);
+}
+
 int32_t onnxforge_qgemm_u8s8(int32_t m, int32_t n, int32_t k, const uint8_t *a, int64_t lda, const int8_t *bp,
                              int32_t *c, int64_t ldc) {
   if (m <= 0 || n <= 0) return 0;
@@ -283,12 +316,8 @@ int32_t onnxforge_qgemm_u8s8(int32_t m, int32_t n, int32_t k, const uint8_t *a, 
     for (int32_t r = 0; r < m; ++r) memset(c + r * ldc, 0, sizeof(int32_t) * (size_t)n);
     return 0;
   }
-  QJob job = {m, n, k, a, lda, bp, c, ldc, q_panel_fn(), NULL};
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (job.panel == q_panel_vnni512) job.panel2 = q_panel2_vnni512;
-#endif
-  if (onnxforge_in_serial() || m < 2 || 2LL * m * n * k < ONNXFORGE_PARALLEL_MIN_FLOPS) return q_task(0, NULL, &job);
-  return TVMBackendParallelLaunch(q_task, &job, 0);
+  QJob job = {m, n, k, a, lda, bp, c, ldc, NULL, NULL, NULL, NULL, 0, 0, 0};
+  return q_run(&job);
 }
 
 /* out (m x n) = (A - za) @ (W - zw), exact (int32 sums), as int32, or as float32 when
@@ -340,33 +369,17 @@ int32_t onnxforge_qmatmul(int32_t m, int32_t n, int32_t k, const uint8_t *a, con
 int32_t onnxforge_qmatmul_packed(int32_t m, int32_t n, int32_t k, const uint8_t *a, const uint8_t *za,
                                  int32_t za_count, const int8_t *bp, const int32_t *cols, void *out,
                                  int32_t out_float) {
-  static __thread Scratch scratch;
   if (m <= 0 || n <= 0) return 0;
-  const int32_t *off = cols, *colsum = cols + n;
-  int any_offset = 0;
-  for (int32_t j = 0; j < n; ++j) any_offset |= off[j] != 0;
-  int32_t *rowsum = (int32_t *)scratch_grow(&scratch, (size_t)m + 1);
-  if (!rowsum) return -1;
-  for (int32_t r = 0; r < m; ++r) {
-    int32_t s = 0;
-    if (any_offset)
-      for (int32_t q = 0; q < k; ++q) s += a[(int64_t)r * k + q];
-    rowsum[r] = s;
+  int32_t any_offset = 0;
+  for (int32_t j = 0; j < n; ++j) any_offset |= cols[j] != 0;
+  if (k <= 0) memset(out, 0, sizeof(int32_t) * (size_t)m * (size_t)n); /* the corrections are 0 too */
+  QJob job = {m, n, k, a, k, bp, (int32_t *)out, n, NULL, NULL, cols, cols + n, za_count ? (int32_t)*za : 0,
+              any_offset, out_float};
+  if (k <= 0) {
+    q_correct(&job, 0, m);
+    return 0;
   }
-  int32_t *acc = (int32_t *)out; /* a float output has the same size */
-  if (onnxforge_qgemm_u8s8(m, n, k, a, k, bp, acc, n)) return -1;
-  const int32_t zero = za_count ? (int32_t)*za : 0;
-  float *flt = (float *)out;
-  for (int32_t r = 0; r < m; ++r)
-    for (int32_t j = 0; j < n; ++j) {
-      const int64_t at = (int64_t)r * n + j;
-      const int32_t v = acc[at] + rowsum[r] * off[j] - zero * colsum[j];
-      if (out_float)
-        flt[at] = (float)v;
-      else
-        acc[at] = v;
-    }
-  return 0;
+  return q_run(&job);
 }
 
 /* The variant's name, for tests and profiles. */

@@ -82,8 +82,12 @@ def _extern_ints(text: str, name: str, count: int) -> list | None:
 
 
 # Per value: softmax max, subtract, exp, sum, scale; layer norm mean, subtract,
-# square, sum, scale by 1/std, gamma, beta (conventions: both are memory-bound).
-_ROW_FLOPS = {"onnxforge_softmax_rows": 5, "onnxforge_layer_norm_rows": 7}
+# square, sum, scale by 1/std, gamma, beta; max / min one compare (conventions: all
+# are memory-bound).
+_ROW_FLOPS = {"onnxforge_softmax_rows": 5, "onnxforge_layer_norm_rows": 7, "onnxforge_max_rows": 1,
+              "onnxforge_min_rows": 1}
+# gemm_int8.c: (m, n, k, ...); its integer multiply-adds count as two operations each
+_INT8_GEMMS = ("onnxforge_qmatmul_packed", "onnxforge_qmatmul")
 _RNN_GATES = {0: 1, 1: 3, 2: 4}  # recurrent.c's KIND_RNN, KIND_GRU, KIND_LSTM -> gates
 
 
@@ -96,6 +100,10 @@ def _c_kernel_flops(text: str) -> float | None:
         args = _extern_ints(text, name, 2)
         if args is not None:
             return float(per * args[0] * args[1]) if None not in args else float("nan")
+    for name in _INT8_GEMMS:
+        args = _extern_ints(text, name, 3)
+        if args is not None:
+            return 2.0 * args[0] * args[1] * args[2] if None not in args else float("nan")
     args = _extern_ints(text, "onnxforge_rnn", 5)
     if args is not None:
         kind, steps, batch, hidden, dirs = args
@@ -148,12 +156,14 @@ def _flops(func) -> float:
 
 
 def kernel_path(func) -> str:
-    """Which code runs the kernel: OpenBLAS (through onnxforge_sgemm, or conv.c's
+    """Which code runs the kernel: gemm_int8.c's integer products, OpenBLAS (through onnxforge_sgemm, or conv.c's
     onnxforge_conv2d: im2col by blocks, onnxforge_conv2d_transpose: col2im), onnxforge's packed-weight GEMM
     or direct convolution over a packed weight (gemm_packed.c), one of its other C kernels (kernels.c /
     recurrent.c), or onnxforge's default schedule of TVM's TIR (kernel_table says
     "tuned" for those a tuning database scheduled)."""
     text = func.script(show_meta=False)
+    if "onnxforge_qmatmul" in text:
+        return "int8 GEMM"
     if "onnxforge_sgemm_packed" in text:
         return "packed GEMM"
     if "onnxforge_conv2d_packed" in text:
