@@ -68,3 +68,13 @@ def test_max_and_min_over_trailing_axes_run_in_kernels_c(tmp_path, op, axes):
     for n in (1, 4):
         x = np.random.default_rng(n).standard_normal((n, 3, 5, 7)).astype(np.float32)
         np.testing.assert_array_equal(pkg({"x": x})["y"], ort_reference(model, {"x": x})["y"])
+
+
+def test_dequantize_at_load_keeps_the_integer_product(tmp_path):
+    """--dequantize load lifts what the weights alone compute; the MatMulInteger still
+    runs in integers on its packed weight and gives the same outputs."""
+    model = onnxforge.optimize(_dense(["batch", 10], 64, 96, seed=3), "quantize-dynamic").model
+    pkg = onnxforge.compile(model, target="x86", pipeline="-O2", dequantize="load", output=tmp_path / "load.ofpkg")
+    assert b"\x00qmatmul" in _kernel_names(pkg)
+    x = np.random.default_rng(2).standard_normal((2, 10, 64)).astype(np.float32)
+    np.testing.assert_array_equal(pkg({"x": x})["z"], ort_reference(model, {"x": x})["z"])
