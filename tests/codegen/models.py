@@ -103,6 +103,15 @@ def symbolic_batch() -> onnx.ModelProto:
     return g.model([("x", ["batch", 16], F)], [("y", ["batch", 1], F)])
 
 
+def dynamic_int8() -> onnx.ModelProto:
+    """mlp after quantize-dynamic: DynamicQuantizeLinear -> MatMulInteger (uint8
+    weights, zero points per column) -> Cast -> Mul, which the CPU build runs in
+    gemm_int8.c."""
+    import onnxforge
+
+    return onnxforge.ir.to_proto(onnxforge.optimize(onnxforge.load(mlp()), "quantize-dynamic").model)
+
+
 def int8_weights() -> onnx.ModelProto:
     """int8 weights, per-output-channel scales, DequantizeLinear -> MatMul (what
     quantize-weights writes)."""
