@@ -99,9 +99,10 @@ def _trailing(axes, rank: int) -> int | None:
 
 @mutator
 class _BlasRewriter(PyExprMutator):
-    def __init__(self, mod):
+    def __init__(self, mod, int8: bool = False):
         super().__init__(mod)
         self.count = 0
+        self.int8 = int8  # integer products through gemm_int8.c (pipeline.int8_dot_products)
         self._matmul = tvm.ir.Op.get("relax.matmul")
         self._conv2d = tvm.ir.Op.get("relax.nn.conv2d")
         self._conv1d = tvm.ir.Op.get("relax.nn.conv1d")
@@ -274,7 +275,7 @@ class _BlasRewriter(PyExprMutator):
         (weight): the same values, computed in int32 by onnxforge_qmatmul."""
         a, b = call.args
         out_dtype = _dtype(call)
-        if out_dtype not in ("float32", "int32") or _dtype(a) != out_dtype or _dtype(b) != out_dtype:
+        if not self.int8 or out_dtype not in ("float32", "int32") or _dtype(a) != out_dtype or _dtype(b) != out_dtype:
             return None
         lhs, rhs = self._centered_source(a, ("uint8",)), self._centered_source(b, ("int8", "uint8"))
         sa, sw, so = shape_dims(a), static_shape(b), shape_dims(call)
@@ -635,11 +636,12 @@ class _BlasRewriter(PyExprMutator):
 class DispatchBLAS:
     """Relax pass: float32 matmul / conv2d -> OpenBLAS sgemm extern calls."""
 
-    def __init__(self):
+    def __init__(self, int8: bool = False):
         self.count = 0
+        self.int8 = int8
 
     def transform_module(self, mod, _ctx):
-        rewriter = _BlasRewriter(mod)
+        rewriter = _BlasRewriter(mod, self.int8)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.analyze(func)

@@ -105,8 +105,8 @@ def symbolic_batch() -> onnx.ModelProto:
 
 def dynamic_int8() -> onnx.ModelProto:
     """mlp after quantize-dynamic: DynamicQuantizeLinear -> MatMulInteger (uint8
-    weights, zero points per column) -> Cast -> Mul, which the CPU build runs in
-    gemm_int8.c."""
+    weights, zero points per column) -> Cast -> Mul (arm64 keeps the float32 product
+    until gemm_int8.c has dot-product kernels there)."""
     import onnxforge
 
     return onnxforge.ir.to_proto(onnxforge.optimize(onnxforge.load(mlp()), "quantize-dynamic").model)
