@@ -41,10 +41,11 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .. import host
 from ..device.libs import OPENBLAS, openblas_dir
 from .extern_calls import (PACK_KERNEL, PACKED_MAX_ROWS, conv_packed_te, conv_te, conv_transpose_te, dwconv_te,
-                           extreme_te, layer_norm_te, mean_te, pack_te, pack_weight, packed_te, qcols_te,
-                           qmatmul_packed_te, qmatmul_te, qpack_te, rows_te, sgemm_te, softmax_te)
+                           extreme_te, layer_norm_te, mean_te, pack_te, pack_weight, packed_te, rows_te, sgemm_te,
+                           softmax_te)
 from .epilogues import NO_EPILOGUE, EpilogueMatcher
-from .relax_types import dtype_of as _dtype, shape_dims, static_shape
+from .int8_products import IntegerProducts
+from .relax_types import dtype_of as _dtype, same_dim as _same_dim, shape_dims, static_shape
 
 KERNELS_C = Path(__file__).with_name("kernels.c")
 RECURRENT_C = Path(__file__).with_name("recurrent.c")  # RNN/GRU/LSTM recurrences (codegen/recurrent.py)
@@ -69,15 +70,6 @@ def link_options(lib_dir: str) -> list[str]:
     return ["-Wl,--no-as-needed", f"-L{lib_dir}", "-l:" + BLAS_SONAME, f"-Wl,-rpath,{lib_dir}", "-Wl,-rpath,$ORIGIN"]
 
 
-def _same_dim(x, y) -> bool:
-    """Two dims known equal: equal ints, or the same symbolic expression."""
-    if isinstance(x, int) or isinstance(y, int):
-        return x == y if isinstance(x, int) and isinstance(y, int) else False
-    import tvm_ffi
-
-    return bool(tvm_ffi.structural_equal(x, y))
-
-
 def _is_swap_last_two(call) -> bool:
     if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.permute_dims"):
         return False
@@ -98,7 +90,7 @@ def _trailing(axes, rank: int) -> int | None:
 
 
 @mutator
-class _BlasRewriter(PyExprMutator):
+class _BlasRewriter(PyExprMutator, IntegerProducts):
     def __init__(self, mod, int8: bool = False):
         super().__init__(mod)
         self.count = 0
@@ -112,9 +104,6 @@ class _BlasRewriter(PyExprMutator):
         self._softmax = tvm.ir.Op.get("relax.nn.softmax")
         self._layer_norm = tvm.ir.Op.get("relax.nn.layer_norm")
         self._mean = tvm.ir.Op.get("relax.mean")
-        self._astype = tvm.ir.Op.get("relax.astype")
-        self._subtract = tvm.ir.Op.get("relax.subtract")
-        self._reshape = tvm.ir.Op.get("relax.reshape")
         self._max = tvm.ir.Op.get("relax.max")
         self._min = tvm.ir.Op.get("relax.min")
         # of the function being rewritten, before rewriting (see analyze)
@@ -238,71 +227,6 @@ class _BlasRewriter(PyExprMutator):
         return self.builder_.call_te(sgemm_te, a_src, b_src, *bias, out_shape=so, batch=batch, m=m_eff, n=n, k=k,
                                      stride_a=stride_a, stride_b=stride_b, trans_a=ta, trans_b=tb, name="blas_matmul",
                                      bias_kind=1, **act, primfunc_name_hint="blas_matmul")
-
-    # ---- integer products: what codegen/integer.py makes of MatMulInteger, float32(a -
-    # za) @ float32(w - zw) where its sums are exact in float32, else the same in int32,
-    # through gemm_int8.c
-    def _astype_source(self, expr, dtypes):
-        """x where expr is astype(x) with x of one of `dtypes`, else None."""
-        prod = self._producer(expr)
-        if prod is None or not isinstance(prod, relax.Call) or not prod.op.same_as(self._astype):
-            return None
-        return prod.args[0] if _dtype(prod.args[0]) in dtypes else None
-
-    def _centered_source(self, expr, dtypes):
-        """(x, zero point or None) where expr is astype(x) [- astype(zp)], else None."""
-        x = self._astype_source(expr, dtypes)
-        if x is not None:
-            return x, None
-        prod = self._producer(expr)
-        if prod is None or not isinstance(prod, relax.Call) or not prod.op.same_as(self._subtract):
-            return None
-        x, zp = (self._astype_source(arg, dtypes) for arg in prod.args)
-        return (x, zp) if x is not None and zp is not None and _dtype(x) == _dtype(zp) else None
-
-    def _reshaped_source(self, expr):
-        """What a reshape (codegen/integer.py's per-column zero point [1, n], a scalar's
-        [] view) was made from: the parameter itself, read with its own shape."""
-        prod = self._producer(expr) if expr is not None else None
-        while isinstance(prod, relax.Call) and prod.op.same_as(self._reshape):
-            expr = prod.args[0]
-            prod = self._producer(expr)
-        return expr
-
-    def _rewrite_integer_matmul(self, call):
-        """uint8 activations (any leading dims, symbolic too) times a 2-D int8/uint8
-        weight, zero points per tensor (activations) and per tensor or per column
-        (weight): the same values, computed in int32 by onnxforge_qmatmul."""
-        a, b = call.args
-        out_dtype = _dtype(call)
-        if not self.int8 or out_dtype not in ("float32", "int32") or _dtype(a) != out_dtype or _dtype(b) != out_dtype:
-            return None
-        lhs, rhs = self._centered_source(a, ("uint8",)), self._centered_source(b, ("int8", "uint8"))
-        sa, sw, so = shape_dims(a), static_shape(b), shape_dims(call)
-        if lhs is None or rhs is None or sa is None or sw is None or so is None or len(sw) != 2 or len(sa) < 2:
-            return None
-        (x, za), (w, zw) = lhs, rhs
-        k, n = sw
-        if not _same_dim(sa[-1], k) or len(so) != len(sa) or k == 0 or n == 0:
-            return None
-        sza = static_shape(za) if za is not None else ()
-        szw = static_shape(zw) if zw is not None else ()
-        if sza is None or szw is None or math.prod(sza) != 1:
-            return None  # per-row activation zero points: left to the float product
-        if math.prod(szw) not in (1, n) or (math.prod(szw) == n and tuple(szw) not in ((n,), (1, n))):
-            return None
-        self.count += 1
-        m = math.prod(sa[:-1])
-        zw = self._reshaped_source(zw)
-        if w in self._weights and (zw is None or zw in self._weights or isinstance(zw, tvm.ir.Constant)):
-            # packed once, at load (the build lifts the PACK_KERNEL kernels into main_transform_params)
-            bb = self.builder_
-            bp = bb.emit(bb.call_te(qpack_te, w, k=k, n=n, primfunc_name_hint=PACK_KERNEL + "_int8"))
-            cols = bb.emit(bb.call_te(qcols_te, w, zw=zw, k=k, n=n, primfunc_name_hint=PACK_KERNEL + "_int8_cols"))
-            return bb.call_te(qmatmul_packed_te, x, bp, cols, za=za, out_shape=so, m=m, n=n, k=k, dtype=out_dtype,
-                              name="qmatmul", primfunc_name_hint="qmatmul")
-        return self.builder_.call_te(qmatmul_te, x, w, za=za, zw=zw, out_shape=so, m=m, n=n, k=k,
-                                     dtype=out_dtype, name="qmatmul", primfunc_name_hint="qmatmul")
 
     def _packed_weight(self, b, trans_b, k, n):
         """B packed for gemm_packed.c when it is a constant or a weight parameter (its
@@ -634,7 +558,8 @@ class _BlasRewriter(PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="onnxforge.DispatchBLAS")
 class DispatchBLAS:
-    """Relax pass: float32 matmul / conv2d -> OpenBLAS sgemm extern calls."""
+    """Relax pass: float32 matmul / conv2d -> OpenBLAS sgemm and onnxforge's C kernels;
+    with `int8`, MatMulInteger's products -> gemm_int8.c."""
 
     def __init__(self, int8: bool = False):
         self.count = 0

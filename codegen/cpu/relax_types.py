@@ -28,3 +28,11 @@ def shape_dims(expr) -> list | None:
         return None
     return [int(d.value) if isinstance(d, tirx.IntImm) else d for d in ty.shape.values]
 
+
+def same_dim(x, y) -> bool:
+    """Two dims known equal: equal ints, or the same symbolic expression."""
+    if isinstance(x, int) or isinstance(y, int):
+        return x == y if isinstance(x, int) and isinstance(y, int) else False
+    import tvm_ffi
+
+    return bool(tvm_ffi.structural_equal(x, y))
