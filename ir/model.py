@@ -24,7 +24,7 @@ class Model:
         self.base_dir: str | None = None  # folder external data was read from
         self.analyses: dict[str, Any] = {}  # cache, see passes.analysis
         # (graph input shapes, values the symbolic shape tool was asked about) at its last run (ir.shapes)
-        self.symbolic_unknown: tuple[tuple, frozenset[str]] = ((), frozenset())
+        self.symbolic_asked: tuple[tuple, frozenset[str]] = ((), frozenset())
         # What onnx shape inference last saw, per value name (ir.shape_update); None
         # after a change that may alter values in place (the next run is a full one).
         self.shape_stamps: dict[str, tuple] | None = None

@@ -54,7 +54,7 @@ def infer_all_shapes(model: Model, symbolic: str = "always") -> int:
     # asked about, or when the inputs' shapes changed: a pass that changed nothing
     # near them cannot help it.
     inputs = tuple((v.name, v.shape) for v in model.graph.inputs)
-    seen_inputs, seen = model.symbolic_unknown
+    seen_inputs, seen = model.symbolic_asked
     asked = frozenset(v.name for v in targets)
     if asked and (inputs != seen_inputs or not asked <= seen):
         try:
@@ -63,7 +63,7 @@ def infer_all_shapes(model: Model, symbolic: str = "always") -> int:
             pass
         if model.shape_stamps is not None:  # its dims changed values the stamps describe
             model.shape_stamps = stamps(model)
-        model.symbolic_unknown = (inputs, asked | (seen if inputs == seen_inputs else frozenset()))
+        model.symbolic_asked = (inputs, asked | (seen if inputs == seen_inputs else frozenset()))
     return gained
 
 

@@ -11,7 +11,7 @@
  * Variants (onnxforge_int8_isa, picked at the first call, capped like gemm_packed.c by
  * ONNXFORGE_CPU_ISA=generic|avx2|avx512):
  *   vnni512: vpdpbusd, 4 u8 x s8 products per int32 lane added without saturation,
- *            tiles of 8 rows x 16 columns;
+ *            tiles of 8 rows x 32 columns (x 16 for a last odd panel);
  *   avx2:    the 4 bytes of a group widened to int16 and vpmaddwd (pairs of products,
  *            each at most 255 * 128, summed in int32: exact; vpmaddubsw's int16 pair
  *            sums would saturate at 2 * 255 * 127), tiles of 2 rows x 16 columns;
@@ -41,21 +41,34 @@ int64_t onnxforge_qgemm_packed_size(int32_t k, int32_t n) {
   return (int64_t)q_panels(n) * q_groups(k) * QNR * QKG;
 }
 
+/* w (k x n, int8, or uint8 when w_unsigned: packed as w - 128; row stride ldw) -> bp
+ * (onnxforge_qgemm_packed_size bytes); off[j] = (128 for uint8, else 0) - zw[j] and
+ * colsum[j] = the sum over k of w - zw (zw: zw_count 1 or n values of w's type, 0:
+ * none; off / colsum NULL: not wanted). */
+static void q_pack(int32_t k, int32_t n, const void *w, int64_t ldw, int32_t w_unsigned, const void *zw,
+                   int32_t zw_count, int8_t *bp, int32_t *off, int32_t *colsum) {
+  const int32_t groups = q_groups(k);
+  memset(bp, 0, (size_t)onnxforge_qgemm_packed_size(k, n));
+  for (int32_t j = 0; j < n; ++j) {
+    const int32_t z = !zw_count ? 0 : w_unsigned ? ((const uint8_t *)zw)[zw_count > 1 ? j : 0]
+                                                 : ((const int8_t *)zw)[zw_count > 1 ? j : 0];
+    int32_t s = 0;
+    int8_t *col = bp + (int64_t)(j / QNR) * groups * QNR * QKG + (j % QNR) * QKG;
+    for (int32_t q = 0; q < k; ++q) {
+      const int32_t v = w_unsigned ? (int32_t)((const uint8_t *)w)[(int64_t)q * ldw + j]
+                                   : (int32_t)((const int8_t *)w)[(int64_t)q * ldw + j];
+      s += v;
+      col[(int64_t)(q / QKG) * QNR * QKG + q % QKG] = (int8_t)(w_unsigned ? v - 128 : v);
+    }
+    if (off) off[j] = (w_unsigned ? 128 : 0) - z;
+    if (colsum) colsum[j] = s - k * z;
+  }
+}
+
 /* b (k x n int8, row stride ldb) -> bp (onnxforge_qgemm_packed_size bytes); colsum[j] =
  * sum over k of b[.][j] (n values; NULL: not wanted). */
 void onnxforge_qgemm_pack(int32_t k, int32_t n, const int8_t *b, int64_t ldb, int8_t *bp, int32_t *colsum) {
-  const int32_t groups = q_groups(k);
-  memset(bp, 0, (size_t)onnxforge_qgemm_packed_size(k, n));
-  for (int32_t p = 0; p < q_panels(n); ++p)
-    for (int32_t q = 0; q < k; ++q)
-      for (int32_t j = 0; j < QNR && p * QNR + j < n; ++j)
-        bp[((int64_t)p * groups + q / QKG) * QNR * QKG + j * QKG + q % QKG] = b[(int64_t)q * ldb + p * QNR + j];
-  if (colsum)
-    for (int32_t j = 0; j < n; ++j) {
-      int32_t s = 0;
-      for (int32_t q = 0; q < k; ++q) s += b[(int64_t)q * ldb + j];
-      colsum[j] = s;
-    }
+  q_pack(k, n, b, ldb, 0, NULL, 0, bp, NULL, colsum);
 }
 
 /* The 4 bytes of row `a` at group g as one int32 (little-endian, as vpdpbusd reads
@@ -346,23 +359,7 @@ int32_t onnxforge_qmatmul(int32_t m, int32_t n, int32_t k, const uint8_t *a, con
   int8_t *bp = (int8_t *)scratch_grow(&scratch, (size_t)(packed / 4 + 2 * (int64_t)n));
   if (!bp) return -1;
   int32_t *cols = (int32_t *)(bp + packed); /* o, then the column sums of W - zw */
-  const uint8_t *wu = (const uint8_t *)w;
-  const int8_t *ws = (const int8_t *)w;
-  const int32_t groups = q_groups(k);
-  memset(bp, 0, (size_t)packed);
-  for (int32_t j = 0; j < n; ++j) {
-    const int32_t z = !zw_count ? 0 : w_unsigned ? ((const uint8_t *)zw)[zw_count > 1 ? j : 0]
-                                                 : ((const int8_t *)zw)[zw_count > 1 ? j : 0];
-    int32_t s = 0;
-    int8_t *col = bp + (int64_t)(j / QNR) * groups * QNR * QKG + (j % QNR) * QKG;
-    for (int32_t q = 0; q < k; ++q) {
-      const int32_t v = w_unsigned ? (int32_t)wu[(int64_t)q * n + j] : (int32_t)ws[(int64_t)q * n + j];
-      s += v;
-      col[(int64_t)(q / QKG) * QNR * QKG + q % QKG] = (int8_t)(w_unsigned ? v - 128 : v);
-    }
-    cols[j] = (w_unsigned ? 128 : 0) - z;
-    cols[n + j] = s - k * z;
-  }
+  q_pack(k, n, w, n, w_unsigned, zw, zw_count, bp, cols, cols + n);
   return onnxforge_qmatmul_packed(m, n, k, a, za, za_count, bp, cols, out, out_float);
 }
 
